@@ -1,0 +1,1 @@
+"""The meshgate control plane: validation, etcd store, config stream, admin RPCs, CLI."""

@@ -1,0 +1,1 @@
+"""The meshgate data plane: listeners, route table, request pipeline, integrations."""
