@@ -60,19 +60,28 @@ class LocalEtcd:
         self.peer_port = self.peer_port or free_port(self.host)
         client = f"http://{self.host}:{self.client_port}"
         peer = f"http://{self.host}:{self.peer_port}"
-        log = open(self.data_dir / "etcd.log", "ab")  # noqa: SIM115 - owned by the process
+        log = open(self.data_dir / "etcd.log", "ab")
         self._proc = subprocess.Popen(
             [
                 binary,
-                "--name", "meshgate-local",
-                "--data-dir", str(self.data_dir / "member-data"),
-                "--listen-client-urls", client,
-                "--advertise-client-urls", client,
-                "--listen-peer-urls", peer,
-                "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"meshgate-local={peer}",
-                "--initial-cluster-state", "new",
-                "--log-level", "error",
+                "--name",
+                "meshgate-local",
+                "--data-dir",
+                str(self.data_dir / "member-data"),
+                "--listen-client-urls",
+                client,
+                "--advertise-client-urls",
+                client,
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+                "--initial-cluster",
+                f"meshgate-local={peer}",
+                "--initial-cluster-state",
+                "new",
+                "--log-level",
+                "error",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -84,7 +93,7 @@ class LocalEtcd:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"etcd exited with {self._proc.returncode}; see {self.data_dir}/etcd.log")
             try:
-                with urllib.request.urlopen(f"{client}/health", timeout=1) as resp:  # noqa: S310
+                with urllib.request.urlopen(f"{client}/health", timeout=1) as resp:
                     if b"true" in resp.read():
                         return self
             except OSError:
