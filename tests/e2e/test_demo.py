@@ -1,0 +1,69 @@
+"""`meshgate demo` as a user runs it: its own private etcd, control, apps, sidecar; Ctrl-C stops it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from meshgate.control.etcd_local import free_port
+
+from .harness import _env, http_get_json, meshgate
+
+
+def test_demo_starts_serves_prod_and_dev_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    app = free_port()
+    while True:  # the demo takes app and app+1
+        try:
+            with socket.create_server(("127.0.0.1", app + 1)):
+                break
+        except OSError:
+            app = free_port()
+    args = meshgate(
+        "demo",
+        "--port",
+        str(free_port()),
+        "--admin-port",
+        str(free_port()),
+        "--control-port",
+        str(free_port()),
+        "--app-port",
+        str(app),
+        "--work-dir",
+        str(tmp_path),
+        "--json-ready",
+    )
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert proc.stdout is not None
+        ready: dict[str, str] = {}
+        printed: list[str] = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            printed.append(line)
+            if line.startswith("{"):
+                ready = json.loads(line)
+                break
+        errors = proc.stderr.read() if proc.poll() is not None and proc.stderr else ""
+        assert ready, "".join(printed) + errors
+        text = "".join(printed)
+        assert "private" in text and "curl -s http://" in text
+        port = int(ready["listen"].rsplit(":", 1)[1])
+        status, body = http_get_json(port, "/prod/pets/1")
+        assert status == 200 and body["service"] == "v1"
+        status, body = http_get_json(port, "/dev/pets/1")
+        assert status == 200 and body["service"] == "v2"
+        status, body = http_get_json(port, "/prod/health")
+        assert (status, body) == (200, {"ok": True})
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
