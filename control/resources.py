@@ -1,0 +1,202 @@
+"""Reading and writing user documents: YAML/JSON (camelCase, Kubernetes-style) <-> Resource protos.
+
+The same documents go to `meshgate apply -f` and, later, `kubectl apply`.
+Errors name the file, the document and the field path, on one line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from meshgate.control.errors import InvalidConfig
+from meshgate.control.state import KINDS, unwrap
+from meshgate.v1 import resources_pb2
+
+API_VERSION = "meshgate.io/v1"
+USER_KINDS = ("Api", "Stage", "UsagePlan", "ApiKey")
+
+_SCALAR_TYPES: dict[int, tuple[type, ...]] = {
+    FieldDescriptor.TYPE_STRING: (str,),
+    FieldDescriptor.TYPE_BOOL: (bool,),
+    FieldDescriptor.TYPE_DOUBLE: (int, float),
+    FieldDescriptor.TYPE_FLOAT: (int, float),
+}
+_INT_TYPES = {
+    FieldDescriptor.TYPE_INT32,
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT32,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT32,
+    FieldDescriptor.TYPE_SINT64,
+}
+
+
+def _type_name(value: object) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number"
+    )
+
+
+def _check(desc: Descriptor, value: object, path: str) -> None:
+    """Walk a document against a message descriptor; raise on the first bad field."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{path or '.'}: expected an object, got {_type_name(value)}")
+    by_name: dict[str, FieldDescriptor] = {}
+    for f in desc.fields:
+        by_name[f.json_name] = f
+        by_name[f.name] = f
+    for key, item in value.items():
+        where = f"{path}.{key}" if path else str(key)
+        field = by_name.get(str(key))
+        if field is None:
+            close = difflib.get_close_matches(str(key), [f.json_name for f in desc.fields], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{where}: unknown field{hint}")
+        if item is None:
+            continue
+        _check_field(field, item, where)
+
+
+def _check_field(field: FieldDescriptor, item: object, where: str) -> None:
+    mt = field.message_type
+    if mt is not None and mt.GetOptions().map_entry:
+        if not isinstance(item, dict):
+            raise ValueError(f"{where}: expected a map, got {_type_name(item)}")
+        vfield = mt.fields_by_name["value"]
+        for k, v in item.items():
+            _check_field(vfield, v, f"{where}.{k}")
+        return
+    if field.is_repeated:
+        if not isinstance(item, list):
+            raise ValueError(f"{where}: expected a list, got {_type_name(item)}")
+        for i, element in enumerate(item):
+            _check_single(field, element, f"{where}[{i}]")
+        return
+    _check_single(field, item, where)
+
+
+def _check_single(field: FieldDescriptor, item: object, where: str) -> None:
+    if field.message_type is not None:
+        _check(field.message_type, item, where)
+        return
+    if field.type in _INT_TYPES:
+        if isinstance(item, bool) or not isinstance(item, int | str):
+            raise ValueError(f"{where}: expected an integer, got {_type_name(item)}")
+        if isinstance(item, str) and not item.lstrip("-").isdigit():
+            raise ValueError(f"{where}: expected an integer, got {item!r}")
+        if field.type in (FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_UINT64) and int(item) < 0:
+            raise ValueError(f"{where}: must not be negative")
+        return
+    expected = _SCALAR_TYPES.get(field.type)
+    if expected and (not isinstance(item, expected) or (bool not in expected and isinstance(item, bool))):
+        want = {str: "a string", bool: "true or false", int: "a number"}[expected[0]]
+        raise ValueError(f"{where}: expected {want}, got {_type_name(item)}")
+
+
+def _hash_api_key(spec: dict[str, Any]) -> None:
+    value = spec.pop("value", None)
+    if value is not None:
+        if not isinstance(value, str) or len(value) < 20:
+            raise ValueError("spec.value: an API key must be a string of at least 20 characters")
+        spec["valueSha256"] = hashlib.sha256(value.encode()).hexdigest()
+    if not spec.get("valueSha256") and not spec.get("value_sha256"):
+        raise ValueError("spec.value: required (the key itself; only its sha256 is stored)")
+
+
+def parse_document(doc: object) -> resources_pb2.Resource:
+    """One decoded YAML/JSON document -> Resource. Raises ValueError naming the field."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"expected a mapping with apiVersion, kind, metadata, spec; got {_type_name(doc)}")
+    doc = dict(doc)
+    version = doc.get("apiVersion")
+    if version != API_VERSION:
+        raise ValueError(f"apiVersion: must be {API_VERSION!r}, got {version!r}")
+    kind = doc.get("kind")
+    if kind == "Deployment":
+        raise ValueError("kind: Deployment documents are made by `meshgate deploy`, not applied")
+    if kind not in USER_KINDS:
+        raise ValueError(f"kind: must be one of {', '.join(USER_KINDS)}, got {kind!r}")
+    _, cls, oneof = KINDS[str(kind)]
+    spec = doc.get("spec")
+    if spec is None:
+        raise ValueError("spec: required")
+    if not isinstance(spec, dict):
+        raise ValueError(f"spec: expected an object, got {_type_name(spec)}")
+    if kind == "ApiKey":
+        spec = dict(spec)
+        _hash_api_key(spec)
+        doc["spec"] = spec
+    msg = cls()
+    _check(msg.DESCRIPTOR, doc, "")
+    try:
+        json_format.ParseDict(doc, msg)
+    except json_format.ParseError as exc:
+        raise ValueError(str(exc).splitlines()[0]) from None
+    if not msg.metadata.name:
+        raise ValueError("metadata.name: required")
+    if not msg.metadata.namespace:
+        msg.metadata.namespace = "default"
+    res = resources_pb2.Resource()
+    getattr(res, oneof).CopyFrom(msg)
+    return res
+
+
+def _describe(doc: object) -> str:
+    if isinstance(doc, dict):
+        meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+        assert isinstance(meta, dict)
+        name = meta.get("name", "?")
+        ns = meta.get("namespace", "default")
+        return f" ({doc.get('kind', '?')} {ns}/{name})"
+    return ""
+
+
+def _load_text(text: str, origin: str) -> list[resources_pb2.Resource]:
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1} column {mark.column + 1}" if mark is not None else "YAML"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InvalidConfig(f"{origin}{where}: invalid YAML: {problem}") from None
+    out = []
+    for i, doc in enumerate(docs, start=1):
+        try:
+            out.append(parse_document(doc))
+        except ValueError as exc:
+            raise InvalidConfig(f"{origin}document {i}{_describe(doc)}: {exc}") from None
+    return out
+
+
+def load_documents(source: str | Path) -> list[resources_pb2.Resource]:
+    """Resources from YAML/JSON text, a file, or a directory of *.yaml/*.yml/*.json files."""
+    if isinstance(source, Path):
+        if source.is_dir():
+            files = sorted(p for p in source.iterdir() if p.suffix in (".yaml", ".yml", ".json"))
+            out: list[resources_pb2.Resource] = []
+            for f in files:
+                out += _load_text(f.read_text(), f"{f} ")
+            return out
+        return _load_text(source.read_text(), f"{source} ")
+    return _load_text(source, "")
+
+
+def kind_of(res: resources_pb2.Resource) -> str:
+    return unwrap(res).DESCRIPTOR.name
+
+
+def to_document(res: resources_pb2.Resource) -> dict[str, Any]:
+    """A Resource as the camelCase document a user would write (plus read-only status fields)."""
+    msg = unwrap(res)
+    doc: dict[str, Any] = json_format.MessageToDict(msg)
+    doc.pop("apiVersion", None)
+    doc.pop("kind", None)
+    out: dict[str, Any] = {"apiVersion": API_VERSION, "kind": msg.DESCRIPTOR.name}
+    out.update(doc)
+    return out

@@ -1,0 +1,427 @@
+"""The etcd store: validated, atomic writes of resources; deployments, rollback and canaries.
+
+Every write is one etcd transaction guarded by the mod revisions of the keys
+it read, so concurrent writers (several control replicas, CLI users) never
+lose updates and refused config never reaches etcd, not even partly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aetcd
+from aetcd import rpc
+from meshgate.control import state as keys
+from meshgate.control.errors import Conflict, FailedPrecondition, InvalidConfig, NotFound
+from meshgate.control.state import State, unwrap, wrap
+from meshgate.control.validation import validate
+from meshgate.v1 import control_pb2, resources_pb2
+
+RETRIES = 8
+
+
+@dataclass
+class _Read:
+    key: str
+    value: bytes | None
+    mod_revision: int
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"etcd endpoint must be HOST:PORT, got {endpoint!r}")
+    return host.strip("[]"), int(port)
+
+
+class Store:
+    """Resources under one etcd key prefix."""
+
+    def __init__(self, etcd_endpoint: str, prefix: str = "/meshgate/") -> None:
+        self.endpoint = etcd_endpoint
+        self.prefix = prefix if prefix.endswith("/") else prefix + "/"
+        host, port = parse_endpoint(etcd_endpoint)
+        self._client = aetcd.Client(host=host, port=port, timeout=10)
+
+    @property
+    def client(self) -> aetcd.Client:
+        return self._client
+
+    async def open(self) -> None:
+        await self._client.connect()
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    # ------------------------------------------------------------------ primitives
+
+    async def _read(self, key: str) -> _Read:
+        got = await self._client.get(key.encode())
+        if got is None:
+            return _Read(key, None, 0)
+        return _Read(key, bytes(got.value), int(got.mod_revision))
+
+    def _guard(self, read: _Read) -> Any:
+        tx = self._client.transactions
+        if read.value is None:
+            return tx.create(read.key.encode()) == 0
+        return tx.mod(read.key.encode()) == read.mod_revision
+
+    async def _commit(self, guards: list[Any], puts: list[tuple[str, bytes]]) -> int | None:
+        """One etcd transaction: all puts if every guard holds. Returns the new revision or None."""
+        tx = self._client.transactions
+        ops = [tx.put(k.encode(), v) for k, v in puts]
+        request = rpc.TxnRequest(
+            compare=[g.build_message() for g in guards],
+            success=self._client._ops_to_requests(ops),
+            failure=[],
+        )
+        response = await self._client.kvstub.Txn(request, timeout=10, metadata=self._client.metadata)
+        return int(response.header.revision) if response.succeeded else None
+
+    async def _revision(self) -> int:
+        rng = await self._client.get_prefix((self.prefix + "seq/").encode(), keys_only=True)
+        return int(rng.header.revision)
+
+    async def _range(self, segment: str) -> list[tuple[str, bytes, int]]:
+        rng = await self._client.get_prefix((self.prefix + segment).encode())
+        return [(kv.key.decode(), bytes(kv.value), int(kv.mod_revision)) for kv in rng]
+
+    async def load_state(self) -> State:
+        rng = await self._client.get_prefix(self.prefix.encode())
+        st = State(self.prefix)
+        for kv in rng:
+            st.put(kv.key.decode(), bytes(kv.value))
+        st.revision = int(rng.header.revision)
+        return st
+
+    # ------------------------------------------------------------------ apply
+
+    async def apply(
+        self, resources: Sequence[resources_pb2.Resource], *, dry_run: bool = False
+    ) -> control_pb2.ApplyResponse:
+        for res in resources:
+            if res.WhichOneof("kind") == "deployment":
+                raise InvalidConfig("Deployment resources are made by deploy, not applied")
+            msg = unwrap(res)
+            if not msg.metadata.namespace:
+                msg.metadata.namespace = "default"
+            validate(res)
+        seen: set[str] = set()
+        for res in resources:
+            key = keys.key_for(self.prefix, res)
+            if key in seen:
+                m = unwrap(res)
+                raise InvalidConfig(
+                    f"{m.DESCRIPTOR.name} {m.metadata.namespace}/{m.metadata.name}: appears twice in the batch"
+                )
+            seen.add(key)
+        for _ in range(RETRIES):
+            result = await self._apply_once(resources, dry_run)
+            if result is not None:
+                return result
+            await asyncio.sleep(0.01)
+        raise Conflict("apply: the resources kept changing concurrently; try again")
+
+    async def _apply_once(
+        self, resources: Sequence[resources_pb2.Resource], dry_run: bool
+    ) -> control_pb2.ApplyResponse | None:
+        now = time.time_ns()
+        guards: list[Any] = []
+        puts: list[tuple[str, bytes]] = []
+        results: list[control_pb2.ApplyResult] = []
+        batch_apis = {
+            (r.api.metadata.namespace, r.api.metadata.name)
+            for r in resources
+            if r.WhichOneof("kind") == "api"
+        }
+        checked_apis: set[tuple[str, str]] = set()
+        for res in resources:
+            msg = unwrap(res)
+            kind = msg.DESCRIPTOR.name
+            ns = msg.metadata.namespace
+            refs: list[str] = []
+            if isinstance(msg, resources_pb2.Stage):
+                refs = [msg.spec.api]
+            elif isinstance(msg, resources_pb2.UsagePlan):
+                refs = [r.split("/")[0] for r in msg.spec.apis]
+            for api in refs:
+                if (ns, api) in batch_apis or (ns, api) in checked_apis:
+                    continue
+                api_read = await self._read(keys.api_key(self.prefix, ns, api))
+                if api_read.value is None:
+                    raise NotFound(f"{kind} {ns}/{msg.metadata.name}: Api {ns}/{api} does not exist")
+                guards.append(self._guard(api_read))
+                checked_apis.add((ns, api))
+            key = keys.key_for(self.prefix, res)
+            current = await self._read(key)
+            guards.append(self._guard(current))
+            new = type(msg)()
+            new.CopyFrom(msg)
+            new.api_version = "meshgate.io/v1"
+            new.kind = kind
+            action = "created"
+            if current.value is not None:
+                old = type(msg)()
+                old.ParseFromString(current.value)
+                if isinstance(new, resources_pb2.Stage) and isinstance(old, resources_pb2.Stage):
+                    if not new.spec.deployment:
+                        new.spec.deployment = old.spec.deployment
+                    if not new.spec.HasField("canary") and old.spec.HasField("canary"):
+                        new.spec.canary.CopyFrom(old.spec.canary)
+                same = (
+                    old.spec == new.spec
+                    and dict(old.metadata.labels) == dict(new.metadata.labels)
+                    and dict(old.metadata.annotations) == dict(new.metadata.annotations)
+                )
+                if same:
+                    results.append(
+                        control_pb2.ApplyResult(
+                            kind=kind, namespace=ns, name=new.metadata.name, action="unchanged"
+                        )
+                    )
+                    continue
+                action = "configured"
+                new.metadata.generation = old.metadata.generation + 1
+            else:
+                new.metadata.generation = 1
+            new.metadata.revision = 0
+            new.metadata.update_time_unix_nano = now
+            puts.append((key, new.SerializeToString(deterministic=True)))
+            results.append(
+                control_pb2.ApplyResult(kind=kind, namespace=ns, name=new.metadata.name, action=action)
+            )
+        if dry_run or not puts:
+            return control_pb2.ApplyResponse(results=results, revision=await self._revision())
+        revision = await self._commit(guards, puts)
+        if revision is None:
+            return None
+        return control_pb2.ApplyResponse(results=results, revision=revision)
+
+    # ------------------------------------------------------------------ get / delete
+
+    async def get(
+        self, kind: str, namespace: str = "", name: str = "", api: str = ""
+    ) -> list[resources_pb2.Resource]:
+        canonical = _canonical_kind(kind)
+        segment = keys.KINDS[canonical][0] + "/"
+        if namespace:
+            segment += namespace + "/"
+            if api and canonical in ("Stage", "Deployment"):
+                segment += api + "/"
+        out = []
+        for key, value, mod in await self._range(segment):
+            msg = keys.decode(self.prefix, key, value)
+            if msg is None:
+                continue
+            if name and msg.metadata.name != name:
+                continue
+            if (
+                api
+                and isinstance(msg, resources_pb2.Stage | resources_pb2.Deployment)
+                and msg.spec.api != api
+            ):
+                continue
+            msg.metadata.revision = mod
+            out.append(wrap(msg))
+        return out
+
+    async def delete(self, ref: control_pb2.ObjectRef) -> int:
+        kind = _canonical_kind(ref.kind)
+        ns = ref.namespace or "default"
+        what = f"{kind} {ns}/{ref.name}"
+        if kind == "Api":
+            key = keys.api_key(self.prefix, ns, ref.name)
+            stages = await self._range(f"stages/{ns}/{ref.name}/")
+            if stages:
+                names = ", ".join(k.rsplit("/", 1)[1] for k, _, _ in stages)
+                raise FailedPrecondition(f"{what}: still has stages ({names}); delete them first")
+        elif kind == "Stage":
+            if not ref.api:
+                raise InvalidConfig(f"{what}: the owning Api is required to delete a stage")
+            key = keys.stage_key(self.prefix, ns, ref.api, ref.name)
+        elif kind == "Deployment":
+            api, _, dep = ref.name.rpartition("-")
+            api = ref.api or api
+            if not dep.isdigit():
+                raise InvalidConfig(f"{what}: deployment name must be <api>-<id>")
+            key = keys.deployment_key(self.prefix, ns, api, int(dep))
+            for _, value, _ in await self._range(f"stages/{ns}/{api}/"):
+                st = resources_pb2.Stage.FromString(value)
+                if int(dep) in (st.spec.deployment, st.spec.canary.deployment):
+                    raise FailedPrecondition(f"{what}: stage {st.metadata.name} still serves it")
+        elif kind == "UsagePlan":
+            key = keys.usage_plan_key(self.prefix, ns, ref.name)
+        else:
+            key = keys.apikey_key(self.prefix, ns, ref.name)
+        deleted = await self._client.delete(key.encode())
+        if not deleted:
+            raise NotFound(f"{what} not found")
+        return int(deleted.header.revision)
+
+    # ------------------------------------------------------------------ deployments
+
+    async def deploy(
+        self, namespace: str, api: str, stage: str, description: str = "", skip_canary: bool = False
+    ) -> control_pb2.DeployResponse:
+        ns = namespace or "default"
+        for _ in range(RETRIES):
+            api_read = await self._read(keys.api_key(self.prefix, ns, api))
+            if api_read.value is None:
+                raise NotFound(f"Api {ns}/{api} does not exist")
+            api_msg = resources_pb2.Api.FromString(api_read.value)
+            stage_read = await self._read(keys.stage_key(self.prefix, ns, api, stage))
+            seq_read = await self._read(keys.deployment_seq_key(self.prefix, ns, api))
+            dep_id = int(seq_read.value.decode()) + 1 if seq_read.value else 1
+            now = time.time_ns()
+            dep = resources_pb2.Deployment(
+                api_version="meshgate.io/v1",
+                kind="Deployment",
+                id=dep_id,
+                metadata=resources_pb2.ObjectMeta(
+                    name=f"{api}-{dep_id}", namespace=ns, update_time_unix_nano=now, generation=1
+                ),
+                spec=resources_pb2.DeploymentSpec(
+                    api=api, description=description, api_spec=api_msg.spec, created_unix_nano=now
+                ),
+            )
+            if stage_read.value is None:
+                st = resources_pb2.Stage(
+                    api_version="meshgate.io/v1",
+                    kind="Stage",
+                    metadata=resources_pb2.ObjectMeta(name=stage, namespace=ns, generation=1),
+                    spec=resources_pb2.StageSpec(api=api),
+                )
+                validate(wrap(st))
+            else:
+                st = resources_pb2.Stage.FromString(stage_read.value)
+                st.metadata.generation += 1
+            to_canary = st.spec.canary.percent > 0 and not skip_canary
+            if to_canary:
+                st.spec.canary.deployment = dep_id
+            else:
+                st.spec.deployment = dep_id
+            st.metadata.update_time_unix_nano = now
+            revision = await self._commit(
+                [self._guard(api_read), self._guard(stage_read), self._guard(seq_read)],
+                [
+                    (
+                        keys.deployment_key(self.prefix, ns, api, dep_id),
+                        dep.SerializeToString(deterministic=True),
+                    ),
+                    (keys.deployment_seq_key(self.prefix, ns, api), str(dep_id).encode()),
+                    (keys.stage_key(self.prefix, ns, api, stage), st.SerializeToString(deterministic=True)),
+                ],
+            )
+            if revision is not None:
+                return control_pb2.DeployResponse(deployment=dep_id, to_canary=to_canary, revision=revision)
+            await asyncio.sleep(0.01)
+        raise Conflict(f"deploy {ns}/{api} to {stage}: concurrent changes; try again")
+
+    async def _update_stage(
+        self, namespace: str, api: str, stage: str, mutate: Callable[[resources_pb2.Stage, list[int]], None]
+    ) -> tuple[resources_pb2.Stage, int]:
+        ns = namespace or "default"
+        key = keys.stage_key(self.prefix, ns, api, stage)
+        for _ in range(RETRIES):
+            read = await self._read(key)
+            if read.value is None:
+                raise NotFound(f"stage {stage} of Api {ns}/{api} does not exist")
+            st = resources_pb2.Stage.FromString(read.value)
+            dep_ids = [int(k.rsplit("/", 1)[1]) for k, _, _ in await self._range(f"deployments/{ns}/{api}/")]
+            mutate(st, sorted(dep_ids))
+            st.metadata.update_time_unix_nano = time.time_ns()
+            st.metadata.generation += 1
+            validate(wrap(st))
+            revision = await self._commit(
+                [self._guard(read)], [(key, st.SerializeToString(deterministic=True))]
+            )
+            if revision is not None:
+                return st, revision
+            await asyncio.sleep(0.01)
+        raise Conflict(f"stage {stage} of Api {ns}/{api}: concurrent changes; try again")
+
+    async def rollback(
+        self, namespace: str, api: str, stage: str, deployment: int = 0
+    ) -> control_pb2.RollbackResponse:
+        def mutate(st: resources_pb2.Stage, dep_ids: list[int]) -> None:
+            if deployment:
+                if deployment not in dep_ids:
+                    raise NotFound(f"deployment {deployment} of Api {api} does not exist")
+                st.spec.deployment = deployment
+                return
+            earlier = [d for d in dep_ids if d < st.spec.deployment]
+            if not earlier:
+                raise NotFound(
+                    f"stage {stage} serves deployment {st.spec.deployment or 'none'}; no earlier deployment exists"
+                )
+            st.spec.deployment = earlier[-1]
+
+        st, revision = await self._update_stage(namespace, api, stage, mutate)
+        return control_pb2.RollbackResponse(deployment=st.spec.deployment, revision=revision)
+
+    async def set_canary(
+        self, namespace: str, api: str, stage: str, canary: resources_pb2.CanarySettings
+    ) -> control_pb2.CanaryResponse:
+        def mutate(st: resources_pb2.Stage, dep_ids: list[int]) -> None:
+            if not st.spec.deployment:
+                raise FailedPrecondition(f"stage {stage} is not deployed yet; deploy before setting a canary")
+            c = resources_pb2.CanarySettings()
+            c.CopyFrom(canary)
+            if not c.deployment:
+                c.deployment = st.spec.deployment
+            elif c.deployment not in dep_ids:
+                raise NotFound(f"deployment {c.deployment} of Api {api} does not exist")
+            if not 0 < c.percent <= 100:
+                raise InvalidConfig(f"canary percent must be in (0, 100], got {c.percent:g}")
+            st.spec.canary.CopyFrom(c)
+
+        st, revision = await self._update_stage(namespace, api, stage, mutate)
+        return control_pb2.CanaryResponse(stage=st, revision=revision)
+
+    async def promote_canary(self, namespace: str, api: str, stage: str) -> control_pb2.CanaryResponse:
+        def mutate(st: resources_pb2.Stage, dep_ids: list[int]) -> None:
+            c = st.spec.canary
+            if not c.deployment and not c.percent:
+                raise FailedPrecondition(f"stage {stage} has no canary to promote")
+            st.spec.deployment = c.deployment or st.spec.deployment
+            for k, v in c.variables.items():
+                st.spec.variables[k] = v
+            st.spec.ClearField("canary")
+
+        st, revision = await self._update_stage(namespace, api, stage, mutate)
+        return control_pb2.CanaryResponse(stage=st, revision=revision)
+
+    async def remove_canary(self, namespace: str, api: str, stage: str) -> control_pb2.CanaryResponse:
+        def mutate(st: resources_pb2.Stage, dep_ids: list[int]) -> None:
+            if not st.spec.HasField("canary"):
+                raise FailedPrecondition(f"stage {stage} has no canary")
+            st.spec.ClearField("canary")
+
+        st, revision = await self._update_stage(namespace, api, stage, mutate)
+        return control_pb2.CanaryResponse(stage=st, revision=revision)
+
+
+KIND_WORDS = {
+    "api": "Api",
+    "apis": "Api",
+    "stage": "Stage",
+    "stages": "Stage",
+    "deployment": "Deployment",
+    "deployments": "Deployment",
+    "usageplan": "UsagePlan",
+    "usageplans": "UsagePlan",
+    "apikey": "ApiKey",
+    "apikeys": "ApiKey",
+}
+
+
+def _canonical_kind(kind: str) -> str:
+    canonical = KIND_WORDS.get(kind.lower())
+    if canonical is None:
+        raise InvalidConfig(f"unknown kind {kind!r}: Api, Stage, Deployment, UsagePlan or ApiKey")
+    return canonical

@@ -1,0 +1,291 @@
+"""The config stream (ADS-like): watch etcd, coalesce changes, push versioned snapshots, track ACK/NACK.
+
+One watch per control replica keeps an in-memory `State`; after a change
+burst settles (debounce, bounded by a maximum delay so steady writes are not
+starved) every connected sidecar whose snapshot version changed gets it with
+a fresh nonce. Per-sidecar status lives in etcd under this replica's lease,
+so any replica can list every sidecar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from meshgate.control import state as keys
+from meshgate.control.snapshots import SnapshotCache
+from meshgate.control.state import State
+from meshgate.control.store import Store
+from meshgate.v1 import control_pb2
+
+log = logging.getLogger("meshgate.control.stream")
+
+
+class _Conn:
+    """One connected sidecar stream."""
+
+    def __init__(self, node: control_pb2.Node, control_id: str) -> None:
+        self.node = node
+        self.pending: control_pb2.Snapshot | None = None
+        self.wake = asyncio.Event()
+        self.closed = False
+        self.sent: control_pb2.Snapshot | None = None
+        self.status = control_pb2.SidecarStatus(
+            node=node, control_id=control_id, connected_unix_nano=time.time_ns()
+        )
+        self.status_dirty = asyncio.Event()
+        self.written = b""
+
+    def offer(self, snap: control_pb2.Snapshot) -> None:
+        self.pending = snap
+        self.wake.set()
+
+
+class ConfigStreamer:
+    """Serves StreamConfig for one control replica."""
+
+    def __init__(
+        self,
+        store: Store,
+        control_id: str,
+        *,
+        debounce_s: float = 0.005,
+        max_delay_s: float = 0.05,
+        status_ttl_s: int = 15,
+    ) -> None:
+        self.store = store
+        self.control_id = control_id
+        self.debounce_s = debounce_s
+        self.max_delay_s = max_delay_s
+        self.status_ttl_s = status_ttl_s
+        self.state = State(store.prefix)
+        self.cache = SnapshotCache()
+        self.pushes = 0
+        self._conns: set[_Conn] = set()
+        self._dirty = asyncio.Event()
+        self._first_event = 0.0
+        self._last_event = 0.0
+        self._delete_time_ns = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lease: Any = None
+        self._ignored = (store.prefix + keys.SidecarsSegment + "/", store.prefix + "seq/")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.state = await self.store.load_state()
+        self._lease = await self.store.client.lease(self.status_ttl_s)
+        self._tasks = [
+            asyncio.create_task(self._watch_loop(), name="etcd-watch"),
+            asyncio.create_task(self._flush_loop(), name="push"),
+            asyncio.create_task(self._lease_loop(), name="lease"),
+        ]
+
+    async def stop(self) -> None:
+        for conn in list(self._conns):
+            conn.closed = True
+            conn.wake.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._lease is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._lease.revoke(), 2)
+
+    # ------------------------------------------------------------------ etcd side
+
+    async def _watch_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                watch = await self.store.client.watch_prefix(
+                    self.store.prefix.encode(), start_revision=self.state.revision + 1
+                )
+                backoff = 0.1
+                async for event in watch:
+                    self._on_event(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # etcd restart, compaction: reload everything
+                log.warning("etcd watch failed (%s); reloading state in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                with contextlib.suppress(Exception):
+                    self.state = await self.store.load_state()
+                    self._mark_dirty()
+
+    def _on_event(self, event: Any) -> None:
+        key = event.kv.key.decode()
+        if key.startswith(self._ignored):
+            return
+        if event.kind == "PUT":
+            changed = self.state.put(key, bytes(event.kv.value))
+        else:
+            changed = self.state.delete(key)
+            if changed:
+                self._delete_time_ns = time.time_ns()
+        self.state.revision = max(self.state.revision, int(event.kv.mod_revision))
+        if changed:
+            self._mark_dirty()
+
+    def _mark_dirty(self) -> None:
+        now = time.monotonic()
+        if not self._dirty.is_set():
+            self._first_event = now
+            self._dirty.set()
+        self._last_event = now
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            while True:  # wait for the burst to settle, but never longer than max_delay_s
+                now = time.monotonic()
+                quiet = now - self._last_event
+                age = now - self._first_event
+                if quiet >= self.debounce_s or age >= self.max_delay_s:
+                    break
+                await asyncio.sleep(max(0.0005, min(self.debounce_s - quiet, self.max_delay_s - age)))
+            self._dirty.clear()
+            for conn in list(self._conns):
+                self._push(conn)
+
+    def _push(self, conn: _Conn, force: bool = False) -> None:
+        snap = self.cache.get(self.state, conn.node)
+        current = conn.pending or conn.sent
+        if not force and current is not None and current.version == snap.version:
+            return
+        out = control_pb2.Snapshot()
+        out.CopyFrom(snap)
+        out.nonce = uuid.uuid4().hex[:12]
+        out.control_id = self.control_id
+        out.source_time_unix_nano = max(snap.source_time_unix_nano, self._delete_time_ns)
+        conn.offer(out)
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(1.0, self.status_ttl_s / 3))
+            try:
+                await self._lease.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("status lease refresh failed (%s); taking a new lease", exc)
+                with contextlib.suppress(Exception):
+                    self._lease = await self.store.client.lease(self.status_ttl_s)
+                    for conn in self._conns:
+                        conn.status_dirty.set()
+
+    async def _status_writer(self, conn: _Conn) -> None:
+        key = keys.sidecar_key(self.store.prefix, conn.node.id).encode()
+        while True:
+            await conn.status_dirty.wait()
+            conn.status_dirty.clear()
+            try:
+                value = conn.status.SerializeToString()
+                await self.store.client.put(key, value, lease=self._lease)
+                conn.written = value
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("could not record status of %s: %s", conn.node.id, exc)
+                await asyncio.sleep(1)
+                conn.status_dirty.set()
+
+    # ------------------------------------------------------------------ gRPC side
+
+    async def stream(
+        self,
+        request_iterator: AsyncIterator[control_pb2.StreamRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[control_pb2.Snapshot]:
+        try:
+            first = await anext(aiter(request_iterator))
+        except StopAsyncIteration:
+            return
+        if first.WhichOneof("msg") != "node" or not first.node.id:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a Node with an id"
+            )
+            return
+        conn = _Conn(first.node, self.control_id)
+        self._conns.add(conn)
+        conn.status_dirty.set()
+        writer = asyncio.create_task(self._status_writer(conn))
+        reader = asyncio.create_task(self._read_acks(request_iterator, conn))
+        log.info("sidecar %s connected (namespace %s)", conn.node.id, conn.node.namespace)
+        try:
+            self._push(conn, force=True)
+            while not conn.closed:
+                await conn.wake.wait()
+                conn.wake.clear()
+                snap = conn.pending
+                if snap is None:
+                    continue
+                conn.pending = None
+                conn.sent = snap
+                conn.status.sent_version = snap.version
+                self.pushes += 1
+                yield snap
+                if reader.done():
+                    break
+        finally:
+            self._conns.discard(conn)
+            reader.cancel()
+            writer.cancel()
+            log.info("sidecar %s disconnected", conn.node.id)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._forget(conn))
+
+    async def _forget(self, conn: _Conn) -> None:
+        """Delete the status key unless another replica has rewritten it since (a reconnect)."""
+        key = keys.sidecar_key(self.store.prefix, conn.node.id).encode()
+        tx = self.store.client.transactions
+        if conn.written:
+            await self.store.client.transaction(
+                compare=[tx.value(key) == conn.written], success=[tx.delete(key)], failure=[]
+            )
+
+    async def _read_acks(
+        self, request_iterator: AsyncIterator[control_pb2.StreamRequest], conn: _Conn
+    ) -> None:
+        try:
+            async for req in request_iterator:
+                if req.WhichOneof("msg") != "ack":
+                    continue
+                ack = req.ack
+                sent = conn.sent
+                if sent is None or ack.nonce != sent.nonce:
+                    continue  # stale
+                now = time.time_ns()
+                st = conn.status
+                if ack.error:
+                    st.last_nack_version = ack.version
+                    st.last_nack_error = ack.error
+                    st.nack_count += 1
+                    log.warning("sidecar %s NACKed %s: %s", conn.node.id, ack.version, ack.error)
+                else:
+                    st.acked_version = ack.version
+                    st.last_ack_unix_nano = now
+                    if sent.source_time_unix_nano:
+                        st.last_apply_latency_ms = (now - sent.source_time_unix_nano) / 1e6
+                conn.status_dirty.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            pass
+        finally:
+            conn.closed = True
+            conn.wake.set()
+
+    async def list_sidecars(self) -> control_pb2.ListSidecarsResponse:
+        prefix = (self.store.prefix + keys.SidecarsSegment + "/").encode()
+        rng = await self.store.client.get_prefix(prefix)
+        out = [control_pb2.SidecarStatus.FromString(bytes(kv.value)) for kv in rng]
+        out.sort(key=lambda s: s.node.id)
+        return control_pb2.ListSidecarsResponse(sidecars=out)

@@ -1,0 +1,267 @@
+"""Validation of every resource before it is stored: errors name the field (`spec.routes[1].path`).
+
+Checks here are per resource; references between resources (a Stage's Api)
+are checked by the store against etcd and the rest of the batch.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+
+from meshgate.control.errors import InvalidConfig
+from meshgate.control.state import unwrap
+from meshgate.v1 import resources_pb2
+
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+LABEL_KEY_RE = re.compile(r"^([a-z0-9.-]{1,253}/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "ANY"}
+PARAM_RE = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}$")
+LITERAL_SEGMENT_RE = re.compile(r"^[A-Za-z0-9\-._~!$&'()*,;=:@%]+$")
+VAR_NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
+VAR_VALUE_RE = re.compile(r"^[A-Za-z0-9\-._~:/?#&=,]*$")
+HOST_RE = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$"
+)
+STAGE_VAR_REF_RE = re.compile(r"\$\{stageVariables\.([A-Za-z0-9_]+)\}")
+URI_PARAM_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+MAPPING_KEY_RE = re.compile(r"^integration\.request\.(header|querystring|path)\.([A-Za-z0-9\-_.]+)$")
+MAPPING_VALUE_RE = re.compile(
+    r"^(method\.request\.(path|querystring|header)\.[A-Za-z0-9\-_.]+"
+    r"|context\.(stage|requestId|httpMethod|resourcePath)"
+    r"|stageVariables\.[A-Za-z0-9_]+"
+    r"|'[^']*')$"
+)
+PRIVATE_DEFAULT = "cluster"
+
+
+def _fail(where: str, problem: str) -> None:
+    raise InvalidConfig(f"{where}: {problem}")
+
+
+def path_params(path: str, where: str) -> list[str]:
+    """Validate a route path template and return its parameter names (`proxy` for `{proxy+}`)."""
+    if not path.startswith("/"):
+        _fail(where, f'must start with "/", got {path!r}')
+    if path == "/":
+        return []
+    segments = path.rstrip("/").split("/")[1:] if path != "/" else []
+    names: list[str] = []
+    for i, seg in enumerate(segments):
+        if seg == "":
+            _fail(where, f"empty path segment in {path!r}")
+        m = PARAM_RE.match(seg)
+        if m:
+            name, greedy = m.group(1), m.group(2)
+            if greedy and i != len(segments) - 1:
+                _fail(where, f"greedy parameter {seg} must be the last segment")
+            if name in names:
+                _fail(where, f"duplicate path parameter {name!r}")
+            names.append(name)
+        elif "{" in seg or "}" in seg:
+            _fail(where, f"invalid path parameter segment {seg!r} (use {{name}} or {{name+}})")
+        elif not LITERAL_SEGMENT_RE.match(seg):
+            _fail(where, f"invalid characters in path segment {seg!r}")
+    return names
+
+
+def _meta(meta: resources_pb2.ObjectMeta, where: str) -> None:
+    if not meta.name:
+        _fail(f"{where}.name", "required")
+    if not NAME_RE.match(meta.name):
+        _fail(
+            f"{where}.name", f"{meta.name!r} must be lowercase letters, digits and '-', at most 63 characters"
+        )
+    if meta.namespace and not NAME_RE.match(meta.namespace):
+        _fail(f"{where}.namespace", f"{meta.namespace!r} is not a valid namespace name")
+    for k, v in meta.labels.items():
+        if not LABEL_KEY_RE.match(k):
+            _fail(f"{where}.labels", f"invalid label key {k!r}")
+        if not LABEL_VALUE_RE.match(v):
+            _fail(f"{where}.labels.{k}", f"invalid label value {v!r}")
+
+
+def _integration(integ: resources_pb2.Integration, params: list[str], where: str, has_greedy: bool) -> None:
+    if integ.type not in ("http", "mock"):
+        _fail(f"{where}.type", f'must be "http" or "mock", got {integ.type!r}')
+    if integ.timeout_ms and not 50 <= integ.timeout_ms <= 300000:
+        _fail(f"{where}.timeoutMs", f"must be between 50 and 300000, got {integ.timeout_ms}")
+    if integ.connect_timeout_ms > 60000:
+        _fail(f"{where}.connectTimeoutMs", f"must be at most 60000, got {integ.connect_timeout_ms}")
+    if integ.http_method and integ.http_method not in METHODS:
+        _fail(
+            f"{where}.httpMethod", f"must be one of {', '.join(sorted(METHODS))}, got {integ.http_method!r}"
+        )
+    if integ.type == "http":
+        uri = integ.uri
+        if not uri:
+            _fail(f"{where}.uri", "required for http integrations")
+        if not uri.startswith("http://"):
+            _fail(f"{where}.uri", f"must start with http:// (got {uri!r})")
+        rest = uri[len("http://") :]
+        authority = rest.split("/", 1)[0]
+        if not authority:
+            _fail(f"{where}.uri", f"has no host: {uri!r}")
+        plain = STAGE_VAR_REF_RE.sub("x", authority)
+        host, _, port = plain.rpartition(":") if ":" in plain else (plain, "", "")
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            _fail(f"{where}.uri", f"invalid port in {uri!r}")
+        if not HOST_RE.match(host):
+            try:
+                ipaddress.ip_address(host.strip("[]"))
+            except ValueError:
+                _fail(f"{where}.uri", f"invalid host in {uri!r}")
+        for ref in URI_PARAM_RE.findall(STAGE_VAR_REF_RE.sub("", uri)):
+            if ref == "proxy" and has_greedy:
+                continue
+            if ref not in params:
+                _fail(f"{where}.uri", f"references {{{ref}}} which is not a parameter of the route path")
+        for key, value in integ.request_parameters.items():
+            if not MAPPING_KEY_RE.match(key):
+                _fail(
+                    f"{where}.requestParameters",
+                    f"invalid key {key!r} (integration.request.header|querystring|path.NAME)",
+                )
+            if not MAPPING_VALUE_RE.match(value):
+                _fail(
+                    f"{where}.requestParameters.{key}",
+                    f"invalid value {value!r} (method.request.path|querystring|header.NAME, "
+                    "context.stage|requestId|httpMethod|resourcePath, stageVariables.NAME or 'literal')",
+                )
+            if value.startswith("method.request.path."):
+                name = value.rsplit(".", 1)[1]
+                if name not in params:
+                    _fail(
+                        f"{where}.requestParameters.{key}",
+                        f"path parameter {name!r} is not in the route path",
+                    )
+    else:
+        status = integ.mock.status or 200
+        if not 100 <= status <= 599:
+            _fail(f"{where}.mock.status", f"must be between 100 and 599, got {status}")
+
+
+def validate_api(api: resources_pb2.Api) -> None:
+    _meta(api.metadata, "metadata")
+    spec = api.spec
+    if spec.endpoint_type not in ("", "cluster", "private"):
+        _fail("spec.endpointType", f'must be "cluster" or "private", got {spec.endpoint_type!r}')
+    if spec.base_path:
+        path_params("/" + spec.base_path.strip("/"), "spec.basePath")
+        if "{" in spec.base_path:
+            _fail("spec.basePath", "must not contain parameters")
+    for ns in spec.selector.namespaces:
+        if ns != "*" and not NAME_RE.match(ns):
+            _fail("spec.selector.namespaces", f"invalid namespace {ns!r}")
+    for k, v in spec.selector.match_labels.items():
+        if not LABEL_KEY_RE.match(k) or not LABEL_VALUE_RE.match(v):
+            _fail(f"spec.selector.matchLabels.{k}", f"invalid label {k}={v}")
+    authorizers = set()
+    for i, a in enumerate(spec.authorizers):
+        if not a.name:
+            _fail(f"spec.authorizers[{i}].name", "required")
+        if a.name in authorizers:
+            _fail(f"spec.authorizers[{i}].name", f"duplicate authorizer {a.name!r}")
+        if a.type not in ("jwt", "request", "token"):
+            _fail(f"spec.authorizers[{i}].type", f'must be "jwt", "request" or "token", got {a.type!r}')
+        if a.result_ttl_seconds > 3600:
+            _fail(f"spec.authorizers[{i}].resultTtlSeconds", "must be at most 3600")
+        authorizers.add(a.name)
+    models = set()
+    for i, m in enumerate(spec.models):
+        if not m.name:
+            _fail(f"spec.models[{i}].name", "required")
+        try:
+            json.loads(m.schema_json or "{}")
+        except ValueError as exc:
+            _fail(f"spec.models[{i}].schemaJson", f"not valid JSON: {exc}")
+        models.add(m.name)
+    seen: dict[tuple[str, str], int] = {}
+    for i, r in enumerate(spec.routes):
+        where = f"spec.routes[{i}]"
+        if r.method.upper() not in METHODS:
+            _fail(f"{where}.method", f"must be one of {', '.join(sorted(METHODS))}, got {r.method!r}")
+        params = path_params(r.path, f"{where}.path")
+        normalized = "/" + "/".join(PARAM_RE.sub("{}", s) for s in r.path.strip("/").split("/"))
+        key = (r.method.upper(), normalized)
+        if key in seen:
+            _fail(f"{where}.path", f"{r.method} {r.path} duplicates spec.routes[{seen[key]}]")
+        seen[key] = i
+        if not r.HasField("integration"):
+            _fail(f"{where}.integration", "required")
+        _integration(r.integration, params, f"{where}.integration", r.path.rstrip("/").endswith("+}"))
+        if r.authorizer and r.authorizer not in authorizers:
+            _fail(f"{where}.authorizer", f"no authorizer named {r.authorizer!r} in spec.authorizers")
+        if r.request_model and r.request_model not in models:
+            _fail(f"{where}.requestModel", f"no model named {r.request_model!r} in spec.models")
+        if r.throttling.rate_limit < 0:
+            _fail(f"{where}.throttling.rateLimit", "must not be negative")
+
+
+def validate_stage(stage: resources_pb2.Stage) -> None:
+    _meta(stage.metadata, "metadata")
+    spec = stage.spec
+    if not spec.api:
+        _fail("spec.api", "required: the name of the Api this stage serves")
+    for name, value in spec.variables.items():
+        if not VAR_NAME_RE.match(name):
+            _fail(f"spec.variables.{name}", "variable names are letters, digits and '_'")
+        if not VAR_VALUE_RE.match(value):
+            _fail(f"spec.variables.{name}", f"value {value!r} has characters outside [A-Za-z0-9-._~:/?#&=,]")
+    for i, host in enumerate(spec.hosts):
+        if not HOST_RE.match(host):
+            _fail(f"spec.hosts[{i}]", f"invalid host name {host!r}")
+    c = spec.canary
+    if not 0 <= c.percent <= 100:
+        _fail("spec.canary.percent", f"must be between 0 and 100, got {c.percent:g}")
+    for name, value in c.variables.items():
+        if not VAR_NAME_RE.match(name) or not VAR_VALUE_RE.match(value):
+            _fail(f"spec.canary.variables.{name}", f"invalid stage variable {name}={value!r}")
+    if c.sticky_header and not re.match(r"^[A-Za-z0-9-]+$", c.sticky_header):
+        _fail("spec.canary.stickyHeader", f"invalid header name {c.sticky_header!r}")
+    if spec.throttling.rate_limit < 0:
+        _fail("spec.throttling.rateLimit", "must not be negative")
+    if spec.cache.ttl_seconds > 3600:
+        _fail("spec.cache.ttlSeconds", "must be between 0 and 3600")
+    if not 0 <= spec.tracing_sample_ratio <= 1:
+        _fail("spec.tracingSampleRatio", "must be between 0 and 1")
+
+
+def validate_usage_plan(plan: resources_pb2.UsagePlan) -> None:
+    _meta(plan.metadata, "metadata")
+    for i, ref in enumerate(plan.spec.apis):
+        parts = ref.split("/")
+        if len(parts) > 2 or not all(NAME_RE.match(p) for p in parts):
+            _fail(f"spec.apis[{i}]", f'must be "api" or "api/stage", got {ref!r}')
+    if plan.spec.throttle.rate_limit < 0:
+        _fail("spec.throttle.rateLimit", "must not be negative")
+    if plan.spec.quota.limit and plan.spec.quota.period not in ("DAY", "WEEK", "MONTH"):
+        _fail("spec.quota.period", f"must be DAY, WEEK or MONTH, got {plan.spec.quota.period!r}")
+
+
+def validate_api_key(key: resources_pb2.ApiKey) -> None:
+    _meta(key.metadata, "metadata")
+    if not re.match(r"^[0-9a-f]{64}$", key.spec.value_sha256):
+        _fail("spec.valueSha256", "must be 64 lowercase hex characters (sha256 of the key)")
+
+
+def validate(res: resources_pb2.Resource) -> None:
+    """Raise InvalidConfig naming the resource and the field, or return."""
+    msg = unwrap(res)
+    kind = msg.DESCRIPTOR.name
+    ns = msg.metadata.namespace or "default"
+    try:
+        if isinstance(msg, resources_pb2.Api):
+            validate_api(msg)
+        elif isinstance(msg, resources_pb2.Stage):
+            validate_stage(msg)
+        elif isinstance(msg, resources_pb2.UsagePlan):
+            validate_usage_plan(msg)
+        elif isinstance(msg, resources_pb2.ApiKey):
+            validate_api_key(msg)
+        else:
+            raise InvalidConfig("Deployment resources are made by deploy, not applied")
+    except InvalidConfig as exc:
+        raise InvalidConfig(f"{kind} {ns}/{msg.metadata.name}: {exc}") from None
