@@ -1,0 +1,768 @@
+"""The HTTP/1.1 listener: the sidecar's hot path (asyncio.Protocol + httptools, callbacks, no framework).
+
+Owns client connections: parsing with limits, keep-alive, pipelining (one
+exchange at a time, in order), streaming bodies both ways with backpressure,
+hop-by-hop stripping, X-Forwarded-*, request ids, and every gateway error
+rendered from the one error table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections import deque
+from dataclasses import dataclass
+from typing import cast
+
+import httptools
+from meshgate.sidecar.errors import STATUS_LINES, phrase, render_http_error
+from meshgate.sidecar.routing import Miss, TableHolder, Target
+from meshgate.sidecar.upstream import UpstreamConn, UpstreamPool
+
+log = logging.getLogger("meshgate.sidecar.http")
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    }
+)
+# Request headers the sidecar sets itself.
+REQUEST_OWN = HOP_BY_HOP | {b"host", b"content-length", b"x-forwarded-proto", b"x-meshgate-request-id"}
+RESPONSE_OWN = HOP_BY_HOP | {b"content-length", b"x-meshgate-request-id"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header_bytes: int = 65536
+    max_headers: int = 100
+    max_body_bytes: int = 10 * 1024 * 1024
+    header_timeout_s: float = 10.0
+    body_idle_timeout_s: float = 30.0
+    keepalive_timeout_s: float = 75.0
+    max_pipelined: int = 32
+    lingering_s: float = 2.0
+
+
+class _RequestIds:
+    def __init__(self) -> None:
+        self.prefix = os.urandom(4).hex()
+        self.n = 0
+
+    def next(self) -> str:
+        self.n += 1
+        return f"{self.prefix}{self.n:012x}"
+
+
+REQUEST_IDS = _RequestIds()
+
+
+class _Abort(Exception):
+    """Raised inside parser callbacks to stop parsing with a status."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class Exchange:
+    """One client request and its response; implements UpstreamListener."""
+
+    __slots__ = (
+        "body_chunks",
+        "body_complete",
+        "body_received",
+        "chunked_in",
+        "client",
+        "content_length",
+        "discard_body",
+        "error",
+        "finished",
+        "head_sent",
+        "headers",
+        "host",
+        "is_head",
+        "keep_alive",
+        "method",
+        "out_chunked",
+        "request_id",
+        "response_done",
+        "retry_ok",
+        "target",
+        "timer",
+        "upstream",
+        "url",
+        "version",
+    )
+
+    def __init__(self, client: ClientConn) -> None:
+        self.client = client
+        self.method = "GET"
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.host = ""
+        self.version = "1.1"
+        self.keep_alive = True
+        self.request_id = REQUEST_IDS.next()
+        self.content_length = -1
+        self.chunked_in = False
+        self.body_chunks: list[bytes] | None = []  # buffered until an upstream is attached
+        self.body_received = 0
+        self.body_complete = False
+        self.discard_body = False
+        self.error: tuple[int, str] | None = None
+        self.target: Target | None = None
+        self.upstream: UpstreamConn | None = None
+        self.head_sent = False
+        self.response_done = False
+        self.out_chunked = False
+        self.is_head = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.retry_ok = False
+        self.finished = False
+
+    # ------------------------------------------------------------------ request body in
+    def feed_body(self, chunk: bytes) -> None:
+        if self.discard_body:
+            return
+        up = self.upstream
+        if up is not None and self.body_chunks is None:
+            up.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.chunked_in else chunk)
+        elif self.body_chunks is not None:
+            self.body_chunks.append(chunk)
+
+    def end_body(self) -> None:
+        self.body_complete = True
+        up = self.upstream
+        if up is not None and self.body_chunks is None and self.chunked_in and not self.discard_body:
+            up.write(b"0\r\n\r\n")
+        if self.response_done:
+            self.client.exchange_done(self)
+
+    # ------------------------------------------------------------------ start
+    def start(self) -> None:
+        c = self.client
+        if self.error is not None:
+            self.fail(*self.error, close=True)
+            return
+        try:
+            path, _, query = self.url.decode("latin-1").partition("?")
+            if not path.startswith("/"):
+                self.fail(
+                    400, f"malformed HTTP request: request target {path[:100]!r} is not an origin-form path"
+                )
+                return
+            hdrs = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.headers}
+            result = c.holder.table.resolve(self.host, self.method, path, query, hdrs, self.request_id)
+        except Exception:
+            log.exception("route resolution failed (request %s)", self.request_id)
+            self.fail(500, "internal error")
+            return
+        if isinstance(result, Miss):
+            extra = ((b"allow", result.allow.encode()),) if result.allow else ()
+            self.fail(result.status, result.reason, extra_headers=extra)
+            return
+        self.target = result
+        if result.kind == "mock":
+            self.respond_mock(result)
+            return
+        self.timer = c.loop.call_later(result.timeout_s, self.on_timeout)
+        self.retry_ok = self.content_length <= 0 and not self.chunked_in
+        up = c.pool.take_idle(result.host, result.port)
+        if up is not None:
+            self.attach(up)
+        else:
+            c.loop.create_task(self.connect(result))
+
+    async def connect(self, t: Target) -> None:
+        where = f"{t.host}:{t.port}"
+        try:
+            up = await self.client.pool.connect(t.host, t.port, t.connect_timeout_s)
+        except ConnectionRefusedError:
+            self.fail(503, f"upstream connect refused ({where})")
+            return
+        except TimeoutError:
+            self.fail(503, f"upstream connect timeout after {t.connect_timeout_s:g}s ({where})")
+            return
+        except socket.gaierror as exc:
+            self.fail(503, f"upstream DNS resolution failed for {t.host}: {exc.strerror}")
+            return
+        except OSError as exc:
+            self.fail(503, f"upstream connect failed ({where}): {exc.strerror or exc}")
+            return
+        if self.finished or self.response_done or self.client.closed:
+            up.release()
+            return
+        self.attach(up)
+
+    def attach(self, up: UpstreamConn) -> None:
+        t = self.target
+        assert t is not None
+        self.upstream = up
+        up.attach(self)
+        c = self.client
+        lines = [
+            t.method,
+            b" ",
+            t.target,
+            b" HTTP/1.1\r\nhost: ",
+            f"{t.host}:{t.port}".encode() if t.port != 80 else t.host.encode(),
+            b"\r\n",
+        ]
+        xff = c.peer_ip
+        drop = REQUEST_OWN
+        if t.set_headers:
+            drop = drop | {n for n, _ in t.set_headers}
+        connection_tokens: set[bytes] = set()
+        for name, value in self.headers:
+            if name.lower() == b"connection":
+                connection_tokens |= {v.strip().lower() for v in value.split(b",")}
+        for name, value in self.headers:
+            low = name.lower()
+            if low in drop or low in connection_tokens:
+                continue
+            if low == b"x-forwarded-for":
+                xff = value + b", " + c.peer_ip
+                continue
+            lines += (name, b": ", value, b"\r\n")
+        lines += (
+            b"x-forwarded-for: ",
+            xff,
+            b"\r\nx-forwarded-proto: http\r\nx-meshgate-request-id: ",
+            self.request_id.encode(),
+            b"\r\n",
+        )
+        for name, value in t.set_headers:
+            lines += (name, b": ", value, b"\r\n")
+        if self.chunked_in:
+            lines.append(b"transfer-encoding: chunked\r\n")
+        elif self.content_length >= 0 and (
+            self.content_length > 0 or self.method in ("POST", "PUT", "PATCH")
+        ):
+            lines.append(b"content-length: %d\r\n" % self.content_length)
+        lines.append(b"\r\n")
+        chunks = self.body_chunks or ()
+        self.body_chunks = None
+        if self.chunked_in:
+            for chunk in chunks:
+                lines.append(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            if self.body_complete:
+                lines.append(b"0\r\n\r\n")
+        else:
+            lines.extend(chunks)
+        up.write(b"".join(lines))
+        if c.paused_by_upstream:
+            c.resume_reading_from("upstream")
+
+    # ------------------------------------------------------------------ responses
+    def respond_mock(self, t: Target) -> None:
+        c = self.client
+        body = b"" if self.is_head else t.body
+        head = [STATUS_LINES.get(t.status) or b"HTTP/1.1 %d %s\r\n" % (t.status, phrase(t.status))]
+        for name, value in t.headers:
+            head += (name, b": ", value, b"\r\n")
+        head.append(
+            b"content-length: %d\r\nx-meshgate-request-id: %s\r\nx-meshgate-deployment: %d\r\n"
+            % (len(t.body), self.request_id.encode(), t.deployment_id)
+        )
+        if t.canary:
+            head.append(b"x-meshgate-canary: 1\r\n")
+        if not self.keep_alive:
+            head.append(b"connection: close\r\n")
+        head.append(b"\r\n")
+        c.write(b"".join(head) + body)
+        self.head_sent = True
+        self.complete_response()
+
+    def fail(
+        self,
+        status: int,
+        reason: str,
+        *,
+        close: bool = False,
+        extra_headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        """Answer with a gateway error (or abort the client if the response already started)."""
+        if self.finished or self.response_done:
+            return
+        self._cancel_timer()
+        up = self.upstream
+        if up is not None:
+            self.upstream = None
+            up.listener = None
+            up.close()
+        c = self.client
+        if self.head_sent:
+            log.warning(
+                "request %s: %s after the response started; aborting the client", self.request_id, reason
+            )
+            c.abort()
+            self.finished = True
+            return
+        close = close or not self.keep_alive or (not self.body_complete and status in (413, 400, 431, 408))
+        if status >= 500:
+            log.info(
+                "request %s %s %s -> %d: %s", self.request_id, self.method, self.url[:200], status, reason
+            )
+        c.write(render_http_error(status, reason, self.request_id, close=close, extra_headers=extra_headers))
+        self.head_sent = True
+        if close:
+            self.keep_alive = False
+        if not self.body_complete:
+            self.discard_body = True
+            self.body_chunks = None
+        self.complete_response()
+
+    def on_timeout(self) -> None:
+        self.timer = None
+        t = self.target
+        self.retry_ok = False
+        self.fail(504, f"integration timeout after {t.timeout_s if t else 0:g}s")
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    # UpstreamListener
+    def on_upstream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        c = self.client
+        t = self.target
+        assert t is not None
+        self.retry_ok = False
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, reason or phrase(status))]
+        length = -1
+        connection_tokens: set[bytes] = set()
+        for name, value in headers:
+            low = name.lower()
+            if low == b"connection":
+                connection_tokens |= {v.strip().lower() for v in value.split(b",")}
+        for name, value in headers:
+            low = name.lower()
+            if low == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    self.fail(502, "invalid upstream response: bad content-length")
+                    return
+                continue
+            if low in RESPONSE_OWN or low in connection_tokens:
+                continue
+            head += (name, b": ", value, b"\r\n")
+        no_body = self.is_head or status in (204, 304) or 100 <= status < 200
+        if no_body:
+            if length >= 0:
+                head.append(b"content-length: %d\r\n" % length)
+        elif length >= 0:
+            head.append(b"content-length: %d\r\n" % length)
+        elif self.version == "1.1":
+            self.out_chunked = True
+            head.append(b"transfer-encoding: chunked\r\n")
+        else:
+            self.keep_alive = False  # HTTP/1.0 client, unknown length: close-delimited
+        head.append(
+            b"x-meshgate-request-id: %s\r\nx-meshgate-deployment: %d\r\n"
+            % (self.request_id.encode(), t.deployment_id)
+        )
+        if t.canary:
+            head.append(b"x-meshgate-canary: 1\r\n")
+        if not self.keep_alive:
+            head.append(b"connection: close\r\n")
+        head.append(b"\r\n")
+        c.write(b"".join(head))
+        self.head_sent = True
+        if self.is_head:  # httptools cannot frame a HEAD response: finish now, drop the connection
+            up = self.upstream
+            self.upstream = None
+            if up is not None:
+                up.listener = None
+                up.close()
+            self._cancel_timer()
+            self.complete_response()
+
+    def on_upstream_body(self, chunk: bytes) -> None:
+        if self.out_chunked:
+            self.client.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        else:
+            self.client.write(chunk)
+
+    def on_upstream_end(self, keep_alive: bool) -> None:
+        self._cancel_timer()
+        up = self.upstream
+        self.upstream = None
+        if self.out_chunked:
+            self.client.write(b"0\r\n\r\n")
+        if up is not None:
+            if keep_alive and self.body_complete and not self.discard_body:
+                up.release()
+            else:
+                up.listener = None
+                up.close()
+        self.complete_response()
+
+    def on_upstream_error(self, reason: str, before_head: bool) -> None:
+        up = self.upstream
+        self.upstream = None
+        if before_head and self.retry_ok and up is not None and up.reused and not up.got_bytes:
+            # A pooled connection the upstream had closed: retry once on a fresh one.
+            self.retry_ok = False
+            t = self.target
+            if t is not None:
+                self.client.loop.create_task(self.connect(t))
+                return
+        if up is not None:
+            up.listener = None
+        status = 502
+        self.fail(status, reason)
+
+    def on_upstream_writable(self, writable: bool) -> None:
+        if writable:
+            self.client.resume_reading_from("upstream")
+        else:
+            self.client.pause_reading_from("upstream")
+
+    def complete_response(self) -> None:
+        self.response_done = True
+        self._cancel_timer()
+        if self.body_complete or self.discard_body:
+            self.client.exchange_done(self)
+
+
+class ClientConn(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, holder: TableHolder, pool: UpstreamPool, limits: Limits, server: HttpServer) -> None:
+        self.holder = holder
+        self.pool = pool
+        self.limits = limits
+        self.server = server
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.queue: deque[Exchange] = deque()
+        self.current: Exchange | None = None  # the request being parsed
+        self.peer_ip = b"unknown"
+        self.closed = False
+        self.header_bytes = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.paused: set[str] = set()
+        self.draining = False
+        self.drain_left = 0
+        self.writable = True
+        self.in_headers = False
+        self.raw_head = 0
+
+    @property
+    def paused_by_upstream(self) -> bool:
+        return "upstream" in self.paused
+
+    # ------------------------------------------------------------------ transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer_ip = str(peer[0]).encode()
+        transport.set_write_buffer_limits(high=256 * 1024)
+        self.server.conns.add(self)
+        self._arm(self.limits.keepalive_timeout_s, self._idle_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.conns.discard(self)
+        self._disarm()
+        for ex in self.queue:
+            ex.finished = True
+            ex._cancel_timer()
+            up = ex.upstream
+            if up is not None:
+                ex.upstream = None
+                up.listener = None
+                up.close()
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self.writable = False
+        for ex in self.queue:
+            if ex.upstream is not None:
+                ex.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writable = True
+        for ex in self.queue:
+            if ex.upstream is not None:
+                ex.upstream.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause_reading_from(self, why: str) -> None:
+        if not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+        self.paused.add(why)
+
+    def resume_reading_from(self, why: str) -> None:
+        if why in self.paused:
+            self.paused.discard(why)
+            if not self.paused and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    # ------------------------------------------------------------------ timers
+    def _arm(self, delay: float, cb: object) -> None:
+        self._disarm()
+        self.timer = self.loop.call_later(delay, cb)  # type: ignore[arg-type]
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _idle_timeout(self) -> None:
+        self.timer = None
+        if not self.queue and self.transport is not None:
+            self.transport.close()
+
+    def _header_timeout(self) -> None:
+        self.timer = None
+        self._reject(408, f"client sent no complete request headers within {self.limits.header_timeout_s:g}s")
+
+    def _body_timeout(self) -> None:
+        self.timer = None
+        ex = self.current
+        if ex is not None and not ex.body_complete:
+            if ex.head_sent:
+                self.abort()
+            else:
+                ex.fail(408, f"client body stalled for {self.limits.body_idle_timeout_s:g}s", close=True)
+
+    # ------------------------------------------------------------------ parsing
+    def data_received(self, data: bytes) -> None:
+        if self.draining:
+            self.drain_left -= len(data)
+            if self.drain_left <= 0 and self.transport is not None:
+                self.transport.close()
+            return
+        if self.in_headers or self.current is None:
+            self.raw_head += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Abort):
+                self._reject(cause.status, cause.reason, linger=cause.status == 413)
+            else:
+                log.error("parser callback failed: %r", cause)
+                self._reject(500, "internal error")
+        except httptools.HttpParserUpgrade:
+            self._reject(400, "malformed HTTP request: protocol upgrade is not supported on this route")
+        except httptools.HttpParserError as exc:
+            self._reject(400, f"malformed HTTP request: {exc}")
+        if self.in_headers and self.raw_head > self.limits.max_header_bytes:
+            self._reject(431, f"request header block larger than {self.limits.max_header_bytes} bytes")
+
+    def _reject(self, status: int, reason: str, linger: bool = False) -> None:
+        """A request that cannot be parsed further: answer it in order, then close."""
+        if self.draining or self.closed:
+            return
+        ex = self.current
+        if ex is None or ex not in self.queue:
+            ex = Exchange(self)
+            self.queue.append(ex)
+        self.current = None
+        ex.error = (status, reason)
+        ex.keep_alive = False
+        ex.discard_body = True
+        ex.body_complete = True
+        self.draining = True
+        self.drain_left = 1 << 62
+        self.loop.call_later(self.limits.lingering_s if linger else 0.05, self._close_now)
+        if self.queue[0] is ex and not ex.head_sent:
+            ex.start()
+
+    def _close_now(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def on_message_begin(self) -> None:
+        ex = Exchange(self)
+        self.current = ex
+        self.header_bytes = 0
+        self.in_headers = True
+        if not self.queue:
+            self._arm(self.limits.header_timeout_s, self._header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        ex = self.current
+        assert ex is not None
+        ex.url += url
+        self.header_bytes += len(url)
+        if self.header_bytes > self.limits.max_header_bytes:
+            raise _Abort(414 if len(ex.url) > self.limits.max_header_bytes else 431, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self.current
+        assert ex is not None
+        ex.headers.append((name, value))
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > self.limits.max_header_bytes:
+            raise _Abort(431, f"request header block larger than {self.limits.max_header_bytes} bytes")
+        if len(ex.headers) > self.limits.max_headers:
+            raise _Abort(431, f"more than {self.limits.max_headers} request headers")
+
+    def on_headers_complete(self) -> None:
+        ex = self.current
+        assert ex is not None
+        self.in_headers = False
+        self.raw_head = 0
+        p = self.parser
+        ex.method = p.get_method().decode()
+        ex.version = p.get_http_version()
+        ex.keep_alive = p.should_keep_alive()
+        ex.is_head = ex.method == "HEAD"
+        for name, value in ex.headers:
+            low = name.lower()
+            if low == b"host":
+                ex.host = value.decode("latin-1")
+            elif low == b"content-length":
+                try:
+                    ex.content_length = int(value)
+                except ValueError:
+                    raise _Abort(400, "malformed HTTP request: invalid content-length") from None
+            elif low == b"transfer-encoding" and b"chunked" in value.lower():
+                ex.chunked_in = True
+        if ex.chunked_in:
+            ex.content_length = -1
+        if ex.content_length > self.limits.max_body_bytes:
+            ex.error = (
+                413,
+                f"request body of {ex.content_length} bytes exceeds the {self.limits.max_body_bytes}-byte limit",
+            )
+            ex.keep_alive = False
+        self.queue.append(ex)
+        if len(self.queue) == 1:
+            self._disarm()
+            if ex.error is not None:
+                self._start_rejected_body(ex)
+                return
+            ex.start()
+        else:
+            if ex.error is not None:
+                raise _Abort(*ex.error)
+            if len(self.queue) >= 2:
+                self.pause_reading_from("pipeline")
+        if self.current is ex and not ex.body_complete and (ex.content_length > 0 or ex.chunked_in):
+            self._arm(self.limits.body_idle_timeout_s, self._body_timeout)
+
+    def _start_rejected_body(self, ex: Exchange) -> None:
+        """413 by Content-Length: answer now, then read and drop the body for a while (lingering close)."""
+        self.draining = True
+        self.drain_left = ex.content_length
+        self.loop.call_later(self.limits.lingering_s, self._close_now)
+        ex.start()
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.current
+        assert ex is not None
+        ex.body_received += len(body)
+        if ex.body_received > self.limits.max_body_bytes:
+            raise _Abort(413, f"request body exceeds the {self.limits.max_body_bytes}-byte limit")
+        if self.timer is not None:
+            self._arm(self.limits.body_idle_timeout_s, self._body_timeout)
+        ex.feed_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.current
+        assert ex is not None
+        self.current = None
+        self._disarm()
+        ex.end_body()
+        if not self.queue and not self.closed and not self.draining:
+            self._arm(self.limits.keepalive_timeout_s, self._idle_timeout)
+
+    # ------------------------------------------------------------------ pipeline
+    def exchange_done(self, ex: Exchange) -> None:
+        if ex.finished:
+            return
+        ex.finished = True
+        if self.queue and self.queue[0] is ex:
+            self.queue.popleft()
+        if not ex.keep_alive:
+            if self.transport is not None and not self.draining:
+                self.transport.close()
+            return
+        if self.queue:
+            nxt = self.queue[0]
+            if len(self.queue) < 2:
+                self.resume_reading_from("pipeline")
+            nxt.start()
+        else:
+            self.resume_reading_from("pipeline")
+            if self.current is None:
+                self._arm(self.limits.keepalive_timeout_s, self._idle_timeout)
+
+
+class HttpServer:
+    """The listener and its live connections."""
+
+    def __init__(self) -> None:
+        self.conns: set[ClientConn] = set()
+        self.server: asyncio.Server | None = None
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop accepting; wait up to timeout for in-flight exchanges; close idle connections."""
+        if self.server is not None:
+            self.server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while loop.time() < deadline:
+            busy = False
+            for conn in list(self.conns):
+                if conn.queue:
+                    busy = True
+                elif conn.transport is not None:
+                    conn.transport.close()
+            if not busy:
+                break
+            await asyncio.sleep(0.05)
+        for conn in list(self.conns):
+            if conn.transport is not None:
+                conn.transport.close()
+
+
+async def serve_http(
+    holder: TableHolder,
+    host: str,
+    port: int,
+    *,
+    limits: Limits = Limits(),
+    sock: socket.socket | None = None,
+    pool: UpstreamPool | None = None,
+    http_server: HttpServer | None = None,
+) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    pool = pool or UpstreamPool()
+    hs = http_server or HttpServer()
+    if sock is not None:
+        server = await loop.create_server(
+            lambda: ClientConn(holder, pool, limits, hs), sock=sock, backlog=1024
+        )
+    else:
+        server = await loop.create_server(
+            lambda: ClientConn(holder, pool, limits, hs), host, port, backlog=1024, reuse_address=True
+        )
+    hs.server = server
+    return server

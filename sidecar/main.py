@@ -1,0 +1,159 @@
+"""`meshgate sidecar`: wires the admin port, the persisted snapshot, the HTTP listener and the config client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from google.protobuf import json_format
+from meshgate.sidecar.admin import AdminState, start_admin
+from meshgate.sidecar.config_client import ConfigClient
+from meshgate.sidecar.http1 import HttpServer, Limits, serve_http
+from meshgate.sidecar.routing import TableHolder, compile_snapshot
+from meshgate.sidecar.upstream import UpstreamPool
+from meshgate.v1 import control_pb2
+
+log = logging.getLogger("meshgate.sidecar")
+
+
+def _address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _labels(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        for part in item.split(","):
+            if not part:
+                continue
+            k, sep, v = part.partition("=")
+            if not sep:
+                raise SystemExit(f"error: --label expects KEY=VALUE, got {part!r}")
+            out[k] = v
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env = os.environ
+    p = argparse.ArgumentParser(prog="meshgate sidecar", description="Run a meshgate sidecar.")
+    p.add_argument(
+        "--control", default=env.get("MESHGATE_CONTROL", "127.0.0.1:7070"), help="control HOST:PORT"
+    )
+    p.add_argument(
+        "--listen", type=_address, default="0.0.0.0:15001", help="HTTP listener (default %(default)s)"
+    )
+    p.add_argument(
+        "--admin", type=_address, default="127.0.0.1:15000", help="admin port (default %(default)s)"
+    )
+    default_id = env.get("MESHGATE_NODE_ID") or env.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    p.add_argument("--node-id", default=default_id)
+    p.add_argument("--pod", default=env.get("POD_NAME", ""))
+    p.add_argument("--namespace", default=env.get("POD_NAMESPACE", "default"))
+    p.add_argument(
+        "--label", action="append", default=[env["MESHGATE_LABELS"]] if env.get("MESHGATE_LABELS") else []
+    )
+    p.add_argument("--state-dir", type=Path, help="where the last good snapshot is kept")
+    p.add_argument("--snapshot-file", type=Path, help="serve this Snapshot (JSON) with no control connection")
+    p.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes)
+    p.add_argument("--drain-seconds", type=float, default=5.0)
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+async def run(args: argparse.Namespace) -> int:
+    holder = TableHolder()
+
+    def apply(snap: control_pb2.Snapshot) -> None:
+        holder.table = compile_snapshot(snap)  # build first; assignment is the atomic swap
+
+    node = control_pb2.Node(
+        id=args.node_id, pod=args.pod or args.node_id, namespace=args.namespace, labels=_labels(args.label)
+    )
+    client = ConfigClient(args.control, node, apply, state_dir=args.state_dir)
+    listen_host, listen_port = args.listen if isinstance(args.listen, tuple) else _address(args.listen)
+    admin_host, admin_port = args.admin if isinstance(args.admin, tuple) else _address(args.admin)
+    pool = UpstreamPool()
+    http_server = HttpServer()
+    try:
+        runner = await start_admin(AdminState(client, holder, args.node_id), admin_host, admin_port)
+    except OSError as exc:
+        print(f"error: cannot listen on admin {admin_host}:{admin_port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    if args.snapshot_file is not None:
+        try:
+            snap = json_format.Parse(args.snapshot_file.read_text(), control_pb2.Snapshot())
+            client.apply_local(snap, "file")
+        except Exception as exc:
+            print(f"error: {args.snapshot_file}: {exc}", file=sys.stderr)
+            await runner.cleanup()
+            return 1
+    else:
+        persisted = client.load_persisted()
+        if persisted is not None:
+            try:
+                client.apply_local(persisted, "persisted")
+                log.info("serving persisted snapshot %s until control answers", persisted.version)
+            except Exception as exc:
+                log.warning("persisted snapshot cannot be applied: %s", exc)
+    try:
+        await serve_http(
+            holder,
+            listen_host,
+            listen_port,
+            limits=Limits(max_body_bytes=args.max_body_bytes),
+            pool=pool,
+            http_server=http_server,
+        )
+    except OSError as exc:
+        print(f"error: cannot listen on {listen_host}:{listen_port}: {exc.strerror}", file=sys.stderr)
+        await runner.cleanup()
+        return 1
+    task = None if args.snapshot_file is not None else asyncio.create_task(client.run())
+    source = f"snapshot file {args.snapshot_file}" if args.snapshot_file else f"control {args.control}"
+    print(
+        f"meshgate sidecar {args.node_id} listening on {listen_host}:{listen_port} "
+        f"(admin {admin_host}:{admin_port}, {source})",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("draining (up to %.1fs)", args.drain_seconds)
+    client.stop()
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    await http_server.drain(args.drain_seconds)
+    pool.close()
+    await runner.cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        import uvloop
+
+        return uvloop.run(run(args))
+    except ImportError:
+        return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

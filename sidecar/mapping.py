@@ -1,0 +1,124 @@
+"""Integration request mapping: URI templates and API Gateway-style request parameters.
+
+Everything known when a snapshot is applied (stage variables, context.stage)
+is substituted at compile time; per request only path/query/header values
+and the request id are filled in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import quote
+
+STAGE_VAR_RE = re.compile(r"\$\{stageVariables\.([A-Za-z0-9_]+)\}")
+PARAM_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\+?\}")
+KEY_RE = re.compile(r"^integration\.request\.(header|querystring|path)\.([A-Za-z0-9\-_.]+)$")
+
+
+class MappingError(ValueError):
+    """Config that cannot be compiled into a mapping."""
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a mapped value comes from: path|query|header|request_id|method|const."""
+
+    kind: str
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestValues:
+    method: str
+    path_params: Mapping[str, str]
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    request_id: str
+
+    def get(self, src: Source) -> str | None:
+        if src.kind == "const":
+            return src.name
+        if src.kind == "path":
+            return self.path_params.get(src.name)
+        if src.kind == "query":
+            return self.query.get(src.name)
+        if src.kind == "header":
+            return self.headers.get(src.name)
+        if src.kind == "request_id":
+            return self.request_id
+        return self.method
+
+
+def substitute_stage_vars(text: str, variables: Mapping[str, str]) -> tuple[str, str | None]:
+    """Replace ${stageVariables.x}; returns (text, name of the first missing variable or None)."""
+    missing: list[str] = []
+
+    def repl(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in variables:
+            missing.append(name)
+            return ""
+        return variables[name]
+
+    out = STAGE_VAR_RE.sub(repl, text)
+    return out, (missing[0] if missing else None)
+
+
+def compile_source(value: str, stage: str, variables: Mapping[str, str], resource_path: str) -> Source:
+    if value.startswith("'") and value.endswith("'") and len(value) >= 2:
+        return Source("const", value[1:-1])
+    for prefix, kind in (
+        ("method.request.path.", "path"),
+        ("method.request.querystring.", "query"),
+        ("method.request.header.", "header"),
+    ):
+        if value.startswith(prefix):
+            name = value[len(prefix) :]
+            return Source(kind, name.lower() if kind == "header" else name)
+    if value == "context.stage":
+        return Source("const", stage)
+    if value == "context.resourcePath":
+        return Source("const", resource_path)
+    if value == "context.requestId":
+        return Source("request_id")
+    if value == "context.httpMethod":
+        return Source("method")
+    if value.startswith("stageVariables."):
+        name = value[len("stageVariables.") :]
+        if name not in variables:
+            raise MappingError(f"stage variable {name!r} is not defined")
+        return Source("const", variables[name])
+    raise MappingError(f"unsupported mapping value {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ParamMapping:
+    """Compiled request_parameters: header, query and path targets."""
+
+    headers: tuple[tuple[bytes, Source], ...] = ()
+    query: tuple[tuple[str, Source], ...] = ()
+    path: tuple[tuple[str, Source], ...] = ()
+
+
+def compile_parameters(
+    params: Mapping[str, str], stage: str, variables: Mapping[str, str], resource_path: str
+) -> ParamMapping:
+    headers, query, path = [], [], []
+    for key, value in sorted(params.items()):
+        m = KEY_RE.match(key)
+        if not m:
+            raise MappingError(f"unsupported mapping key {key!r}")
+        src = compile_source(value, stage, variables, resource_path)
+        if m.group(1) == "header":
+            headers.append((m.group(2).lower().encode("latin-1"), src))
+        elif m.group(1) == "querystring":
+            query.append((m.group(2), src))
+        else:
+            path.append((m.group(2), src))
+    return ParamMapping(tuple(headers), tuple(query), tuple(path))
+
+
+def quote_param(value: str, greedy: bool) -> str:
+    return quote(value, safe="/" if greedy else "")

@@ -1,0 +1,436 @@
+"""The route table: compiled once per snapshot, matched per request with no I/O.
+
+Stage by path prefix `/{stage}` (or `/{basePath}/{stage}`) or by a host
+mapping; then method + path template (literal > `{param}` > greedy
+`{proxy+}`, `ANY`). A miss is a value (404/405/500/503), not an exception.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, unquote, urlencode
+
+from meshgate.sidecar.canary import CanaryChooser
+from meshgate.sidecar.mapping import (
+    MappingError,
+    ParamMapping,
+    RequestValues,
+    compile_parameters,
+    quote_param,
+    substitute_stage_vars,
+)
+from meshgate.v1 import control_pb2, resources_pb2
+
+_URI_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}")
+
+
+class CompileError(Exception):
+    """A snapshot this sidecar cannot serve (the reason is sent back as a NACK)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A fully resolved integration call for one request."""
+
+    kind: str  # "http" | "mock"
+    stage: str
+    api: str
+    deployment_id: int
+    canary: bool
+    method: bytes = b""
+    host: str = ""
+    port: int = 0
+    target: bytes = b""
+    set_headers: tuple[tuple[bytes, bytes], ...] = ()
+    timeout_s: float = 29.0
+    connect_timeout_s: float = 1.0
+    status: int = 200
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Miss:
+    status: int
+    reason: str
+    allow: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    """One route of one deployment, compiled for one stage (stage variables already substituted)."""
+
+    kind: str
+    stage: str
+    api: str
+    deployment_id: int
+    canary: bool
+    resource_path: str
+    error: str = ""
+    method: bytes = b""
+    host: str = ""
+    port: int = 80
+    path_parts: tuple[tuple[int, str], ...] = ()  # (0 literal | 1 param | 2 greedy param, text)
+    uri_query: str = ""
+    mapping: ParamMapping = field(default_factory=ParamMapping)
+    timeout_s: float = 29.0
+    connect_timeout_s: float = 1.0
+    status: int = 200
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    body: bytes = b""
+
+    def build(
+        self, method: str, params: dict[str, str], query: str, headers: Mapping[str, str], request_id: str
+    ) -> Target | Miss:
+        if self.error:
+            return Miss(500, self.error)
+        if self.kind == "mock":
+            return Target(
+                "mock",
+                self.stage,
+                self.api,
+                self.deployment_id,
+                self.canary,
+                status=self.status,
+                headers=self.headers,
+                body=self.body,
+            )
+        m = self.mapping
+        set_headers: tuple[tuple[bytes, bytes], ...] = ()
+        if m.headers or m.query or m.path:
+            values = RequestValues(
+                method, params, dict(parse_qsl(query, keep_blank_values=True)), headers, request_id
+            )
+            hs = []
+            for name, src in m.headers:
+                v = values.get(src)
+                if v is not None:
+                    hs.append((name, v.encode("latin-1", "replace")))
+            set_headers = tuple(hs)
+            if m.path:
+                params = dict(params)
+                for name, src in m.path:
+                    v = values.get(src)
+                    if v is not None:
+                        params[name] = v
+            if m.query:
+                extra = [(name, v) for name, src in m.query if (v := values.get(src)) is not None]
+                if extra:
+                    query = (query + "&" if query else "") + urlencode(extra)
+        parts = []
+        for kind, text in self.path_parts:
+            if kind == 0:
+                parts.append(text)
+            else:
+                parts.append(quote_param(params.get(text, ""), kind == 2))
+        path = "".join(parts) or "/"
+        if self.uri_query:
+            query = self.uri_query + ("&" + query if query else "")
+        target = path + "?" + query if query else path
+        return Target(
+            "http",
+            self.stage,
+            self.api,
+            self.deployment_id,
+            self.canary,
+            method=self.method or method.encode(),
+            host=self.host,
+            port=self.port,
+            target=target.encode("latin-1", "replace"),
+            set_headers=set_headers,
+            timeout_s=self.timeout_s,
+            connect_timeout_s=self.connect_timeout_s,
+        )
+
+
+@dataclass(slots=True)
+class _Node:
+    literal: dict[str, _Node] = field(default_factory=dict)
+    param: tuple[str, _Node] | None = None
+    greedy: tuple[str, dict[str, RoutePlan]] | None = None
+    methods: dict[str, RoutePlan] = field(default_factory=dict)
+
+
+def _lookup(node: _Node, segs: list[str], i: int, params: dict[str, str]) -> dict[str, RoutePlan] | None:
+    """Depth-first match with backtracking: literal, then {param}, then {proxy+}."""
+    if i == len(segs):
+        return node.methods or None
+    seg = segs[i]
+    child = node.literal.get(seg)
+    if child is not None:
+        found = _lookup(child, segs, i + 1, params)
+        if found is not None:
+            return found
+    if node.param is not None and seg:
+        name, child = node.param
+        found = _lookup(child, segs, i + 1, params)
+        if found is not None:
+            params[name] = seg
+            return found
+    if node.greedy is not None:
+        name, methods = node.greedy
+        params[name] = "/".join(segs[i:])
+        return methods
+    return None
+
+
+@dataclass(slots=True)
+class _Side:
+    root: _Node
+    deployment_id: int
+
+
+@dataclass(slots=True)
+class _Stage:
+    name: str
+    api: str
+    base: _Side
+    canary: _Side | None
+    chooser: CanaryChooser | None
+
+
+def _split_path(path: str) -> list[str]:
+    if path in ("", "/"):
+        return []
+    return path.strip("/").split("/")
+
+
+def _compile_route(
+    route: resources_pb2.Route,
+    *,
+    stage: str,
+    api: str,
+    deployment_id: int,
+    canary: bool,
+    variables: Mapping[str, str],
+) -> RoutePlan:
+    integ = route.integration
+    common = {
+        "stage": stage,
+        "api": api,
+        "deployment_id": deployment_id,
+        "canary": canary,
+        "resource_path": route.path,
+    }
+    where = f"route {route.method} {route.path} of {api} (stage {stage!r})"
+    if integ.type == "mock":
+        mock = integ.mock
+        headers = tuple(
+            (k.lower().encode("latin-1"), v.encode("latin-1", "replace"))
+            for k, v in sorted(mock.headers.items())
+        )
+        if not any(k == b"content-type" for k, _ in headers) and mock.body:
+            headers = ((b"content-type", b"application/json"), *headers)
+        return RoutePlan(
+            "mock", status=mock.status or 200, headers=headers, body=mock.body.encode(), **common
+        )  # type: ignore[arg-type]
+    if integ.type != "http":
+        raise CompileError(f"{where}: unsupported integration type {integ.type!r}")
+    uri, missing = substitute_stage_vars(integ.uri, variables)
+    if missing is not None:
+        return RoutePlan(
+            "http", error=f"integration uri references undefined stage variable {missing!r}", **common
+        )  # type: ignore[arg-type]
+    if not uri.startswith("http://"):
+        raise CompileError(f"{where}: only http:// integration URIs are supported, got {integ.uri!r}")
+    rest = uri[len("http://") :]
+    authority, slash, path_and_query = rest.partition("/")
+    path_template, _, uri_query = ("/" + path_and_query if slash else "/").partition("?")
+    host, colon, port_s = authority.rpartition(":")
+    if not colon:
+        host, port_s = authority, "80"
+    host = host.strip("[]")
+    if not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        return RoutePlan("http", error=f"integration uri has an invalid host or port: {uri!r}", **common)  # type: ignore[arg-type]
+    parts: list[tuple[int, str]] = []
+    pos = 0
+    for m in _URI_PARAM.finditer(path_template):
+        if m.start() > pos:
+            parts.append((0, path_template[pos : m.start()]))
+        name = m.group(1)
+        greedy = bool(m.group(2)) or (name == "proxy" and route.path.rstrip("/").endswith("+}"))
+        parts.append((2 if greedy else 1, name))
+        pos = m.end()
+    if pos < len(path_template):
+        parts.append((0, path_template[pos:]))
+    try:
+        mapping = compile_parameters(integ.request_parameters, stage, variables, route.path)
+    except MappingError as exc:
+        raise CompileError(f"{where}: requestParameters: {exc}") from None
+    return RoutePlan(
+        "http",
+        method=integ.http_method.encode() if integ.http_method and integ.http_method != "ANY" else b"",
+        host=host,
+        port=int(port_s),
+        path_parts=tuple(parts),
+        uri_query=uri_query,
+        mapping=mapping,
+        timeout_s=(integ.timeout_ms or 29000) / 1000,
+        connect_timeout_s=(integ.connect_timeout_ms or 1000) / 1000,
+        **common,  # type: ignore[arg-type]
+    )
+
+
+def _build_trie(
+    deployment: resources_pb2.Deployment, *, stage: str, api: str, canary: bool, variables: Mapping[str, str]
+) -> _Node:
+    root = _Node()
+    for route in deployment.spec.api_spec.routes:
+        plan = _compile_route(
+            route, stage=stage, api=api, deployment_id=deployment.id, canary=canary, variables=variables
+        )
+        node = root
+        segs = _split_path(route.path)
+        method = route.method.upper()
+        for i, seg in enumerate(segs):
+            if seg.startswith("{") and seg.endswith("+}"):
+                if i != len(segs) - 1:
+                    raise CompileError(f"route {route.path}: greedy parameter must be last")
+                name = seg[1:-2]
+                if node.greedy is None:
+                    node.greedy = (name, {})
+                elif node.greedy[0] != name:
+                    raise CompileError(f"route {route.path}: conflicting greedy parameter names")
+                methods = node.greedy[1]
+                break
+            if seg.startswith("{") and seg.endswith("}"):
+                name = seg[1:-1]
+                if node.param is None:
+                    node.param = (name, _Node())
+                elif node.param[0] != name:
+                    raise CompileError(
+                        f"route {route.path} of {api}: parameter {{{name}}} conflicts with "
+                        f"{{{node.param[0]}}} at the same position"
+                    )
+                node = node.param[1]
+            else:
+                node = node.literal.setdefault(unquote(seg), _Node())
+        else:
+            methods = node.methods
+        if method in methods:
+            raise CompileError(f"route {method} {route.path} of {api} is defined twice")
+        methods[method] = plan
+    return root
+
+
+class RouteTable:
+    """Immutable once built; `resolve` is the per-request entry point."""
+
+    def __init__(
+        self,
+        version: str,
+        prefixes: dict[str, _Stage],
+        hosts: dict[str, _Stage],
+        empty_reason: str = "",
+    ) -> None:
+        self.version = version
+        self._prefixes = prefixes
+        self._hosts = hosts
+        self._two_segment = any("/" in p.strip("/") for p in prefixes)
+        self._empty_reason = empty_reason
+        self._stage_names = ", ".join(sorted({s.name for s in prefixes.values()})) or "none"
+
+    @property
+    def stage_count(self) -> int:
+        return len({id(s) for s in self._prefixes.values()} | {id(s) for s in self._hosts.values()})
+
+    def resolve(
+        self, host: str, method: str, path: str, query: str, headers: Mapping[str, str], request_id: str
+    ) -> Target | Miss:
+        if self._empty_reason:
+            return Miss(503, self._empty_reason)
+        stage: _Stage | None = None
+        rest = path
+        if self._hosts:
+            stage = self._hosts.get(host.rsplit(":", 1)[0].lower() if host else "")
+        if stage is None:
+            first, _, tail = path[1:].partition("/")
+            stage = self._prefixes.get(first)
+            rest = "/" + tail
+            if stage is None and self._two_segment:
+                second, _, tail2 = tail.partition("/")
+                stage = self._prefixes.get(first + "/" + second)
+                rest = "/" + tail2
+            if stage is None:
+                return Miss(404, f"no stage {unquote(first)!r} on this sidecar (stages: {self._stage_names})")
+        side = stage.base
+        if (
+            stage.canary is not None
+            and stage.chooser is not None
+            and stage.chooser.is_canary(headers, request_id)
+        ):
+            side = stage.canary
+        segs = _split_path(rest)
+        if "%" in rest:
+            segs = [unquote(s) for s in segs]
+        params: dict[str, str] = {}
+        methods = _lookup(side.root, segs, 0, params)
+        if methods is None:
+            return Miss(404, f"no route for {method} {rest} in stage {stage.name!r}")
+        plan = methods.get(method) or methods.get("ANY")
+        if plan is None:
+            if method == "HEAD" and "GET" in methods:
+                plan = methods["GET"]
+            else:
+                allow = ", ".join(sorted(m for m in methods))
+                return Miss(405, f"method {method} not allowed for {rest} in stage {stage.name!r}", allow)
+        return plan.build(method, params, query, headers, request_id)
+
+
+def compile_snapshot(snapshot: control_pb2.Snapshot) -> RouteTable:
+    """Build the route table for a snapshot, or raise CompileError naming the conflict."""
+    prefixes: dict[str, _Stage] = {}
+    hosts: dict[str, _Stage] = {}
+    owners: dict[str, str] = {}
+    for bundle in snapshot.stages:
+        if not bundle.HasField("deployment") or not bundle.deployment.id:
+            continue
+        api_meta = bundle.api.metadata
+        api = f"{api_meta.namespace or 'default'}/{api_meta.name}"
+        name = bundle.stage.metadata.name
+        variables = dict(bundle.stage.spec.variables)
+        base = _Side(
+            _build_trie(bundle.deployment, stage=name, api=api, canary=False, variables=variables),
+            bundle.deployment.id,
+        )
+        canary_side = None
+        chooser = None
+        c = bundle.stage.spec.canary
+        if bundle.HasField("canary_deployment") and c.percent > 0:
+            cvars = {**variables, **dict(c.variables)}
+            canary_side = _Side(
+                _build_trie(bundle.canary_deployment, stage=name, api=api, canary=True, variables=cvars),
+                bundle.canary_deployment.id,
+            )
+            chooser = CanaryChooser(round(c.percent * 100), c.sticky_header.lower(), c.sticky_cookie)
+        st = _Stage(name, api, base, canary_side, chooser)
+        base_path = bundle.api.spec.base_path.strip("/")
+        prefix = f"{base_path}/{name}" if base_path else name
+        if prefix in prefixes:
+            raise CompileError(
+                f"stage prefix /{prefix} is claimed by both {owners[prefix]} and {api} (stage {name!r})"
+            )
+        prefixes[prefix] = st
+        owners[prefix] = api
+        for h in bundle.stage.spec.hosts:
+            h = h.lower()
+            if h in hosts:
+                raise CompileError(
+                    f"host {h} is mapped by both stage {hosts[h].name!r} of {hosts[h].api} and {name!r} of {api}"
+                )
+            hosts[h] = st
+    return RouteTable(snapshot.version, prefixes, hosts)
+
+
+EMPTY_TABLE = RouteTable("", {}, {}, empty_reason="no configuration applied yet")
+
+
+class TableHolder:
+    """The one reference the listener reads per request; the config client swaps it."""
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: RouteTable = EMPTY_TABLE) -> None:
+        self.table = table
