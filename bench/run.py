@@ -282,7 +282,9 @@ metadata: {name: pets}
 spec:
   selector: {matchLabels: {app: pets}}
   routes:
-    - {method: GET, path: /pets/{id}, integration: {type: http, uri: "http://${stageVariables.backend}/pets/{id}"}}
+    - method: GET
+      path: /pets/{id}
+      integration: {type: http, uri: "http://${stageVariables.backend}/pets/{id}"}
 ---
 apiVersion: meshgate.io/v1
 kind: Stage

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import cast
 
@@ -66,6 +67,30 @@ class _RequestIds:
 REQUEST_IDS = _RequestIds()
 
 
+class LazyHeaders(Mapping[str, str]):
+    """Request headers as a lowercase-name mapping, built only if a route needs one."""
+
+    __slots__ = ("_d", "_raw")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+        self._d: dict[str, str] | None = None
+
+    def _dict(self) -> dict[str, str]:
+        if self._d is None:
+            self._d = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self._raw}
+        return self._d
+
+    def __getitem__(self, key: str) -> str:
+        return self._dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+
 class _Abort(Exception):
     """Raised inside parser callbacks to stop parsing with a status."""
 
@@ -88,6 +113,7 @@ class Exchange:
         "discard_body",
         "error",
         "finished",
+        "deadline",
         "head_sent",
         "headers",
         "host",
@@ -128,6 +154,7 @@ class Exchange:
         self.out_chunked = False
         self.is_head = False
         self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
         self.retry_ok = False
         self.finished = False
 
@@ -137,7 +164,9 @@ class Exchange:
             return
         up = self.upstream
         if up is not None and self.body_chunks is None:
-            up.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.chunked_in else chunk)
+            up.write(
+                b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.chunked_in else chunk, self.client.batching > 0
+            )
         elif self.body_chunks is not None:
             self.body_chunks.append(chunk)
 
@@ -145,7 +174,7 @@ class Exchange:
         self.body_complete = True
         up = self.upstream
         if up is not None and self.body_chunks is None and self.chunked_in and not self.discard_body:
-            up.write(b"0\r\n\r\n")
+            up.write(b"0\r\n\r\n", self.client.batching > 0)
         if self.response_done:
             self.client.exchange_done(self)
 
@@ -162,7 +191,7 @@ class Exchange:
                     400, f"malformed HTTP request: request target {path[:100]!r} is not an origin-form path"
                 )
                 return
-            hdrs = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.headers}
+            hdrs = LazyHeaders(self.headers)
             result = c.holder.table.resolve(self.host, self.method, path, query, hdrs, self.request_id)
         except Exception:
             log.exception("route resolution failed (request %s)", self.request_id)
@@ -176,7 +205,10 @@ class Exchange:
         if result.kind == "mock":
             self.respond_mock(result)
             return
-        self.timer = c.loop.call_later(result.timeout_s, self.on_timeout)
+        if result.timeout_s >= 1.0:  # coarse timeouts ride the connection sweep: no timer handle per request
+            self.deadline = c.loop.time() + result.timeout_s
+        else:
+            self.timer = c.loop.call_later(result.timeout_s, self.on_timeout)
         self.retry_ok = self.content_length <= 0 and not self.chunked_in
         up = c.pool.take_idle(result.host, result.port)
         if up is not None:
@@ -260,7 +292,7 @@ class Exchange:
                 lines.append(b"0\r\n\r\n")
         else:
             lines.extend(chunks)
-        up.write(b"".join(lines))
+        up.write(b"".join(lines), c.batching > 0)
         if c.paused_by_upstream:
             c.resume_reading_from("upstream")
 
@@ -330,11 +362,21 @@ class Exchange:
         self.fail(504, f"integration timeout after {t.timeout_s if t else 0:g}s")
 
     def _cancel_timer(self) -> None:
+        self.deadline = 0.0
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
     # UpstreamListener
+    def cork(self) -> None:
+        self.client.batching += 1
+
+    def uncork(self) -> None:
+        c = self.client
+        c.batching -= 1
+        if not c.batching:
+            c.flush()
+
     def on_upstream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         c = self.client
         t = self.target
@@ -342,23 +384,25 @@ class Exchange:
         self.retry_ok = False
         head = [b"HTTP/1.1 %d %s\r\n" % (status, reason or phrase(status))]
         length = -1
-        connection_tokens: set[bytes] = set()
+        tokens: list[bytes] = []
         for name, value in headers:
             low = name.lower()
-            if low == b"connection":
-                connection_tokens |= {v.strip().lower() for v in value.split(b",")}
-        for name, value in headers:
-            low = name.lower()
-            if low == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    self.fail(502, "invalid upstream response: bad content-length")
-                    return
-                continue
-            if low in RESPONSE_OWN or low in connection_tokens:
+            if low in RESPONSE_OWN:
+                if low == b"content-length":
+                    try:
+                        length = int(value)
+                    except ValueError:
+                        self.fail(502, "invalid upstream response: bad content-length")
+                        return
+                elif low == b"connection":
+                    tokens += [v.strip().lower() for v in value.split(b",")]
                 continue
             head += (name, b": ", value, b"\r\n")
+        named = [t for t in tokens if t not in (b"keep-alive", b"close")]
+        if named:  # headers listed in Connection are hop-by-hop too
+            head = [head[0]] + [
+                b"".join(head[i : i + 4]) for i in range(1, len(head), 4) if head[i].lower() not in named
+            ]
         no_body = self.is_head or status in (204, 304) or 100 <= status < 200
         if no_body:
             if length >= 0:
@@ -454,7 +498,11 @@ class ClientConn(asyncio.Protocol):
         self.peer_ip = b"unknown"
         self.closed = False
         self.header_bytes = 0
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # loop time; checked by the server's sweep (no timer handle per request)
+        self.deadline_cb: Callable[[], None] | None = None
+        self.out: list[bytes] = []
+        self.batching = 0
+        self.flush_scheduled = False
         self.paused: set[str] = set()
         self.draining = False
         self.drain_left = 0
@@ -503,8 +551,25 @@ class ClientConn(asyncio.Protocol):
                 ex.upstream.resume_reading()
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
+        """Corked write: joined with what else this callback writes, one syscall per batch."""
+        if self.closed:
+            return
+        self.out.append(data)
+        if not self.batching and not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        out = self.out
+        if out and self.transport is not None and not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+
+    def close(self) -> None:
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -522,26 +587,42 @@ class ClientConn(asyncio.Protocol):
                 self.transport.resume_reading()
 
     # ------------------------------------------------------------------ timers
-    def _arm(self, delay: float, cb: object) -> None:
-        self._disarm()
-        self.timer = self.loop.call_later(delay, cb)  # type: ignore[arg-type]
+    def _arm(self, delay: float, cb: Callable[[], None]) -> None:
+        self.deadline = self.loop.time() + delay
+        self.deadline_cb = cb
 
     def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
+
+    def check_deadline(self, now: float) -> None:
+        ex = self.queue[0] if self.queue else None
+        if ex is not None and ex.deadline and now >= ex.deadline:
+            ex.deadline = 0.0
+            self.batching += 1
+            try:
+                ex.on_timeout()
+            finally:
+                self.batching -= 1
+                self.flush()
+        if self.deadline and now >= self.deadline:
+            self.deadline = 0.0
+            cb = self.deadline_cb
+            if cb is not None:
+                self.batching += 1
+                try:
+                    cb()
+                finally:
+                    self.batching -= 1
+                    self.flush()
 
     def _idle_timeout(self) -> None:
-        self.timer = None
-        if not self.queue and self.transport is not None:
-            self.transport.close()
+        if not self.queue:
+            self.close()
 
     def _header_timeout(self) -> None:
-        self.timer = None
         self._reject(408, f"client sent no complete request headers within {self.limits.header_timeout_s:g}s")
 
     def _body_timeout(self) -> None:
-        self.timer = None
         ex = self.current
         if ex is not None and not ex.body_complete:
             if ex.head_sent:
@@ -553,9 +634,20 @@ class ClientConn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.draining:
             self.drain_left -= len(data)
-            if self.drain_left <= 0 and self.transport is not None:
-                self.transport.close()
+            if self.drain_left <= 0:
+                self.close()
             return
+        self.batching += 1
+        try:
+            self._feed(data)
+        finally:
+            self.batching -= 1
+            self.flush()
+            ex = self.queue[0] if self.queue else None
+            if ex is not None and ex.upstream is not None:
+                ex.upstream.flush()
+
+    def _feed(self, data: bytes) -> None:
         if self.in_headers or self.current is None:
             self.raw_head += len(data)
         try:
@@ -594,8 +686,7 @@ class ClientConn(asyncio.Protocol):
             ex.start()
 
     def _close_now(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        self.close()
 
     def on_message_begin(self) -> None:
         ex = Exchange(self)
@@ -680,8 +771,8 @@ class ClientConn(asyncio.Protocol):
         ex.body_received += len(body)
         if ex.body_received > self.limits.max_body_bytes:
             raise _Abort(413, f"request body exceeds the {self.limits.max_body_bytes}-byte limit")
-        if self.timer is not None:
-            self._arm(self.limits.body_idle_timeout_s, self._body_timeout)
+        if self.deadline:
+            self.deadline = self.loop.time() + self.limits.body_idle_timeout_s
         ex.feed_body(body)
 
     def on_message_complete(self) -> None:
@@ -701,8 +792,8 @@ class ClientConn(asyncio.Protocol):
         if self.queue and self.queue[0] is ex:
             self.queue.popleft()
         if not ex.keep_alive:
-            if self.transport is not None and not self.draining:
-                self.transport.close()
+            if not self.draining:
+                self.close()
             return
         if self.queue:
             nxt = self.queue[0]
@@ -718,9 +809,20 @@ class ClientConn(asyncio.Protocol):
 class HttpServer:
     """The listener and its live connections."""
 
-    def __init__(self) -> None:
+    def __init__(self, sweep_interval_s: float = 0.1) -> None:
         self.conns: set[ClientConn] = set()
         self.server: asyncio.Server | None = None
+        self.sweep_interval_s = sweep_interval_s
+        self.sweeper: asyncio.Task[None] | None = None
+
+    async def sweep(self) -> None:
+        """Fire connection deadlines (header, body-idle, keep-alive timeouts)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.sweep_interval_s)
+            now = loop.time()
+            for conn in list(self.conns):
+                conn.check_deadline(now)
 
     async def drain(self, grace_s: float) -> None:
         """Stop accepting; wait up to timeout for in-flight exchanges; close idle connections."""
@@ -733,14 +835,15 @@ class HttpServer:
             for conn in list(self.conns):
                 if conn.queue:
                     busy = True
-                elif conn.transport is not None:
-                    conn.transport.close()
+                else:
+                    conn.close()
             if not busy:
                 break
             await asyncio.sleep(0.05)
         for conn in list(self.conns):
-            if conn.transport is not None:
-                conn.transport.close()
+            conn.close()
+        if self.sweeper is not None:
+            self.sweeper.cancel()
 
 
 async def serve_http(
@@ -765,4 +868,5 @@ async def serve_http(
             lambda: ClientConn(holder, pool, limits, hs), host, port, backlog=1024, reuse_address=True
         )
     hs.server = server
+    hs.sweeper = loop.create_task(hs.sweep())
     return server

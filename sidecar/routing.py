@@ -30,7 +30,7 @@ class CompileError(Exception):
     """A snapshot this sidecar cannot serve (the reason is sent back as a NACK)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Target:
     """A fully resolved integration call for one request."""
 

@@ -24,13 +24,17 @@ class UpstreamListener(Protocol):
     def on_upstream_end(self, keep_alive: bool) -> None: ...
     def on_upstream_error(self, reason: str, before_head: bool) -> None: ...
     def on_upstream_writable(self, writable: bool) -> None: ...
+    def cork(self) -> None: ...
+    def uncork(self) -> None: ...
 
 
 class UpstreamConn(asyncio.Protocol):
     """One connection to an upstream; owned by at most one exchange at a time."""
 
     __slots__ = (
+        "_flush_scheduled",
         "_headers",
+        "_out",
         "_reason",
         "alive",
         "got_bytes",
@@ -57,6 +61,8 @@ class UpstreamConn(asyncio.Protocol):
         self.alive = True
         self.reused = False
         self.idle_since = 0.0
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -70,16 +76,20 @@ class UpstreamConn(asyncio.Protocol):
         transport.set_write_buffer_limits(high=256 * 1024)
 
     def data_received(self, data: bytes) -> None:
-        if self.listener is None:  # unsolicited bytes on an idle connection: unusable
+        listener = self.listener
+        if listener is None:  # unsolicited bytes on an idle connection: unusable
             self.close()
             return
         self.got_bytes = True
+        listener.cork()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail("invalid upstream response: unexpected protocol upgrade")
         except httptools.HttpParserError as exc:
             self._fail(f"invalid upstream response: {exc}")
+        finally:
+            listener.uncork()
 
     def eof_received(self) -> bool | None:
         if self.listener is not None and self.head_done:
@@ -153,9 +163,19 @@ class UpstreamConn(asyncio.Protocol):
         self.head_done = False
         self.got_bytes = False
 
-    def write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
+    def write(self, data: bytes, corked: bool = False) -> None:
+        """Write now, or (corked) when the caller's batch ends and it calls flush()."""
+        self._out.append(data)
+        if not corked and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -180,6 +200,7 @@ class UpstreamConn(asyncio.Protocol):
     def release(self) -> None:
         """Give the connection back to the pool (response complete, keep-alive)."""
         self.listener = None
+        self._out.clear()
         self.parser = httptools.HttpResponseParser(self)
         self.pool.put_idle(self)
 
