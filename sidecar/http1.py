@@ -375,7 +375,7 @@ class Exchange:
         c = self.client
         c.batching -= 1
         if not c.batching:
-            c.flush()
+            c.flush_all()
 
     def on_upstream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         c = self.client
@@ -566,6 +566,14 @@ class ClientConn(asyncio.Protocol):
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
 
+    def flush_all(self) -> None:
+        """Flush the client side and the upstream of the exchange at the head of the pipeline."""
+        self.flush()
+        if self.queue:
+            up = self.queue[0].upstream
+            if up is not None:
+                up.flush()
+
     def close(self) -> None:
         self.flush()
         if self.transport is not None:
@@ -603,7 +611,7 @@ class ClientConn(asyncio.Protocol):
                 ex.on_timeout()
             finally:
                 self.batching -= 1
-                self.flush()
+                self.flush_all()
         if self.deadline and now >= self.deadline:
             self.deadline = 0.0
             cb = self.deadline_cb
@@ -613,7 +621,7 @@ class ClientConn(asyncio.Protocol):
                     cb()
                 finally:
                     self.batching -= 1
-                    self.flush()
+                    self.flush_all()
 
     def _idle_timeout(self) -> None:
         if not self.queue:
@@ -642,10 +650,7 @@ class ClientConn(asyncio.Protocol):
             self._feed(data)
         finally:
             self.batching -= 1
-            self.flush()
-            ex = self.queue[0] if self.queue else None
-            if ex is not None and ex.upstream is not None:
-                ex.upstream.flush()
+            self.flush_all()
 
     def _feed(self, data: bytes) -> None:
         if self.in_headers or self.current is None:
