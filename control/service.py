@@ -39,7 +39,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):  # type: ignore[
         self.store = store
         self.streamer = streamer
 
-    async def StreamConfig(  # noqa: N802
+    async def StreamConfig(
         self, request_iterator: AsyncIterator[control_pb2.StreamRequest], context: Context
     ) -> AsyncIterator[control_pb2.Snapshot]:
         async for snapshot in self.streamer.stream(request_iterator, context):

@@ -60,7 +60,12 @@ def bundle(
         "api": {"metadata": {"name": api, "namespace": "default"}, "spec": spec},
         "stage": {
             "metadata": {"name": stage, "namespace": "default"},
-            "spec": {"api": api, "deployment": deployment, "variables": variables or {}, "hosts": hosts or []},
+            "spec": {
+                "api": api,
+                "deployment": deployment,
+                "variables": variables or {},
+                "hosts": hosts or [],
+            },
         },
         "deployment": {"id": deployment, "spec": {"api": api, "apiSpec": spec}},
     }
@@ -102,7 +107,9 @@ class Gateway:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
-        self.lt.run(serve_http(self.holder, "", 0, limits=limits, sock=sock, pool=self.pool, http_server=self.http))
+        self.lt.run(
+            serve_http(self.holder, "", 0, limits=limits, sock=sock, pool=self.pool, http_server=self.http)
+        )
         return self
 
     def stop(self) -> None:

@@ -26,11 +26,16 @@ async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             }
         ).encode()
         w.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive, x-secret\r\n")
-        w.write(b"X-Secret: hop\r\nKeep-Alive: timeout=5\r\nContent-Length: %d\r\n\r\n%b" % (len(payload), payload))
+        w.write(
+            b"X-Secret: hop\r\nKeep-Alive: timeout=5\r\nContent-Length: %d\r\n\r\n%b"
+            % (len(payload), payload)
+        )
         await w.drain()
 
 
-def proxy_gateway(gateway: Gateway, backend_port: int, limits: Limits = Limits(), **integration: object) -> int:
+def proxy_gateway(
+    gateway: Gateway, backend_port: int, limits: Limits = Limits(), **integration: object
+) -> int:
     routes = [
         http_route("ANY", "/{proxy+}", "http://${stageVariables.backend}/{proxy}", **integration),
         mock_route("GET", "/mock", '{"m": 1}'),
@@ -40,7 +45,13 @@ def proxy_gateway(gateway: Gateway, backend_port: int, limits: Limits = Limits()
     return gateway.start(snap, limits).port
 
 
-def get(port: int, path: str, method: str = "GET", body: bytes | None = None, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+def get(
+    port: int,
+    path: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+):  # type: ignore[no-untyped-def]
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request(method, path, body=body, headers=headers or {})
     resp = conn.getresponse()
@@ -70,7 +81,12 @@ def test_proxy_sets_forwarding_headers_and_strips_hop_by_hop(gateway: Gateway, b
     resp, data = get(
         port,
         "/prod/a/b?x=1",
-        headers={"X-Forwarded-For": "10.0.0.9", "Connection": "keep-alive, x-drop", "X-Drop": "1", "TE": "trailers"},
+        headers={
+            "X-Forwarded-For": "10.0.0.9",
+            "Connection": "keep-alive, x-drop",
+            "X-Drop": "1",
+            "TE": "trailers",
+        },
     )
     assert resp.status == 200
     seen = json.loads(data)
@@ -79,7 +95,9 @@ def test_proxy_sets_forwarding_headers_and_strips_hop_by_hop(gateway: Gateway, b
     assert h["x-forwarded-for"] == "10.0.0.9, 127.0.0.1" and h["x-forwarded-proto"] == "http"
     assert "x-drop" not in h and "te" not in h and "connection" not in h
     assert h["x-meshgate-request-id"] == resp.getheader("x-meshgate-request-id")
-    assert resp.getheader("x-secret") is None and resp.getheader("keep-alive") is None  # hop-by-hop from upstream
+    assert (
+        resp.getheader("x-secret") is None and resp.getheader("keep-alive") is None
+    )  # hop-by-hop from upstream
     assert resp.getheader("x-meshgate-deployment") == "1"
 
 
@@ -89,7 +107,11 @@ def test_mock_and_404_405_carry_request_ids(gateway: Gateway, backends: Backends
     assert resp.status == 200 and json.loads(data) == {"m": 1}
     resp, data = get(port, "/nope/x")
     body = json.loads(data)
-    assert resp.status == 404 and "nope" in body["reason"] and body["requestId"] == resp.getheader("x-meshgate-request-id")
+    assert (
+        resp.status == 404
+        and "nope" in body["reason"]
+        and body["requestId"] == resp.getheader("x-meshgate-request-id")
+    )
     resp, data = get(port, "/prod/pets/1", method="DELETE")
     assert resp.status == 405 and resp.getheader("allow") == "GET"
 
@@ -204,7 +226,11 @@ def test_backend_reset_before_headers_is_502(gateway: Gateway, backends: Backend
     port = proxy_gateway(gateway, backends.start(reset))
     resp, data = get(port, "/prod/x")
     body = json.loads(data)
-    assert resp.status == 502 and "before response headers" in body["reason"] and "Traceback" not in data.decode()
+    assert (
+        resp.status == 502
+        and "before response headers" in body["reason"]
+        and "Traceback" not in data.decode()
+    )
 
 
 def test_body_over_limit_is_413_by_length_and_by_chunks(gateway: Gateway, backends: Backends) -> None:
@@ -214,7 +240,12 @@ def test_body_over_limit_is_413_by_length_and_by_chunks(gateway: Gateway, backen
     out = raw(
         port,
         b"POST /prod/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-        + b"200\r\n" + b"b" * 512 + b"\r\n" + b"200\r\n" + b"b" * 512 + b"\r\n0\r\n\r\n",
+        + b"200\r\n"
+        + b"b" * 512
+        + b"\r\n"
+        + b"200\r\n"
+        + b"b" * 512
+        + b"\r\n0\r\n\r\n",
     )
     assert out.startswith(b"HTTP/1.1 413") and b"connection: close" in out
     resp, _ = get(port, "/prod/x", method="POST", body=b"a" * 1000)
@@ -233,7 +264,9 @@ def test_header_limits_are_431_and_close(gateway: Gateway, backends: Backends) -
 def test_malformed_request_is_400_and_closed(gateway: Gateway, backends: Backends) -> None:
     port = proxy_gateway(gateway, backends.start(echo))
     out = raw(port, b"GET /prod/x HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n")
-    assert out.startswith(b"HTTP/1.1 400") and b"malformed HTTP request" in out and out.count(b"HTTP/1.1") == 1
+    assert (
+        out.startswith(b"HTTP/1.1 400") and b"malformed HTTP request" in out and out.count(b"HTTP/1.1") == 1
+    )
     out = raw(port, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a TLS hello on the plain port
     assert out.startswith(b"HTTP/1.1 400")
 

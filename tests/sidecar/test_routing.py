@@ -21,7 +21,9 @@ ROUTES = [
 ]
 
 
-def resolve(table, path: str, method: str = "GET", query: str = "", headers=None, rid: str = "r1", host: str = ""):  # type: ignore[no-untyped-def]
+def resolve(
+    table, path: str, method: str = "GET", query: str = "", headers=None, rid: str = "r1", host: str = ""
+):  # type: ignore[no-untyped-def]
     return table.resolve(host, method, path, query, headers or {}, rid)
 
 
@@ -33,7 +35,12 @@ def test_stage_prefix_and_template_priority() -> None:
     assert isinstance(hit, Target)
     assert (hit.host, hit.port, hit.target) == ("10.0.0.1", 9000, b"/v2/pets/42?src=gw&a=b")
     hit = resolve(t, "/prod/files/a/b%20c.txt", method="DELETE")
-    assert isinstance(hit, Target) and hit.target == b"/a/b%20c.txt" and hit.host == "files.svc" and hit.timeout_s == 1.5
+    assert (
+        isinstance(hit, Target)
+        and hit.target == b"/a/b%20c.txt"
+        and hit.host == "files.svc"
+        and hit.timeout_s == 1.5
+    )
     hit = resolve(t, "/prod/files/x", method="POST")
     assert isinstance(hit, Target) and hit.host == "upload.svc" and hit.port == 80  # exact method beats ANY
     hit = resolve(t, "/prod")
@@ -108,7 +115,16 @@ def test_conflicting_stage_prefix_cannot_compile() -> None:
     with pytest.raises(CompileError, match="unsupported mapping"):
         compile_snapshot(
             snapshot(
-                bundle([http_route("GET", "/x", "http://b/x", requestParameters={"integration.request.header.a": "bogus"})])
+                bundle(
+                    [
+                        http_route(
+                            "GET",
+                            "/x",
+                            "http://b/x",
+                            requestParameters={"integration.request.header.a": "bogus"},
+                        )
+                    ]
+                )
             )
         )
     with pytest.raises(CompileError, match="only http://"):
@@ -133,7 +149,9 @@ def test_sticky_canary_by_header_and_cookie() -> None:
     canary = {"deployment": 2, "percent": 50, "stickyHeader": "X-User", "stickyCookie": "sid"}
     t = compile_snapshot(snapshot(bundle(ROUTES, variables={"backend": "b:1"}, canary=canary)))
     for user in ("a", "b", "c", "d"):
-        sides = {resolve(t, "/prod/pets", headers={"x-user": user}, rid=uuid.uuid4().hex).canary for _ in range(20)}  # type: ignore[union-attr]
+        sides = {
+            resolve(t, "/prod/pets", headers={"x-user": user}, rid=uuid.uuid4().hex).canary for _ in range(20)
+        }  # type: ignore[union-attr]
         assert len(sides) == 1
         expected = bucket(user) < 5000
         assert sides == {expected}
@@ -147,7 +165,14 @@ def test_sticky_canary_by_header_and_cookie() -> None:
 
 def test_error_rendering() -> None:
     body = error_body(504, "integration timeout after 1s", "rid-1")
-    assert body == b'{"message": "Endpoint request timed out", "reason": "integration timeout after 1s", "requestId": "rid-1"}'
+    assert (
+        body
+        == b'{"message": "Endpoint request timed out", "reason": "integration timeout after 1s", "requestId": "rid-1"}'
+    )
     raw = render_http_error(405, "nope", "rid-2", close=True, extra_headers=((b"allow", b"GET"),))
     assert raw.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n")
-    assert b"allow: GET\r\n" in raw and b"connection: close\r\n" in raw and b"x-meshgate-request-id: rid-2" in raw
+    assert (
+        b"allow: GET\r\n" in raw
+        and b"connection: close\r\n" in raw
+        and b"x-meshgate-request-id: rid-2" in raw
+    )

@@ -1,0 +1,207 @@
+"""The config stream on real etcd and gRPC: push on change, coalescing, ACK/NACK status, replicas, selectors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from meshgate.control.etcd_local import LocalEtcd
+from meshgate.control.server import ControlServer, start_control
+from meshgate.v1 import control_pb2, control_pb2_grpc
+
+from .conftest import PETS, docs
+
+
+class Sidecar:
+    """A minimal stream client that ACKs (or NACKs) every snapshot it reads."""
+
+    def __init__(self, port: int, node_id: str, labels: dict[str, str], nack: str = "") -> None:
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.node = control_pb2.Node(id=node_id, namespace="default", labels=labels)
+        self.received: list[control_pb2.Snapshot] = []
+        self.nack = nack
+        self.outbox: asyncio.Queue[control_pb2.StreamRequest] = asyncio.Queue()
+        self.task = asyncio.create_task(self.run())
+
+    async def run(self) -> None:
+        async def reqs() -> AsyncIterator[control_pb2.StreamRequest]:
+            yield control_pb2.StreamRequest(node=self.node)
+            while True:
+                yield await self.outbox.get()
+
+        stub = control_pb2_grpc.ControlServiceStub(self.channel)
+        async for snap in stub.StreamConfig(reqs()):
+            self.received.append(snap)
+            error = self.nack if self.nack and len(self.received) > 1 else ""
+            await self.outbox.put(
+                control_pb2.StreamRequest(
+                    ack=control_pb2.Ack(version=snap.version, nonce=snap.nonce, error=error)
+                )
+            )
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.channel.close()
+
+
+async def until(pred: Any, timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not pred():
+            await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+async def control(etcd: LocalEtcd) -> AsyncIterator[ControlServer]:
+    ctl = await start_control(etcd.endpoint, port=0, prefix=f"/s-{uuid.uuid4().hex[:8]}/", control_id="c1")
+    yield ctl
+    await ctl.stop(0)
+
+
+async def statuses(ctl: ControlServer) -> dict[str, control_pb2.SidecarStatus]:
+    return {s.node.id: s for s in (await ctl.streamer.list_sidecars()).sidecars}
+
+
+async def test_push_on_change_and_ack_status(control: ControlServer) -> None:
+    store = control.store
+    await store.apply(docs())
+    sc = Sidecar(control.port, "sc-1", {"app": "pets"})
+    other = Sidecar(control.port, "sc-2", {"app": "shop"})
+    try:
+        await until(lambda: sc.received and other.received)
+        assert not [b for b in sc.received[0].stages if b.HasField("deployment")]
+        t0 = time.monotonic()
+        await store.deploy("default", "pets", "prod")
+        await until(lambda: len(sc.received) == 2)
+        assert time.monotonic() - t0 < 1.0
+        snap = sc.received[-1]
+        assert (
+            snap.stages[0].deployment.id == 1
+            and snap.control_id == "c1"
+            and snap.nonce != sc.received[0].nonce
+        )
+        assert other.received[-1].stages == []  # not bound: selector app=pets
+        await asyncio.sleep(0.1)
+        assert len(other.received) == 1  # its content did not change: nothing pushed
+        await until(lambda: control.streamer.pushes >= 3)
+
+        async def acked() -> bool:
+            return (await statuses(control)).get(
+                "sc-1", control_pb2.SidecarStatus()
+            ).acked_version == snap.version
+
+        async with asyncio.timeout(5):
+            while not await acked():
+                await asyncio.sleep(0.01)
+        st = (await statuses(control))["sc-1"]
+        assert (
+            st.sent_version == snap.version and 0 < st.last_apply_latency_ms < 5000 and st.control_id == "c1"
+        )
+    finally:
+        await sc.close()
+        await other.close()
+    async with asyncio.timeout(5):
+        while await statuses(control):
+            await asyncio.sleep(0.02)
+
+
+async def test_bursts_are_coalesced_but_steady_changes_not_starved(control: ControlServer) -> None:
+    store = control.store
+    await store.apply(docs())
+    sc = Sidecar(control.port, "sc-1", {"app": "pets"})
+    try:
+        await until(lambda: sc.received)
+        burst = [
+            docs(PETS.replace("name: pets", f"name: pets{i}").replace("api: pets", f"api: pets{i}"))
+            for i in range(20)
+        ]
+        await asyncio.gather(*(store.apply(d) for d in burst))
+        await until(lambda: len(sc.received[-1].stages) == 21)
+        await asyncio.sleep(0.1)
+        burst_pushes = len(sc.received) - 1
+        assert 1 <= burst_pushes < 10, burst_pushes
+        # a write every 20 ms for 0.6 s: pushes keep flowing (max delay bounds the wait)
+        before = len(sc.received)
+        for i in range(30):
+            await store.apply(docs(PETS.replace("b:1", f"steady:{i}")))
+            await asyncio.sleep(0.02)
+        assert len(sc.received) - before >= 5
+    finally:
+        await sc.close()
+
+
+async def test_nack_is_recorded_and_not_resent(control: ControlServer) -> None:
+    store = control.store
+    await store.apply(docs())
+    sc = Sidecar(control.port, "sc-1", {"app": "pets"}, nack="stage prefix /prod is claimed twice")
+    try:
+        await until(lambda: sc.received)
+        await store.deploy("default", "pets", "prod")
+        await until(lambda: len(sc.received) == 2)
+
+        async def nacked() -> control_pb2.SidecarStatus | None:
+            st = (await statuses(control)).get("sc-1")
+            return st if st is not None and st.nack_count else None
+
+        async with asyncio.timeout(5):
+            while (st := await nacked()) is None:
+                await asyncio.sleep(0.01)
+        assert st.last_nack_version == sc.received[1].version and "claimed twice" in st.last_nack_error
+        assert st.acked_version == sc.received[0].version
+        await asyncio.sleep(0.2)
+        assert len(sc.received) == 2  # the same version is not sent again
+    finally:
+        await sc.close()
+
+
+async def test_two_replicas_share_etcd_and_sidecar_status(etcd: LocalEtcd, control: ControlServer) -> None:
+    second = await start_control(etcd.endpoint, port=0, prefix=control.store.prefix, control_id="c2")
+    await control.store.apply(docs())
+    a = Sidecar(control.port, "on-c1", {"app": "pets"})
+    b = Sidecar(second.port, "on-c2", {"app": "pets"})
+    try:
+        await until(lambda: a.received and b.received)
+        await second.store.deploy("default", "pets", "prod")
+        await until(lambda: len(a.received) == 2 and len(b.received) == 2)
+        assert a.received[-1].version == b.received[-1].version
+        async with asyncio.timeout(5):
+            while set(await statuses(control)) != {"on-c1", "on-c2"}:
+                await asyncio.sleep(0.02)
+        seen = await statuses(second)
+        assert seen["on-c1"].control_id == "c1" and seen["on-c2"].control_id == "c2"
+    finally:
+        await a.close()
+        await b.close()
+        await second.stop(0)
+
+
+async def test_first_message_must_be_node(control: ControlServer) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{control.port}") as ch:
+        stub = control_pb2_grpc.ControlServiceStub(ch)
+
+        async def reqs() -> AsyncIterator[control_pb2.StreamRequest]:
+            yield control_pb2.StreamRequest(ack=control_pb2.Ack(version="x"))
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in stub.StreamConfig(reqs()):
+                pass
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_admin_errors_map_to_grpc_status(control: ControlServer) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{control.port}") as ch:
+        stub = control_pb2_grpc.ControlServiceStub(ch)
+        bad = docs(PETS.replace("path: /health", "path: health"))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Apply(control_pb2.ApplyRequest(resources=bad))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "routes[0].path" in (
+            err.value.details() or ""
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Deploy(control_pb2.DeployRequest(namespace="default", api="ghost", stage="prod"))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND

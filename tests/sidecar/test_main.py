@@ -1,0 +1,103 @@
+"""`meshgate sidecar` as a process: snapshot file, admin endpoints, clean SIGTERM, one-line startup errors."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from google.protobuf import json_format
+from meshgate.control.etcd_local import free_port
+
+from .conftest import bundle, mock_route, snapshot
+
+
+def sidecar(*args: str) -> list[str]:
+    return [sys.executable, "-m", "meshgate.control.cli", "sidecar", *args]
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+def test_sidecar_serves_snapshot_file_and_stops_cleanly(tmp_path: Path) -> None:
+    snap = snapshot(bundle([mock_route("GET", "/hello", '{"hi": 1}')]), version="file-v1")
+    path = tmp_path / "snap.json"
+    path.write_text(json_format.MessageToJson(snap))
+    port, admin = free_port(), free_port()
+    proc = subprocess.Popen(
+        sidecar(
+            "--snapshot-file", str(path), "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}"
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert f"listening on 127.0.0.1:{port}" in line
+        status, body = get(admin, "/ready")
+        ready = json.loads(body)
+        assert status == 200 and ready["version"] == "file-v1" and ready["source"] == "file"
+        assert get(port, "/prod/hello") == (200, b'{"hi": 1}')
+        assert get(admin, "/live")[0] == 200
+        dump = json.loads(get(admin, "/config_dump")[1])
+        assert dump["version"] == "file-v1"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_not_ready_until_a_snapshot_is_applied(tmp_path: Path) -> None:
+    port, admin = free_port(), free_port()
+    proc = subprocess.Popen(
+        sidecar(
+            "--control",
+            f"127.0.0.1:{free_port()}",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--admin",
+            f"127.0.0.1:{admin}",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and "listening" in proc.stdout.readline()
+        status, body = get(admin, "/ready")
+        assert status == 503 and json.loads(body)["reason"] == "no configuration applied yet"
+        status, body = get(port, "/prod/x")
+        assert status == 503 and b"no configuration applied yet" in body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+def test_port_in_use_is_one_line_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        t0 = time.monotonic()
+        proc = subprocess.run(
+            sidecar("--listen", f"127.0.0.1:{busy}", "--admin", f"127.0.0.1:{free_port()}"),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert proc.returncode == 1 and time.monotonic() - t0 < 30
+    assert (
+        proc.stderr.strip().startswith("error: cannot listen") and len(proc.stderr.strip().splitlines()) == 1
+    )
