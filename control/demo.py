@@ -45,6 +45,11 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = 
     raise RuntimeError(f"{url} not ready after {timeout}s: {last}")
 
 
+def _name(proc: subprocess.Popen[bytes]) -> str:
+    args = proc.args
+    return str(args[2]) if isinstance(args, list) and len(args) > 2 else str(args)
+
+
 class Children:
     """The demo's child processes, stopped in reverse order."""
 
@@ -165,9 +170,7 @@ def run(args: argparse.Namespace) -> int:
             while not stop_requested:
                 for proc in children.procs:
                     if proc.poll() is not None:
-                        print(
-                            f"demo: {proc.args[2]} exited with {proc.returncode}; stopping", file=sys.stderr
-                        )
+                        print(f"demo: {_name(proc)} exited with {proc.returncode}; stopping", file=sys.stderr)
                         return 1
                 time.sleep(0.2)
             print("\nstopping demo ...")

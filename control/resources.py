@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from google.protobuf import json_format
@@ -133,7 +133,7 @@ def parse_document(doc: object) -> resources_pb2.Resource:
         _hash_api_key(spec)
         doc["spec"] = spec
     msg = cls()
-    _check(msg.DESCRIPTOR, doc, "")
+    _check(cast(Descriptor, msg.DESCRIPTOR), doc, "")
     try:
         json_format.ParseDict(doc, msg)
     except json_format.ParseError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from meshgate.control.errors import ControlError
@@ -14,7 +14,7 @@ from meshgate.v1 import control_pb2, control_pb2_grpc
 
 log = logging.getLogger("meshgate.control.service")
 T = TypeVar("T")
-Context = grpc.aio.ServicerContext[Any, Any]
+Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type information)
 
 
 async def _guard(context: Context, what: str, call: Callable[[], Awaitable[T]]) -> T:

@@ -161,7 +161,7 @@ class Store:
             current = await self._read(key)
             guards.append(self._guard(current))
             new = type(msg)()
-            new.CopyFrom(msg)
+            new.MergeFrom(msg)  # type: ignore[arg-type]
             new.api_version = "meshgate.io/v1"
             new.kind = kind
             action = "created"

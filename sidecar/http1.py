@@ -520,7 +520,7 @@ class ClientConn(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_ip = str(peer[0]).encode()
-        transport.set_write_buffer_limits(high=256 * 1024)
+        self.transport.set_write_buffer_limits(high=256 * 1024)
         self.server.conns.add(self)
         self._arm(self.limits.keepalive_timeout_s, self._idle_timeout)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode
 
 from meshgate.sidecar.canary import CanaryChooser
@@ -111,10 +112,10 @@ class RoutePlan:
             set_headers = tuple(hs)
             if m.path:
                 params = dict(params)
-                for name, src in m.path:
+                for pname, src in m.path:
                     v = values.get(src)
                     if v is not None:
-                        params[name] = v
+                        params[pname] = v
             if m.query:
                 extra = [(name, v) for name, src in m.query if (v := values.get(src)) is not None]
                 if extra:
@@ -207,13 +208,10 @@ def _compile_route(
     variables: Mapping[str, str],
 ) -> RoutePlan:
     integ = route.integration
-    common = {
-        "stage": stage,
-        "api": api,
-        "deployment_id": deployment_id,
-        "canary": canary,
-        "resource_path": route.path,
-    }
+
+    def plan(kind: str, **kw: Any) -> RoutePlan:
+        return RoutePlan(kind, stage, api, deployment_id, canary, route.path, **kw)
+
     where = f"route {route.method} {route.path} of {api} (stage {stage!r})"
     if integ.type == "mock":
         mock = integ.mock
@@ -223,16 +221,12 @@ def _compile_route(
         )
         if not any(k == b"content-type" for k, _ in headers) and mock.body:
             headers = ((b"content-type", b"application/json"), *headers)
-        return RoutePlan(
-            "mock", status=mock.status or 200, headers=headers, body=mock.body.encode(), **common
-        )  # type: ignore[arg-type]
+        return plan("mock", status=mock.status or 200, headers=headers, body=mock.body.encode())
     if integ.type != "http":
         raise CompileError(f"{where}: unsupported integration type {integ.type!r}")
     uri, missing = substitute_stage_vars(integ.uri, variables)
     if missing is not None:
-        return RoutePlan(
-            "http", error=f"integration uri references undefined stage variable {missing!r}", **common
-        )  # type: ignore[arg-type]
+        return plan("http", error=f"integration uri references undefined stage variable {missing!r}")
     if not uri.startswith("http://"):
         raise CompileError(f"{where}: only http:// integration URIs are supported, got {integ.uri!r}")
     rest = uri[len("http://") :]
@@ -243,7 +237,7 @@ def _compile_route(
         host, port_s = authority, "80"
     host = host.strip("[]")
     if not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
-        return RoutePlan("http", error=f"integration uri has an invalid host or port: {uri!r}", **common)  # type: ignore[arg-type]
+        return plan("http", error=f"integration uri has an invalid host or port: {uri!r}")
     parts: list[tuple[int, str]] = []
     pos = 0
     for m in _URI_PARAM.finditer(path_template):
@@ -259,7 +253,7 @@ def _compile_route(
         mapping = compile_parameters(integ.request_parameters, stage, variables, route.path)
     except MappingError as exc:
         raise CompileError(f"{where}: requestParameters: {exc}") from None
-    return RoutePlan(
+    return plan(
         "http",
         method=integ.http_method.encode() if integ.http_method and integ.http_method != "ANY" else b"",
         host=host,
@@ -269,7 +263,6 @@ def _compile_route(
         mapping=mapping,
         timeout_s=(integ.timeout_ms or 29000) / 1000,
         connect_timeout_s=(integ.connect_timeout_ms or 1000) / 1000,
-        **common,  # type: ignore[arg-type]
     )
 
 

@@ -73,7 +73,7 @@ class UpstreamConn(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        transport.set_write_buffer_limits(high=256 * 1024)
+        self.transport.set_write_buffer_limits(high=256 * 1024)
 
     def data_received(self, data: bytes) -> None:
         listener = self.listener
