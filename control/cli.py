@@ -69,21 +69,17 @@ def _call(args: argparse.Namespace, method: str, request: Any) -> Any:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     resources: list[resources_pb2.Resource] = []
+    namespace = args.namespace or "default"
     for source in args.filename:
         if source == "-":
-            resources += load_documents(sys.stdin.read())
+            resources += load_documents(sys.stdin.read(), namespace)
         else:
             path = Path(source)
             if not path.exists():
                 raise CliError(f"{source}: no such file or directory")
-            resources += load_documents(path)
+            resources += load_documents(path, namespace)
     if not resources:
         raise CliError("no documents found")
-    if args.namespace:
-        for res in resources:
-            msg = getattr(res, res.WhichOneof("kind") or "")
-            if not msg.metadata.namespace:
-                msg.metadata.namespace = args.namespace
     resp = _call(args, "Apply", control_pb2.ApplyRequest(resources=resources, dry_run=args.dry_run))
     suffix = " (dry run)" if args.dry_run else ""
     for r in resp.results:

@@ -109,7 +109,7 @@ def _hash_api_key(spec: dict[str, Any]) -> None:
         raise ValueError("spec.value: required (the key itself; only its sha256 is stored)")
 
 
-def parse_document(doc: object) -> resources_pb2.Resource:
+def parse_document(doc: object, default_namespace: str = "default") -> resources_pb2.Resource:
     """One decoded YAML/JSON document -> Resource. Raises ValueError naming the field."""
     if not isinstance(doc, dict):
         raise ValueError(f"expected a mapping with apiVersion, kind, metadata, spec; got {_type_name(doc)}")
@@ -141,7 +141,7 @@ def parse_document(doc: object) -> resources_pb2.Resource:
     if not msg.metadata.name:
         raise ValueError("metadata.name: required")
     if not msg.metadata.namespace:
-        msg.metadata.namespace = "default"
+        msg.metadata.namespace = default_namespace
     res = resources_pb2.Resource()
     getattr(res, oneof).CopyFrom(msg)
     return res
@@ -157,7 +157,7 @@ def _describe(doc: object) -> str:
     return ""
 
 
-def _load_text(text: str, origin: str) -> list[resources_pb2.Resource]:
+def _load_text(text: str, origin: str, namespace: str) -> list[resources_pb2.Resource]:
     try:
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
@@ -168,23 +168,26 @@ def _load_text(text: str, origin: str) -> list[resources_pb2.Resource]:
     out = []
     for i, doc in enumerate(docs, start=1):
         try:
-            out.append(parse_document(doc))
+            out.append(parse_document(doc, namespace))
         except ValueError as exc:
             raise InvalidConfig(f"{origin}document {i}{_describe(doc)}: {exc}") from None
     return out
 
 
-def load_documents(source: str | Path) -> list[resources_pb2.Resource]:
-    """Resources from YAML/JSON text, a file, or a directory of *.yaml/*.yml/*.json files."""
+def load_documents(source: str | Path, namespace: str = "default") -> list[resources_pb2.Resource]:
+    """Resources from YAML/JSON text, a file, or a directory of *.yaml/*.yml/*.json files.
+
+    `namespace` applies to documents whose metadata names none.
+    """
     if isinstance(source, Path):
         if source.is_dir():
             files = sorted(p for p in source.iterdir() if p.suffix in (".yaml", ".yml", ".json"))
             out: list[resources_pb2.Resource] = []
             for f in files:
-                out += _load_text(f.read_text(), f"{f} ")
+                out += _load_text(f.read_text(), f"{f} ", namespace)
             return out
-        return _load_text(source.read_text(), f"{source} ")
-    return _load_text(source, "")
+        return _load_text(source.read_text(), f"{source} ", namespace)
+    return _load_text(source, "", namespace)
 
 
 def kind_of(res: resources_pb2.Resource) -> str:
