@@ -299,3 +299,34 @@ def test_http10_client_gets_close_delimited_response(gateway: Gateway, backends:
     port = proxy_gateway(gateway, backends.start(no_length))
     out = raw(port, b"GET /prod/x HTTP/1.0\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"until-eof") and b"chunked" not in out
+
+
+def test_random_garbage_never_gets_a_5xx_and_the_listener_survives(
+    gateway: Gateway, backends: Backends
+) -> None:
+    import random
+
+    port = proxy_gateway(gateway, backends.start(echo))
+    rng = random.Random(1234)
+    seeds = [
+        b"GET /prod/mock HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /prod/x HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"GET /prod/x HTTP/9.9\r\n\r\n",
+    ]
+    for i in range(60):
+        base = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 6)):
+            base[rng.randrange(len(base))] = rng.randrange(256)
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(bytes(base) + b"\r\n\r\n")
+            out = b""
+            try:
+                while chunk := s.recv(65536):
+                    out += chunk
+            except (TimeoutError, ConnectionResetError):
+                pass  # an incomplete request may legitimately wait for more bytes
+        statuses = [int(line.split()[1]) for line in out.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
+        assert all(s < 500 or s == 502 for s in statuses), (i, bytes(base), out[:300])
+        assert b"Traceback" not in out
+    resp, data = get(port, "/prod/mock")
+    assert resp.status == 200 and json.loads(data) == {"m": 1}
