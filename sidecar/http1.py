@@ -13,12 +13,15 @@ import logging
 import os
 import socket
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import cast
 
 import httptools
+from meshgate.sidecar.authorizers import AuthRequest
+from meshgate.sidecar.cache import CachedResponse, ResponseCache
 from meshgate.sidecar.errors import STATUS_LINES, phrase, render_http_error
+from meshgate.sidecar.phase import PhaseResult
 from meshgate.sidecar.routing import Miss, TableHolder, Target
 from meshgate.sidecar.upstream import UpstreamConn, UpstreamPool
 
@@ -100,6 +103,31 @@ class _Abort(Exception):
         self.reason = reason
 
 
+class Capture:
+    """A response being copied into the stage cache as it streams to the client."""
+
+    __slots__ = ("body", "cache", "headers", "key", "size", "status")
+
+    def __init__(self, cache: ResponseCache, key: bytes) -> None:
+        self.cache = cache
+        self.key = key
+        self.status = 0
+        self.headers: tuple[tuple[bytes, bytes], ...] = ()
+        self.body: list[bytes] = []
+        self.size = 0
+
+    def add(self, chunk: bytes) -> bool:
+        self.size += len(chunk)
+        if self.size > self.cache.capacity:
+            return False
+        self.body.append(chunk)
+        return True
+
+    def store(self) -> None:
+        if self.status:
+            self.cache.put(self.key, CachedResponse(self.status, self.headers, b"".join(self.body)))
+
+
 class Exchange:
     """One client request and its response; implements UpstreamListener."""
 
@@ -107,6 +135,8 @@ class Exchange:
         "body_chunks",
         "body_complete",
         "body_received",
+        "cache_header",
+        "capture",
         "chunked_in",
         "client",
         "content_length",
@@ -155,6 +185,8 @@ class Exchange:
         self.is_head = False
         self.timer: asyncio.TimerHandle | None = None
         self.deadline = 0.0
+        self.capture: Capture | None = None
+        self.cache_header = b""
         self.retry_ok = False
         self.finished = False
 
@@ -202,6 +234,60 @@ class Exchange:
             self.fail(result.status, result.reason, extra_headers=extra)
             return
         self.target = result
+        phase = result.phase
+        if phase is not None:
+            req = AuthRequest(
+                self.method,
+                result.path,
+                phase.resource,
+                result.stage,
+                result.api,
+                hdrs,
+                query,
+                c.peer_ip.decode(),
+                self.request_id,
+                result.params or {},
+                phase.stage_variables,
+            )
+            try:
+                outcome = phase.run(req)
+            except Exception:
+                log.exception("request phase failed (request %s)", self.request_id)
+                self.fail(500, "internal error")
+                return
+            if isinstance(outcome, PhaseResult):
+                self.after_phase(result, outcome)
+            else:
+                c.loop.create_task(self.await_phase(result, outcome))
+            return
+        self.proceed(result)
+
+    async def await_phase(self, t: Target, pending: Awaitable[PhaseResult]) -> None:
+        try:
+            outcome = await pending
+        except Exception:
+            log.exception("request phase failed (request %s)", self.request_id)
+            outcome = PhaseResult(500, "internal error")
+        if self.finished or self.response_done or self.client.closed:
+            return
+        self.after_phase(t, outcome)
+
+    def after_phase(self, t: Target, r: PhaseResult) -> None:
+        if r.status:
+            self.fail(r.status, r.reason, extra_headers=r.response_headers)
+            return
+        if r.set_headers:
+            t.set_headers = t.set_headers + r.set_headers
+        self.cache_header = r.cache_header
+        if r.cached is not None:
+            self.respond_cached(t, r.cached)
+            return
+        if r.cache is not None and r.store_key is not None:
+            self.capture = Capture(r.cache, r.store_key)
+        self.proceed(t)
+
+    def proceed(self, result: Target) -> None:
+        c = self.client
         if result.kind == "mock":
             self.respond_mock(result)
             return
@@ -297,6 +383,24 @@ class Exchange:
             c.resume_reading_from("upstream")
 
     # ------------------------------------------------------------------ responses
+    def respond_cached(self, t: Target, cached: CachedResponse) -> None:
+        body = b"" if self.is_head else cached.body
+        head = [
+            STATUS_LINES.get(cached.status) or b"HTTP/1.1 %d %s\r\n" % (cached.status, phrase(cached.status))
+        ]
+        for name, value in cached.headers:
+            head += (name, b": ", value, b"\r\n")
+        head.append(
+            b"content-length: %d\r\nx-meshgate-request-id: %s\r\nx-meshgate-deployment: %d\r\nx-meshgate-cache: hit\r\n"
+            % (len(cached.body), self.request_id.encode(), t.deployment_id)
+        )
+        if not self.keep_alive:
+            head.append(b"connection: close\r\n")
+        head.append(b"\r\n")
+        self.client.write(b"".join(head) + body)
+        self.head_sent = True
+        self.complete_response()
+
     def respond_mock(self, t: Target) -> None:
         c = self.client
         body = b"" if self.is_head else t.body
@@ -309,6 +413,8 @@ class Exchange:
         )
         if t.canary:
             head.append(b"x-meshgate-canary: 1\r\n")
+        if self.cache_header:
+            head.append(b"x-meshgate-cache: %s\r\n" % self.cache_header)
         if not self.keep_alive:
             head.append(b"connection: close\r\n")
         head.append(b"\r\n")
@@ -420,11 +526,29 @@ class Exchange:
         )
         if t.canary:
             head.append(b"x-meshgate-canary: 1\r\n")
+        if self.cache_header:
+            head.append(b"x-meshgate-cache: %s\r\n" % self.cache_header)
         if not self.keep_alive:
             head.append(b"connection: close\r\n")
         head.append(b"\r\n")
         c.write(b"".join(head))
         self.head_sent = True
+        cap = self.capture
+        if cap is not None:
+            if (
+                status != 200
+                or self.is_head
+                or any(
+                    n.lower() == b"cache-control" and (b"no-store" in v or b"private" in v)
+                    for n, v in headers
+                )
+            ):
+                self.capture = None
+            else:
+                cap.status = status
+                cap.headers = tuple(
+                    (n, v) for n, v in headers if n.lower() not in RESPONSE_OWN and n.lower() not in named
+                )
         if self.is_head:  # httptools cannot frame a HEAD response: finish now, drop the connection
             up = self.upstream
             self.upstream = None
@@ -435,6 +559,9 @@ class Exchange:
             self.complete_response()
 
     def on_upstream_body(self, chunk: bytes) -> None:
+        cap = self.capture
+        if cap is not None and not cap.add(chunk):
+            self.capture = None
         if self.out_chunked:
             self.client.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
         else:
@@ -446,6 +573,10 @@ class Exchange:
         self.upstream = None
         if self.out_chunked:
             self.client.write(b"0\r\n\r\n")
+        cap = self.capture
+        if cap is not None:
+            self.capture = None
+            cap.store()
         if up is not None:
             if keep_alive and self.body_complete and not self.discard_body:
                 up.release()

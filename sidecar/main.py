@@ -13,8 +13,10 @@ from pathlib import Path
 
 from google.protobuf import json_format
 from meshgate.sidecar.admin import AdminState, start_admin
+from meshgate.sidecar.cache import load_key
 from meshgate.sidecar.config_client import ConfigClient
 from meshgate.sidecar.http1 import HttpServer, Limits, serve_http
+from meshgate.sidecar.phase import Runtime
 from meshgate.sidecar.routing import TableHolder, compile_snapshot
 from meshgate.sidecar.upstream import UpstreamPool
 from meshgate.v1 import control_pb2
@@ -63,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--state-dir", type=Path, help="where the last good snapshot is kept")
     p.add_argument("--snapshot-file", type=Path, help="serve this Snapshot (JSON) with no control connection")
+    p.add_argument(
+        "--cache-key-file",
+        help="32-byte key for encrypted stage caches (raw, hex or base64; or env MESHGATE_CACHE_KEY)",
+    )
     p.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes)
     p.add_argument("--drain-seconds", type=float, default=5.0)
     p.add_argument("--log-level", default="info")
@@ -71,9 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def run(args: argparse.Namespace) -> int:
     holder = TableHolder()
+    try:
+        cache_key = load_key(args.cache_key_file)
+    except (OSError, ValueError) as exc:
+        print(f"error: cache key: {exc}", file=sys.stderr)
+        return 1
+    runtime = Runtime(state_dir=args.state_dir, cache_key=cache_key)
 
     def apply(snap: control_pb2.Snapshot) -> None:
-        holder.table = compile_snapshot(snap)  # build first; assignment is the atomic swap
+        holder.table = compile_snapshot(snap, runtime)  # build first; assignment is the atomic swap
 
     node = control_pb2.Node(
         id=args.node_id, pod=args.pod or args.node_id, namespace=args.namespace, labels=_labels(args.label)
@@ -136,6 +148,7 @@ async def run(args: argparse.Namespace) -> int:
         await asyncio.gather(task, return_exceptions=True)
     await http_server.drain(args.drain_seconds)
     pool.close()
+    await runtime.close()
     await runner.cleanup()
     return 0
 

@@ -22,6 +22,7 @@ from meshgate.sidecar.mapping import (
     quote_param,
     substitute_stage_vars,
 )
+from meshgate.sidecar.phase import PhaseBuilder, PhaseFactory, RoutePhase, Runtime
 from meshgate.v1 import control_pb2, resources_pb2
 
 _URI_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}")
@@ -50,6 +51,9 @@ class Target:
     status: int = 200
     headers: tuple[tuple[bytes, bytes], ...] = ()
     body: bytes = b""
+    phase: RoutePhase | None = None  # request-phase steps for this route (None: nothing to check)
+    params: dict[str, str] | None = None
+    path: str = ""  # stage-relative request path
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +85,16 @@ class RoutePlan:
     status: int = 200
     headers: tuple[tuple[bytes, bytes], ...] = ()
     body: bytes = b""
+    phase: RoutePhase | None = None
 
     def build(
-        self, method: str, params: dict[str, str], query: str, headers: Mapping[str, str], request_id: str
+        self,
+        method: str,
+        params: dict[str, str],
+        query: str,
+        headers: Mapping[str, str],
+        request_id: str,
+        path: str = "",
     ) -> Target | Miss:
         if self.error:
             return Miss(500, self.error)
@@ -97,6 +108,9 @@ class RoutePlan:
                 status=self.status,
                 headers=self.headers,
                 body=self.body,
+                phase=self.phase,
+                params=params,
+                path=path,
             )
         m = self.mapping
         set_headers: tuple[tuple[bytes, bytes], ...] = ()
@@ -143,6 +157,9 @@ class RoutePlan:
             set_headers=set_headers,
             timeout_s=self.timeout_s,
             connect_timeout_s=self.connect_timeout_s,
+            phase=self.phase,
+            params=params,
+            path=path,
         )
 
 
@@ -206,11 +223,12 @@ def _compile_route(
     deployment_id: int,
     canary: bool,
     variables: Mapping[str, str],
+    phase: RoutePhase | None = None,
 ) -> RoutePlan:
     integ = route.integration
 
     def plan(kind: str, **kw: Any) -> RoutePlan:
-        return RoutePlan(kind, stage, api, deployment_id, canary, route.path, **kw)
+        return RoutePlan(kind, stage, api, deployment_id, canary, route.path, phase=phase, **kw)
 
     where = f"route {route.method} {route.path} of {api} (stage {stage!r})"
     if integ.type == "mock":
@@ -267,12 +285,31 @@ def _compile_route(
 
 
 def _build_trie(
-    deployment: resources_pb2.Deployment, *, stage: str, api: str, canary: bool, variables: Mapping[str, str]
+    deployment: resources_pb2.Deployment,
+    *,
+    stage: str,
+    api: str,
+    canary: bool,
+    variables: Mapping[str, str],
+    phases: PhaseFactory | None = None,
 ) -> _Node:
     root = _Node()
-    for route in deployment.spec.api_spec.routes:
+    spec = deployment.spec.api_spec
+    for route in spec.routes:
+        try:
+            phase = phases(spec, route, variables) if phases is not None else None
+        except (ValueError, KeyError) as exc:
+            raise CompileError(
+                f"route {route.method} {route.path} of {api} (stage {stage!r}): {exc}"
+            ) from None
         plan = _compile_route(
-            route, stage=stage, api=api, deployment_id=deployment.id, canary=canary, variables=variables
+            route,
+            stage=stage,
+            api=api,
+            deployment_id=deployment.id,
+            canary=canary,
+            variables=variables,
+            phase=phase,
         )
         node = root
         segs = _split_path(route.path)
@@ -369,11 +406,16 @@ class RouteTable:
             else:
                 allow = ", ".join(sorted(m for m in methods))
                 return Miss(405, f"method {method} not allowed for {rest} in stage {stage.name!r}", allow)
-        return plan.build(method, params, query, headers, request_id)
+        return plan.build(method, params, query, headers, request_id, rest)
 
 
-def compile_snapshot(snapshot: control_pb2.Snapshot) -> RouteTable:
-    """Build the route table for a snapshot, or raise CompileError naming the conflict."""
+def compile_snapshot(snapshot: control_pb2.Snapshot, runtime: Runtime | None = None) -> RouteTable:
+    """Build the route table for a snapshot, or raise CompileError naming the conflict.
+
+    With a `runtime`, routes get their request phase (policies, authorizers,
+    API keys, throttling, cache) bound to the runtime's long-lived state.
+    """
+    builder = PhaseBuilder(snapshot, runtime) if runtime is not None else None
     prefixes: dict[str, _Stage] = {}
     hosts: dict[str, _Stage] = {}
     owners: dict[str, str] = {}
@@ -384,8 +426,11 @@ def compile_snapshot(snapshot: control_pb2.Snapshot) -> RouteTable:
         api = f"{api_meta.namespace or 'default'}/{api_meta.name}"
         name = bundle.stage.metadata.name
         variables = dict(bundle.stage.spec.variables)
+        phases = builder.for_stage(bundle) if builder is not None else None
         base = _Side(
-            _build_trie(bundle.deployment, stage=name, api=api, canary=False, variables=variables),
+            _build_trie(
+                bundle.deployment, stage=name, api=api, canary=False, variables=variables, phases=phases
+            ),
             bundle.deployment.id,
         )
         canary_side = None
@@ -394,7 +439,9 @@ def compile_snapshot(snapshot: control_pb2.Snapshot) -> RouteTable:
         if bundle.HasField("canary_deployment") and c.percent > 0:
             cvars = {**variables, **dict(c.variables)}
             canary_side = _Side(
-                _build_trie(bundle.canary_deployment, stage=name, api=api, canary=True, variables=cvars),
+                _build_trie(
+                    bundle.canary_deployment, stage=name, api=api, canary=True, variables=cvars, phases=phases
+                ),
                 bundle.canary_deployment.id,
             )
             chooser = CanaryChooser(round(c.percent * 100), c.sticky_header.lower(), c.sticky_cookie)

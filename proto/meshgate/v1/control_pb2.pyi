@@ -29,19 +29,21 @@ class Node(_message.Message):
     def __init__(self, id: _Optional[str] = ..., pod: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., version: _Optional[str] = ...) -> None: ...
 
 class StageBundle(_message.Message):
-    __slots__ = ("api", "stage", "deployment", "canary_deployment")
+    __slots__ = ("api", "stage", "deployment", "canary_deployment", "replicas")
     API_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     CANARY_DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     api: _resources_pb2.Api
     stage: _resources_pb2.Stage
     deployment: _resources_pb2.Deployment
     canary_deployment: _resources_pb2.Deployment
-    def __init__(self, api: _Optional[_Union[_resources_pb2.Api, _Mapping]] = ..., stage: _Optional[_Union[_resources_pb2.Stage, _Mapping]] = ..., deployment: _Optional[_Union[_resources_pb2.Deployment, _Mapping]] = ..., canary_deployment: _Optional[_Union[_resources_pb2.Deployment, _Mapping]] = ...) -> None: ...
+    replicas: int
+    def __init__(self, api: _Optional[_Union[_resources_pb2.Api, _Mapping]] = ..., stage: _Optional[_Union[_resources_pb2.Stage, _Mapping]] = ..., deployment: _Optional[_Union[_resources_pb2.Deployment, _Mapping]] = ..., canary_deployment: _Optional[_Union[_resources_pb2.Deployment, _Mapping]] = ..., replicas: _Optional[int] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("version", "nonce", "source_time_unix_nano", "stages", "usage_plans", "api_keys", "control_id")
+    __slots__ = ("version", "nonce", "source_time_unix_nano", "stages", "usage_plans", "api_keys", "control_id", "cluster_cidrs")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_TIME_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +51,7 @@ class Snapshot(_message.Message):
     USAGE_PLANS_FIELD_NUMBER: _ClassVar[int]
     API_KEYS_FIELD_NUMBER: _ClassVar[int]
     CONTROL_ID_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_CIDRS_FIELD_NUMBER: _ClassVar[int]
     version: str
     nonce: str
     source_time_unix_nano: int
@@ -56,7 +59,8 @@ class Snapshot(_message.Message):
     usage_plans: _containers.RepeatedCompositeFieldContainer[_resources_pb2.UsagePlan]
     api_keys: _containers.RepeatedCompositeFieldContainer[_resources_pb2.ApiKey]
     control_id: str
-    def __init__(self, version: _Optional[str] = ..., nonce: _Optional[str] = ..., source_time_unix_nano: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageBundle, _Mapping]]] = ..., usage_plans: _Optional[_Iterable[_Union[_resources_pb2.UsagePlan, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[_resources_pb2.ApiKey, _Mapping]]] = ..., control_id: _Optional[str] = ...) -> None: ...
+    cluster_cidrs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[str] = ..., nonce: _Optional[str] = ..., source_time_unix_nano: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageBundle, _Mapping]]] = ..., usage_plans: _Optional[_Iterable[_Union[_resources_pb2.UsagePlan, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[_resources_pb2.ApiKey, _Mapping]]] = ..., control_id: _Optional[str] = ..., cluster_cidrs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("version", "nonce", "error")
@@ -233,6 +237,16 @@ class SidecarStatus(_message.Message):
     nack_count: int
     sent_version: str
     def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., control_id: _Optional[str] = ..., acked_version: _Optional[str] = ..., last_nack_version: _Optional[str] = ..., last_nack_error: _Optional[str] = ..., connected_unix_nano: _Optional[int] = ..., last_ack_unix_nano: _Optional[int] = ..., last_apply_latency_ms: _Optional[float] = ..., nack_count: _Optional[int] = ..., sent_version: _Optional[str] = ...) -> None: ...
+
+class FlushStageCacheRequest(_message.Message):
+    __slots__ = ("namespace", "api", "stage")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    API_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    api: str
+    stage: str
+    def __init__(self, namespace: _Optional[str] = ..., api: _Optional[str] = ..., stage: _Optional[str] = ...) -> None: ...
 
 class ListSidecarsRequest(_message.Message):
     __slots__ = ()

@@ -84,6 +84,11 @@ class ControlServiceStub:
                 request_serializer=meshgate_dot_v1_dot_control__pb2.ListSidecarsRequest.SerializeToString,
                 response_deserializer=meshgate_dot_v1_dot_control__pb2.ListSidecarsResponse.FromString,
                 _registered_method=True)
+        self.FlushStageCache = channel.unary_unary(
+                '/meshgate.v1.ControlService/FlushStageCache',
+                request_serializer=meshgate_dot_v1_dot_control__pb2.FlushStageCacheRequest.SerializeToString,
+                response_deserializer=meshgate_dot_v1_dot_control__pb2.CanaryResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -150,6 +155,13 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FlushStageCache(self, request, context):
+        """Drop every cached response of a stage on every sidecar (bumps cache.flush_epoch).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +214,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.ListSidecars,
                     request_deserializer=meshgate_dot_v1_dot_control__pb2.ListSidecarsRequest.FromString,
                     response_serializer=meshgate_dot_v1_dot_control__pb2.ListSidecarsResponse.SerializeToString,
+            ),
+            'FlushStageCache': grpc.unary_unary_rpc_method_handler(
+                    servicer.FlushStageCache,
+                    request_deserializer=meshgate_dot_v1_dot_control__pb2.FlushStageCacheRequest.FromString,
+                    response_serializer=meshgate_dot_v1_dot_control__pb2.CanaryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -474,6 +491,33 @@ class ControlService:
             '/meshgate.v1.ControlService/ListSidecars',
             meshgate_dot_v1_dot_control__pb2.ListSidecarsRequest.SerializeToString,
             meshgate_dot_v1_dot_control__pb2.ListSidecarsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FlushStageCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshgate.v1.ControlService/FlushStageCache',
+            meshgate_dot_v1_dot_control__pb2.FlushStageCacheRequest.SerializeToString,
+            meshgate_dot_v1_dot_control__pb2.CanaryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmeshgate/v1/resources.proto\x12\x0bmeshgate.v1\"\xc9\x02\n\nObjectMeta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x33\n\x06labels\x18\x03 \x03(\x0b\x32#.meshgate.v1.ObjectMeta.LabelsEntry\x12=\n\x0b\x61nnotations\x18\x04 \x03(\x0b\x32(.meshgate.v1.ObjectMeta.AnnotationsEntry\x12\x10\n\x08revision\x18\x05 \x01(\x03\x12\x1d\n\x15update_time_unix_nano\x18\x06 \x01(\x03\x12\x12\n\ngeneration\x18\x07 \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x90\x01\n\x08Selector\x12\x12\n\nnamespaces\x18\x01 \x03(\t\x12<\n\x0cmatch_labels\x18\x02 \x03(\x0b\x32&.meshgate.v1.Selector.MatchLabelsEntry\x1a\x32\n\x10MatchLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x95\x01\n\x0cMockResponse\x12\x0e\n\x06status\x18\x01 \x01(\r\x12\x37\n\x07headers\x18\x02 \x03(\x0b\x32&.meshgate.v1.MockResponse.HeadersEntry\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbf\x03\n\x0bIntegration\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x13\n\x0bhttp_method\x18\x03 \x01(\t\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\x12\x1a\n\x12\x63onnect_timeout_ms\x18\x05 \x01(\r\x12K\n\x12request_parameters\x18\x06 \x03(\x0b\x32/.meshgate.v1.Integration.RequestParametersEntry\x12\'\n\x04mock\x18\x07 \x01(\x0b\x32\x19.meshgate.v1.MockResponse\x12I\n\x11request_templates\x18\x08 \x03(\x0b\x32..meshgate.v1.Integration.RequestTemplatesEntry\x12\x1c\n\x14passthrough_behavior\x18\t \x01(\t\x1a\x38\n\x16RequestParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x37\n\x15RequestTemplatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\rRouteThrottle\x12\x12\n\nrate_limit\x18\x01 \x01(\x01\x12\x13\n\x0b\x62urst_limit\x18\x02 \x01(\r\"\xff\x01\n\x05Route\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12-\n\x0bintegration\x18\x03 \x01(\x0b\x32\x18.meshgate.v1.Integration\x12\x12\n\nauthorizer\x18\x04 \x01(\t\x12\x18\n\x10\x61pi_key_required\x18\x05 \x01(\x08\x12.\n\nthrottling\x18\x06 \x01(\x0b\x32\x1a.meshgate.v1.RouteThrottle\x12\x15\n\rrequest_model\x18\x07 \x01(\t\x12\x1c\n\x14\x63\x61\x63he_key_parameters\x18\x08 \x03(\t\x12\x16\n\x0eoperation_name\x18\t \x01(\t\"\xa0\x01\n\nAuthorizer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06issuer\x18\x03 \x01(\t\x12\x11\n\taudiences\x18\x04 \x03(\t\x12\x10\n\x08jwks_uri\x18\x05 \x01(\t\x12\x0b\n\x03uri\x18\x06 \x01(\t\x12\x18\n\x10identity_sources\x18\x07 \x03(\t\x12\x1a\n\x12result_ttl_seconds\x18\x08 \x01(\r\"@\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x13\n\x0bschema_json\x18\x03 \x01(\t\"\x83\x02\n\x07\x41piSpec\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\x15\n\rendpoint_type\x18\x02 \x01(\t\x12\'\n\x08selector\x18\x03 \x01(\x0b\x32\x15.meshgate.v1.Selector\x12\x11\n\tbase_path\x18\x04 \x01(\t\x12\"\n\x06routes\x18\x05 \x03(\x0b\x32\x12.meshgate.v1.Route\x12,\n\x0b\x61uthorizers\x18\x06 \x03(\x0b\x32\x17.meshgate.v1.Authorizer\x12\"\n\x06models\x18\x07 \x03(\x0b\x32\x12.meshgate.v1.Model\x12\x1a\n\x12\x62inary_media_types\x18\x08 \x03(\t\"w\n\x03\x41pi\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.meshgate.v1.ObjectMeta\x12\"\n\x04spec\x18\x04 \x01(\x0b\x32\x14.meshgate.v1.ApiSpec\"u\n\x0e\x44\x65ploymentSpec\x12\x0b\n\x03\x61pi\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12&\n\x08\x61pi_spec\x18\x03 \x01(\x0b\x32\x14.meshgate.v1.ApiSpec\x12\x19\n\x11\x63reated_unix_nano\x18\x04 \x01(\x03\"\x91\x01\n\nDeployment\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.meshgate.v1.ObjectMeta\x12)\n\x04spec\x18\x04 \x01(\x0b\x32\x1b.meshgate.v1.DeploymentSpec\x12\n\n\x02id\x18\x05 \x01(\x04\"\xd4\x01\n\x0e\x43\x61narySettings\x12\x12\n\ndeployment\x18\x01 \x01(\x04\x12\x0f\n\x07percent\x18\x02 \x01(\x01\x12=\n\tvariables\x18\x03 \x03(\x0b\x32*.meshgate.v1.CanarySettings.VariablesEntry\x12\x15\n\rsticky_header\x18\x04 \x01(\t\x12\x15\n\rsticky_cookie\x18\x05 \x01(\t\x1a\x30\n\x0eVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\rStageThrottle\x12\x12\n\nrate_limit\x18\x01 \x01(\x01\x12\x13\n\x0b\x62urst_limit\x18\x02 \x01(\r\"]\n\nStageCache\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\r\x12\x11\n\tencrypted\x18\x04 \x01(\x08\"\xfa\x02\n\tStageSpec\x12\x0b\n\x03\x61pi\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\x04\x12\x38\n\tvariables\x18\x03 \x03(\x0b\x32%.meshgate.v1.StageSpec.VariablesEntry\x12\r\n\x05hosts\x18\x04 \x03(\t\x12+\n\x06\x63\x61nary\x18\x05 \x01(\x0b\x32\x1b.meshgate.v1.CanarySettings\x12.\n\nthrottling\x18\x06 \x01(\x0b\x32\x1a.meshgate.v1.StageThrottle\x12&\n\x05\x63\x61\x63he\x18\x07 \x01(\x0b\x32\x17.meshgate.v1.StageCache\x12\x19\n\x11\x61\x63\x63\x65ss_log_format\x18\x08 \x01(\t\x12\x1c\n\x14tracing_sample_ratio\x18\t \x01(\x01\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\x1a\x30\n\x0eVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"{\n\x05Stage\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.meshgate.v1.ObjectMeta\x12$\n\x04spec\x18\x04 \x01(\x0b\x32\x16.meshgate.v1.StageSpec\"&\n\x05Quota\x12\r\n\x05limit\x18\x01 \x01(\x04\x12\x0e\n\x06period\x18\x02 \x01(\t\"n\n\rUsagePlanSpec\x12\x0c\n\x04\x61pis\x18\x01 \x03(\t\x12,\n\x08throttle\x18\x02 \x01(\x0b\x32\x1a.meshgate.v1.StageThrottle\x12!\n\x05quota\x18\x03 \x01(\x0b\x32\x12.meshgate.v1.Quota\"\x83\x01\n\tUsagePlan\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.meshgate.v1.ObjectMeta\x12(\n\x04spec\x18\x04 \x01(\x0b\x32\x1a.meshgate.v1.UsagePlanSpec\"G\n\nApiKeySpec\x12\x12\n\nusage_plan\x18\x01 \x01(\t\x12\x14\n\x0cvalue_sha256\x18\x02 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x03 \x01(\x08\"}\n\x06\x41piKey\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.meshgate.v1.ObjectMeta\x12%\n\x04spec\x18\x04 \x01(\x0b\x32\x17.meshgate.v1.ApiKeySpec\"\xdd\x01\n\x08Resource\x12\x1f\n\x03\x61pi\x18\x01 \x01(\x0b\x32\x10.meshgate.v1.ApiH\x00\x12#\n\x05stage\x18\x02 \x01(\x0b\x32\x12.meshgate.v1.StageH\x00\x12-\n\ndeployment\x18\x03 \x01(\x0b\x32\x17.meshgate.v1.DeploymentH\x00\x12,\n\nusage_plan\x18\x04 \x01(\x0b\x32\x16.meshgate.v1.UsagePlanH\x00\x12&\n\x07\x61pi_key\x18\x05 \x01(\x0b\x32\x13.meshgate.v1.ApiKeyH\x00\x42\x06\n\x04kindb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmeshgate/v1/resources.proto\x12\x0bmeshgate.v1\"\xc9\x02\n\nObjectMeta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x33\n\x06labels\x18\x03 \x03(\x0b\x32#.meshgate.v1.ObjectMeta.LabelsEntry\x12=\n\x0b\x61nnotations\x18\x04 \x03(\x0b\x32(.meshgate.v1.ObjectMeta.AnnotationsEntry\x12\x10\n\x08revision\x18\x05 \x01(\x03\x12\x1d\n\x15update_time_unix_nano\x18\x06 \x01(\x03\x12\x12\n\ngeneration\x18\x07 \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x90\x01\n\x08Selector\x12\x12\n\nnamespaces\x18\x01 \x03(\t\x12<\n\x0cmatch_labels\x18\x02 \x03(\x0b\x32&.meshgate.v1.Selector.MatchLabelsEntry\x1a\x32\n\x10MatchLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x95\x01\n\x0cMockResponse\x12\x0e\n\x06status\x18\x01 \x01(\r\x12\x37\n\x07headers\x18\x02 \x03(\x0b\x32&.meshgate.v1.MockResponse.HeadersEntry\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbf\x03\n\x0bIntegration\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x13\n\x0bhttp_method\x18\x03 \x01(\t\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\x12\x1a\n\x12\x63onnect_timeout_ms\x18\x05 \x01(\r\x12K\n\x12request_parameters\x18\x06 \x03(\x0b\x32/.meshgate.v1.Integration.RequestParametersEntry\x12\'\n\x04mock\x18\x07 \x01(\x0b\x32\x19.meshgate.v1.MockResponse\x12I\n\x11request_templates\x18\x08 \x03(\x0b\x32..meshgate.v1.Integration.RequestTemplatesEntry\x12\x1c\n\x14passthrough_behavior\x18\t \x01(\t\x1a\x38\n\x16RequestParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x37\n\x15RequestTemplatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\rRouteThrottle\x12\x12\n\nrate_limit\x18\x01 \x01(\x01\x12\x13\n\x0b\x62urst_limit\x18\x02 \x01(\r\"\x9d\x02\n\x05Route\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12-\n\x0bintegration\x18\x03 \x01(\x0b\x32\x18.meshgate.v1.Integration\x12\x12\n\nauthorizer\x18\x04 \x01(\t\x12\x18\n\x10\x61pi_key_required\x18\x05 \x01(\x08\x12.\n\nthrottling\x18\x06 \x01(\x0b\x32\x1a.meshgate.v1.RouteThrottle\x12\x15\n\rrequest_model\x18\x07 \x01(\t\x12\x1c\n\x14\x63\x61\x63he_key_parameters\x18\x08 \x03(\t\x12\x16\n\x0eoperation_name\x18\t \x01(\t\x12\x1c\n\x14\x61uthorization_scopes\x18\n \x03(\t\"\x81\x03\n\nAuthorizer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06issuer\x18\x03 \x01(\t\x12\x11\n\taudiences\x18\x04 \x03(\t\x12\x10\n\x08jwks_uri\x18\x05 \x01(\t\x12\x0b\n\x03uri\x18\x06 \x01(\t\x12\x18\n\x10identity_sources\x18\x07 \x03(\t\x12\x1f\n\x12result_ttl_seconds\x18\x08 \x01(\rH\x00\x88\x01\x01\x12G\n\x11\x63laims_to_headers\x18\t \x03(\x0b\x32,.meshgate.v1.Authorizer.ClaimsToHeadersEntry\x12\x1a\n\x12\x63lock_skew_seconds\x18\n \x01(\r\x12\x12\n\ntimeout_ms\x18\x0b \x01(\r\x12\x12\n\nalgorithms\x18\x0c \x03(\t\x1a\x36\n\x14\x43laimsToHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x15\n\x13_result_ttl_seconds\"@\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x13\n\x0bschema_json\x18\x03 \x01(\t\"\xb9\x02\n\x07\x41piSpec\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\x15\n\rendpoint_type\x18\x02 \x01(\t\x12\'\n\x08selector\x18\x03 \x01(\x0b\x32\x15.meshgate.v1.Selector\x12\x11\n\tbase_path\x18\x04 \x01(\t\x12\"\n\x06routes\x18\x05 \x03(\x0b\x32\x12.meshgate.v1.Route\x12,\n\x0b\x61uthorizers\x18\x06 \x03(\x0b\x32\x17.meshgate.v1.Authorizer\x12\"\n\x06models\x18\x07 \x03(\x0b\x32\x12.meshgate.v1.Model\x12\x1a\n\x12\x62inary_media_types\x18\x08 \x03(\t\x12\x34\n\x0fresource_policy\x18\t \x01(\x0b\x32\x1b.meshgate.v1.ResourcePolicy\"9\n\x0eResourcePolicy\x12\x13\n\x0b\x61llow_cidrs\x18\x01 \x03(\t\x12\x12\n\ndeny_cidrs\x18\x02 \x03(\t\"w\n\x03\x41pi\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.meshgate.v1.ObjectMeta\x12\"\n\x04spec\x18\x04 \x01(\x0b\x32\x14.meshgate.v1.ApiSpec\"u\n\x0e\x44\x65ploymentSpec\x12\x0b\n\x03\x61pi\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12&\n\x08\x61pi_spec\x18\x03 \x01(\x0b\x32\x14.meshgate.v1.ApiSpec\x12\x19\n\x11\x63reated_unix_nano\x18\x04 \x01(\x03\"\x91\x01\n\nDeployment\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.meshgate.v1.ObjectMeta\x12)\n\x04spec\x18\x04 \x01(\x0b\x32\x1b.meshgate.v1.DeploymentSpec\x12\n\n\x02id\x18\x05 \x01(\x04\"\xd4\x01\n\x0e\x43\x61narySettings\x12\x12\n\ndeployment\x18\x01 \x01(\x04\x12\x0f\n\x07percent\x18\x02 \x01(\x01\x12=\n\tvariables\x18\x03 \x03(\x0b\x32*.meshgate.v1.CanarySettings.VariablesEntry\x12\x15\n\rsticky_header\x18\x04 \x01(\t\x12\x15\n\rsticky_cookie\x18\x05 \x01(\t\x1a\x30\n\x0eVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\rStageThrottle\x12\x12\n\nrate_limit\x18\x01 \x01(\x01\x12\x13\n\x0b\x62urst_limit\x18\x02 \x01(\r\"\xae\x01\n\nStageCache\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\x12\x18\n\x0bttl_seconds\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x11\n\tencrypted\x18\x04 \x01(\x08\x12\x14\n\x0cinvalidation\x18\x05 \x01(\t\x12\x0f\n\x07methods\x18\x06 \x03(\t\x12\x13\n\x0b\x66lush_epoch\x18\x07 \x01(\x04\x42\x0e\n\x0c_ttl_seconds\"\xfa\x02\n\tStageSpec\x12\x0b\n\x03\x61pi\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\x04\x12\x38\n\tvariables\x18\x03 \x03(\x0b\x32%.meshgate.v1.StageSpec.VariablesEntry\x12\r\n\x05hosts\x18\x04 \x03(\t\x12+\n\x06\x63\x61nary\x18\x05 \x01(\x0b\x32\x1b.meshgate.v1.CanarySettings\x12.\n\nthrottling\x18\x06 \x01(\x0b\x32\x1a.meshgate.v1.StageThrottle\x12&\n\x05\x63\x61\x63he\x18\x07 \x01(\x0b\x32\x17.meshgate.v1.StageCache\x12\x19\n\x11\x61\x63\x63\x65ss_log_format\x18\x08 \x01(\t\x12\x1c\n\x14tracing_sample_ratio\x18\t \x01(\x01\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\x1a\x30\n\x0eVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"{\n\x05Stage\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.meshgate.v1.ObjectMeta\x12$\n\x04spec\x18\x04 \x01(\x0b\x32\x16.meshgate.v1.StageSpec\"&\n\x05Quota\x12\r\n\x05limit\x18\x01 \x01(\x04\x12\x0e\n\x06period\x18\x02 \x01(\t\"n\n\rUsagePlanSpec\x12\x0c\n\x04\x61pis\x18\x01 \x03(\t\x12,\n\x08throttle\x18\x02 \x01(\x0b\x32\x1a.meshgate.v1.StageThrottle\x12!\n\x05quota\x18\x03 \x01(\x0b\x32\x12.meshgate.v1.Quota\"\x83\x01\n\tUsagePlan\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.meshgate.v1.ObjectMeta\x12(\n\x04spec\x18\x04 \x01(\x0b\x32\x1a.meshgate.v1.UsagePlanSpec\"G\n\nApiKeySpec\x12\x12\n\nusage_plan\x18\x01 \x01(\t\x12\x14\n\x0cvalue_sha256\x18\x02 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x03 \x01(\x08\"}\n\x06\x41piKey\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.meshgate.v1.ObjectMeta\x12%\n\x04spec\x18\x04 \x01(\x0b\x32\x17.meshgate.v1.ApiKeySpec\"\xdd\x01\n\x08Resource\x12\x1f\n\x03\x61pi\x18\x01 \x01(\x0b\x32\x10.meshgate.v1.ApiH\x00\x12#\n\x05stage\x18\x02 \x01(\x0b\x32\x12.meshgate.v1.StageH\x00\x12-\n\ndeployment\x18\x03 \x01(\x0b\x32\x17.meshgate.v1.DeploymentH\x00\x12,\n\nusage_plan\x18\x04 \x01(\x0b\x32\x16.meshgate.v1.UsagePlanH\x00\x12&\n\x07\x61pi_key\x18\x05 \x01(\x0b\x32\x13.meshgate.v1.ApiKeyH\x00\x42\x06\n\x04kindb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,6 +43,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INTEGRATION_REQUESTPARAMETERSENTRY']._serialized_options = b'8\001'
   _globals['_INTEGRATION_REQUESTTEMPLATESENTRY']._loaded_options = None
   _globals['_INTEGRATION_REQUESTTEMPLATESENTRY']._serialized_options = b'8\001'
+  _globals['_AUTHORIZER_CLAIMSTOHEADERSENTRY']._loaded_options = None
+  _globals['_AUTHORIZER_CLAIMSTOHEADERSENTRY']._serialized_options = b'8\001'
   _globals['_CANARYSETTINGS_VARIABLESENTRY']._loaded_options = None
   _globals['_CANARYSETTINGS_VARIABLESENTRY']._serialized_options = b'8\001'
   _globals['_STAGESPEC_VARIABLESENTRY']._loaded_options = None
@@ -70,43 +72,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUTETHROTTLE']._serialized_start=1125
   _globals['_ROUTETHROTTLE']._serialized_end=1181
   _globals['_ROUTE']._serialized_start=1184
-  _globals['_ROUTE']._serialized_end=1439
-  _globals['_AUTHORIZER']._serialized_start=1442
-  _globals['_AUTHORIZER']._serialized_end=1602
-  _globals['_MODEL']._serialized_start=1604
-  _globals['_MODEL']._serialized_end=1668
-  _globals['_APISPEC']._serialized_start=1671
-  _globals['_APISPEC']._serialized_end=1930
-  _globals['_API']._serialized_start=1932
-  _globals['_API']._serialized_end=2051
-  _globals['_DEPLOYMENTSPEC']._serialized_start=2053
-  _globals['_DEPLOYMENTSPEC']._serialized_end=2170
-  _globals['_DEPLOYMENT']._serialized_start=2173
-  _globals['_DEPLOYMENT']._serialized_end=2318
-  _globals['_CANARYSETTINGS']._serialized_start=2321
-  _globals['_CANARYSETTINGS']._serialized_end=2533
-  _globals['_CANARYSETTINGS_VARIABLESENTRY']._serialized_start=2485
-  _globals['_CANARYSETTINGS_VARIABLESENTRY']._serialized_end=2533
-  _globals['_STAGETHROTTLE']._serialized_start=2535
-  _globals['_STAGETHROTTLE']._serialized_end=2591
-  _globals['_STAGECACHE']._serialized_start=2593
-  _globals['_STAGECACHE']._serialized_end=2686
-  _globals['_STAGESPEC']._serialized_start=2689
-  _globals['_STAGESPEC']._serialized_end=3067
-  _globals['_STAGESPEC_VARIABLESENTRY']._serialized_start=2485
-  _globals['_STAGESPEC_VARIABLESENTRY']._serialized_end=2533
-  _globals['_STAGE']._serialized_start=3069
-  _globals['_STAGE']._serialized_end=3192
-  _globals['_QUOTA']._serialized_start=3194
-  _globals['_QUOTA']._serialized_end=3232
-  _globals['_USAGEPLANSPEC']._serialized_start=3234
-  _globals['_USAGEPLANSPEC']._serialized_end=3344
-  _globals['_USAGEPLAN']._serialized_start=3347
-  _globals['_USAGEPLAN']._serialized_end=3478
-  _globals['_APIKEYSPEC']._serialized_start=3480
-  _globals['_APIKEYSPEC']._serialized_end=3551
-  _globals['_APIKEY']._serialized_start=3553
-  _globals['_APIKEY']._serialized_end=3678
-  _globals['_RESOURCE']._serialized_start=3681
-  _globals['_RESOURCE']._serialized_end=3902
+  _globals['_ROUTE']._serialized_end=1469
+  _globals['_AUTHORIZER']._serialized_start=1472
+  _globals['_AUTHORIZER']._serialized_end=1857
+  _globals['_AUTHORIZER_CLAIMSTOHEADERSENTRY']._serialized_start=1780
+  _globals['_AUTHORIZER_CLAIMSTOHEADERSENTRY']._serialized_end=1834
+  _globals['_MODEL']._serialized_start=1859
+  _globals['_MODEL']._serialized_end=1923
+  _globals['_APISPEC']._serialized_start=1926
+  _globals['_APISPEC']._serialized_end=2239
+  _globals['_RESOURCEPOLICY']._serialized_start=2241
+  _globals['_RESOURCEPOLICY']._serialized_end=2298
+  _globals['_API']._serialized_start=2300
+  _globals['_API']._serialized_end=2419
+  _globals['_DEPLOYMENTSPEC']._serialized_start=2421
+  _globals['_DEPLOYMENTSPEC']._serialized_end=2538
+  _globals['_DEPLOYMENT']._serialized_start=2541
+  _globals['_DEPLOYMENT']._serialized_end=2686
+  _globals['_CANARYSETTINGS']._serialized_start=2689
+  _globals['_CANARYSETTINGS']._serialized_end=2901
+  _globals['_CANARYSETTINGS_VARIABLESENTRY']._serialized_start=2853
+  _globals['_CANARYSETTINGS_VARIABLESENTRY']._serialized_end=2901
+  _globals['_STAGETHROTTLE']._serialized_start=2903
+  _globals['_STAGETHROTTLE']._serialized_end=2959
+  _globals['_STAGECACHE']._serialized_start=2962
+  _globals['_STAGECACHE']._serialized_end=3136
+  _globals['_STAGESPEC']._serialized_start=3139
+  _globals['_STAGESPEC']._serialized_end=3517
+  _globals['_STAGESPEC_VARIABLESENTRY']._serialized_start=2853
+  _globals['_STAGESPEC_VARIABLESENTRY']._serialized_end=2901
+  _globals['_STAGE']._serialized_start=3519
+  _globals['_STAGE']._serialized_end=3642
+  _globals['_QUOTA']._serialized_start=3644
+  _globals['_QUOTA']._serialized_end=3682
+  _globals['_USAGEPLANSPEC']._serialized_start=3684
+  _globals['_USAGEPLANSPEC']._serialized_end=3794
+  _globals['_USAGEPLAN']._serialized_start=3797
+  _globals['_USAGEPLAN']._serialized_end=3928
+  _globals['_APIKEYSPEC']._serialized_start=3930
+  _globals['_APIKEYSPEC']._serialized_end=4001
+  _globals['_APIKEY']._serialized_start=4003
+  _globals['_APIKEY']._serialized_end=4128
+  _globals['_RESOURCE']._serialized_start=4131
+  _globals['_RESOURCE']._serialized_end=4352
 # @@protoc_insertion_point(module_scope)

@@ -115,7 +115,7 @@ class RouteThrottle(_message.Message):
     def __init__(self, rate_limit: _Optional[float] = ..., burst_limit: _Optional[int] = ...) -> None: ...
 
 class Route(_message.Message):
-    __slots__ = ("method", "path", "integration", "authorizer", "api_key_required", "throttling", "request_model", "cache_key_parameters", "operation_name")
+    __slots__ = ("method", "path", "integration", "authorizer", "api_key_required", "throttling", "request_model", "cache_key_parameters", "operation_name", "authorization_scopes")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     INTEGRATION_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,7 @@ class Route(_message.Message):
     REQUEST_MODEL_FIELD_NUMBER: _ClassVar[int]
     CACHE_KEY_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     OPERATION_NAME_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZATION_SCOPES_FIELD_NUMBER: _ClassVar[int]
     method: str
     path: str
     integration: Integration
@@ -134,10 +135,18 @@ class Route(_message.Message):
     request_model: str
     cache_key_parameters: _containers.RepeatedScalarFieldContainer[str]
     operation_name: str
-    def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., integration: _Optional[_Union[Integration, _Mapping]] = ..., authorizer: _Optional[str] = ..., api_key_required: _Optional[bool] = ..., throttling: _Optional[_Union[RouteThrottle, _Mapping]] = ..., request_model: _Optional[str] = ..., cache_key_parameters: _Optional[_Iterable[str]] = ..., operation_name: _Optional[str] = ...) -> None: ...
+    authorization_scopes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., integration: _Optional[_Union[Integration, _Mapping]] = ..., authorizer: _Optional[str] = ..., api_key_required: _Optional[bool] = ..., throttling: _Optional[_Union[RouteThrottle, _Mapping]] = ..., request_model: _Optional[str] = ..., cache_key_parameters: _Optional[_Iterable[str]] = ..., operation_name: _Optional[str] = ..., authorization_scopes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Authorizer(_message.Message):
-    __slots__ = ("name", "type", "issuer", "audiences", "jwks_uri", "uri", "identity_sources", "result_ttl_seconds")
+    __slots__ = ("name", "type", "issuer", "audiences", "jwks_uri", "uri", "identity_sources", "result_ttl_seconds", "claims_to_headers", "clock_skew_seconds", "timeout_ms", "algorithms")
+    class ClaimsToHeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     ISSUER_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +155,10 @@ class Authorizer(_message.Message):
     URI_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_SOURCES_FIELD_NUMBER: _ClassVar[int]
     RESULT_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CLAIMS_TO_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_SKEW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHMS_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     issuer: str
@@ -154,7 +167,11 @@ class Authorizer(_message.Message):
     uri: str
     identity_sources: _containers.RepeatedScalarFieldContainer[str]
     result_ttl_seconds: int
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., issuer: _Optional[str] = ..., audiences: _Optional[_Iterable[str]] = ..., jwks_uri: _Optional[str] = ..., uri: _Optional[str] = ..., identity_sources: _Optional[_Iterable[str]] = ..., result_ttl_seconds: _Optional[int] = ...) -> None: ...
+    claims_to_headers: _containers.ScalarMap[str, str]
+    clock_skew_seconds: int
+    timeout_ms: int
+    algorithms: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., issuer: _Optional[str] = ..., audiences: _Optional[_Iterable[str]] = ..., jwks_uri: _Optional[str] = ..., uri: _Optional[str] = ..., identity_sources: _Optional[_Iterable[str]] = ..., result_ttl_seconds: _Optional[int] = ..., claims_to_headers: _Optional[_Mapping[str, str]] = ..., clock_skew_seconds: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., algorithms: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("name", "content_type", "schema_json")
@@ -167,7 +184,7 @@ class Model(_message.Message):
     def __init__(self, name: _Optional[str] = ..., content_type: _Optional[str] = ..., schema_json: _Optional[str] = ...) -> None: ...
 
 class ApiSpec(_message.Message):
-    __slots__ = ("description", "endpoint_type", "selector", "base_path", "routes", "authorizers", "models", "binary_media_types")
+    __slots__ = ("description", "endpoint_type", "selector", "base_path", "routes", "authorizers", "models", "binary_media_types", "resource_policy")
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_TYPE_FIELD_NUMBER: _ClassVar[int]
     SELECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +193,7 @@ class ApiSpec(_message.Message):
     AUTHORIZERS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     BINARY_MEDIA_TYPES_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_POLICY_FIELD_NUMBER: _ClassVar[int]
     description: str
     endpoint_type: str
     selector: Selector
@@ -184,7 +202,16 @@ class ApiSpec(_message.Message):
     authorizers: _containers.RepeatedCompositeFieldContainer[Authorizer]
     models: _containers.RepeatedCompositeFieldContainer[Model]
     binary_media_types: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, description: _Optional[str] = ..., endpoint_type: _Optional[str] = ..., selector: _Optional[_Union[Selector, _Mapping]] = ..., base_path: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., authorizers: _Optional[_Iterable[_Union[Authorizer, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., binary_media_types: _Optional[_Iterable[str]] = ...) -> None: ...
+    resource_policy: ResourcePolicy
+    def __init__(self, description: _Optional[str] = ..., endpoint_type: _Optional[str] = ..., selector: _Optional[_Union[Selector, _Mapping]] = ..., base_path: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., authorizers: _Optional[_Iterable[_Union[Authorizer, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., binary_media_types: _Optional[_Iterable[str]] = ..., resource_policy: _Optional[_Union[ResourcePolicy, _Mapping]] = ...) -> None: ...
+
+class ResourcePolicy(_message.Message):
+    __slots__ = ("allow_cidrs", "deny_cidrs")
+    ALLOW_CIDRS_FIELD_NUMBER: _ClassVar[int]
+    DENY_CIDRS_FIELD_NUMBER: _ClassVar[int]
+    allow_cidrs: _containers.RepeatedScalarFieldContainer[str]
+    deny_cidrs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, allow_cidrs: _Optional[_Iterable[str]] = ..., deny_cidrs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Api(_message.Message):
     __slots__ = ("api_version", "kind", "metadata", "spec")
@@ -254,16 +281,22 @@ class StageThrottle(_message.Message):
     def __init__(self, rate_limit: _Optional[float] = ..., burst_limit: _Optional[int] = ...) -> None: ...
 
 class StageCache(_message.Message):
-    __slots__ = ("enabled", "capacity_bytes", "ttl_seconds", "encrypted")
+    __slots__ = ("enabled", "capacity_bytes", "ttl_seconds", "encrypted", "invalidation", "methods", "flush_epoch")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
+    INVALIDATION_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    FLUSH_EPOCH_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     capacity_bytes: int
     ttl_seconds: int
     encrypted: bool
-    def __init__(self, enabled: _Optional[bool] = ..., capacity_bytes: _Optional[int] = ..., ttl_seconds: _Optional[int] = ..., encrypted: _Optional[bool] = ...) -> None: ...
+    invalidation: str
+    methods: _containers.RepeatedScalarFieldContainer[str]
+    flush_epoch: int
+    def __init__(self, enabled: _Optional[bool] = ..., capacity_bytes: _Optional[int] = ..., ttl_seconds: _Optional[int] = ..., encrypted: _Optional[bool] = ..., invalidation: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., flush_epoch: _Optional[int] = ...) -> None: ...
 
 class StageSpec(_message.Message):
     __slots__ = ("api", "deployment", "variables", "hosts", "canary", "throttling", "cache", "access_log_format", "tracing_sample_ratio", "description")
