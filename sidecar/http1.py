@@ -391,8 +391,8 @@ class Exchange:
         for name, value in cached.headers:
             head += (name, b": ", value, b"\r\n")
         head.append(
-            b"content-length: %d\r\nx-meshgate-request-id: %s\r\nx-meshgate-deployment: %d\r\nx-meshgate-cache: hit\r\n"
-            % (len(cached.body), self.request_id.encode(), t.deployment_id)
+            b"content-length: %d\r\nx-meshgate-request-id: %s\r\nx-meshgate-deployment: %d\r\nx-meshgate-cache: %s\r\n"
+            % (len(cached.body), self.request_id.encode(), t.deployment_id, self.cache_header or b"hit")
         )
         if not self.keep_alive:
             head.append(b"connection: close\r\n")

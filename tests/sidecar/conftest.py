@@ -101,6 +101,7 @@ class Gateway:
         self.pool = UpstreamPool()
         self.http = HttpServer(sweep_interval_s=0.05)
         self.port = 0
+        self.on_stop: list[Callable[[], Awaitable[None]]] = []
 
     def start(self, snap: control_pb2.Snapshot, limits: Limits = Limits()) -> Gateway:
         self.holder.table = compile_snapshot(snap)
@@ -115,6 +116,8 @@ class Gateway:
     def stop(self) -> None:
         self.lt.run(self.http.drain(0.5))
         self.pool.close()
+        for close in self.on_stop:
+            self.lt.run(close())
 
 
 class Backends:
