@@ -131,6 +131,7 @@ def parse_document(doc: object, default_namespace: str = "default") -> resources
     if kind == "ApiKey":
         spec = dict(spec)
         _hash_api_key(spec)
+        spec.setdefault("enabled", True)  # like API Gateway: a new key is enabled
         doc["spec"] = spec
     msg = cls()
     _check(cast(Descriptor, msg.DESCRIPTOR), doc, "")

@@ -22,6 +22,9 @@ from meshgate.v1 import control_pb2_grpc
 
 log = logging.getLogger("meshgate.control")
 
+# Private address space: where Kubernetes pod and service networks live unless told otherwise.
+DEFAULT_CLUSTER_CIDRS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8")
+
 
 @dataclass
 class ControlServer:
@@ -46,16 +49,19 @@ async def start_control(
     control_id: str | None = None,
     debounce_s: float = 0.005,
     max_delay_s: float = 0.05,
+    cluster_cidrs: tuple[str, ...] = DEFAULT_CLUSTER_CIDRS,
 ) -> ControlServer:
     control_id = control_id or f"{socket.gethostname()}-{os.getpid()}"
-    store = Store(etcd_endpoint, prefix)
+    store = Store(etcd_endpoint, prefix, cluster_cidrs=cluster_cidrs)
     await store.open()
     try:
         await asyncio.wait_for(store.load_state(), 10)
     except Exception as exc:
         await store.close()
         raise ConnectionError(f"etcd at {etcd_endpoint} unreachable: {type(exc).__name__}") from None
-    streamer = ConfigStreamer(store, control_id, debounce_s=debounce_s, max_delay_s=max_delay_s)
+    streamer = ConfigStreamer(
+        store, control_id, debounce_s=debounce_s, max_delay_s=max_delay_s, cluster_cidrs=cluster_cidrs
+    )
     await streamer.start()
     server = grpc.aio.server(
         options=[
@@ -87,7 +93,14 @@ def _split(address: str) -> tuple[str, int]:
 async def _serve(args: argparse.Namespace, etcd_endpoint: str) -> int:
     host, port = _split(args.listen)
     try:
-        ctl = await start_control(etcd_endpoint, host=host, port=port, prefix=args.prefix, control_id=args.id)
+        ctl = await start_control(
+            etcd_endpoint,
+            host=host,
+            port=port,
+            prefix=args.prefix,
+            control_id=args.id,
+            cluster_cidrs=tuple(args.cluster_cidr or DEFAULT_CLUSTER_CIDRS),
+        )
     except (ConnectionError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -111,6 +124,12 @@ def run_control(argv: list[str]) -> int:
     parser.add_argument("--data-dir", help="data dir of the private etcd (default: a temp dir)")
     parser.add_argument("--listen", default="127.0.0.1:7070", help="gRPC address (default %(default)s)")
     parser.add_argument("--prefix", default="/meshgate/", help="etcd key prefix (default %(default)s)")
+    parser.add_argument(
+        "--cluster-cidr",
+        action="append",
+        help="pod/service network (repeatable): what private Apis accept as 'inside the cluster' "
+        f"(default {', '.join(DEFAULT_CLUSTER_CIDRS)})",
+    )
     parser.add_argument("--id", default=None, help="replica id (default hostname-pid)")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)

@@ -29,11 +29,18 @@ def binds(api: resources_pb2.Api, node: control_pb2.Node) -> bool:
     return all(node.labels.get(k) == v for k, v in sel.match_labels.items())
 
 
-def build_snapshot(state: State, node: control_pb2.Node) -> control_pb2.Snapshot:
-    """The complete config for one sidecar; version changes iff the content changes."""
-    snap = control_pb2.Snapshot()
+def build_snapshot(
+    state: State, node: control_pb2.Node, cluster_cidrs: tuple[str, ...] = ()
+) -> control_pb2.Snapshot:
+    """The complete config for one sidecar; version changes iff the content changes.
+
+    Each stage carries how many live sidecars serve it (`replicas`), so limits
+    meant for the whole stage can be divided among them.
+    """
+    snap = control_pb2.Snapshot(cluster_cidrs=cluster_cidrs)
     newest = 0
     bound: set[tuple[str, str]] = set()
+    replicas: dict[tuple[str, str], int] = {}
     for (ns, name), api in sorted(state.apis.items()):
         if binds(api, node):
             bound.add((ns, name))
@@ -42,6 +49,9 @@ def build_snapshot(state: State, node: control_pb2.Node) -> control_pb2.Snapshot
             continue
         api = state.apis[(ns, api_name)]
         bundle = snap.stages.add()
+        bundle.replicas = max(
+            1, replicas.setdefault((ns, api_name), sum(1 for n in state.sidecars.values() if binds(api, n)))
+        )
         bundle.api.CopyFrom(api)
         bundle.stage.CopyFrom(stage)
         newest = max(newest, api.metadata.update_time_unix_nano, stage.metadata.update_time_unix_nano)
@@ -74,7 +84,8 @@ def build_snapshot(state: State, node: control_pb2.Node) -> control_pb2.Snapshot
 class SnapshotCache:
     """Memoizes build_snapshot per (state revision, bind key)."""
 
-    def __init__(self, max_entries: int = 1024) -> None:
+    def __init__(self, cluster_cidrs: tuple[str, ...] = (), max_entries: int = 1024) -> None:
+        self.cluster_cidrs = tuple(cluster_cidrs)
         self._entries: OrderedDict[tuple[int, BindKey], control_pb2.Snapshot] = OrderedDict()
         self._max = max_entries
         self.builds = 0
@@ -83,7 +94,7 @@ class SnapshotCache:
         key = (state.revision, bind_key(node))
         snap = self._entries.get(key)
         if snap is None:
-            snap = build_snapshot(state, node)
+            snap = build_snapshot(state, node, self.cluster_cidrs)
             self.builds += 1
             self._entries[key] = snap
             while len(self._entries) > self._max:

@@ -122,10 +122,23 @@ class State:
     deployments: dict[tuple[str, str, int], resources_pb2.Deployment] = field(default_factory=dict)
     usage_plans: dict[tuple[str, str], resources_pb2.UsagePlan] = field(default_factory=dict)
     api_keys: dict[tuple[str, str], resources_pb2.ApiKey] = field(default_factory=dict)
+    # connected sidecars (from their status keys): node id -> Node; only membership matters here
+    sidecars: dict[str, control_pb2.Node] = field(default_factory=dict)
     revision: int = 0
 
     def put(self, key: str, value: bytes) -> bool:
-        """Apply a put event; returns True when it touched a resource."""
+        """Apply a put event; returns True when it changed a resource or the set of sidecars."""
+        sc_prefix = self.prefix + SidecarsSegment + "/"
+        if key.startswith(sc_prefix):
+            try:
+                node = control_pb2.SidecarStatus.FromString(value).node
+            except Exception:
+                return False
+            old = self.sidecars.get(node.id)
+            if old is not None and old.namespace == node.namespace and dict(old.labels) == dict(node.labels):
+                return False
+            self.sidecars[node.id] = node
+            return True
         msg = decode(self.prefix, key, value)
         if msg is None:
             return False
@@ -139,6 +152,8 @@ class State:
             return False
         seg = parts[0]
         try:
+            if seg == SidecarsSegment:
+                return self.sidecars.pop(key[len(self.prefix) + len(SidecarsSegment) + 1 :], None) is not None
             if seg == "apis":
                 return self.apis.pop((parts[1], parts[2]), None) is not None
             if seg == "stages":

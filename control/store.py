@@ -15,10 +15,12 @@ from typing import Any
 
 import aetcd
 from aetcd import rpc
+from aetcd import transactions as txmod
+from aetcd.utils import prefix_range_end
 from meshgate.control import state as keys
 from meshgate.control.errors import Conflict, FailedPrecondition, InvalidConfig, NotFound
 from meshgate.control.state import State, unwrap, wrap
-from meshgate.control.validation import validate
+from meshgate.control.validation import check_private_targets, validate
 from meshgate.v1 import control_pb2, resources_pb2
 
 RETRIES = 8
@@ -41,8 +43,11 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
 class Store:
     """Resources under one etcd key prefix."""
 
-    def __init__(self, etcd_endpoint: str, prefix: str = "/meshgate/") -> None:
+    def __init__(
+        self, etcd_endpoint: str, prefix: str = "/meshgate/", cluster_cidrs: Sequence[str] = ()
+    ) -> None:
         self.endpoint = etcd_endpoint
+        self.cluster_cidrs = tuple(cluster_cidrs)
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         host, port = parse_endpoint(etcd_endpoint)
         self._client = aetcd.Client(host=host, port=port, timeout=10)
@@ -71,10 +76,13 @@ class Store:
             return tx.create(read.key.encode()) == 0
         return tx.mod(read.key.encode()) == read.mod_revision
 
-    async def _commit(self, guards: list[Any], puts: list[tuple[str, bytes]]) -> int | None:
-        """One etcd transaction: all puts if every guard holds. Returns the new revision or None."""
+    async def _commit(
+        self, guards: list[Any], puts: list[tuple[str, bytes]], deletes: Sequence[str] = ()
+    ) -> int | None:
+        """One etcd transaction: all puts/deletes if every guard holds. Returns the new revision or None."""
         tx = self._client.transactions
-        ops = [tx.put(k.encode(), v) for k, v in puts]
+        ops: list[Any] = [tx.put(k.encode(), v) for k, v in puts]
+        ops += [txmod.Delete(k.encode()) for k in deletes]
         request = rpc.TxnRequest(
             compare=[g.build_message() for g in guards],
             success=self._client._ops_to_requests(ops),
@@ -157,6 +165,7 @@ class Store:
                     raise NotFound(f"{kind} {ns}/{msg.metadata.name}: Api {ns}/{api} does not exist")
                 guards.append(self._guard(api_read))
                 checked_apis.add((ns, api))
+            await self._check_private(msg, resources)
             key = keys.key_for(self.prefix, res)
             current = await self._read(key)
             guards.append(self._guard(current))
@@ -202,6 +211,38 @@ class Store:
             return None
         return control_pb2.ApplyResponse(results=results, revision=revision)
 
+    async def _check_private(self, msg: Any, batch: Sequence[resources_pb2.Resource]) -> None:
+        """Private Apis may only integrate with addresses inside the cluster networks or the pod itself."""
+        ns = msg.metadata.namespace or "default"
+        if isinstance(msg, resources_pb2.Api):
+            if msg.spec.endpoint_type == "private":
+                stages: list[dict[str, str]] = [
+                    dict(resources_pb2.Stage.FromString(v).spec.variables)
+                    for _, v, _ in await self._range(f"stages/{ns}/{msg.metadata.name}/")
+                ]
+                check_private_targets(msg, stages or [{}], self.cluster_cidrs)
+            return
+        if not isinstance(msg, resources_pb2.Stage):
+            return
+        api = next(
+            (
+                r.api
+                for r in batch
+                if r.WhichOneof("kind") == "api"
+                and r.api.metadata.name == msg.spec.api
+                and (r.api.metadata.namespace or "default") == ns
+            ),
+            None,
+        )
+        if api is None:
+            read = await self._read(keys.api_key(self.prefix, ns, msg.spec.api))
+            api = resources_pb2.Api.FromString(read.value) if read.value else None
+        if api is not None and api.spec.endpoint_type == "private":
+            try:
+                check_private_targets(api, [msg.spec.variables], self.cluster_cidrs)
+            except InvalidConfig as exc:
+                raise InvalidConfig(f"Stage {ns}/{msg.metadata.name}: {exc}") from None
+
     # ------------------------------------------------------------------ get / delete
 
     async def get(
@@ -231,37 +272,55 @@ class Store:
         return out
 
     async def delete(self, ref: control_pb2.ObjectRef) -> int:
+        """Delete one resource in a guarded transaction; returns the etcd revision of the delete."""
         kind = _canonical_kind(ref.kind)
         ns = ref.namespace or "default"
         what = f"{kind} {ns}/{ref.name}"
+        api = ref.api
         if kind == "Api":
             key = keys.api_key(self.prefix, ns, ref.name)
-            stages = await self._range(f"stages/{ns}/{ref.name}/")
-            if stages:
-                names = ", ".join(k.rsplit("/", 1)[1] for k, _, _ in stages)
-                raise FailedPrecondition(f"{what}: still has stages ({names}); delete them first")
+            api = ref.name
         elif kind == "Stage":
             if not ref.api:
                 raise InvalidConfig(f"{what}: the owning Api is required to delete a stage")
             key = keys.stage_key(self.prefix, ns, ref.api, ref.name)
         elif kind == "Deployment":
-            api, _, dep = ref.name.rpartition("-")
-            api = ref.api or api
-            if not dep.isdigit():
+            base, _, dep = ref.name.rpartition("-")
+            api = ref.api or base
+            if not dep.isdigit() or not api:
                 raise InvalidConfig(f"{what}: deployment name must be <api>-<id>")
             key = keys.deployment_key(self.prefix, ns, api, int(dep))
-            for _, value, _ in await self._range(f"stages/{ns}/{api}/"):
-                st = resources_pb2.Stage.FromString(value)
-                if int(dep) in (st.spec.deployment, st.spec.canary.deployment):
-                    raise FailedPrecondition(f"{what}: stage {st.metadata.name} still serves it")
         elif kind == "UsagePlan":
             key = keys.usage_plan_key(self.prefix, ns, ref.name)
         else:
             key = keys.apikey_key(self.prefix, ns, ref.name)
-        deleted = await self._client.delete(key.encode())
-        if not deleted:
-            raise NotFound(f"{what} not found")
-        return int(deleted.header.revision)
+        stages_prefix = f"{self.prefix}stages/{ns}/{api}/"
+        for _ in range(RETRIES):
+            read = await self._read(key)
+            if read.value is None:
+                raise NotFound(f"{what} not found")
+            guards = [self._guard(read)]
+            if kind == "Api":
+                stages = await self._range(f"stages/{ns}/{api}/")
+                if stages:
+                    names = ", ".join(k.rsplit("/", 1)[1] for k, _, _ in stages)
+                    raise FailedPrecondition(f"{what}: still has stages ({names}); delete them first")
+                # no stage may appear under this Api between the check and the delete
+                guards.append(
+                    txmod.Create(stages_prefix.encode(), prefix_range_end(stages_prefix.encode())) == 0
+                )
+            elif kind == "Deployment":
+                dep_id = resources_pb2.Deployment.FromString(read.value).id
+                for skey, value, mod in await self._range(f"stages/{ns}/{api}/"):
+                    st = resources_pb2.Stage.FromString(value)
+                    if dep_id in (st.spec.deployment, st.spec.canary.deployment):
+                        raise FailedPrecondition(f"{what}: stage {st.metadata.name} still serves it")
+                    guards.append(self._guard(_Read(skey, value, mod)))
+            revision = await self._commit(guards, [], [key])
+            if revision is not None:
+                return revision
+            await asyncio.sleep(0.01)
+        raise Conflict(f"delete {what}: concurrent changes; try again")
 
     # ------------------------------------------------------------------ deployments
 

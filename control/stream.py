@@ -58,6 +58,7 @@ class ConfigStreamer:
         debounce_s: float = 0.005,
         max_delay_s: float = 0.05,
         status_ttl_s: int = 15,
+        cluster_cidrs: tuple[str, ...] = (),
     ) -> None:
         self.store = store
         self.control_id = control_id
@@ -65,7 +66,7 @@ class ConfigStreamer:
         self.max_delay_s = max_delay_s
         self.status_ttl_s = status_ttl_s
         self.state = State(store.prefix)
-        self.cache = SnapshotCache()
+        self.cache = SnapshotCache(cluster_cidrs)
         self.pushes = 0
         self._conns: set[_Conn] = set()
         self._dirty = asyncio.Event()
@@ -74,7 +75,7 @@ class ConfigStreamer:
         self._delete_time_ns = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._lease: Any = None
-        self._ignored = (store.prefix + keys.SidecarsSegment + "/", store.prefix + "seq/")
+        self._ignored = (store.prefix + "seq/",)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -130,8 +131,8 @@ class ConfigStreamer:
             changed = self.state.delete(key)
             if changed:
                 self._delete_time_ns = time.time_ns()
-        self.state.revision = max(self.state.revision, int(event.kv.mod_revision))
         if changed:
+            self.state.revision = max(self.state.revision, int(event.kv.mod_revision))
             self._mark_dirty()
 
     def _mark_dirty(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections.abc import Mapping, Sequence
 
 from meshgate.control.errors import InvalidConfig
 from meshgate.control.state import unwrap
@@ -35,6 +36,10 @@ MAPPING_VALUE_RE = re.compile(
     r"|'[^']*')$"
 )
 PRIVATE_DEFAULT = "cluster"
+IDENTITY_SOURCE_RE = re.compile(
+    r"^(method\.request\.(header|querystring)\.[A-Za-z0-9\-_.]+|stageVariables\.[A-Za-z0-9_]+|context\.(identity\.)?sourceIp)$"
+)
+JWT_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "PS256"})
 
 
 def _fail(where: str, problem: str) -> None:
@@ -168,7 +173,36 @@ def validate_api(api: resources_pb2.Api) -> None:
             _fail(f"spec.authorizers[{i}].type", f'must be "jwt", "request" or "token", got {a.type!r}')
         if a.result_ttl_seconds > 3600:
             _fail(f"spec.authorizers[{i}].resultTtlSeconds", "must be at most 3600")
+        where = f"spec.authorizers[{i}]"
+        for j, src in enumerate(a.identity_sources):
+            if not IDENTITY_SOURCE_RE.match(src):
+                _fail(
+                    f"{where}.identitySources[{j}]",
+                    f"{src!r}: use method.request.header.NAME, method.request.querystring.NAME, "
+                    "stageVariables.NAME or context.sourceIp",
+                )
+        if a.type == "jwt":
+            if not a.jwks_uri.startswith(("http://", "https://")):
+                _fail(f"{where}.jwksUri", "required for jwt authorizers (http:// or https:// URL)")
+            for alg in a.algorithms:
+                if alg not in JWT_ALGORITHMS:
+                    _fail(
+                        f"{where}.algorithms",
+                        f"{alg!r} is not accepted (use {', '.join(sorted(JWT_ALGORITHMS))})",
+                    )
+            if a.identity_sources and not a.identity_sources[0].startswith("method.request.header."):
+                _fail(f"{where}.identitySources[0]", "a jwt token comes from a header")
+        else:
+            if not a.uri.startswith("http://"):
+                _fail(f"{where}.uri", "required for request/token authorizers (http:// URL of the service)")
+            if a.type == "token" and len(a.identity_sources) > 1:
+                _fail(f"{where}.identitySources", "a token authorizer takes one header")
         authorizers.add(a.name)
+    for cidr in [*spec.resource_policy.allow_cidrs, *spec.resource_policy.deny_cidrs]:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            _fail("spec.resourcePolicy", f"{cidr!r} is not a CIDR")
     models = set()
     for i, m in enumerate(spec.models):
         if not m.name:
@@ -198,6 +232,16 @@ def validate_api(api: resources_pb2.Api) -> None:
             _fail(f"{where}.requestModel", f"no model named {r.request_model!r} in spec.models")
         if r.throttling.rate_limit < 0:
             _fail(f"{where}.throttling.rateLimit", "must not be negative")
+        if r.authorization_scopes:
+            kinds = {a.name: a.type for a in spec.authorizers}
+            if kinds.get(r.authorizer) != "jwt":
+                _fail(f"{where}.authorizationScopes", "scopes need a jwt authorizer on the route")
+        for j, p in enumerate(r.cache_key_parameters):
+            if not re.match(r"^method\.request\.(querystring|header)\.[A-Za-z0-9\-_.]+$", p):
+                _fail(
+                    f"{where}.cacheKeyParameters[{j}]",
+                    f"{p!r}: use method.request.querystring.NAME or method.request.header.NAME",
+                )
 
 
 def validate_stage(stage: resources_pb2.Stage) -> None:
@@ -225,6 +269,11 @@ def validate_stage(stage: resources_pb2.Stage) -> None:
         _fail("spec.throttling.rateLimit", "must not be negative")
     if spec.cache.ttl_seconds > 3600:
         _fail("spec.cache.ttlSeconds", "must be between 0 and 3600")
+    if spec.cache.invalidation not in ("", "ignore", "require_authorization", "fail"):
+        _fail("spec.cache.invalidation", 'must be "ignore", "require_authorization" or "fail"')
+    for m in spec.cache.methods:
+        if m.upper() not in METHODS - {"ANY"}:
+            _fail("spec.cache.methods", f"{m!r} is not an HTTP method")
     if not 0 <= spec.tracing_sample_ratio <= 1:
         _fail("spec.tracingSampleRatio", "must be between 0 and 1")
 
@@ -265,3 +314,54 @@ def validate(res: resources_pb2.Resource) -> None:
             raise InvalidConfig("Deployment resources are made by deploy, not applied")
     except InvalidConfig as exc:
         raise InvalidConfig(f"{kind} {ns}/{msg.metadata.name}: {exc}") from None
+
+
+CLUSTER_DOMAINS = (".svc", ".svc.cluster.local", ".cluster.local")
+
+
+def _substitute(uri: str, variables: Mapping[str, str]) -> str:
+    def repl(m: re.Match[str]) -> str:
+        return variables.get(m.group(1), m.group(0))
+
+    return STAGE_VAR_REF_RE.sub(repl, uri)
+
+
+def check_private_targets(
+    api: resources_pb2.Api, stage_variables: Sequence[Mapping[str, str]], cluster_cidrs: tuple[str, ...]
+) -> None:
+    """Raise InvalidConfig unless every HTTP integration of a private Api stays inside the cluster.
+
+    Allowed: addresses in the cluster networks, loopback (the pod itself),
+    `localhost` and in-cluster service names (`*.svc`, `*.svc.cluster.local`).
+    """
+    nets = [ipaddress.ip_network(c, strict=False) for c in cluster_cidrs]
+    for i, route in enumerate(api.spec.routes):
+        integ = route.integration
+        if integ.type != "http":
+            continue
+        for variables in stage_variables:
+            uri = _substitute(integ.uri, variables)
+            authority = uri[len("http://") :].split("/", 1)[0]
+            if "${" in authority:
+                continue  # checked when the stage that defines the variable is applied
+            host = (
+                authority.rsplit(":", 1)[0].strip("[]")
+                if authority.count(":") <= 1
+                else authority.strip("[]")
+            )
+            if host == "localhost" or host.endswith(CLUSTER_DOMAINS):
+                continue
+            try:
+                addr = ipaddress.ip_address(host)
+            except ValueError:
+                _fail(
+                    f"Api {api.metadata.name} is private: spec.routes[{i}].integration.uri",
+                    f"host {host!r} is not an in-cluster service name (*.svc) or address",
+                )
+                continue
+            if addr.is_loopback or any(addr in n for n in nets):
+                continue
+            _fail(
+                f"Api {api.metadata.name} is private: spec.routes[{i}].integration.uri",
+                f"{host} is outside the cluster networks ({', '.join(cluster_cidrs) or 'none configured'})",
+            )

@@ -110,3 +110,39 @@ async def test_dry_run_writes_nothing(store: Store) -> None:
     r = await store.apply(docs(), dry_run=True)
     assert [x.action for x in r.results] == ["created", "created"]
     assert await dump(store) == {}
+
+
+async def test_get_filters(store: Store) -> None:
+    await store.apply(docs())
+    other = PETS.replace("name: pets", "name: shop, namespace: team-b").replace("api: pets", "api: shop")
+    await store.apply(
+        docs(other.replace("metadata: {name: prod}", "metadata: {name: prod, namespace: team-b}"))
+    )
+    await store.apply(docs(PETS.replace("metadata: {name: prod}", "metadata: {name: dev}")))
+    assert sorted(r.api.metadata.name for r in await store.get("Apis")) == ["pets", "shop"]
+    assert [r.api.metadata.name for r in await store.get("api", "default", "pets")] == ["pets"]
+    assert [r.api.metadata.name for r in await store.get("api", "team-b")] == ["shop"]
+    assert await store.get("api", "team-c") == []
+    stages = await store.get("stages", "default", api="pets")
+    assert sorted(r.stage.metadata.name for r in stages) == ["dev", "prod"]
+    assert [(r.stage.metadata.namespace, r.stage.spec.api) for r in await store.get("stage", "team-b")] == [
+        ("team-b", "shop")
+    ]
+    assert [r.stage.metadata.name for r in await store.get("Stage", name="dev")] == ["dev"]
+    assert all(r.stage.metadata.revision > 0 for r in stages)
+    with pytest.raises(InvalidConfig, match="unknown kind"):
+        await store.get("widgets")
+
+
+async def test_delete_api_is_guarded_against_a_racing_stage(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.apply(docs())
+
+    async def no_stages(segment: str) -> list[tuple[str, bytes, int]]:
+        return []  # the check "sees" no stage, but one exists: the txn guard must refuse
+
+    monkeypatch.setattr(store, "_range", no_stages)
+    with pytest.raises(Conflict):
+        await store.delete(control_pb2.ObjectRef(kind="Api", namespace="default", name="pets"))
+    assert len(await store.get("apis")) == 1

@@ -12,7 +12,7 @@ apiVersion: meshgate.io/v1
 kind: Api
 metadata: {name: pets}
 spec:
-  authorizers: [{name: jwt, type: jwt}]
+  authorizers: [{name: jwt, type: jwt, jwksUri: "https://idp.example/jwks"}]
   models: [{name: Pet, schemaJson: '{"type": "object"}'}]
   routes:
     - method: GET
@@ -76,13 +76,27 @@ def test_valid_documents_pass() -> None:
         ('schemaJson: \'{"type": "object"}\'', "schemaJson: '{not json'", "spec.models[0].schemaJson"),
         ("name: pets", "name: Pets_API", "metadata.name"),
         ("type: jwt", "type: saml", "spec.authorizers[0].type"),
+        ("name: pets}", "name: pets, namespace: Team_A}", "metadata.namespace"),
+        ("status: 204}", "status: 204}, timeoutMs: 10", "spec.routes[2].integration.timeoutMs"),
+        ("status: 204}", "status: 204}, timeoutMs: 400000", "spec.routes[2].integration.timeoutMs"),
+        (
+            "status: 204}",
+            "status: 204}, connectTimeoutMs: 70000",
+            "spec.routes[2].integration.connectTimeoutMs",
+        ),
+        ("path: /files/{proxy+}", "path: /files/{rest}", "spec.routes[1].integration.uri"),
+        ("path: /pets/{id}", "path: /pets/{1d}", "spec.routes[0].path"),
+        ("uri: http://${stageVariables.backend}", "uri: http:///", "spec.routes[0].integration.uri"),
+        ("method.request.path.id", "context.user", "spec.routes[0].integration.requestParameters"),
+        ("spec:\n", "spec:\n  endpointType: public\n", "spec.endpointType"),
+        ("spec:\n", "spec:\n  basePath: /v1/{x}\n", "spec.basePath"),
     ],
 )
 def test_api_errors_name_the_field(old: str, new: str, field: str) -> None:
     assert old in BASE
     with pytest.raises(InvalidConfig) as err:
         check(BASE.replace(old, new, 1))
-    assert str(err.value).startswith("Api default/") and f"{field}" in str(err.value)
+    assert str(err.value).startswith("Api ") and field in str(err.value)
 
 
 def test_duplicate_routes_are_refused() -> None:
