@@ -157,6 +157,18 @@ def cmd_canary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    resp = _call(
+        args,
+        "FlushStageCache",
+        control_pb2.FlushStageCacheRequest(
+            namespace=args.namespace or "default", api=args.api, stage=args.stage
+        ),
+    )
+    print(f"stage {args.stage}: cache flushed on every sidecar (epoch {resp.stage.spec.cache.flush_epoch})")
+    return 0
+
+
 # ---------------------------------------------------------------- get
 
 
@@ -403,6 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--sticky-header", default="")
     c.add_argument("--sticky-cookie", default="")
     c.set_defaults(func=cmd_canary)
+
+    f = sub.add_parser("cache", help="stage cache operations")
+    f.add_argument("action", choices=["flush"])
+    f.add_argument("api")
+    f.add_argument("--stage", required=True)
+    f.set_defaults(func=cmd_cache)
 
     g = sub.add_parser("get", help="list apis, stages, deployments, usageplans, apikeys or sidecars")
     g.add_argument("kind")

@@ -28,11 +28,25 @@ SHOWN_HEADERS = (
 
 
 def make_app(name: str) -> web.Application:
-    """The app; every JSON answer says which instance (`service`) served it."""
+    """The app; every JSON answer says which instance (`service`) served it and how many
+    requests it has served so far (`served`), so caching and canaries are visible."""
+    served = 0
 
     def reply(request: web.Request, payload: object, status: int = 200) -> web.Response:
-        headers = {k: v for k, v in request.headers.items() if k.lower() in SHOWN_HEADERS}
-        body = {"service": name, "path": request.path_qs, "headers": headers, "data": payload}
+        nonlocal served
+        served += 1
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() in SHOWN_HEADERS or k.lower().startswith(("x-meshgate-", "x-user-"))
+        }
+        body = {
+            "service": name,
+            "served": served,
+            "path": request.path_qs,
+            "headers": headers,
+            "data": payload,
+        }
         return web.json_response(body, status=status)
 
     async def list_pets(request: web.Request) -> web.Response:

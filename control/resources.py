@@ -180,7 +180,15 @@ def load_documents(source: str | Path, namespace: str = "default") -> list[resou
 
     `namespace` applies to documents whose metadata names none.
     """
+    if isinstance(source, str) and "\n" not in source and len(source) < 4096:
+        try:
+            if Path(source).exists():
+                source = Path(source)
+        except OSError:
+            pass
     if isinstance(source, Path):
+        if not source.exists():
+            raise InvalidConfig(f"{source}: no such file or directory")
         if source.is_dir():
             files = sorted(p for p in source.iterdir() if p.suffix in (".yaml", ".yml", ".json"))
             out: list[resources_pb2.Resource] = []

@@ -111,6 +111,15 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):  # type: ignore[
             lambda: self.store.remove_canary(request.namespace, request.api, request.stage),
         )
 
+    async def FlushStageCache(
+        self, request: control_pb2.FlushStageCacheRequest, context: Context
+    ) -> control_pb2.CanaryResponse:
+        return await _guard(
+            context,
+            "cache flush",
+            lambda: self.store.flush_cache(request.namespace, request.api, request.stage),
+        )
+
     async def ListSidecars(
         self, request: control_pb2.ListSidecarsRequest, context: Context
     ) -> control_pb2.ListSidecarsResponse:

@@ -455,6 +455,17 @@ class Store:
         st, revision = await self._update_stage(namespace, api, stage, mutate)
         return control_pb2.CanaryResponse(stage=st, revision=revision)
 
+    async def flush_cache(self, namespace: str, api: str, stage: str) -> control_pb2.CanaryResponse:
+        """Bump the stage's cache flush epoch: every sidecar drops the stage's cached responses."""
+
+        def mutate(st: resources_pb2.Stage, dep_ids: list[int]) -> None:
+            if not st.spec.cache.enabled:
+                raise FailedPrecondition(f"stage {stage} has no cache enabled")
+            st.spec.cache.flush_epoch += 1
+
+        st, revision = await self._update_stage(namespace, api, stage, mutate)
+        return control_pb2.CanaryResponse(stage=st, revision=revision)
+
     async def remove_canary(self, namespace: str, api: str, stage: str) -> control_pb2.CanaryResponse:
         def mutate(st: resources_pb2.Stage, dep_ids: list[int]) -> None:
             if not st.spec.HasField("canary"):

@@ -90,3 +90,23 @@ def test_api_key_value_is_hashed_and_never_kept() -> None:
         load_documents(
             "apiVersion: meshgate.io/v1\nkind: ApiKey\nmetadata: {name: ci}\nspec: {usagePlan: gold}"
         )
+
+
+def test_path_given_as_a_string(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(API)
+    (tmp_path / "b.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("ignored")
+    assert len(load_documents(str(tmp_path / "a.yaml"))) == 1
+    with pytest.raises(InvalidConfig, match=r"b.json document 1 \(\? default/\?\): apiVersion"):
+        load_documents(str(tmp_path))
+    bad = API.replace("integration:", "integraton:", 1)
+    assert bad != API
+    (tmp_path / "b.json").unlink()
+    (tmp_path / "c.yml").write_text(bad)
+    with pytest.raises(
+        InvalidConfig,
+        match=r"c.yml document 1 \(Api default/pets\): spec.routes\[0\].integraton: unknown field",
+    ):
+        load_documents(tmp_path)
+    with pytest.raises(InvalidConfig, match="no such file"):
+        load_documents(tmp_path / "missing.yaml")

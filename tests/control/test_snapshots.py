@@ -74,3 +74,31 @@ def test_cache_builds_once_per_revision_and_bind_key() -> None:
     st.revision += 1
     cache.get(st, node(app="pets"))
     assert cache.builds == 3
+
+
+def test_canary_deployment_usage_plans_and_keys() -> None:
+    st = state_with(api("pets", app="pets"), api("shop", app="shop"))
+    stage = st.stages[("default", "pets", "prod")]
+    stage.spec.canary.deployment = 1
+    assert not build_snapshot(st, node(app="pets")).stages[0].HasField("canary_deployment")  # percent 0
+    stage.spec.canary.percent = 10
+    snap = build_snapshot(st, node(app="pets"))
+    assert snap.stages[0].canary_deployment.id == 1
+    stage.spec.canary.deployment = 9  # does not exist: no canary bundle
+    assert not build_snapshot(st, node(app="pets")).stages[0].HasField("canary_deployment")
+    for plan, apis in (("gold", ["pets/prod"]), ("shop-plan", ["shop"])):
+        p = resources_pb2.UsagePlan(
+            metadata=resources_pb2.ObjectMeta(name=plan, namespace="default", update_time_unix_nano=99),
+            spec=resources_pb2.UsagePlanSpec(apis=apis),
+        )
+        st.put(f"/p/usageplans/default/{plan}", p.SerializeToString())
+        k = resources_pb2.ApiKey(
+            metadata=resources_pb2.ObjectMeta(name=f"{plan}-key", namespace="default"),
+            spec=resources_pb2.ApiKeySpec(usage_plan=plan, value_sha256="0" * 64),
+        )
+        st.put(f"/p/apikeys/default/{plan}-key", k.SerializeToString())
+    snap = build_snapshot(st, node(app="pets"))
+    assert [p.metadata.name for p in snap.usage_plans] == ["gold"]
+    assert [k.metadata.name for k in snap.api_keys] == ["gold-key"]
+    assert snap.source_time_unix_nano == 99
+    assert not snap.nonce and not snap.control_id and len(snap.version) == 16

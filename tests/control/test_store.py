@@ -145,4 +145,5 @@ async def test_delete_api_is_guarded_against_a_racing_stage(
     monkeypatch.setattr(store, "_range", no_stages)
     with pytest.raises(Conflict):
         await store.delete(control_pb2.ObjectRef(kind="Api", namespace="default", name="pets"))
+    monkeypatch.undo()
     assert len(await store.get("apis")) == 1
