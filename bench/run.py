@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -50,6 +51,7 @@ http {{
   server {{
     listen 127.0.0.1:{port} reuseport;
     location / {{ return 200 "hello world\\n"; }}
+    location = /jwks {{ default_type application/json; return 200 '{jwks}'; }}
   }}
 }}
 """
@@ -88,8 +90,14 @@ wrk.headers["Content-Type"] = "application/octet-stream"
 """
 
 
-def bench_snapshot(backend_port: int, extra_routes: int = 0) -> control_pb2.Snapshot:
-    """One stage `prod` with GET /hello and POST /echo proxied to the backend."""
+def bench_snapshot(backend_port: int, extra_routes: int = 0, jwt: bool = False) -> control_pb2.Snapshot:
+    """One stage `prod` with GET /hello and POST /echo proxied to the backend.
+
+    The stage limit is set far above what this machine can push (the default,
+    10000 rps like API Gateway, would throttle the benchmark); the token bucket
+    still runs on every request. With `jwt`, both routes require a JWT (RS256,
+    JWKS served by the backend) and carry their own route limit.
+    """
     routes = [
         resources_pb2.Route(
             method="GET",
@@ -113,6 +121,18 @@ def bench_snapshot(backend_port: int, extra_routes: int = 0) -> control_pb2.Snap
             )
         )
     spec = resources_pb2.ApiSpec(routes=routes)
+    if jwt:
+        spec.authorizers.add(
+            name="idp",
+            type="jwt",
+            issuer="https://idp.bench",
+            audiences=["bench"],
+            jwks_uri=f"http://127.0.0.1:{backend_port}/jwks",
+        )
+        for r in spec.routes[:2]:
+            r.authorizer = "idp"
+            r.throttling.rate_limit = 5e6
+            r.throttling.burst_limit = 1000000
     api = resources_pb2.Api(
         api_version="meshgate.io/v1",
         kind="Api",
@@ -129,7 +149,10 @@ def bench_snapshot(backend_port: int, extra_routes: int = 0) -> control_pb2.Snap
         kind="Stage",
         metadata=resources_pb2.ObjectMeta(name="prod", namespace="default"),
         spec=resources_pb2.StageSpec(
-            api="bench", deployment=1, variables={"backend": f"127.0.0.1:{backend_port}"}
+            api="bench",
+            deployment=1,
+            variables={"backend": f"127.0.0.1:{backend_port}"},
+            throttling=resources_pb2.StageThrottle(rate_limit=1e7, burst_limit=1000000),
         ),
     )
     return control_pb2.Snapshot(
@@ -172,8 +195,12 @@ def to_ms(value: str) -> float:
     return float(m.group(1)) * scale
 
 
-def wrk(url: str, duration: int, connections: int, script: Path | None = None) -> dict[str, float]:
+def wrk(
+    url: str, duration: int, connections: int, script: Path | None = None, header: str | None = None
+) -> dict[str, float]:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+    if header:
+        cmd += ["-H", header]
     if script is not None:
         cmd += ["-s", str(script)]
     out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=duration + 60).stdout
@@ -203,11 +230,15 @@ def meshgate_cmd(*args: str) -> list[str]:
 
 def throughput(ns: argparse.Namespace, work: Path) -> dict[str, dict[str, dict[str, float]]]:
     backend_port, proxy_port, mg_port, mg_admin = free_port(), free_port(), free_port(), free_port()
+    jwt_port, jwt_admin = free_port(), free_port()
+    jwks, token = make_idp()
     (work / "body").mkdir()
-    (work / "backend.conf").write_text(NGINX_BACKEND.format(dir=work, port=backend_port))
+    (work / "backend.conf").write_text(NGINX_BACKEND.format(dir=work, port=backend_port, jwks=jwks))
     (work / "proxy.conf").write_text(NGINX_PROXY.format(dir=work, port=proxy_port, backend=backend_port))
     snap = work / "snapshot.json"
     snap.write_text(json_format.MessageToJson(bench_snapshot(backend_port)))
+    jwt_snap = work / "snapshot-jwt.json"
+    jwt_snap.write_text(json_format.MessageToJson(bench_snapshot(backend_port, jwt=True)))
     post = work / "post.lua"
     post.write_text(POST_LUA)
     procs = [
@@ -229,16 +260,34 @@ def throughput(ns: argparse.Namespace, work: Path) -> dict[str, dict[str, dict[s
             ),
             work / "sidecar.log",
         ),
+        start(
+            meshgate_cmd(
+                "sidecar",
+                "--snapshot-file",
+                str(jwt_snap),
+                "--listen",
+                f"127.0.0.1:{jwt_port}",
+                "--admin",
+                f"127.0.0.1:{jwt_admin}",
+                "--log-level",
+                "warning",
+            ),
+            work / "sidecar-jwt.log",
+        ),
     ]
+    auth = f"Authorization: Bearer {token}"
     try:
         wait_http(f"http://127.0.0.1:{backend_port}/hello")
         wait_http(f"http://127.0.0.1:{proxy_port}/prod/hello")
         wait_http(f"http://127.0.0.1:{mg_admin}/ready")
         wait_http(f"http://127.0.0.1:{mg_port}/prod/hello")
+        wait_http(f"http://127.0.0.1:{jwt_admin}/ready")
+        check_jwt_route(f"http://127.0.0.1:{jwt_port}/prod/hello", token)
         targets = {
             "direct": f"http://127.0.0.1:{backend_port}",
             "nginx": f"http://127.0.0.1:{proxy_port}/prod",
             "meshgate": f"http://127.0.0.1:{mg_port}/prod",
+            "mg+jwt": f"http://127.0.0.1:{jwt_port}/prod",
         }
         results: dict[str, dict[str, dict[str, float]]] = {"GET 12B": {}, "POST 1KB": {}}
         for base in targets.values():  # warm-up
@@ -246,7 +295,9 @@ def throughput(ns: argparse.Namespace, work: Path) -> dict[str, dict[str, dict[s
         for _ in range(ns.rounds):
             for name, base in targets.items():
                 for case, path, script in (("GET 12B", "/hello", None), ("POST 1KB", "/echo", post)):
-                    r = wrk(base + path, ns.duration, ns.connections, script)
+                    r = wrk(
+                        base + path, ns.duration, ns.connections, script, auth if name == "mg+jwt" else None
+                    )
                     best = results[case].get(name)
                     if best is None or r["rps"] > best["rps"]:
                         results[case][name] = r
@@ -254,6 +305,33 @@ def throughput(ns: argparse.Namespace, work: Path) -> dict[str, dict[str, dict[s
     finally:
         for proc in procs:
             stop(proc)
+
+
+def make_idp() -> tuple[str, str]:
+    """An RSA key: its JWKS (served by the backend nginx) and a long-lived RS256 token."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwk["kid"] = "bench"
+    now = int(time.time())
+    claims = {"iss": "https://idp.bench", "aud": "bench", "sub": "bench-user", "iat": now, "exp": now + 3600}
+    token = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "bench"})
+    return json.dumps({"keys": [jwk]}), token
+
+
+def check_jwt_route(url: str, token: str) -> None:
+    """The JWT target must refuse a request without a token and accept the bench token."""
+    try:
+        urllib.request.urlopen(url, timeout=5)
+        raise RuntimeError("JWT route answered without a token")
+    except urllib.error.HTTPError as exc:
+        if exc.code != 401:
+            raise
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert resp.status == 200
 
 
 async def propagation(ns: argparse.Namespace, work: Path) -> dict[str, float]:
@@ -418,7 +496,9 @@ def main() -> int:
                 print(f"{case:10} {name:10} {r['rps']:10.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}")
             ratio = by["meshgate"]["rps"] / by["nginx"]["rps"]
             direct = by["meshgate"]["rps"] / by["direct"]["rps"]
+            auth = by["mg+jwt"]["rps"] / by["meshgate"]["rps"]
             print(f"{case:10} meshgate/nginx = {ratio:.2f}x   meshgate/direct = {direct:.2f}x")
+            print(f"{case:10} with JWT authorizer + route limit / without = {auth:.2f}x")
     if "propagation" not in ns.skip:
         prop = asyncio.run(propagation(ns, work))
         out["propagation"] = prop

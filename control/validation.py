@@ -32,6 +32,7 @@ MAPPING_KEY_RE = re.compile(r"^integration\.request\.(header|querystring|path)\.
 MAPPING_VALUE_RE = re.compile(
     r"^(method\.request\.(path|querystring|header)\.[A-Za-z0-9\-_.]+"
     r"|context\.(stage|requestId|httpMethod|resourcePath)"
+    r"|context\.authorizer\.[A-Za-z0-9_.\-]+"
     r"|stageVariables\.[A-Za-z0-9_]+"
     r"|'[^']*')$"
 )

@@ -32,6 +32,7 @@ class AuthResult:
     principal: str = ""
     headers: tuple[tuple[bytes, bytes], ...] = ()
     response_headers: tuple[tuple[bytes, bytes], ...] = ()
+    values: Mapping[str, str] = field(default_factory=dict)  # for context.authorizer.* mappings
 
 
 SessionFactory = Callable[[], aiohttp.ClientSession]
@@ -113,6 +114,10 @@ class JwtAuthorizer:
     leeway_s: int = 60
     algorithms: frozenset[str] = frozenset({"RS256", "ES256"})
     claims_to_headers: tuple[tuple[str, bytes], ...] = ()
+    cache_ttl_s: float = 60.0
+    cache_max: int = 10000
+    # token -> (monotonic expiry, verified result, granted scopes): signatures are checked once per token
+    _verified: dict[str, tuple[float, AuthResult, frozenset[str]]] = field(default_factory=dict)
 
     def authorize(
         self, headers: Mapping[str, str], scopes: tuple[str, ...]
@@ -125,6 +130,11 @@ class JwtAuthorizer:
                 response_headers=_www("missing token"),
             )
         token = raw[7:].strip() if raw[:7].lower() == "bearer " else raw.strip()
+        hit = self._verified.get(token)
+        if hit is not None:
+            if hit[0] > time.monotonic():
+                return self._scoped(hit[1], hit[2], scopes)
+            del self._verified[token]
         try:
             header = jwt.get_unverified_header(token)
         except jwt.exceptions.DecodeError as exc:
@@ -160,20 +170,33 @@ class JwtAuthorizer:
             )
         except jwt.exceptions.PyJWTError as exc:
             return AuthResult(401, f"JWT rejected: {exc}", response_headers=_www("invalid_token"))
+        granted = claims.get("scope", claims.get("scp", ""))
+        have = frozenset(str(x) for x in (granted.split() if isinstance(granted, str) else granted or []))
+        principal = str(claims.get("sub", ""))
+        out = [(b"x-meshgate-principal", principal.encode("utf-8", "replace"))]
+        values = {"principalId": principal}
+        for name, value in claims.items():
+            values[f"claims.{name}"] = (
+                value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+            )
+        for claim, hname in self.claims_to_headers:
+            if claim in claims:
+                out.append((hname, values[f"claims.{claim}"].encode("utf-8", "replace")))
+        result = AuthResult(0, principal=principal, headers=tuple(out), values=values)
+        ttl = min(self.cache_ttl_s, float(claims["exp"]) - time.time())
+        if ttl > 0:
+            if len(self._verified) >= self.cache_max:
+                self._verified.clear()
+            self._verified[token] = (time.monotonic() + ttl, result, have)
+        return self._scoped(result, have, scopes)
+
+    @staticmethod
+    def _scoped(result: AuthResult, have: frozenset[str], scopes: tuple[str, ...]) -> AuthResult:
         if scopes:
-            granted = claims.get("scope", claims.get("scp", ""))
-            have = set(granted.split() if isinstance(granted, str) else granted or [])
             missing = [s for s in scopes if s not in have]
             if missing:
                 return AuthResult(403, f"JWT lacks required scope(s): {', '.join(missing)}")
-        principal = str(claims.get("sub", ""))
-        out = [(b"x-meshgate-principal", principal.encode("utf-8", "replace"))]
-        for claim, hname in self.claims_to_headers:
-            if claim in claims:
-                value = claims[claim]
-                text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-                out.append((hname, text.encode("utf-8", "replace")))
-        return AuthResult(0, principal=principal, headers=tuple(out))
+        return result
 
 
 def _www(error: str) -> tuple[tuple[bytes, bytes], ...]:
@@ -356,7 +379,8 @@ class RequestAuthorizer:
                     v.encode("utf-8", "replace"),
                 )
             )
-        return AuthResult(0, principal=policy.principal, headers=tuple(hdrs))
+        values = {"principalId": policy.principal, **dict(policy.context)}
+        return AuthResult(0, principal=policy.principal, headers=tuple(hdrs), values=values)
 
 
 class AuthorizerError(Exception):

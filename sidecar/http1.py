@@ -235,6 +235,12 @@ class Exchange:
             return
         self.target = result
         phase = result.phase
+        if phase is not None and phase.fast:
+            refused = phase.throttled()
+            if refused is not None:
+                self.fail(refused.status, refused.reason, extra_headers=refused.response_headers)
+                return
+            phase = None
         if phase is not None:
             req = AuthRequest(
                 self.method,
@@ -278,6 +284,13 @@ class Exchange:
             return
         if r.set_headers:
             t.set_headers = t.set_headers + r.set_headers
+        if t.late_headers:
+            late = tuple(
+                (name, v.encode("utf-8", "replace"))
+                for name, key in t.late_headers
+                if (v := r.auth_values.get(key)) is not None
+            )
+            t.set_headers = t.set_headers + late
         self.cache_header = r.cache_header
         if r.cached is not None:
             self.respond_cached(t, r.cached)

@@ -48,6 +48,8 @@ class RequestValues:
             return self.headers.get(src.name)
         if src.kind == "request_id":
             return self.request_id
+        if src.kind == "authorizer":
+            return None  # filled in after the request phase (see RoutePlan.late_headers)
         return self.method
 
 
@@ -77,6 +79,8 @@ def compile_source(value: str, stage: str, variables: Mapping[str, str], resourc
         if value.startswith(prefix):
             name = value[len(prefix) :]
             return Source(kind, name.lower() if kind == "header" else name)
+    if value.startswith("context.authorizer."):
+        return Source("authorizer", value[len("context.authorizer.") :])
     if value == "context.stage":
         return Source("const", stage)
     if value == "context.resourcePath":
@@ -100,24 +104,30 @@ class ParamMapping:
     headers: tuple[tuple[bytes, Source], ...] = ()
     query: tuple[tuple[str, Source], ...] = ()
     path: tuple[tuple[str, Source], ...] = ()
+    late_headers: tuple[tuple[bytes, str], ...] = ()  # header <- context.authorizer.KEY, after the phase
 
 
 def compile_parameters(
     params: Mapping[str, str], stage: str, variables: Mapping[str, str], resource_path: str
 ) -> ParamMapping:
-    headers, query, path = [], [], []
+    headers, query, path, late = [], [], [], []
     for key, value in sorted(params.items()):
         m = KEY_RE.match(key)
         if not m:
             raise MappingError(f"unsupported mapping key {key!r}")
         src = compile_source(value, stage, variables, resource_path)
+        if src.kind == "authorizer":
+            if m.group(1) != "header":
+                raise MappingError(f"{value} can only be mapped to a header")
+            late.append((m.group(2).lower().encode("latin-1"), src.name))
+            continue
         if m.group(1) == "header":
             headers.append((m.group(2).lower().encode("latin-1"), src))
         elif m.group(1) == "querystring":
             query.append((m.group(2), src))
         else:
             path.append((m.group(2), src))
-    return ParamMapping(tuple(headers), tuple(query), tuple(path))
+    return ParamMapping(tuple(headers), tuple(query), tuple(path), tuple(late))
 
 
 def quote_param(value: str, greedy: bool) -> str:

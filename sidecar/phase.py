@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import aiohttp
 from meshgate.sidecar.authorizers import AuthRequest, AuthResult, JwksCache, JwtAuthorizer, RequestAuthorizer
 from meshgate.sidecar.cache import CachedResponse, ResponseCache
-from meshgate.sidecar.throttle import DEFAULT_BURST, DEFAULT_RATE, Limit, Limiter, QuotaStore
+from meshgate.sidecar.throttle import DEFAULT_BURST, DEFAULT_RATE, Limit, Limiter, QuotaStore, TokenBucket
 from meshgate.v1 import control_pb2, resources_pb2
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -48,6 +49,7 @@ class PhaseResult:
     cache: ResponseCache | None = None
     store_key: bytes | None = None
     cache_header: bytes = b""
+    auth_values: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,38 @@ class RoutePhase:
     replicas: int = 1
     stage_bucket: str = ""
     route_bucket: str = ""
+    fast: bool = field(init=False, default=False)  # only the stage/route bucket to check
+    bucket: TokenBucket = field(init=False)
+    bucket_scope: str = field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        limiter = self.runtime.limiter
+        if self.route_limit is not None:
+            self.bucket = limiter.bucket(self.route_bucket, self.route_limit)
+            self.bucket_scope = f"route {self.route}"
+        else:
+            self.bucket = limiter.bucket(self.stage_bucket, self.stage_limit)
+            self.bucket_scope = f"stage {self.stage}"
+        self.fast = not (
+            self.allow_nets
+            or self.deny_nets
+            or self.private_nets is not None
+            or self.authorizer is not None
+            or self.api_key_required
+            or self.cache is not None
+        )
+
+    def throttled(self) -> PhaseResult | None:
+        """The fast path: a route whose only request-phase step is its token bucket."""
+        wait = self.bucket.take(time.monotonic())
+        if wait:
+            return PhaseResult(
+                429,
+                f"throttled by the {self.bucket_scope} limit",
+                ((b"retry-after", b"%d" % math.ceil(wait)),),
+            )
+        return None
+
     cache: ResponseCache | None = None
     cache_methods: frozenset[str] = frozenset({"GET"})
     cache_params: tuple[tuple[str, str], ...] = ()
@@ -164,6 +198,7 @@ class RoutePhase:
         if auth is not None and auth.status:
             return PhaseResult(auth.status, auth.reason, auth.response_headers)
         set_headers = auth.headers if auth is not None else ()
+        values = auth.values if auth is not None else {}
         key: KeyInfo | None = None
         if self.api_key_required:
             value = req.headers.get("x-api-key")
@@ -176,12 +211,9 @@ class RoutePhase:
         if key is not None and key.limit is not None:
             wait = limiter.take(f"key/{self.api}/{self.stage}/{key.name}", key.limit)
             scope = f"usage plan {key.plan}"
-        elif self.route_limit is not None:
-            wait = limiter.take(self.route_bucket, self.route_limit)
-            scope = f"route {self.route}"
         else:
-            wait = limiter.take(self.stage_bucket, self.stage_limit)
-            scope = f"stage {self.stage}"
+            wait = self.bucket.take(time.monotonic())
+            scope = self.bucket_scope
         if wait:
             return PhaseResult(
                 429, f"throttled by the {scope} limit", ((b"retry-after", b"%d" % math.ceil(wait)),)
@@ -196,7 +228,7 @@ class RoutePhase:
                     ((b"retry-after", b"%d" % math.ceil(wait)),),
                 )
         if self.cache is None or req.method not in self.cache_methods:
-            return PhaseResult(set_headers=set_headers)
+            return PhaseResult(auth_values=values, set_headers=set_headers)
         ckey = self.cache_key(req)
         cache_control = req.headers.get("cache-control", "")
         if "max-age=0" in cache_control.replace(" ", "") and self.invalidation != "ignore":
@@ -209,6 +241,7 @@ class RoutePhase:
             if self.invalidation == "fail":
                 return PhaseResult(403, "cache invalidation needs an authorized request")
             return PhaseResult(
+                auth_values=values,
                 set_headers=set_headers,
                 cached=self.cache.get(ckey),
                 cache=self.cache,
@@ -217,8 +250,14 @@ class RoutePhase:
             )
         hit = self.cache.get(ckey)
         if hit is not None:
-            return PhaseResult(set_headers=set_headers, cached=hit, cache_header=b"hit")
-        return PhaseResult(set_headers=set_headers, cache=self.cache, store_key=ckey, cache_header=b"miss")
+            return PhaseResult(auth_values=values, set_headers=set_headers, cached=hit, cache_header=b"hit")
+        return PhaseResult(
+            auth_values=values,
+            set_headers=set_headers,
+            cache=self.cache,
+            store_key=ckey,
+            cache_header=b"miss",
+        )
 
     def cache_key(self, req: AuthRequest) -> bytes:
         parts = [req.method, self.api, self.stage, req.path]

@@ -52,6 +52,7 @@ class Target:
     headers: tuple[tuple[bytes, bytes], ...] = ()
     body: bytes = b""
     phase: RoutePhase | None = None  # request-phase steps for this route (None: nothing to check)
+    late_headers: tuple[tuple[bytes, str], ...] = ()  # header <- context.authorizer.KEY
     params: dict[str, str] | None = None
     path: str = ""  # stage-relative request path
 
@@ -158,6 +159,7 @@ class RoutePlan:
             timeout_s=self.timeout_s,
             connect_timeout_s=self.connect_timeout_s,
             phase=self.phase,
+            late_headers=m.late_headers,
             params=params,
             path=path,
         )

@@ -58,12 +58,16 @@ class Limiter:
     def __init__(self) -> None:
         self._buckets: dict[str, tuple[Limit, TokenBucket]] = {}
 
-    def take(self, key: str, limit: Limit) -> float:
+    def bucket(self, key: str, limit: Limit) -> TokenBucket:
+        """The bucket for key; kept (with its tokens) while its limit stays the same."""
         entry = self._buckets.get(key)
         if entry is None or entry[0] != limit:
             entry = (limit, TokenBucket(limit.rate, limit.burst))
             self._buckets[key] = entry
-        return entry[1].take(time.monotonic())
+        return entry[1]
+
+    def take(self, key: str, limit: Limit) -> float:
+        return self.bucket(key, limit).take(time.monotonic())
 
 
 def period_start(period: str, now: datetime) -> datetime:

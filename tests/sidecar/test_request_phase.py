@@ -587,3 +587,34 @@ def test_cache_invalidation_policies(gateway: Gateway, backends: Backends) -> No
     gateway.holder.table = compile_snapshot(cache_snapshot(port_b, invalidation="fail"), rt(gateway))
     call(port, "/prod/items/1")
     assert call(port, "/prod/items/1", headers={"Cache-Control": "max-age=0"})[0] == 403
+
+
+def test_authorizer_values_reach_mappings_and_verified_tokens_are_cached(
+    gateway: Gateway, backends: Backends, aux: Aux
+) -> None:
+    idp = Idp(aux)
+    route = {
+        **http_route(
+            "GET",
+            "/me",
+            f"http://127.0.0.1:{backends.start(echo_headers)}/me",
+            requestParameters={
+                "integration.request.header.x-sub": "context.authorizer.principalId",
+                "integration.request.header.x-tenant": "context.authorizer.claims.tenant",
+            },
+        ),
+        "authorizer": "cognito",
+    }
+    snap = make_snapshot(
+        api_bundle(
+            [route],
+            authorizers=[{"name": "cognito", "type": "jwt", "issuer": "https://idp.test", "audiences": ["pets"], "jwksUri": idp.uri}],
+        )
+    )
+    runtime = start(gateway, snap)
+    token = idp.token(tenant="acme")
+    seen = json.loads(call(gateway.port, "/prod/me", headers={"Authorization": token})[2])
+    assert seen["x-sub"] == "user-1" and seen["x-tenant"] == "acme"
+    auth = next(iter(gateway.holder.table._prefixes.values())).base.root.literal["me"].methods["GET"].phase.authorizer  # type: ignore[union-attr]
+    assert token in auth._verified  # the signature is checked once per token, not per request
+    assert runtime is not None
