@@ -377,12 +377,14 @@ spec: {api: pets, variables: {backend: "127.0.0.1:9"}}
             def make_apply(i: int):  # type: ignore[no-untyped-def]
                 def apply(snapshot: control_pb2.Snapshot) -> None:
                     compile_snapshot(snapshot)
+                    replicas[i] = snapshot.stages[0].replicas if snapshot.stages else 0
                     applied.setdefault(i, []).append((snapshot.version, time.time_ns()))
                     sources[snapshot.version] = snapshot.source_time_unix_nano
 
                 return apply
 
             sources: dict[str, int] = {}
+            replicas: dict[int, int] = {}
             clients = [
                 ConfigClient(
                     address,
@@ -396,6 +398,9 @@ spec: {api: pets, variables: {backend: "127.0.0.1:9"}}
             ]
             tasks = [asyncio.create_task(c.run()) for c in clients]
             await wait_for(lambda: len(applied) == ns.streams, 30)
+            # steady state: every stream knows all N replicas of the stage (joining changes it)
+            await wait_for(lambda: all(replicas.get(i) == ns.streams for i in range(ns.streams)), 60)
+            await asyncio.sleep(0.5)
             all_applied_ms: list[float] = []
             each_ms: list[float] = []
             for _ in range(ns.deploys):

@@ -608,13 +608,26 @@ def test_authorizer_values_reach_mappings_and_verified_tokens_are_cached(
     snap = make_snapshot(
         api_bundle(
             [route],
-            authorizers=[{"name": "cognito", "type": "jwt", "issuer": "https://idp.test", "audiences": ["pets"], "jwksUri": idp.uri}],
+            authorizers=[
+                {
+                    "name": "cognito",
+                    "type": "jwt",
+                    "issuer": "https://idp.test",
+                    "audiences": ["pets"],
+                    "jwksUri": idp.uri,
+                }
+            ],
         )
     )
     runtime = start(gateway, snap)
     token = idp.token(tenant="acme")
     seen = json.loads(call(gateway.port, "/prod/me", headers={"Authorization": token})[2])
     assert seen["x-sub"] == "user-1" and seen["x-tenant"] == "acme"
-    auth = next(iter(gateway.holder.table._prefixes.values())).base.root.literal["me"].methods["GET"].phase.authorizer  # type: ignore[union-attr]
+    auth = (
+        next(iter(gateway.holder.table._prefixes.values()))
+        .base.root.literal["me"]
+        .methods["GET"]
+        .phase.authorizer
+    )  # type: ignore[union-attr]
     assert token in auth._verified  # the signature is checked once per token, not per request
     assert runtime is not None
