@@ -308,7 +308,10 @@ def authorizer_service(aux: Aux, delay: float = 0.0, mode: str = "ok") -> int:
                         {
                             "Action": "execute-api:Invoke",
                             "Effect": effect,
-                            "Resource": "arn:meshgate:execute-api:default:pets/prod/GET/pets*",
+                            "Resource": [
+                                "arn:meshgate:execute-api:default:pets/prod/GET/pets*",
+                                "arn:meshgate:execute-api:default:pets/prod/GET/items/*",
+                            ],
                         },
                         {
                             "Action": "execute-api:Invoke",
@@ -631,3 +634,29 @@ def test_authorizer_values_reach_mappings_and_verified_tokens_are_cached(
     )  # type: ignore[union-attr]
     assert token in auth._verified  # the signature is checked once per token, not per request
     assert runtime is not None
+
+
+def test_authorized_cache_invalidation_refetches(gateway: Gateway, backends: Backends, aux: Aux) -> None:
+    n: dict[str, int] = {}
+    snap = cache_snapshot(counting_backend(backends, n))
+    spec = snap.stages[0].deployment.spec.api_spec
+    auth = spec.authorizers.add(
+        name="custom", type="token", uri=f"http://127.0.0.1:{authorizer_service(aux)}/authorize"
+    )
+    auth.identity_sources.append("method.request.header.Authorization")
+    spec.routes[0].authorizer = "custom"
+    start(gateway, snap)
+    port = gateway.port
+    creds = {"Authorization": "good-1"}
+    call(port, "/prod/items/1", headers=creds)
+    assert call(port, "/prod/items/1", headers=creds)[1]["x-meshgate-cache"] == "hit" and n["n"] == 1
+    status, headers, _ = call(port, "/prod/items/1", headers={**creds, "Cache-Control": "max-age=0"})
+    assert status == 200 and headers["x-meshgate-cache"] == "invalidated" and n["n"] == 2
+    assert call(port, "/prod/items/1", headers=creds)[1]["x-meshgate-cache"] == "hit" and n["n"] == 2
+
+
+def test_disabled_api_key_is_refused(gateway: Gateway) -> None:
+    snap = keyed_snapshot()
+    snap.api_keys[0].spec.enabled = False
+    start(gateway, snap)
+    assert call(gateway.port, "/prod/hello", headers={"x-api-key": KEY})[0] == 403
