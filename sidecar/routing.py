@@ -87,6 +87,20 @@ class RoutePlan:
     headers: tuple[tuple[bytes, bytes], ...] = ()
     body: bytes = b""
     phase: RoutePhase | None = None
+    static_targets: dict[str, Target] = field(default_factory=dict)
+    static: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        # No path parameters, mappings or per-request phase state: the Target never varies.
+        m = self.mapping
+        static = (
+            self.kind == "http"
+            and not self.error
+            and all(kind == 0 for kind, _ in self.path_parts)
+            and not (m.headers or m.query or m.path or m.late_headers)
+            and (self.phase is None or self.phase.fast)
+        )
+        object.__setattr__(self, "static", static)
 
     def build(
         self,
@@ -113,6 +127,10 @@ class RoutePlan:
                 params=params,
                 path=path,
             )
+        if not query and self.static:
+            cached = self.static_targets.get(method)
+            if cached is not None:
+                return cached
         m = self.mapping
         set_headers: tuple[tuple[bytes, bytes], ...] = ()
         if m.headers or m.query or m.path:
@@ -145,7 +163,7 @@ class RoutePlan:
         if self.uri_query:
             query = self.uri_query + ("&" + query if query else "")
         target = path + "?" + query if query else path
-        return Target(
+        built = Target(
             "http",
             self.stage,
             self.api,
@@ -163,6 +181,9 @@ class RoutePlan:
             params=params,
             path=path,
         )
+        if not query and self.static and len(self.static_targets) < 16:
+            self.static_targets[method] = built  # identical for every request: build once
+        return built
 
 
 @dataclass(slots=True)
