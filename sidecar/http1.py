@@ -22,6 +22,7 @@ from meshgate.sidecar.authorizers import AuthRequest
 from meshgate.sidecar.cache import CachedResponse, ResponseCache
 from meshgate.sidecar.errors import STATUS_LINES, phrase, render_http_error
 from meshgate.sidecar.phase import PhaseResult
+from meshgate.sidecar.responses import ApiResponses
 from meshgate.sidecar.routing import Miss, TableHolder, Target
 from meshgate.sidecar.upstream import UpstreamConn, UpstreamPool
 
@@ -68,6 +69,15 @@ class _RequestIds:
 
 
 REQUEST_IDS = _RequestIds()
+
+
+def _split_headers(block: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    out = []
+    for line in block.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b": ")
+            out.append((name, value))
+    return tuple(out)
 
 
 class LazyHeaders(Mapping[str, str]):
@@ -140,6 +150,7 @@ class Exchange:
         "chunked_in",
         "client",
         "content_length",
+        "cors_headers",
         "deadline",
         "discard_body",
         "error",
@@ -153,6 +164,7 @@ class Exchange:
         "out_chunked",
         "request_id",
         "response_done",
+        "responses",
         "retry_ok",
         "target",
         "timer",
@@ -187,6 +199,8 @@ class Exchange:
         self.deadline = 0.0
         self.capture: Capture | None = None
         self.cache_header = b""
+        self.responses: ApiResponses | None = None
+        self.cors_headers = b""
         self.retry_ok = False
         self.finished = False
 
@@ -229,6 +243,27 @@ class Exchange:
             log.exception("route resolution failed (request %s)", self.request_id)
             self.fail(500, "internal error")
             return
+        responses = result.responses
+        if responses is not None and responses.cors is not None:
+            self.responses = responses
+            origin = hdrs.get("origin")
+            if origin:
+                if (
+                    self.method == "OPTIONS"
+                    and "access-control-request-method" in hdrs
+                    and result.status != 404
+                ):
+                    c.write(
+                        responses.cors.preflight(
+                            origin, self.request_id, hdrs.get("access-control-request-headers", "")
+                        )
+                    )
+                    self.head_sent = True
+                    self.complete_response()  # answered by the sidecar: the integration is never called
+                    return
+                self.cors_headers = responses.cors.response_headers(origin)
+        elif responses is not None:
+            self.responses = responses
         if isinstance(result, Miss):
             extra = ((b"allow", result.allow.encode()),) if result.allow else ()
             self.fail(result.status, result.reason, extra_headers=extra)
@@ -280,7 +315,7 @@ class Exchange:
 
     def after_phase(self, t: Target, r: PhaseResult) -> None:
         if r.status:
-            self.fail(r.status, r.reason, extra_headers=r.response_headers)
+            self.fail(r.status, r.reason, extra_headers=r.response_headers, gw_type=r.gw_type)
             return
         if r.set_headers:
             t.set_headers = t.set_headers + r.set_headers
@@ -407,6 +442,8 @@ class Exchange:
             b"content-length: %d\r\nx-meshgate-request-id: %s\r\nx-meshgate-deployment: %d\r\nx-meshgate-cache: %s\r\n"
             % (len(cached.body), self.request_id.encode(), t.deployment_id, self.cache_header or b"hit")
         )
+        if self.cors_headers:
+            head.append(self.cors_headers)
         if not self.keep_alive:
             head.append(b"connection: close\r\n")
         head.append(b"\r\n")
@@ -428,6 +465,8 @@ class Exchange:
             head.append(b"x-meshgate-canary: 1\r\n")
         if self.cache_header:
             head.append(b"x-meshgate-cache: %s\r\n" % self.cache_header)
+        if self.cors_headers:
+            head.append(self.cors_headers)
         if not self.keep_alive:
             head.append(b"connection: close\r\n")
         head.append(b"\r\n")
@@ -442,6 +481,7 @@ class Exchange:
         *,
         close: bool = False,
         extra_headers: tuple[tuple[bytes, bytes], ...] = (),
+        gw_type: str = "",
     ) -> None:
         """Answer with a gateway error (or abort the client if the response already started)."""
         if self.finished or self.response_done:
@@ -465,7 +505,19 @@ class Exchange:
             log.info(
                 "request %s %s %s -> %d: %s", self.request_id, self.method, self.url[:200], status, reason
             )
-        c.write(render_http_error(status, reason, self.request_id, close=close, extra_headers=extra_headers))
+        rendered = None
+        if self.responses is not None:
+            extra = b"".join(n + b": " + v + b"\r\n" for n, v in extra_headers) + self.cors_headers
+            rendered = self.responses.render_error(
+                status, reason, self.request_id, gw_type=gw_type, close=close, extra=extra
+            )
+        if rendered is None:
+            if self.cors_headers:
+                extra_headers = (*extra_headers, *_split_headers(self.cors_headers))
+            rendered = render_http_error(
+                status, reason, self.request_id, close=close, extra_headers=extra_headers
+            )
+        c.write(rendered)
         self.head_sent = True
         if close:
             self.keep_alive = False
@@ -541,6 +593,8 @@ class Exchange:
             head.append(b"x-meshgate-canary: 1\r\n")
         if self.cache_header:
             head.append(b"x-meshgate-cache: %s\r\n" % self.cache_header)
+        if self.cors_headers:
+            head.append(self.cors_headers)
         if not self.keep_alive:
             head.append(b"connection: close\r\n")
         head.append(b"\r\n")

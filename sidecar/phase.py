@@ -50,6 +50,7 @@ class PhaseResult:
     store_key: bytes | None = None
     cache_header: bytes = b""
     auth_values: Mapping[str, str] = field(default_factory=dict)
+    gw_type: str = ""  # gateway response type when refused (default: by status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,17 +197,20 @@ class RoutePhase:
 
     def _after_auth(self, req: AuthRequest, auth: AuthResult | None) -> PhaseResult:
         if auth is not None and auth.status:
-            return PhaseResult(auth.status, auth.reason, auth.response_headers)
+            kind = {500: "AUTHORIZER_CONFIGURATION_ERROR", 502: "AUTHORIZER_FAILURE"}.get(auth.status, "")
+            return PhaseResult(auth.status, auth.reason, auth.response_headers, gw_type=kind)
         set_headers = auth.headers if auth is not None else ()
         values = auth.values if auth is not None else {}
         key: KeyInfo | None = None
         if self.api_key_required:
             value = req.headers.get("x-api-key")
             if not value:
-                return PhaseResult(403, "API key required: x-api-key header missing")
+                return PhaseResult(
+                    403, "API key required: x-api-key header missing", gw_type="INVALID_API_KEY"
+                )
             key = self.keys.get(hashlib.sha256(value.encode()).hexdigest())
             if key is None:
-                return PhaseResult(403, "API key not valid for this stage")
+                return PhaseResult(403, "API key not valid for this stage", gw_type="INVALID_API_KEY")
         limiter = self.runtime.limiter
         if key is not None and key.limit is not None:
             wait = limiter.take(f"key/{self.api}/{self.stage}/{key.name}", key.limit)
@@ -226,6 +230,7 @@ class RoutePhase:
                     429,
                     f"quota of usage plan {key.plan} exhausted for this {key.period.lower()}",
                     ((b"retry-after", b"%d" % math.ceil(wait)),),
+                    gw_type="QUOTA_EXCEEDED",
                 )
         if self.cache is None or req.method not in self.cache_methods:
             return PhaseResult(auth_values=values, set_headers=set_headers)

@@ -23,6 +23,7 @@ from meshgate.sidecar.mapping import (
     substitute_stage_vars,
 )
 from meshgate.sidecar.phase import PhaseBuilder, PhaseFactory, RoutePhase, Runtime
+from meshgate.sidecar.responses import ApiResponses, compile_responses
 from meshgate.v1 import control_pb2, resources_pb2
 
 _URI_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}")
@@ -53,6 +54,7 @@ class Target:
     body: bytes = b""
     phase: RoutePhase | None = None  # request-phase steps for this route (None: nothing to check)
     late_headers: tuple[tuple[bytes, str], ...] = ()  # header <- context.authorizer.KEY
+    responses: ApiResponses | None = None  # CORS and gateway-response overrides of the Api
     params: dict[str, str] | None = None
     path: str = ""  # stage-relative request path
 
@@ -62,6 +64,7 @@ class Miss:
     status: int
     reason: str
     allow: str = ""
+    responses: ApiResponses | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,7 @@ class RoutePlan:
     headers: tuple[tuple[bytes, bytes], ...] = ()
     body: bytes = b""
     phase: RoutePhase | None = None
+    responses: ApiResponses | None = None
     static_targets: dict[str, Target] = field(default_factory=dict)
     static: bool = field(init=False, default=False)
 
@@ -112,7 +116,7 @@ class RoutePlan:
         path: str = "",
     ) -> Target | Miss:
         if self.error:
-            return Miss(500, self.error)
+            return Miss(500, self.error, responses=self.responses)
         if self.kind == "mock":
             return Target(
                 "mock",
@@ -124,6 +128,7 @@ class RoutePlan:
                 headers=self.headers,
                 body=self.body,
                 phase=self.phase,
+                responses=self.responses,
                 params=params,
                 path=path,
             )
@@ -178,6 +183,7 @@ class RoutePlan:
             connect_timeout_s=self.connect_timeout_s,
             phase=self.phase,
             late_headers=m.late_headers,
+            responses=self.responses,
             params=params,
             path=path,
         )
@@ -189,6 +195,7 @@ class RoutePlan:
 @dataclass(slots=True)
 class _Node:
     literal: dict[str, _Node] = field(default_factory=dict)
+    responses: ApiResponses | None = None  # set on the root: the Api's response policy
     param: tuple[str, _Node] | None = None
     greedy: tuple[str, dict[str, RoutePlan]] | None = None
     methods: dict[str, RoutePlan] = field(default_factory=dict)
@@ -247,11 +254,14 @@ def _compile_route(
     canary: bool,
     variables: Mapping[str, str],
     phase: RoutePhase | None = None,
+    responses: ApiResponses | None = None,
 ) -> RoutePlan:
     integ = route.integration
 
     def plan(kind: str, **kw: Any) -> RoutePlan:
-        return RoutePlan(kind, stage, api, deployment_id, canary, route.path, phase=phase, **kw)
+        return RoutePlan(
+            kind, stage, api, deployment_id, canary, route.path, phase=phase, responses=responses, **kw
+        )
 
     where = f"route {route.method} {route.path} of {api} (stage {stage!r})"
     if integ.type == "mock":
@@ -318,6 +328,8 @@ def _build_trie(
 ) -> _Node:
     root = _Node()
     spec = deployment.spec.api_spec
+    responses = compile_responses(spec)
+    root.responses = responses
     for route in spec.routes:
         try:
             phase = phases(spec, route, variables) if phases is not None else None
@@ -333,6 +345,7 @@ def _build_trie(
             canary=canary,
             variables=variables,
             phase=phase,
+            responses=responses,
         )
         node = root
         segs = _split_path(route.path)
@@ -421,14 +434,21 @@ class RouteTable:
         params: dict[str, str] = {}
         methods = _lookup(side.root, segs, 0, params)
         if methods is None:
-            return Miss(404, f"no route for {method} {rest} in stage {stage.name!r}")
+            return Miss(
+                404, f"no route for {method} {rest} in stage {stage.name!r}", responses=side.root.responses
+            )
         plan = methods.get(method) or methods.get("ANY")
         if plan is None:
             if method == "HEAD" and "GET" in methods:
                 plan = methods["GET"]
             else:
                 allow = ", ".join(sorted(m for m in methods))
-                return Miss(405, f"method {method} not allowed for {rest} in stage {stage.name!r}", allow)
+                return Miss(
+                    405,
+                    f"method {method} not allowed for {rest} in stage {stage.name!r}",
+                    allow,
+                    responses=side.root.responses,
+                )
         return plan.build(method, params, query, headers, request_id, rest)
 
 

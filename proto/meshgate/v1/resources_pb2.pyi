@@ -71,7 +71,7 @@ class MockResponse(_message.Message):
     def __init__(self, status: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., body: _Optional[str] = ...) -> None: ...
 
 class Integration(_message.Message):
-    __slots__ = ("type", "uri", "http_method", "timeout_ms", "connect_timeout_ms", "request_parameters", "mock", "request_templates", "passthrough_behavior")
+    __slots__ = ("type", "uri", "http_method", "timeout_ms", "connect_timeout_ms", "request_parameters", "mock", "request_templates", "passthrough_behavior", "payload_format_version")
     class RequestParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,7 @@ class Integration(_message.Message):
     MOCK_FIELD_NUMBER: _ClassVar[int]
     REQUEST_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
     PASSTHROUGH_BEHAVIOR_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     type: str
     uri: str
     http_method: str
@@ -104,7 +105,8 @@ class Integration(_message.Message):
     mock: MockResponse
     request_templates: _containers.ScalarMap[str, str]
     passthrough_behavior: str
-    def __init__(self, type: _Optional[str] = ..., uri: _Optional[str] = ..., http_method: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., connect_timeout_ms: _Optional[int] = ..., request_parameters: _Optional[_Mapping[str, str]] = ..., mock: _Optional[_Union[MockResponse, _Mapping]] = ..., request_templates: _Optional[_Mapping[str, str]] = ..., passthrough_behavior: _Optional[str] = ...) -> None: ...
+    payload_format_version: str
+    def __init__(self, type: _Optional[str] = ..., uri: _Optional[str] = ..., http_method: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., connect_timeout_ms: _Optional[int] = ..., request_parameters: _Optional[_Mapping[str, str]] = ..., mock: _Optional[_Union[MockResponse, _Mapping]] = ..., request_templates: _Optional[_Mapping[str, str]] = ..., passthrough_behavior: _Optional[str] = ..., payload_format_version: _Optional[str] = ...) -> None: ...
 
 class RouteThrottle(_message.Message):
     __slots__ = ("rate_limit", "burst_limit")
@@ -115,7 +117,7 @@ class RouteThrottle(_message.Message):
     def __init__(self, rate_limit: _Optional[float] = ..., burst_limit: _Optional[int] = ...) -> None: ...
 
 class Route(_message.Message):
-    __slots__ = ("method", "path", "integration", "authorizer", "api_key_required", "throttling", "request_model", "cache_key_parameters", "operation_name", "authorization_scopes")
+    __slots__ = ("method", "path", "integration", "authorizer", "api_key_required", "throttling", "request_model", "cache_key_parameters", "operation_name", "authorization_scopes", "required_parameters")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     INTEGRATION_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +128,7 @@ class Route(_message.Message):
     CACHE_KEY_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     OPERATION_NAME_FIELD_NUMBER: _ClassVar[int]
     AUTHORIZATION_SCOPES_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     method: str
     path: str
     integration: Integration
@@ -136,7 +139,8 @@ class Route(_message.Message):
     cache_key_parameters: _containers.RepeatedScalarFieldContainer[str]
     operation_name: str
     authorization_scopes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., integration: _Optional[_Union[Integration, _Mapping]] = ..., authorizer: _Optional[str] = ..., api_key_required: _Optional[bool] = ..., throttling: _Optional[_Union[RouteThrottle, _Mapping]] = ..., request_model: _Optional[str] = ..., cache_key_parameters: _Optional[_Iterable[str]] = ..., operation_name: _Optional[str] = ..., authorization_scopes: _Optional[_Iterable[str]] = ...) -> None: ...
+    required_parameters: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., integration: _Optional[_Union[Integration, _Mapping]] = ..., authorizer: _Optional[str] = ..., api_key_required: _Optional[bool] = ..., throttling: _Optional[_Union[RouteThrottle, _Mapping]] = ..., request_model: _Optional[str] = ..., cache_key_parameters: _Optional[_Iterable[str]] = ..., operation_name: _Optional[str] = ..., authorization_scopes: _Optional[_Iterable[str]] = ..., required_parameters: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Authorizer(_message.Message):
     __slots__ = ("name", "type", "issuer", "audiences", "jwks_uri", "uri", "identity_sources", "result_ttl_seconds", "claims_to_headers", "clock_skew_seconds", "timeout_ms", "algorithms")
@@ -184,7 +188,7 @@ class Model(_message.Message):
     def __init__(self, name: _Optional[str] = ..., content_type: _Optional[str] = ..., schema_json: _Optional[str] = ...) -> None: ...
 
 class ApiSpec(_message.Message):
-    __slots__ = ("description", "endpoint_type", "selector", "base_path", "routes", "authorizers", "models", "binary_media_types", "resource_policy")
+    __slots__ = ("description", "endpoint_type", "selector", "base_path", "routes", "authorizers", "models", "binary_media_types", "resource_policy", "cors", "gateway_responses")
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_TYPE_FIELD_NUMBER: _ClassVar[int]
     SELECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +198,8 @@ class ApiSpec(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     BINARY_MEDIA_TYPES_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_POLICY_FIELD_NUMBER: _ClassVar[int]
+    CORS_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_RESPONSES_FIELD_NUMBER: _ClassVar[int]
     description: str
     endpoint_type: str
     selector: Selector
@@ -203,7 +209,44 @@ class ApiSpec(_message.Message):
     models: _containers.RepeatedCompositeFieldContainer[Model]
     binary_media_types: _containers.RepeatedScalarFieldContainer[str]
     resource_policy: ResourcePolicy
-    def __init__(self, description: _Optional[str] = ..., endpoint_type: _Optional[str] = ..., selector: _Optional[_Union[Selector, _Mapping]] = ..., base_path: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., authorizers: _Optional[_Iterable[_Union[Authorizer, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., binary_media_types: _Optional[_Iterable[str]] = ..., resource_policy: _Optional[_Union[ResourcePolicy, _Mapping]] = ...) -> None: ...
+    cors: Cors
+    gateway_responses: _containers.RepeatedCompositeFieldContainer[GatewayResponse]
+    def __init__(self, description: _Optional[str] = ..., endpoint_type: _Optional[str] = ..., selector: _Optional[_Union[Selector, _Mapping]] = ..., base_path: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., authorizers: _Optional[_Iterable[_Union[Authorizer, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., binary_media_types: _Optional[_Iterable[str]] = ..., resource_policy: _Optional[_Union[ResourcePolicy, _Mapping]] = ..., cors: _Optional[_Union[Cors, _Mapping]] = ..., gateway_responses: _Optional[_Iterable[_Union[GatewayResponse, _Mapping]]] = ...) -> None: ...
+
+class Cors(_message.Message):
+    __slots__ = ("allow_origins", "allow_methods", "allow_headers", "expose_headers", "allow_credentials", "max_age_seconds")
+    ALLOW_ORIGINS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_METHODS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    EXPOSE_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
+    MAX_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    allow_origins: _containers.RepeatedScalarFieldContainer[str]
+    allow_methods: _containers.RepeatedScalarFieldContainer[str]
+    allow_headers: _containers.RepeatedScalarFieldContainer[str]
+    expose_headers: _containers.RepeatedScalarFieldContainer[str]
+    allow_credentials: bool
+    max_age_seconds: int
+    def __init__(self, allow_origins: _Optional[_Iterable[str]] = ..., allow_methods: _Optional[_Iterable[str]] = ..., allow_headers: _Optional[_Iterable[str]] = ..., expose_headers: _Optional[_Iterable[str]] = ..., allow_credentials: _Optional[bool] = ..., max_age_seconds: _Optional[int] = ...) -> None: ...
+
+class GatewayResponse(_message.Message):
+    __slots__ = ("type", "status", "headers", "body_template")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    BODY_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    status: int
+    headers: _containers.ScalarMap[str, str]
+    body_template: str
+    def __init__(self, type: _Optional[str] = ..., status: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., body_template: _Optional[str] = ...) -> None: ...
 
 class ResourcePolicy(_message.Message):
     __slots__ = ("allow_cidrs", "deny_cidrs")
