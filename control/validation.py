@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 
+import jsonschema
 from meshgate.control.errors import InvalidConfig
 from meshgate.control.state import unwrap
 from meshgate.v1 import resources_pb2
@@ -209,9 +210,15 @@ def validate_api(api: resources_pb2.Api) -> None:
         if not m.name:
             _fail(f"spec.models[{i}].name", "required")
         try:
-            json.loads(m.schema_json or "{}")
+            schema = json.loads(m.schema_json or "{}")
         except ValueError as exc:
             _fail(f"spec.models[{i}].schemaJson", f"not valid JSON: {exc}")
+        try:
+            jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(
+                schema
+            )
+        except jsonschema.exceptions.SchemaError as exc:
+            _fail(f"spec.models[{i}].schemaJson", f"not a valid JSON Schema: {exc.message}")
         models.add(m.name)
     seen: dict[tuple[str, str], int] = {}
     for i, r in enumerate(spec.routes):
@@ -237,6 +244,12 @@ def validate_api(api: resources_pb2.Api) -> None:
             kinds = {a.name: a.type for a in spec.authorizers}
             if kinds.get(r.authorizer) != "jwt":
                 _fail(f"{where}.authorizationScopes", "scopes need a jwt authorizer on the route")
+        for j, p in enumerate(r.required_parameters):
+            if not re.match(r"^method\.request\.(querystring|header)\.[A-Za-z0-9\-_.]+$", p):
+                _fail(
+                    f"{where}.requiredParameters[{j}]",
+                    f"{p!r}: use method.request.querystring.NAME or method.request.header.NAME",
+                )
         for j, p in enumerate(r.cache_key_parameters):
             if not re.match(r"^method\.request\.(querystring|header)\.[A-Za-z0-9\-_.]+$", p):
                 _fail(

@@ -9,6 +9,7 @@ from http import HTTPStatus
 # status -> (gRPC status code number, error type, default message)
 TABLE: dict[int, tuple[int, str, str]] = {
     400: (3, "BadRequest", "Bad request"),
+    415: (3, "UnsupportedMediaType", "Unsupported media type"),
     401: (16, "Unauthorized", "Unauthorized"),
     403: (7, "Forbidden", "Forbidden"),
     404: (5, "NotFound", "Not found"),
@@ -35,9 +36,14 @@ def phrase(status: int) -> bytes:
 STATUS_LINES: dict[int, bytes] = {s: b"HTTP/1.1 %d %s\r\n" % (s, phrase(s)) for s in range(100, 600)}
 
 
-def error_body(status: int, reason: str, request_id: str, message: str | None = None) -> bytes:
+def error_body(
+    status: int, reason: str, request_id: str, message: str | None = None, details: Sequence[object] = ()
+) -> bytes:
     default = TABLE.get(status, (2, "Error", "Error"))[2]
-    return json.dumps({"message": message or default, "reason": reason, "requestId": request_id}).encode()
+    doc: dict[str, object] = {"message": message or default, "reason": reason, "requestId": request_id}
+    if details:
+        doc["errors"] = list(details)
+    return json.dumps(doc).encode()
 
 
 def render_http_error(
@@ -48,9 +54,10 @@ def render_http_error(
     message: str | None = None,
     close: bool = False,
     extra_headers: Sequence[tuple[bytes, bytes]] = (),
+    details: Sequence[object] = (),
 ) -> bytes:
-    """A complete HTTP/1.1 error response with the JSON body `{message, reason, requestId}`."""
-    body = error_body(status, reason, request_id, message)
+    """A complete HTTP/1.1 error response with the JSON body `{message, reason, requestId[, errors]}`."""
+    body = error_body(status, reason, request_id, message, details)
     head = [
         STATUS_LINES.get(status) or b"HTTP/1.1 %d Error\r\n" % status,
         b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),

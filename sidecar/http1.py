@@ -162,6 +162,7 @@ class Exchange:
         "keep_alive",
         "method",
         "out_chunked",
+        "pending",
         "request_id",
         "response_done",
         "responses",
@@ -201,6 +202,7 @@ class Exchange:
         self.cache_header = b""
         self.responses: ApiResponses | None = None
         self.cors_headers = b""
+        self.pending: Target | None = None
         self.retry_ok = False
         self.finished = False
 
@@ -218,6 +220,11 @@ class Exchange:
 
     def end_body(self) -> None:
         self.body_complete = True
+        pending = self.pending
+        if pending is not None:
+            self.pending = None
+            if not (self.finished or self.response_done):
+                self.validate_then_proceed(pending)
         up = self.upstream
         if up is not None and self.body_chunks is None and self.chunked_in and not self.discard_body:
             up.write(b"0\r\n\r\n", self.client.batching > 0)
@@ -315,7 +322,9 @@ class Exchange:
 
     def after_phase(self, t: Target, r: PhaseResult) -> None:
         if r.status:
-            self.fail(r.status, r.reason, extra_headers=r.response_headers, gw_type=r.gw_type)
+            self.fail(
+                r.status, r.reason, extra_headers=r.response_headers, gw_type=r.gw_type, details=r.errors
+            )
             return
         if r.set_headers:
             t.set_headers = t.set_headers + r.set_headers
@@ -332,6 +341,22 @@ class Exchange:
             return
         if r.cache is not None and r.store_key is not None:
             self.capture = Capture(r.cache, r.store_key)
+        if t.phase is not None and t.phase.body_model is not None:
+            if not self.body_complete:
+                self.pending = t  # validate once the whole body is here (end_body)
+                return
+            self.validate_then_proceed(t)
+            return
+        self.proceed(t)
+
+    def validate_then_proceed(self, t: Target) -> None:
+        model = t.phase.body_model if t.phase is not None else None
+        if model is not None:
+            content_type = next((v for n, v in self.headers if n.lower() == b"content-type"), b"")
+            invalid = model.check(content_type.decode("latin-1"), b"".join(self.body_chunks or ()))
+            if invalid is not None:
+                self.fail(invalid.status, invalid.reason, gw_type=invalid.gw_type, details=invalid.errors)
+                return
         self.proceed(t)
 
     def proceed(self, result: Target) -> None:
@@ -482,6 +507,7 @@ class Exchange:
         close: bool = False,
         extra_headers: tuple[tuple[bytes, bytes], ...] = (),
         gw_type: str = "",
+        details: tuple[dict[str, str], ...] = (),
     ) -> None:
         """Answer with a gateway error (or abort the client if the response already started)."""
         if self.finished or self.response_done:
@@ -509,13 +535,13 @@ class Exchange:
         if self.responses is not None:
             extra = b"".join(n + b": " + v + b"\r\n" for n, v in extra_headers) + self.cors_headers
             rendered = self.responses.render_error(
-                status, reason, self.request_id, gw_type=gw_type, close=close, extra=extra
+                status, reason, self.request_id, gw_type=gw_type, close=close, extra=extra, details=details
             )
         if rendered is None:
             if self.cors_headers:
                 extra_headers = (*extra_headers, *_split_headers(self.cors_headers))
             rendered = render_http_error(
-                status, reason, self.request_id, close=close, extra_headers=extra_headers
+                status, reason, self.request_id, close=close, extra_headers=extra_headers, details=details
             )
         c.write(rendered)
         self.head_sent = True

@@ -20,6 +20,7 @@ import aiohttp
 from meshgate.sidecar.authorizers import AuthRequest, AuthResult, JwksCache, JwtAuthorizer, RequestAuthorizer
 from meshgate.sidecar.cache import CachedResponse, ResponseCache
 from meshgate.sidecar.throttle import DEFAULT_BURST, DEFAULT_RATE, Limit, Limiter, QuotaStore, TokenBucket
+from meshgate.sidecar.validation import BodyModel, missing_parameters
 from meshgate.v1 import control_pb2, resources_pb2
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -51,6 +52,7 @@ class PhaseResult:
     cache_header: bytes = b""
     auth_values: Mapping[str, str] = field(default_factory=dict)
     gw_type: str = ""  # gateway response type when refused (default: by status)
+    errors: tuple[dict[str, str], ...] = ()  # validation details for the error body
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,8 @@ class RoutePhase:
     replicas: int = 1
     stage_bucket: str = ""
     route_bucket: str = ""
+    required: tuple[tuple[str, str], ...] = ()  # (query|header, name) that must be present
+    body_model: BodyModel | None = None  # JSON body validated before the integration is called
     fast: bool = field(init=False, default=False)  # only the stage/route bucket to check
     bucket: TokenBucket = field(init=False)
     bucket_scope: str = field(init=False, default="")
@@ -156,6 +160,8 @@ class RoutePhase:
             or self.authorizer is not None
             or self.api_key_required
             or self.cache is not None
+            or self.required
+            or self.body_model is not None
         )
 
     def throttled(self) -> PhaseResult | None:
@@ -232,6 +238,10 @@ class RoutePhase:
                     ((b"retry-after", b"%d" % math.ceil(wait)),),
                     gw_type="QUOTA_EXCEEDED",
                 )
+        if self.required:
+            bad = missing_parameters(self.required, req.headers, req.query_params())
+            if bad is not None:
+                return PhaseResult(bad.status, bad.reason, gw_type=bad.gw_type, errors=bad.errors)
         if self.cache is None or req.method not in self.cache_methods:
             return PhaseResult(auth_values=values, set_headers=set_headers)
         ckey = self.cache_key(req)
@@ -367,6 +377,13 @@ class PhaseBuilder:
                 if conf is None:
                     raise ValueError(f"authorizer {route.authorizer!r} is not declared")
                 authorizer = self._authorizer(api, conf)
+            required = tuple(_source(p) for p in route.required_parameters)
+            body_model = None
+            if route.request_model:
+                model = next((m for m in api_spec.models if m.name == route.request_model), None)
+                if model is None:
+                    raise ValueError(f"model {route.request_model!r} is not declared")
+                body_model = BodyModel.compile(model.name, model.content_type, model.schema_json)
             params: list[tuple[str, str]] = []
             for p in route.cache_key_parameters:
                 kind, name = _source(p)
@@ -400,6 +417,8 @@ class PhaseBuilder:
                 cache_methods=methods,
                 cache_params=tuple(params),
                 invalidation=invalidation,
+                required=required,
+                body_model=body_model,
             )
 
         return factory

@@ -144,6 +144,7 @@ class ApiResponses:
         close: bool = False,
         extra: bytes = b"",
         context: dict[str, str] | None = None,
+        details: tuple[dict[str, str], ...] = (),
     ) -> bytes | None:
         """The overridden error response, or None to use the default rendering."""
         kind = gw_type or default_type(status)
@@ -159,6 +160,7 @@ class ApiResponses:
             "$context.error.messageString": json.dumps(message),
             "$context.error.message": message,
             "$context.error.reasonString": json.dumps(reason),
+            "$context.error.validationErrorString": json.dumps(list(details)),
             "$context.error.reason": reason,
             "$context.error.responseType": kind,
             **(context or {}),
