@@ -91,8 +91,10 @@ def _meta(meta: resources_pb2.ObjectMeta, where: str) -> None:
 
 
 def _integration(integ: resources_pb2.Integration, params: list[str], where: str, has_greedy: bool) -> None:
-    if integ.type not in ("http", "mock"):
-        _fail(f"{where}.type", f'must be "http" or "mock", got {integ.type!r}')
+    if integ.type not in ("http", "mock", "function"):
+        _fail(f"{where}.type", f'must be "http", "function" or "mock", got {integ.type!r}')
+    if integ.payload_format_version not in ("", "1.0", "2.0"):
+        _fail(f"{where}.payloadFormatVersion", 'must be "1.0" or "2.0"')
     if integ.timeout_ms and not 50 <= integ.timeout_ms <= 300000:
         _fail(f"{where}.timeoutMs", f"must be between 50 and 300000, got {integ.timeout_ms}")
     if integ.connect_timeout_ms > 60000:
@@ -101,7 +103,7 @@ def _integration(integ: resources_pb2.Integration, params: list[str], where: str
         _fail(
             f"{where}.httpMethod", f"must be one of {', '.join(sorted(METHODS))}, got {integ.http_method!r}"
         )
-    if integ.type == "http":
+    if integ.type in ("http", "function"):
         uri = integ.uri
         if not uri:
             _fail(f"{where}.uri", "required for http integrations")
@@ -351,7 +353,7 @@ def check_private_targets(
     nets = [ipaddress.ip_network(c, strict=False) for c in cluster_cidrs]
     for i, route in enumerate(api.spec.routes):
         integ = route.integration
-        if integ.type != "http":
+        if integ.type not in ("http", "function"):
             continue
         for variables in stage_variables:
             uri = _substitute(integ.uri, variables)

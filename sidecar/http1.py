@@ -21,6 +21,7 @@ import httptools
 from meshgate.sidecar.authorizers import AuthRequest
 from meshgate.sidecar.cache import CachedResponse, ResponseCache
 from meshgate.sidecar.errors import STATUS_LINES, phrase, render_http_error
+from meshgate.sidecar.function import FunctionError, FunctionRequest, invoke
 from meshgate.sidecar.phase import PhaseResult
 from meshgate.sidecar.responses import ApiResponses
 from meshgate.sidecar.routing import Miss, TableHolder, Target
@@ -142,6 +143,7 @@ class Exchange:
     """One client request and its response; implements UpstreamListener."""
 
     __slots__ = (
+        "auth_values",
         "body_chunks",
         "body_complete",
         "body_received",
@@ -203,6 +205,7 @@ class Exchange:
         self.responses: ApiResponses | None = None
         self.cors_headers = b""
         self.pending: Target | None = None
+        self.auth_values: Mapping[str, str] = {}
         self.retry_ok = False
         self.finished = False
 
@@ -336,6 +339,7 @@ class Exchange:
             )
             t.set_headers = t.set_headers + late
         self.cache_header = r.cache_header
+        self.auth_values = r.auth_values
         if r.cached is not None:
             self.respond_cached(t, r.cached)
             return
@@ -363,6 +367,12 @@ class Exchange:
         c = self.client
         if result.kind == "mock":
             self.respond_mock(result)
+            return
+        if result.kind == "function":
+            if not self.body_complete:
+                self.pending = result  # the event carries the whole body
+                return
+            c.loop.create_task(self.call_function(result))
             return
         if result.timeout_s >= 1.0:  # coarse timeouts ride the connection sweep: no timer handle per request
             self.deadline = c.loop.time() + result.timeout_s
@@ -456,6 +466,58 @@ class Exchange:
             c.resume_reading_from("upstream")
 
     # ------------------------------------------------------------------ responses
+    async def call_function(self, t: Target) -> None:
+        fn = t.function
+        if fn is None or t.phase is None:
+            self.fail(
+                500, "function integrations need the sidecar runtime", gw_type="API_CONFIGURATION_ERROR"
+            )
+            return
+        path = self.url.split(b"?", 1)[0].decode("latin-1")
+        query = self.url.partition(b"?")[2].decode("latin-1")
+        req = FunctionRequest(
+            self.method,
+            t.path,
+            path,
+            query,
+            [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.headers],
+            t.params or {},
+            b"".join(self.body_chunks or ()),
+            self.client.peer_ip.decode(),
+            self.request_id,
+            self.auth_values,
+        )
+        try:
+            resp = await invoke(t.phase.runtime.session(), fn, req, t.timeout_s)
+        except FunctionError as exc:
+            if not (self.finished or self.response_done):
+                kind = {504: "INTEGRATION_TIMEOUT"}.get(exc.status, "INTEGRATION_FAILURE")
+                self.fail(exc.status, exc.reason, gw_type=kind)
+            return
+        except Exception:
+            log.exception("function integration failed (request %s)", self.request_id)
+            if not (self.finished or self.response_done):
+                self.fail(500, "internal error")
+            return
+        if self.finished or self.response_done or self.client.closed:
+            return
+        body = b"" if self.is_head else resp.body
+        head = [STATUS_LINES.get(resp.status) or b"HTTP/1.1 %d %s\r\n" % (resp.status, phrase(resp.status))]
+        for name, value in resp.headers:
+            head += (name, b": ", value, b"\r\n")
+        head.append(
+            b"content-length: %d\r\nx-meshgate-request-id: %s\r\nx-meshgate-deployment: %d\r\n"
+            % (len(resp.body), self.request_id.encode(), t.deployment_id)
+        )
+        if self.cors_headers:
+            head.append(self.cors_headers)
+        if not self.keep_alive:
+            head.append(b"connection: close\r\n")
+        head.append(b"\r\n")
+        self.client.write(b"".join(head) + body)
+        self.head_sent = True
+        self.complete_response()
+
     def respond_cached(self, t: Target, cached: CachedResponse) -> None:
         body = b"" if self.is_head else cached.body
         head = [

@@ -8,12 +8,13 @@ mapping; then method + path template (literal > `{param}` > greedy
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode
 
 from meshgate.sidecar.canary import CanaryChooser
+from meshgate.sidecar.function import FunctionIntegration
 from meshgate.sidecar.mapping import (
     MappingError,
     ParamMapping,
@@ -55,6 +56,7 @@ class Target:
     phase: RoutePhase | None = None  # request-phase steps for this route (None: nothing to check)
     late_headers: tuple[tuple[bytes, str], ...] = ()  # header <- context.authorizer.KEY
     responses: ApiResponses | None = None  # CORS and gateway-response overrides of the Api
+    function: FunctionIntegration | None = None
     params: dict[str, str] | None = None
     path: str = ""  # stage-relative request path
 
@@ -91,6 +93,7 @@ class RoutePlan:
     body: bytes = b""
     phase: RoutePhase | None = None
     responses: ApiResponses | None = None
+    function: FunctionIntegration | None = None
     static_targets: dict[str, Target] = field(default_factory=dict)
     static: bool = field(init=False, default=False)
 
@@ -117,6 +120,20 @@ class RoutePlan:
     ) -> Target | Miss:
         if self.error:
             return Miss(500, self.error, responses=self.responses)
+        if self.kind == "function":
+            return Target(
+                "function",
+                self.stage,
+                self.api,
+                self.deployment_id,
+                self.canary,
+                timeout_s=self.timeout_s,
+                phase=self.phase,
+                responses=self.responses,
+                function=self.function,
+                params=params,
+                path=path,
+            )
         if self.kind == "mock":
             return Target(
                 "mock",
@@ -255,6 +272,7 @@ def _compile_route(
     variables: Mapping[str, str],
     phase: RoutePhase | None = None,
     responses: ApiResponses | None = None,
+    binary_media_types: Sequence[str] = (),
 ) -> RoutePlan:
     integ = route.integration
 
@@ -273,11 +291,30 @@ def _compile_route(
         if not any(k == b"content-type" for k, _ in headers) and mock.body:
             headers = ((b"content-type", b"application/json"), *headers)
         return plan("mock", status=mock.status or 200, headers=headers, body=mock.body.encode())
-    if integ.type != "http":
+    if integ.type not in ("http", "function"):
         raise CompileError(f"{where}: unsupported integration type {integ.type!r}")
     uri, missing = substitute_stage_vars(integ.uri, variables)
     if missing is not None:
-        return plan("http", error=f"integration uri references undefined stage variable {missing!r}")
+        return plan(integ.type, error=f"integration uri references undefined stage variable {missing!r}")
+    if integ.type == "function":
+        if not uri.startswith("http://"):
+            raise CompileError(f"{where}: function integrations take an http:// URL, got {integ.uri!r}")
+        version = integ.payload_format_version or "1.0"
+        if version not in ("1.0", "2.0"):
+            raise CompileError(f"{where}: payloadFormatVersion must be 1.0 or 2.0")
+        return plan(
+            "function",
+            function=FunctionIntegration(
+                uri,
+                version,
+                route.path,
+                f"{route.method.upper()} {route.path}",
+                stage,
+                dict(variables),
+                tuple(binary_media_types),
+            ),
+            timeout_s=(integ.timeout_ms or 29000) / 1000,
+        )
     if not uri.startswith("http://"):
         raise CompileError(f"{where}: only http:// integration URIs are supported, got {integ.uri!r}")
     rest = uri[len("http://") :]
@@ -346,6 +383,7 @@ def _build_trie(
             variables=variables,
             phase=phase,
             responses=responses,
+            binary_media_types=spec.binary_media_types,
         )
         node = root
         segs = _split_path(route.path)
