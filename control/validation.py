@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import jsonschema
 from meshgate.control.errors import InvalidConfig
 from meshgate.control.state import unwrap
+from meshgate.sidecar.transform import compile_transform
 from meshgate.v1 import resources_pb2
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -146,10 +147,24 @@ def _integration(integ: resources_pb2.Integration, params: list[str], where: str
                         f"{where}.requestParameters.{key}",
                         f"path parameter {name!r} is not in the route path",
                     )
+        try:
+            compile_transform(integ, _AnyVariables())
+        except ValueError as exc:
+            _fail(where, str(exc))
     else:
         status = integ.mock.status or 200
         if not 100 <= status <= 599:
             _fail(f"{where}.mock.status", f"must be between 100 and 599, got {status}")
+
+
+class _AnyVariables(dict[str, str]):
+    """Stage variables are per stage: at apply time any name may be defined later."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __missing__(self, key: str) -> str:
+        return ""
 
 
 def validate_api(api: resources_pb2.Api) -> None:

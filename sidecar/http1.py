@@ -25,6 +25,8 @@ from meshgate.sidecar.function import FunctionError, FunctionRequest, invoke
 from meshgate.sidecar.phase import PhaseResult
 from meshgate.sidecar.responses import ApiResponses
 from meshgate.sidecar.routing import Miss, TableHolder, Target
+from meshgate.sidecar.transform import MAX_INPUT as TEMPLATE_MAX_INPUT
+from meshgate.sidecar.transform import BodyTemplate, TemplateLimit, Transform, select
 from meshgate.sidecar.upstream import UpstreamConn, UpstreamPool
 
 log = logging.getLogger("meshgate.sidecar.http")
@@ -114,6 +116,19 @@ class _Abort(Exception):
         self.reason = reason
 
 
+class ResponseBuffer:
+    """An integration response held back until its mapping template has run."""
+
+    __slots__ = ("body", "headers", "reason", "size", "status")
+
+    def __init__(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body: list[bytes] = []
+        self.size = 0
+
+
 class Capture:
     """A response being copied into the stage cache as it streams to the client."""
 
@@ -165,12 +180,14 @@ class Exchange:
         "method",
         "out_chunked",
         "pending",
+        "rbuf",
         "request_id",
         "response_done",
         "responses",
         "retry_ok",
         "target",
         "timer",
+        "transformed",
         "upstream",
         "url",
         "version",
@@ -206,6 +223,8 @@ class Exchange:
         self.cors_headers = b""
         self.pending: Target | None = None
         self.auth_values: Mapping[str, str] = {}
+        self.rbuf: ResponseBuffer | None = None
+        self.transformed = False
         self.retry_ok = False
         self.finished = False
 
@@ -374,6 +393,13 @@ class Exchange:
                 return
             c.loop.create_task(self.call_function(result))
             return
+        tr = result.transform
+        if tr is not None and tr.needs_request_body and not self.transformed:
+            if not self.body_complete:
+                self.pending = result  # templates need the whole body (end_body resumes here)
+                return
+            if not self.transform_request(result, tr):
+                return
         if result.timeout_s >= 1.0:  # coarse timeouts ride the connection sweep: no timer handle per request
             self.deadline = c.loop.time() + result.timeout_s
         else:
@@ -424,6 +450,8 @@ class Exchange:
         drop = REQUEST_OWN
         if t.set_headers:
             drop = drop | {n for n, _ in t.set_headers}
+        if t.transform is not None and t.transform.remove_request_headers:
+            drop = drop | t.transform.remove_request_headers
         connection_tokens: set[bytes] = set()
         for name, value in self.headers:
             if name.lower() == b"connection":
@@ -508,6 +536,87 @@ class Exchange:
         head.append(
             b"content-length: %d\r\nx-meshgate-request-id: %s\r\nx-meshgate-deployment: %d\r\n"
             % (len(resp.body), self.request_id.encode(), t.deployment_id)
+        )
+        if self.cors_headers:
+            head.append(self.cors_headers)
+        if not self.keep_alive:
+            head.append(b"connection: close\r\n")
+        head.append(b"\r\n")
+        self.client.write(b"".join(head) + body)
+        self.head_sent = True
+        self.complete_response()
+
+    def transform_request(self, t: Target, tr: Transform) -> bool:
+        """Apply the request mapping template; False when the exchange already failed."""
+        self.transformed = True
+        ctype = next((v for n, v in self.headers if n.lower() == b"content-type"), b"").decode("latin-1")
+        chosen = select(tr.request_templates, ctype, tr.passthrough)
+        if chosen is False:
+            self.fail(
+                415,
+                f"no mapping template for content type {ctype or 'none'!r}",
+                gw_type="UNSUPPORTED_MEDIA_TYPE",
+            )
+            return False
+        if chosen is None or chosen is True:
+            return True
+        body = b"".join(self.body_chunks or ())
+        try:
+            out = chosen.render(body, self.template_params(t), self.template_context(t), tr.stage_variables)
+        except TemplateLimit as exc:
+            self.fail(500, f"request mapping template: {exc}", gw_type="API_CONFIGURATION_ERROR")
+            return False
+        self.body_chunks = [out]
+        self.content_length = len(out)
+        self.chunked_in = False
+        self.headers = [(n, v) for n, v in self.headers if n.lower() != b"content-type"]
+        self.headers.append((b"content-type", chosen.content_type.encode("latin-1")))
+        return True
+
+    def template_params(self, t: Target) -> dict[str, dict[str, str]]:
+        from urllib.parse import parse_qsl
+
+        query = self.url.partition(b"?")[2].decode("latin-1")
+        return {
+            "path": dict(t.params or {}),
+            "querystring": dict(parse_qsl(query, keep_blank_values=True)),
+            "header": {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.headers},
+        }
+
+    def template_context(self, t: Target) -> dict[str, object]:
+        return {
+            "requestId": self.request_id,
+            "stage": t.stage,
+            "httpMethod": self.method,
+            "resourcePath": t.phase.resource if t.phase is not None else "",
+            "path": self.url.split(b"?", 1)[0].decode("latin-1"),
+            "sourceIp": self.client.peer_ip.decode(),
+            "authorizer": dict(self.auth_values),
+        }
+
+    def finish_transformed(self, rbuf: ResponseBuffer) -> None:
+        t = self.target
+        assert t is not None and t.transform is not None
+        ctype = next((v for n, v in rbuf.headers if n.lower() == b"content-type"), b"").decode("latin-1")
+        chosen = select(t.transform.response_templates, ctype, "WHEN_NO_MATCH")
+        body = b"".join(rbuf.body)
+        headers = rbuf.headers
+        if isinstance(chosen, BodyTemplate):
+            params = {"header": {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in rbuf.headers}}
+            try:
+                body = chosen.render(body, params, self.template_context(t), t.transform.stage_variables)
+            except TemplateLimit as exc:
+                self.fail(500, f"response mapping template: {exc}", gw_type="API_CONFIGURATION_ERROR")
+                return
+            headers = [(n, v) for n, v in headers if n.lower() != b"content-type"]
+            headers.append((b"content-type", chosen.content_type.encode("latin-1")))
+        head = [b"HTTP/1.1 %d %s\r\n" % (rbuf.status, rbuf.reason or phrase(rbuf.status))]
+        for name, value in headers:
+            if name.lower() not in RESPONSE_OWN:
+                head += (name, b": ", value, b"\r\n")
+        head.append(
+            b"content-length: %d\r\nx-meshgate-request-id: %s\r\nx-meshgate-deployment: %d\r\n"
+            % (len(body), self.request_id.encode(), t.deployment_id)
         )
         if self.cors_headers:
             head.append(self.cors_headers)
@@ -641,6 +750,12 @@ class Exchange:
         t = self.target
         assert t is not None
         self.retry_ok = False
+        tr = t.transform
+        if tr is not None:
+            headers = tr.map_response_headers(headers, self.request_id, t.stage)
+            if tr.response_templates and not self.is_head:
+                self.rbuf = ResponseBuffer(status, reason, headers)  # rendered at the end (on_upstream_end)
+                return
         head = [b"HTTP/1.1 %d %s\r\n" % (status, reason or phrase(status))]
         length = -1
         tokens: list[bytes] = []
@@ -714,6 +829,19 @@ class Exchange:
             self.complete_response()
 
     def on_upstream_body(self, chunk: bytes) -> None:
+        rbuf = self.rbuf
+        if rbuf is not None:
+            rbuf.size += len(chunk)
+            if rbuf.size > TEMPLATE_MAX_INPUT:
+                self.rbuf = None
+                self.fail(
+                    502,
+                    "integration response too large for its mapping template",
+                    gw_type="INTEGRATION_FAILURE",
+                )
+                return
+            rbuf.body.append(chunk)
+            return
         cap = self.capture
         if cap is not None and not cap.add(chunk):
             self.capture = None
@@ -726,6 +854,17 @@ class Exchange:
         self._cancel_timer()
         up = self.upstream
         self.upstream = None
+        rbuf = self.rbuf
+        if rbuf is not None:
+            self.rbuf = None
+            if up is not None:
+                if keep_alive and self.body_complete and not self.discard_body:
+                    up.release()
+                else:
+                    up.listener = None
+                    up.close()
+            self.finish_transformed(rbuf)
+            return
         if self.out_chunked:
             self.client.write(b"0\r\n\r\n")
         cap = self.capture

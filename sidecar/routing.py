@@ -25,6 +25,7 @@ from meshgate.sidecar.mapping import (
 )
 from meshgate.sidecar.phase import PhaseBuilder, PhaseFactory, RoutePhase, Runtime
 from meshgate.sidecar.responses import ApiResponses, compile_responses
+from meshgate.sidecar.transform import Transform, compile_transform
 from meshgate.v1 import control_pb2, resources_pb2
 
 _URI_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}")
@@ -57,6 +58,7 @@ class Target:
     late_headers: tuple[tuple[bytes, str], ...] = ()  # header <- context.authorizer.KEY
     responses: ApiResponses | None = None  # CORS and gateway-response overrides of the Api
     function: FunctionIntegration | None = None
+    transform: Transform | None = None
     params: dict[str, str] | None = None
     path: str = ""  # stage-relative request path
 
@@ -94,6 +96,7 @@ class RoutePlan:
     phase: RoutePhase | None = None
     responses: ApiResponses | None = None
     function: FunctionIntegration | None = None
+    transform: Transform | None = None
     static_targets: dict[str, Target] = field(default_factory=dict)
     static: bool = field(init=False, default=False)
 
@@ -106,6 +109,7 @@ class RoutePlan:
             and all(kind == 0 for kind, _ in self.path_parts)
             and not (m.headers or m.query or m.path or m.late_headers)
             and (self.phase is None or self.phase.fast)
+            and self.transform is None
         )
         object.__setattr__(self, "static", static)
 
@@ -182,6 +186,15 @@ class RoutePlan:
             else:
                 parts.append(quote_param(params.get(text, ""), kind == 2))
         path = "".join(parts) or "/"
+        tr = self.transform
+        if tr is not None and tr.remove_request_query and query:
+            query = urlencode(
+                [
+                    (k, v)
+                    for k, v in parse_qsl(query, keep_blank_values=True)
+                    if k not in tr.remove_request_query
+                ]
+            )
         if self.uri_query:
             query = self.uri_query + ("&" + query if query else "")
         target = path + "?" + query if query else path
@@ -201,6 +214,7 @@ class RoutePlan:
             phase=self.phase,
             late_headers=m.late_headers,
             responses=self.responses,
+            transform=self.transform,
             params=params,
             path=path,
         )
@@ -341,6 +355,10 @@ def _compile_route(
         mapping = compile_parameters(integ.request_parameters, stage, variables, route.path)
     except MappingError as exc:
         raise CompileError(f"{where}: requestParameters: {exc}") from None
+    try:
+        transform = compile_transform(integ, variables)
+    except ValueError as exc:
+        raise CompileError(f"{where}: {exc}") from None
     return plan(
         "http",
         method=integ.http_method.encode() if integ.http_method and integ.http_method != "ANY" else b"",
@@ -351,6 +369,7 @@ def _compile_route(
         mapping=mapping,
         timeout_s=(integ.timeout_ms or 29000) / 1000,
         connect_timeout_s=(integ.connect_timeout_ms or 1000) / 1000,
+        transform=transform,
     )
 
 

@@ -1,0 +1,341 @@
+"""Body mapping templates: Jinja2 in an immutable sandbox, bounded in steps, time and output size.
+
+Templates get what API Gateway's mapping templates offer, in Jinja syntax:
+`input.body`, `input.json('$.a.b')`, `input.path('$.items')`, `input.params('name')`,
+`context.requestId|stage|httpMethod|resourcePath|authorizer`, `stageVariables`, and
+`util.escapeJavaScript|base64Encode|base64Decode|urlEncode|urlDecode|parseJson`.
+Every loop iteration and call counts as a step; a template that loops too long,
+runs too long or builds too much output fails with TemplateLimit (a 500 gateway
+response), never hangs the sidecar.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote
+
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+MAX_STEPS = 200_000
+MAX_SECONDS = 0.25
+MAX_OUTPUT = 1024 * 1024
+MAX_INPUT = 10 * 1024 * 1024
+
+_FOR_LINE = re.compile(r"^(\s*)for .*:\s*$")
+
+
+class TemplateLimit(Exception):
+    """A template exceeded its step, time or size budget, or failed."""
+
+
+class _Budget:
+    __slots__ = ("deadline", "steps")
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.deadline = 0.0
+
+
+class BoundedEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox plus a step/time budget checked in every loop iteration and call."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def __init__(self) -> None:
+        super().__init__(autoescape=False)
+        self.budget = _Budget()
+
+    def tick(self) -> None:
+        b = self.budget
+        b.steps += 1
+        if b.steps > MAX_STEPS:
+            raise TemplateLimit(f"template exceeded {MAX_STEPS} steps")
+        if b.steps & 255 == 0 and time.monotonic() > b.deadline:
+            raise TemplateLimit(f"template ran longer than {MAX_SECONDS:g}s")
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        __self.tick()
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            if isinstance(right, int) and abs(right) > 64:
+                raise TemplateLimit("exponent too large")
+            return left**right
+        size = 0
+        if isinstance(left, str | list | tuple) and isinstance(right, int):
+            size = len(left) * right
+        elif isinstance(right, str | list | tuple) and isinstance(left, int):
+            size = len(right) * left
+        if size > MAX_OUTPUT:
+            raise TemplateLimit(f"template would build a value of {size} items")
+        return left * right
+
+    def _compile(self, source: str, filename: str) -> Any:
+        # Count every loop iteration: insert a tick() as the first statement of each loop body.
+        lines = []
+        for line in source.splitlines():
+            lines.append(line)
+            m = _FOR_LINE.match(line)
+            if m:
+                lines.append(f"{m.group(1)}    environment.tick()")
+        return super()._compile("\n".join(lines), filename)
+
+
+def _json_path(doc: Any, path: str) -> Any:
+    """A JSONPath subset: $, .name, ['name'], [index]."""
+    if not path.startswith("$"):
+        raise TemplateLimit(f"JSONPath must start with $: {path!r}")
+    cur = doc
+    for name, quoted, index in re.findall(r"\.([A-Za-z0-9_\-]+)|\['([^']*)'\]|\[(\d+)\]", path[1:]):
+        key = name or quoted
+        if key:
+            cur = cur.get(key) if isinstance(cur, dict) else None
+        else:
+            i = int(index)
+            cur = cur[i] if isinstance(cur, list) and i < len(cur) else None
+        if cur is None:
+            return None
+    return cur
+
+
+class TemplateInput:
+    """`input` in a template: the request (or response) body and parameters."""
+
+    def __init__(self, body: bytes, params: Mapping[str, Mapping[str, str]]) -> None:
+        self.body = body.decode("utf-8", "replace")
+        self._params = params
+        self._doc: Any = None
+        self._parsed = False
+
+    def _json(self) -> Any:
+        if not self._parsed:
+            self._parsed = True
+            try:
+                self._doc = json.loads(self.body) if self.body else None
+            except (ValueError, RecursionError):
+                self._doc = None
+        return self._doc
+
+    def path(self, p: str) -> Any:
+        return _json_path(self._json(), p)
+
+    def json(self, p: str = "$") -> str:
+        return json.dumps(self.path(p))
+
+    def params(self, name: str | None = None) -> Any:
+        if name is None:
+            return {k: dict(v) for k, v in self._params.items()}
+        for kind in ("path", "querystring", "header"):
+            v = self._params.get(kind, {}).get(name if kind != "header" else name.lower())
+            if v is not None:
+                return v
+        return ""
+
+
+class Util:
+    @staticmethod
+    def escapeJavaScript(s: Any) -> str:
+        return json.dumps(str(s))[1:-1]
+
+    @staticmethod
+    def base64Encode(s: Any) -> str:
+        return base64.b64encode(str(s).encode()).decode()
+
+    @staticmethod
+    def base64Decode(s: Any) -> str:
+        return base64.b64decode(str(s)).decode("utf-8", "replace")
+
+    @staticmethod
+    def urlEncode(s: Any) -> str:
+        return quote(str(s), safe="")
+
+    @staticmethod
+    def urlDecode(s: Any) -> str:
+        return unquote(str(s))
+
+    @staticmethod
+    def parseJson(s: Any) -> Any:
+        return json.loads(str(s))
+
+
+UTIL = Util()
+
+
+@dataclass(frozen=True)
+class BodyTemplate:
+    content_type: str
+    source: str
+    template: Any
+    env: BoundedEnvironment
+
+    @classmethod
+    def compile(cls, content_type: str, source: str) -> BodyTemplate:
+        env = BoundedEnvironment()
+        try:
+            template = env.from_string(source)
+        except TemplateError as exc:
+            raise ValueError(f"template for {content_type}: {exc}") from None
+        return cls(content_type.lower(), source, template, env)
+
+    def render(
+        self,
+        body: bytes,
+        params: Mapping[str, Mapping[str, str]],
+        context: Mapping[str, Any],
+        stage_variables: Mapping[str, str],
+    ) -> bytes:
+        if len(body) > MAX_INPUT:
+            raise TemplateLimit("body too large for a mapping template")
+        budget = self.env.budget
+        budget.steps = 0
+        budget.deadline = time.monotonic() + MAX_SECONDS
+        out: list[str] = []
+        size = 0
+        try:
+            for chunk in self.template.generate(
+                input=TemplateInput(body, params), context=context, stageVariables=stage_variables, util=UTIL
+            ):
+                size += len(chunk)
+                if size > MAX_OUTPUT:
+                    raise TemplateLimit(f"template output larger than {MAX_OUTPUT} bytes")
+                if time.monotonic() > budget.deadline:
+                    raise TemplateLimit(f"template ran longer than {MAX_SECONDS:g}s")
+                out.append(chunk)
+        except TemplateLimit:
+            raise
+        except RecursionError:
+            raise TemplateLimit("template recursed too deeply") from None
+        except Exception as exc:  # any template runtime error: a gateway error, not a crash
+            raise TemplateLimit(f"template failed: {type(exc).__name__}: {str(exc)[:200]}") from None
+        return "".join(out).encode()
+
+
+def select(
+    templates: Mapping[str, BodyTemplate], content_type: str, behavior: str
+) -> BodyTemplate | bool | None:
+    """The template for a content type; None = pass the body through; False = refuse (415)."""
+    media = (content_type.split(";", 1)[0].strip().lower()) or "application/json"
+    t = templates.get(media)
+    if t is not None:
+        return t
+    behavior = (behavior or "WHEN_NO_MATCH").upper()
+    if behavior == "NEVER":
+        return False
+    if behavior == "WHEN_NO_TEMPLATES" and templates:
+        return False
+    return None
+
+
+@dataclass(frozen=True)
+class Transform:
+    """Everything one route changes on the way to the integration and back, compiled per snapshot."""
+
+    request_templates: Mapping[str, BodyTemplate]
+    passthrough: str
+    remove_request_headers: frozenset[bytes]
+    remove_request_query: frozenset[str]
+    response_headers: tuple[tuple[bytes, str, str], ...]  # (name, kind header|const, value)
+    remove_response_headers: frozenset[bytes]
+    response_templates: Mapping[str, BodyTemplate]
+    stage_variables: Mapping[str, str]
+
+    @property
+    def needs_request_body(self) -> bool:
+        return bool(self.request_templates) or self.passthrough.upper() == "NEVER"
+
+    def map_response_headers(
+        self, headers: list[tuple[bytes, bytes]], request_id: str, stage: str
+    ) -> list[tuple[bytes, bytes]]:
+        if not (self.response_headers or self.remove_response_headers):
+            return headers
+        out = [(n, v) for n, v in headers if n.lower() not in self.remove_response_headers]
+        upstream = {n.lower(): v for n, v in headers}
+        for name, kind, value in self.response_headers:
+            if kind == "header":
+                got = upstream.get(value.encode("latin-1"))
+                if got is None:
+                    continue
+                new = got
+            elif kind == "requestId":
+                new = request_id.encode()
+            elif kind == "stage":
+                new = stage.encode()
+            else:
+                new = value.encode("latin-1", "replace")
+            out = [(n, v) for n, v in out if n.lower() != name]
+            out.append((name, new))
+        return out
+
+
+_RESPONSE_KEY = re.compile(r"^method\.response\.header\.([A-Za-z0-9\-_.]+)$")
+
+
+def compile_transform(integ: Any, variables: Mapping[str, str]) -> Transform | None:
+    """None when the integration changes nothing beyond parameter mapping."""
+    has = (
+        integ.request_templates
+        or integ.response_templates
+        or integ.response_parameters
+        or integ.remove_request_parameters
+        or integ.remove_response_headers
+        or (integ.passthrough_behavior or "WHEN_NO_MATCH").upper() != "WHEN_NO_MATCH"
+    )
+    if not has:
+        return None
+    behavior = (integ.passthrough_behavior or "WHEN_NO_MATCH").upper()
+    if behavior not in ("WHEN_NO_MATCH", "WHEN_NO_TEMPLATES", "NEVER"):
+        raise ValueError(
+            f"passthroughBehavior {integ.passthrough_behavior!r} is not one of WHEN_NO_MATCH, WHEN_NO_TEMPLATES, NEVER"
+        )
+    req = {ct.lower(): BodyTemplate.compile(ct, src) for ct, src in integ.request_templates.items()}
+    resp = {ct.lower(): BodyTemplate.compile(ct, src) for ct, src in integ.response_templates.items()}
+    rm_h: set[bytes] = set()
+    rm_q: set[str] = set()
+    for item in integ.remove_request_parameters:
+        if item.startswith("integration.request.header."):
+            rm_h.add(item.rsplit(".", 1)[1].lower().encode("latin-1"))
+        elif item.startswith("integration.request.querystring."):
+            rm_q.add(item[len("integration.request.querystring.") :])
+        else:
+            raise ValueError(
+                f"removeRequestParameters: {item!r} is not integration.request.header|querystring.NAME"
+            )
+    mapped = []
+    for key, value in sorted(integ.response_parameters.items()):
+        m = _RESPONSE_KEY.match(key)
+        if not m:
+            raise ValueError(f"responseParameters: {key!r} is not method.response.header.NAME")
+        name = m.group(1).lower().encode("latin-1")
+        if value.startswith("integration.response.header."):
+            mapped.append((name, "header", value[len("integration.response.header.") :].lower()))
+        elif value.startswith("'") and value.endswith("'"):
+            mapped.append((name, "const", value[1:-1]))
+        elif value == "context.requestId":
+            mapped.append((name, "requestId", ""))
+        elif value == "context.stage":
+            mapped.append((name, "stage", ""))
+        elif value.startswith("stageVariables."):
+            var = value[len("stageVariables.") :]
+            if var not in variables:
+                raise ValueError(f"responseParameters: stage variable {var!r} is not defined")
+            mapped.append((name, "const", variables[var]))
+        else:
+            raise ValueError(f"responseParameters: unsupported value {value!r}")
+    return Transform(
+        req,
+        behavior,
+        frozenset(rm_h),
+        frozenset(rm_q),
+        tuple(mapped),
+        frozenset(h.lower().encode("latin-1") for h in integ.remove_response_headers),
+        resp,
+        dict(variables),
+    )
