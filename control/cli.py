@@ -157,6 +157,77 @@ def cmd_canary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from meshgate.control.openapi import OpenApiError, import_openapi
+
+    path = Path(args.file)
+    if not path.exists():
+        raise CliError(f"{args.file}: no such file or directory")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise CliError(f"{args.file}: invalid YAML/JSON: {str(exc).splitlines()[0]}") from None
+    try:
+        result = import_openapi(doc, args.api, args.namespace or "default")
+    except OpenApiError as exc:
+        raise CliError(f"{args.file}: {exc}") from None
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if result.warnings and args.fail_on_warnings:
+        raise CliError(f"{len(result.warnings)} warning(s) and --fail-on-warnings: nothing applied")
+    res = resources_pb2.Resource(api=result.api)
+    if args.show:
+        print(yaml.safe_dump(to_document(res), sort_keys=False), end="")
+        return 0
+    resp = _call(args, "Apply", control_pb2.ApplyRequest(resources=[res], dry_run=args.dry_run))
+    suffix = " (dry run)" if args.dry_run else ""
+    for r in resp.results:
+        print(
+            f"{r.kind.lower()}/{r.name} {r.action}{suffix} ({len(result.api.spec.routes)} routes, {len(result.warnings)} warnings)"
+        )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from meshgate.control.openapi import export_openapi
+
+    ns = args.namespace or "default"
+    version = "live"
+    if args.stage:
+        stages = _call(
+            args, "Get", control_pb2.GetRequest(kind="Stage", namespace=ns, name=args.stage, api=args.api)
+        )
+        if not stages.resources:
+            raise CliError(f"stage {args.stage} of Api {ns}/{args.api} not found")
+        dep_id = stages.resources[0].stage.spec.deployment
+        if not dep_id:
+            raise CliError(f"stage {args.stage} is not deployed yet")
+        deps = _call(
+            args,
+            "Get",
+            control_pb2.GetRequest(
+                kind="Deployment", namespace=ns, name=f"{args.api}-{dep_id}", api=args.api
+            ),
+        )
+        if not deps.resources:
+            raise CliError(f"deployment {dep_id} of Api {ns}/{args.api} not found")
+        spec = deps.resources[0].deployment.spec.api_spec
+        version = str(dep_id)
+    else:
+        apis = _call(args, "Get", control_pb2.GetRequest(kind="Api", namespace=ns, name=args.api))
+        if not apis.resources:
+            raise CliError(f"Api {ns}/{args.api} not found")
+        spec = apis.resources[0].api.spec
+    doc = export_openapi(args.api, spec, stage=args.stage or "", version=version)
+    text = json.dumps(doc, indent=2) + "\n" if args.format == "json" else yaml.safe_dump(doc, sort_keys=False)
+    if args.output and args.output != "-":
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output} ({len(doc['paths'])} paths)")
+    else:
+        print(text, end="")
+    return 0
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     resp = _call(
         args,
@@ -415,6 +486,25 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--sticky-header", default="")
     c.add_argument("--sticky-cookie", default="")
     c.set_defaults(func=cmd_canary)
+
+    im = sub.add_parser("import", help="create or update an Api from an OpenAPI 3.0/3.1 document")
+    im.add_argument("file")
+    im.add_argument("--api", required=True, help="name of the Api to create or update")
+    im.add_argument(
+        "--fail-on-warnings", action="store_true", help="refuse the import when anything was not understood"
+    )
+    im.add_argument("--dry-run", action="store_true")
+    im.add_argument("--show", action="store_true", help="print the Api document instead of applying it")
+    im.set_defaults(func=cmd_import)
+
+    ex = sub.add_parser("export", help="write an Api (as deployed to a stage) as OpenAPI 3.1")
+    ex.add_argument("api")
+    ex.add_argument(
+        "--stage", default="", help="export the deployment this stage serves (default: the live Api)"
+    )
+    ex.add_argument("-o", "--output", default="-", help="file to write (default stdout)")
+    ex.add_argument("--format", choices=["yaml", "json"], default="yaml")
+    ex.set_defaults(func=cmd_export)
 
     f = sub.add_parser("cache", help="stage cache operations")
     f.add_argument("action", choices=["flush"])

@@ -106,3 +106,26 @@ def test_admin_subcommands_end_to_end(etcd: LocalEtcd, tmp_path: Path) -> None:
         ok(cli(m, "-n", "team", "delete", "stage", "prod", "--api", "shop"))
         ok(cli(m, "-n", "team", "delete", "api", "shop"))
         assert ok(cli(m, "-n", "team", "get", "apis")) == ""
+
+
+def test_openapi_import_and_export_through_control(etcd: LocalEtcd, tmp_path: Path) -> None:
+    spec = Path(__file__).resolve().parent.parent / "control" / "fixtures" / "petstore-openapi.yaml"
+    with mesh(etcd.endpoint, tmp_path) as m:
+        m.start_control()
+        refused = cli(m, "import", str(spec), "--api", "store", "--fail-on-warnings")
+        assert refused.returncode == 1 and "3 warning(s)" in refused.stderr and "#/paths/" in refused.stderr
+        assert ok(cli(m, "get", "apis")) == ""  # nothing applied
+        out = cli(m, "import", str(spec), "--api", "store")
+        assert out.returncode == 0 and "api/store created (29 routes, 3 warnings)" in out.stdout, out.stderr
+        ok(cli(m, "deploy", "store", "--stage", "prod"))
+        exported = tmp_path / "exported.yaml"
+        assert (
+            "29" not in ok(cli(m, "export", "store", "--stage", "prod", "-o", str(exported)))
+            or exported.exists()
+        )
+        doc = yaml.safe_load(exported.read_text())
+        assert doc["info"] == {"title": "store", "version": "1"} and doc["servers"] == [{"url": "/prod"}]
+        again = yaml.safe_load(ok(cli(m, "import", str(exported), "--api", "store", "--show")))
+        stored = yaml.safe_load(ok(cli(m, "get", "api", "store", "-o", "yaml")))
+        assert again["spec"] == stored["spec"]
+        assert "api/store unchanged" in ok(cli(m, "import", str(exported), "--api", "store"))

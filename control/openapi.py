@@ -1,0 +1,382 @@
+"""OpenAPI 3.0/3.1 <-> Api: `meshgate import` and `meshgate export`.
+
+Paths and methods become routes, components/schemas become models (each
+carrying the other schemas under `$defs`, so `$ref`s — circular ones included —
+keep working), parameters become required parameters, security schemes become
+authorizers or API-key requirements. What OpenAPI cannot say travels in
+`x-meshgate-*` extensions, so an exported spec imports back to the same Api.
+Anything not understood is a warning with its JSON pointer.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import json_format
+from meshgate.v1 import resources_pb2
+
+METHODS = ("get", "put", "post", "delete", "options", "head", "patch")
+X_INTEGRATION = "x-meshgate-integration"
+X_AUTHORIZER = "x-meshgate-authorizer"
+X_ROUTE = "x-meshgate-route"  # throttling, cacheKeyParameters, ... of one operation
+X_API = "x-meshgate-api"  # Api spec fields outside paths (selector, cors, ...)
+X_ANY = "x-meshgate-any-method"  # path item key of an ANY route
+API_FIELDS_IN_X = (
+    "description",
+    "endpointType",
+    "selector",
+    "basePath",
+    "binaryMediaTypes",
+    "resourcePolicy",
+    "cors",
+    "gatewayResponses",
+)
+
+
+class OpenApiError(ValueError):
+    """A document that cannot be imported (or warnings with --fail-on-warnings)."""
+
+
+@dataclass
+class ImportResult:
+    api: resources_pb2.Api
+    warnings: list[str] = field(default_factory=list)
+
+
+def _ptr(*parts: object) -> str:
+    return "#/" + "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _rewrite_refs(node: Any, to_defs: bool) -> Any:
+    """#/components/schemas/X <-> #/$defs/X everywhere in a schema."""
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            if k == "$ref" and isinstance(v, str):
+                if to_defs and v.startswith("#/components/schemas/"):
+                    v = "#/$defs/" + v[len("#/components/schemas/") :]
+                elif not to_defs and v.startswith("#/$defs/"):
+                    v = "#/components/schemas/" + v[len("#/$defs/") :]
+            out[k] = _rewrite_refs(v, to_defs)
+        return out
+    if isinstance(node, list):
+        return [_rewrite_refs(v, to_defs) for v in node]
+    return node
+
+
+def _nullable_30(node: Any) -> Any:
+    """OpenAPI 3.0 `nullable: true` -> JSON Schema type lists."""
+    if isinstance(node, dict):
+        node = {k: _nullable_30(v) for k, v in node.items()}
+        if node.pop("nullable", False) and isinstance(node.get("type"), str):
+            node["type"] = [node["type"], "null"]
+        return node
+    if isinstance(node, list):
+        return [_nullable_30(v) for v in node]
+    return node
+
+
+class _Importer:
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.doc = doc
+        self.warnings: list[str] = []
+        version = str(doc.get("openapi", ""))
+        if not version.startswith(("3.0", "3.1")):
+            raise OpenApiError(
+                f"#/openapi: only OpenAPI 3.0 and 3.1 are supported, got {version or 'none'!r}"
+            )
+        self.v31 = version.startswith("3.1")
+        comps = doc.get("components") or {}
+        self.schemas: dict[str, Any] = comps.get("schemas") or {}
+        self.schemes: dict[str, Any] = comps.get("securitySchemes") or {}
+        self.params: dict[str, Any] = comps.get("parameters") or {}
+        self.bodies: dict[str, Any] = comps.get("requestBodies") or {}
+        self.models: dict[str, resources_pb2.Model] = {}
+        self.defs = {k: self._schema(v) for k, v in self.schemas.items()}
+
+    def warn(self, pointer: str, message: str) -> None:
+        self.warnings.append(f"{pointer}: {message}")
+
+    def _schema(self, schema: Any) -> Any:
+        s = _rewrite_refs(schema, to_defs=True)
+        return s if self.v31 else _nullable_30(s)
+
+    def _refs(self, node: Any, seen: set[str]) -> None:
+        """Names of the component schemas a schema needs, transitively (cycles allowed)."""
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                name = ref[len("#/$defs/") :]
+                if name not in seen and name in self.defs:
+                    seen.add(name)
+                    self._refs(self.defs[name], seen)
+            for v in node.values():
+                self._refs(v, seen)
+        elif isinstance(node, list):
+            for v in node:
+                self._refs(v, seen)
+
+    def model(self, name: str, schema: Any) -> str:
+        if name not in self.models:
+            doc = copy.deepcopy(schema)
+            if isinstance(doc, dict):
+                doc.setdefault(
+                    "$schema",
+                    "https://json-schema.org/draft/2020-12/schema"
+                    if self.v31
+                    else "http://json-schema.org/draft-04/schema#",
+                )
+                needed: set[str] = set()
+                self._refs(doc, needed)
+                if needed:
+                    doc["$defs"] = {k: self.defs[k] for k in sorted(needed)}
+            self.models[name] = resources_pb2.Model(
+                name=name, content_type="application/json", schema_json=json.dumps(doc, sort_keys=True)
+            )
+        return name
+
+    def deref(self, obj: Any, table: dict[str, Any], prefix: str) -> Any:
+        if isinstance(obj, dict) and isinstance(obj.get("$ref"), str):
+            ref = obj["$ref"]
+            if ref.startswith(prefix):
+                return table.get(ref[len(prefix) :], {})
+        return obj
+
+    def run(self, api_name: str, namespace: str) -> resources_pb2.Api:
+        doc = self.doc
+        spec: dict[str, Any] = {}
+        x_api = doc.get(X_API) or {}
+        for key in API_FIELDS_IN_X:
+            if key in x_api:
+                spec[key] = x_api[key]
+        if "description" not in spec and (doc.get("info") or {}).get("description"):
+            spec["description"] = doc["info"]["description"]
+        authorizers: dict[str, dict[str, Any]] = {}
+        api_key_schemes: set[str] = set()
+        for name, scheme in self.schemes.items():
+            where = _ptr("components", "securitySchemes", name)
+            kind = scheme.get("type")
+            ext = scheme.get(X_AUTHORIZER)
+            if kind == "apiKey":
+                if scheme.get("in") == "header" and str(scheme.get("name", "")).lower() == "x-api-key":
+                    api_key_schemes.add(name)
+                else:
+                    self.warn(where, "only header x-api-key API keys are supported; scheme ignored")
+                continue
+            if ext is not None:
+                authorizers[name] = {"name": name, **ext}
+                continue
+            if kind in ("http", "oauth2", "openIdConnect") and (
+                kind != "http" or scheme.get("scheme") == "bearer"
+            ):
+                self.warn(
+                    where,
+                    f"{kind} scheme without {X_AUTHORIZER} (issuer, jwksUri): routes using it are not protected",
+                )
+            else:
+                self.warn(where, f"security scheme type {kind!r} is not supported")
+        routes = []
+        for path, item in (doc.get("paths") or {}).items():
+            pwhere = ("paths", path)
+            if not isinstance(item, dict):
+                continue
+            for key in item:
+                if key not in (
+                    *METHODS,
+                    "parameters",
+                    "summary",
+                    "description",
+                    "servers",
+                ) and not key.startswith("x-"):
+                    self.warn(_ptr(*pwhere, key), f"{key!r} is not supported")
+            for method in (*METHODS, X_ANY):
+                op = item.get(method)
+                if op is None:
+                    continue
+                routes.append(
+                    self.route(path, method, op, item, authorizers, api_key_schemes, _ptr(*pwhere, method))
+                )
+        if not routes:
+            raise OpenApiError("#/paths: no operations to import")
+        for key in ("webhooks",):
+            if doc.get(key):
+                self.warn(_ptr(key), "not supported")
+        spec["routes"] = routes
+        if authorizers:
+            spec["authorizers"] = list(authorizers.values())
+        if self.models:
+            spec["models"] = [json_format.MessageToDict(m) for m in self.models.values()]
+        api = resources_pb2.Api(api_version="meshgate.io/v1", kind="Api")
+        api.metadata.name = api_name
+        api.metadata.namespace = namespace
+        try:
+            json_format.ParseDict(spec, api.spec)
+        except json_format.ParseError as exc:
+            raise OpenApiError(f"{X_API} or {X_INTEGRATION}: {str(exc).splitlines()[0]}") from None
+        return api
+
+    def route(
+        self,
+        path: str,
+        method: str,
+        op: dict[str, Any],
+        item: dict[str, Any],
+        authorizers: dict[str, dict[str, Any]],
+        api_key_schemes: set[str],
+        where: str,
+    ) -> dict[str, Any]:
+        r: dict[str, Any] = {"method": "ANY" if method == X_ANY else method.upper(), "path": path}
+        if op.get("operationId"):
+            r["operationName"] = op["operationId"]
+        integration = op.get(X_INTEGRATION) or item.get(X_INTEGRATION) or self.doc.get(X_INTEGRATION)
+        if integration is None:
+            self.warn(where, f"no {X_INTEGRATION}: the route answers 501 until you add one")
+            integration = {"type": "mock", "mock": {"status": 501, "body": '{"message": "Not implemented"}'}}
+        r["integration"] = integration
+        required = []
+        for i, p in enumerate([*(item.get("parameters") or []), *(op.get("parameters") or [])]):
+            p = self.deref(p, self.params, "#/components/parameters/")
+            loc, name = p.get("in"), p.get("name")
+            if loc == "cookie":
+                self.warn(f"{where}/parameters/{i}", "cookie parameters are not validated")
+            elif loc in ("query", "header") and p.get("required"):
+                kind = "querystring" if loc == "query" else "header"
+                required.append(f"method.request.{kind}.{name}")
+        if required:
+            r["requiredParameters"] = sorted(set(required))
+        body = self.deref(op.get("requestBody"), self.bodies, "#/components/requestBodies/")
+        if isinstance(body, dict):
+            content = body.get("content") or {}
+            media = content.get("application/json")
+            if media is None:
+                if content:
+                    self.warn(
+                        f"{where}/requestBody",
+                        f"only application/json bodies are validated (got {', '.join(content)})",
+                    )
+            elif isinstance(media.get("schema"), dict):
+                schema = media["schema"]
+                ref = schema.get("$ref", "")
+                if ref.startswith("#/components/schemas/") and len(schema) == 1:
+                    name = ref.rsplit("/", 1)[1]
+                    r["requestModel"] = self.model(name, self.defs.get(name, {}))
+                else:
+                    name = (op.get("operationId") or f"{method}{path}").replace("/", "_").replace(
+                        "{", ""
+                    ).replace("}", "") + "Request"
+                    r["requestModel"] = self.model(name, self._schema(schema))
+        security = op.get("security", self.doc.get("security"))
+        for req in security or []:
+            for scheme, scopes in req.items():
+                if scheme in api_key_schemes:
+                    r["apiKeyRequired"] = True
+                elif scheme in authorizers:
+                    r["authorizer"] = scheme
+                    if scopes:
+                        r["authorizationScopes"] = list(scopes)
+            break  # API Gateway takes the first requirement
+        for key in ("callbacks",):
+            if op.get(key):
+                self.warn(f"{where}/{key}", "not supported")
+        r.update(op.get(X_ROUTE) or {})
+        return r
+
+
+def import_openapi(doc: Any, api_name: str, namespace: str = "default") -> ImportResult:
+    if not isinstance(doc, dict):
+        raise OpenApiError("#: an OpenAPI document is an object")
+    imp = _Importer(doc)
+    api = imp.run(api_name, namespace)
+    return ImportResult(api, imp.warnings)
+
+
+def export_openapi(
+    api_name: str, spec: resources_pb2.ApiSpec, *, stage: str = "", version: str = "1"
+) -> dict[str, Any]:
+    """An OpenAPI 3.1 document that imports back to the same Api spec."""
+    full = json_format.MessageToDict(spec)
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": api_name, "version": version},
+        "paths": {},
+    }
+    if stage:
+        doc["servers"] = [{"url": f"/{spec.base_path.strip('/') + '/' if spec.base_path else ''}{stage}"}]
+    x_api = {k: full[k] for k in API_FIELDS_IN_X if k in full}
+    if x_api:
+        doc[X_API] = x_api
+    schemas: dict[str, Any] = {}
+    for m in spec.models:
+        schema = json.loads(m.schema_json or "{}")
+        for name, sub in (schema.pop("$defs", None) or {}).items():
+            schemas.setdefault(name, _rewrite_refs(sub, to_defs=False))
+        schema.pop("$schema", None)  # OpenAPI 3.1 schemas are 2020-12 already
+        schemas[m.name] = _rewrite_refs(schema, to_defs=False)
+    schemes: dict[str, Any] = {}
+    for a in full.get("authorizers", []):
+        ext = dict(a)
+        name = ext.pop("name")
+        scheme: dict[str, Any] = {"type": "http", "scheme": "bearer"}
+        if a.get("type") == "jwt":
+            scheme["bearerFormat"] = "JWT"
+        scheme[X_AUTHORIZER] = ext
+        schemes[name] = scheme
+    if any(r.api_key_required for r in spec.routes):
+        schemes["api_key"] = {"type": "apiKey", "in": "header", "name": "x-api-key"}
+    components: dict[str, Any] = {}
+    if schemas:
+        components["schemas"] = schemas
+    if schemes:
+        components["securitySchemes"] = schemes
+    if components:
+        doc["components"] = components
+    routes = full.get("routes", [])
+    for r in routes:
+        path_item = doc["paths"].setdefault(r["path"], {})
+        method = r["method"].lower()
+        key = method if method in METHODS else X_ANY  # OpenAPI has no ANY (API Gateway uses an extension too)
+        op: dict[str, Any] = {}
+        if r.get("operationName"):
+            op["operationId"] = r["operationName"]
+        params = []
+        for seg in r["path"].strip("/").split("/"):
+            if seg.startswith("{") and seg.endswith("}"):
+                params.append(
+                    {"name": seg.strip("{}+"), "in": "path", "required": True, "schema": {"type": "string"}}
+                )
+        for p in r.get("requiredParameters", []):
+            kind, name = p.split(".")[2], p.split(".", 3)[3]
+            params.append(
+                {
+                    "name": name,
+                    "in": "query" if kind == "querystring" else "header",
+                    "required": True,
+                    "schema": {"type": "string"},
+                }
+            )
+        if params:
+            op["parameters"] = params
+        if r.get("requestModel"):
+            op["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{r['requestModel']}"}}
+                },
+            }
+        security = []
+        if r.get("authorizer"):
+            security.append({r["authorizer"]: r.get("authorizationScopes", [])})
+        if r.get("apiKeyRequired"):
+            security.append({"api_key": []})
+        if security:
+            op["security"] = [dict(kv for s in security for kv in s.items())]
+        op["responses"] = {"default": {"description": "integration response"}}
+        op[X_INTEGRATION] = r["integration"]
+        extra = {k: v for k, v in r.items() if k in ("throttling", "cacheKeyParameters")}
+        if extra:
+            op[X_ROUTE] = extra
+        path_item[key] = op
+    return doc
