@@ -83,6 +83,17 @@ http {{
 }}
 """
 
+ORDER = json.dumps(
+    {
+        "customer": "acme-corporation",
+        "note": "leave at the door",
+        "items": [{"sku": f"SKU-{i:05d}", "qty": i + 1} for i in range(24)],
+    }
+)
+JSON_LUA = (
+    'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[' + ORDER + "]]\n"
+)
+
 POST_LUA = """
 wrk.method = "POST"
 wrk.body = string.rep("x", 1024)
@@ -110,6 +121,39 @@ def bench_snapshot(backend_port: int, extra_routes: int = 0, jwt: bool = False) 
             integration=resources_pb2.Integration(type="http", uri="http://${stageVariables.backend}/echo"),
         ),
     ]
+    order_schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "required": ["customer", "items"],
+        "properties": {
+            "customer": {"type": "string", "minLength": 1},
+            "note": {"type": "string"},
+            "items": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["sku", "qty"],
+                    "properties": {"sku": {"type": "string"}, "qty": {"type": "integer", "minimum": 1}},
+                },
+            },
+        },
+    }
+    routes.append(
+        resources_pb2.Route(
+            method="POST",
+            path="/orders",
+            request_model="Order",
+            integration=resources_pb2.Integration(
+                type="http",
+                uri="http://${stageVariables.backend}/orders",
+                request_templates={
+                    "application/json": "{\"customer\": {{ input.json('$.customer') }}, "
+                    "\"count\": {{ input.path('$.items') | length }}, \"items\": {{ input.json('$.items') }}}"
+                },
+            ),
+        )
+    )
     for i in range(extra_routes):
         routes.append(
             resources_pb2.Route(
@@ -120,7 +164,9 @@ def bench_snapshot(backend_port: int, extra_routes: int = 0, jwt: bool = False) 
                 ),
             )
         )
-    spec = resources_pb2.ApiSpec(routes=routes)
+    spec = resources_pb2.ApiSpec(
+        routes=routes, models=[resources_pb2.Model(name="Order", schema_json=json.dumps(order_schema))]
+    )
     if jwt:
         spec.authorizers.add(
             name="idp",
@@ -241,6 +287,8 @@ def throughput(ns: argparse.Namespace, work: Path) -> dict[str, dict[str, dict[s
     jwt_snap.write_text(json_format.MessageToJson(bench_snapshot(backend_port, jwt=True)))
     post = work / "post.lua"
     post.write_text(POST_LUA)
+    post_json = work / "post-json.lua"
+    post_json.write_text(JSON_LUA)
     procs = [
         start(["nginx", "-c", str(work / "backend.conf"), "-p", str(work)], work / "backend.log"),
         start(["nginx", "-c", str(work / "proxy.conf"), "-p", str(work)], work / "proxy.log"),
@@ -289,7 +337,7 @@ def throughput(ns: argparse.Namespace, work: Path) -> dict[str, dict[str, dict[s
             "meshgate": f"http://127.0.0.1:{mg_port}/prod",
             "mg+jwt": f"http://127.0.0.1:{jwt_port}/prod",
         }
-        results: dict[str, dict[str, dict[str, float]]] = {"GET 12B": {}, "POST 1KB": {}}
+        results: dict[str, dict[str, dict[str, float]]] = {"GET 12B": {}, "POST 1KB": {}, "POST JSON": {}}
         for base in targets.values():  # warm-up
             wrk(base + "/hello", 2, ns.connections)
         for _ in range(ns.rounds):
@@ -301,6 +349,12 @@ def throughput(ns: argparse.Namespace, work: Path) -> dict[str, dict[str, dict[s
                     best = results[case].get(name)
                     if best is None or r["rps"] > best["rps"]:
                         results[case][name] = r
+            # request validation + body template vs plain proxying of the same JSON body
+            for name, path in (("mg plain", "/echo"), ("mg+valid", "/orders")):
+                r = wrk(targets["meshgate"] + path, ns.duration, ns.connections, post_json)
+                best = results["POST JSON"].get(name)
+                if best is None or r["rps"] > best["rps"]:
+                    results["POST JSON"][name] = r
         return results
     finally:
         for proc in procs:
@@ -499,6 +553,10 @@ def main() -> int:
         for case, by in res.items():
             for name, r in by.items():
                 print(f"{case:10} {name:10} {r['rps']:10.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}")
+            if case == "POST JSON":
+                ratio = by["mg+valid"]["rps"] / by["mg plain"]["rps"]
+                print(f"{case:10} JSON Schema validation + body template / plain proxying = {ratio:.2f}x")
+                continue
             ratio = by["meshgate"]["rps"] / by["nginx"]["rps"]
             direct = by["meshgate"]["rps"] / by["direct"]["rps"]
             auth = by["mg+jwt"]["rps"] / by["meshgate"]["rps"]

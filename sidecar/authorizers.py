@@ -390,7 +390,7 @@ class AuthorizerError(Exception):
         self.reason = reason
 
 
-@dataclass
+@dataclass(slots=True)
 class AuthRequest:
     """What an authorizer may look at."""
 

@@ -15,7 +15,7 @@ import socket
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import httptools
 from meshgate.sidecar.authorizers import AuthRequest
@@ -99,6 +99,18 @@ class LazyHeaders(Mapping[str, str]):
 
     def __getitem__(self, key: str) -> str:
         return self._dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        if self._d is not None:
+            return self._d.get(key, default)
+        want = key.encode("latin-1")
+        for k, v in self._raw:  # a handful of headers: a scan beats building the dict
+            if len(k) == len(want) and k.lower() == want:
+                return v.decode("latin-1")
+        return default
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._dict())
@@ -376,7 +388,12 @@ class Exchange:
         model = t.phase.body_model if t.phase is not None else None
         if model is not None:
             content_type = next((v for n, v in self.headers if n.lower() == b"content-type"), b"")
-            invalid = model.check(content_type.decode("latin-1"), b"".join(self.body_chunks or ()))
+            try:
+                invalid = model.check(content_type.decode("latin-1"), b"".join(self.body_chunks or ()))
+            except Exception:
+                log.exception("request validation failed (request %s)", self.request_id)
+                self.fail(500, "internal error")
+                return
             if invalid is not None:
                 self.fail(invalid.status, invalid.reason, gw_type=invalid.gw_type, details=invalid.errors)
                 return
@@ -550,6 +567,8 @@ class Exchange:
         """Apply the request mapping template; False when the exchange already failed."""
         self.transformed = True
         ctype = next((v for n, v in self.headers if n.lower() == b"content-type"), b"").decode("latin-1")
+        if tr.is_binary(ctype):
+            return True  # binary media type: the body goes through untouched
         chosen = select(tr.request_templates, ctype, tr.passthrough)
         if chosen is False:
             self.fail(
@@ -598,7 +617,11 @@ class Exchange:
         t = self.target
         assert t is not None and t.transform is not None
         ctype = next((v for n, v in rbuf.headers if n.lower() == b"content-type"), b"").decode("latin-1")
-        chosen = select(t.transform.response_templates, ctype, "WHEN_NO_MATCH")
+        chosen = (
+            None
+            if t.transform.is_binary(ctype)
+            else select(t.transform.response_templates, ctype, "WHEN_NO_MATCH")
+        )
         body = b"".join(rbuf.body)
         headers = rbuf.headers
         if isinstance(chosen, BodyTemplate):

@@ -356,7 +356,7 @@ def _compile_route(
     except MappingError as exc:
         raise CompileError(f"{where}: requestParameters: {exc}") from None
     try:
-        transform = compile_transform(integ, variables)
+        transform = compile_transform(integ, variables, tuple(binary_media_types))
     except ValueError as exc:
         raise CompileError(f"{where}: {exc}") from None
     return plan(

@@ -246,6 +246,16 @@ class Transform:
     remove_response_headers: frozenset[bytes]
     response_templates: Mapping[str, BodyTemplate]
     stage_variables: Mapping[str, str]
+    binary_media_types: tuple[str, ...] = ()
+
+    def is_binary(self, content_type: str) -> bool:
+        """Binary media types pass through untouched, whatever the templates say."""
+        media = content_type.split(";", 1)[0].strip().lower()
+        for pattern in self.binary_media_types:
+            p = pattern.lower()
+            if p == "*/*" or p == media or (p.endswith("/*") and media.startswith(p[:-1])):
+                return True
+        return False
 
     @property
     def needs_request_body(self) -> bool:
@@ -278,7 +288,9 @@ class Transform:
 _RESPONSE_KEY = re.compile(r"^method\.response\.header\.([A-Za-z0-9\-_.]+)$")
 
 
-def compile_transform(integ: Any, variables: Mapping[str, str]) -> Transform | None:
+def compile_transform(
+    integ: Any, variables: Mapping[str, str], binary_media_types: tuple[str, ...] = ()
+) -> Transform | None:
     """None when the integration changes nothing beyond parameter mapping."""
     has = (
         integ.request_templates
@@ -338,4 +350,5 @@ def compile_transform(integ: Any, variables: Mapping[str, str]) -> Transform | N
         frozenset(h.lower().encode("latin-1") for h in integ.remove_response_headers),
         resp,
         dict(variables),
+        tuple(binary_media_types),
     )

