@@ -192,6 +192,7 @@ class Exchange:
         "method",
         "out_chunked",
         "pending",
+        "phase_headers",
         "rbuf",
         "request_id",
         "response_done",
@@ -234,6 +235,7 @@ class Exchange:
         self.responses: ApiResponses | None = None
         self.cors_headers = b""
         self.pending: Target | None = None
+        self.phase_headers: tuple[tuple[bytes, bytes], ...] = ()
         self.auth_values: Mapping[str, str] = {}
         self.rbuf: ResponseBuffer | None = None
         self.transformed = False
@@ -360,15 +362,14 @@ class Exchange:
                 r.status, r.reason, extra_headers=r.response_headers, gw_type=r.gw_type, details=r.errors
             )
             return
-        if r.set_headers:
-            t.set_headers = t.set_headers + r.set_headers
+        extra = r.set_headers  # the Target may be shared (static): per-request headers live here
         if t.late_headers:
-            late = tuple(
+            extra = extra + tuple(
                 (name, v.encode("utf-8", "replace"))
                 for name, key in t.late_headers
                 if (v := r.auth_values.get(key)) is not None
             )
-            t.set_headers = t.set_headers + late
+        self.phase_headers = extra
         self.cache_header = r.cache_header
         self.auth_values = r.auth_values
         if r.cached is not None:
@@ -465,17 +466,17 @@ class Exchange:
         ]
         xff = c.peer_ip
         drop = REQUEST_OWN
-        if t.set_headers:
-            drop = drop | {n for n, _ in t.set_headers}
+        added = t.set_headers + self.phase_headers if self.phase_headers else t.set_headers
+        if added:
+            drop = drop | {n for n, _ in added}
         if t.transform is not None and t.transform.remove_request_headers:
             drop = drop | t.transform.remove_request_headers
-        connection_tokens: set[bytes] = set()
         for name, value in self.headers:
-            if name.lower() == b"connection":
-                connection_tokens |= {v.strip().lower() for v in value.split(b",")}
+            if len(name) == 10 and name.lower() == b"connection":
+                drop = drop | {v.strip().lower() for v in value.split(b",")}
         for name, value in self.headers:
             low = name.lower()
-            if low in drop or low in connection_tokens:
+            if low in drop:
                 continue
             if low == b"x-forwarded-for":
                 xff = value + b", " + c.peer_ip
@@ -488,7 +489,7 @@ class Exchange:
             self.request_id.encode(),
             b"\r\n",
         )
-        for name, value in t.set_headers:
+        for name, value in added:
             lines += (name, b": ", value, b"\r\n")
         if self.chunked_in:
             lines.append(b"transfer-encoding: chunked\r\n")

@@ -108,7 +108,6 @@ class RoutePlan:
             and not self.error
             and all(kind == 0 for kind, _ in self.path_parts)
             and not (m.headers or m.query or m.path or m.late_headers)
-            and (self.phase is None or self.phase.fast)
             and self.transform is None
         )
         object.__setattr__(self, "static", static)
