@@ -92,8 +92,14 @@ def _meta(meta: resources_pb2.ObjectMeta, where: str) -> None:
 
 
 def _integration(integ: resources_pb2.Integration, params: list[str], where: str, has_greedy: bool) -> None:
-    if integ.type not in ("http", "mock", "function"):
-        _fail(f"{where}.type", f'must be "http", "function" or "mock", got {integ.type!r}')
+    if integ.type not in ("http", "mock", "function", "websocket"):
+        _fail(f"{where}.type", f'must be "http", "function", "websocket" or "mock", got {integ.type!r}')
+    if integ.type == "websocket":
+        if not integ.uri.startswith("ws://") or len(integ.uri) <= len("ws://"):
+            _fail(f"{where}.uri", f"a websocket integration takes a ws:// URL, got {integ.uri!r}")
+        if integ.max_message_bytes > 64 * 1024 * 1024:
+            _fail(f"{where}.maxMessageBytes", "must be at most 67108864")
+        return
     if integ.payload_format_version not in ("", "1.0", "2.0"):
         _fail(f"{where}.payloadFormatVersion", 'must be "1.0" or "2.0"')
     if integ.timeout_ms and not 50 <= integ.timeout_ms <= 300000:

@@ -10,6 +10,7 @@ from http import HTTPStatus
 TABLE: dict[int, tuple[int, str, str]] = {
     400: (3, "BadRequest", "Bad request"),
     415: (3, "UnsupportedMediaType", "Unsupported media type"),
+    426: (9, "UpgradeRequired", "Upgrade required"),
     401: (16, "Unauthorized", "Unauthorized"),
     403: (7, "Forbidden", "Forbidden"),
     404: (5, "NotFound", "Not found"),

@@ -28,6 +28,7 @@ from meshgate.sidecar.routing import Miss, TableHolder, Target
 from meshgate.sidecar.transform import MAX_INPUT as TEMPLATE_MAX_INPUT
 from meshgate.sidecar.transform import BodyTemplate, TemplateLimit, Transform, select
 from meshgate.sidecar.upstream import UpstreamConn, UpstreamPool
+from meshgate.sidecar.websocket import WsRelay, handshake_response
 
 log = logging.getLogger("meshgate.sidecar.http")
 
@@ -201,6 +202,7 @@ class Exchange:
         "target",
         "timer",
         "transformed",
+        "upgrade",
         "upstream",
         "url",
         "version",
@@ -236,6 +238,7 @@ class Exchange:
         self.cors_headers = b""
         self.pending: Target | None = None
         self.phase_headers: tuple[tuple[bytes, bytes], ...] = ()
+        self.upgrade = False
         self.auth_values: Mapping[str, str] = {}
         self.rbuf: ResponseBuffer | None = None
         self.transformed = False
@@ -402,6 +405,19 @@ class Exchange:
 
     def proceed(self, result: Target) -> None:
         c = self.client
+        if result.kind == "websocket":
+            if not self.upgrade:
+                self.fail(
+                    426,
+                    "this route is a WebSocket: send an Upgrade: websocket request",
+                    extra_headers=((b"upgrade", b"websocket"),),
+                )
+                return
+            c.loop.create_task(self.start_websocket(result))
+            return
+        if self.upgrade:
+            self.fail(400, "WebSocket upgrade on a route that is not a WebSocket route", close=True)
+            return
         if result.kind == "mock":
             self.respond_mock(result)
             return
@@ -512,6 +528,59 @@ class Exchange:
             c.resume_reading_from("upstream")
 
     # ------------------------------------------------------------------ responses
+    async def start_websocket(self, t: Target) -> None:
+        c = self.client
+        integ = t.ws
+        transport = c.transport
+        if integ is None or transport is None:
+            self.fail(500, "internal error")
+            return
+        key = next((v for n, v in self.headers if n.lower() == b"sec-websocket-key"), b"")
+        if not key:
+            self.fail(400, "WebSocket upgrade without Sec-WebSocket-Key", close=True)
+            return
+        relay = WsRelay(transport, integ, self.request_id)
+        c.ws = relay
+        relay.pending_client.extend(c.upgrade_buffer)
+        c.upgrade_buffer.clear()
+        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self.headers]
+        headers += [
+            (n.decode("latin-1"), v.decode("latin-1")) for n, v in (*t.set_headers, *self.phase_headers)
+        ]
+        where = integ.uri
+        try:
+            resp = await relay.connect(headers, t.connect_timeout_s + t.timeout_s)
+        except ConnectionRefusedError:
+            reason, status = f"upstream connect refused ({where})", 503
+        except TimeoutError:
+            reason, status = f"upstream WebSocket handshake timed out ({where})", 504
+        except OSError as exc:
+            reason, status = f"upstream connect failed ({where}): {exc.strerror or exc}", 503
+        except Exception as exc:
+            reason, status = f"upstream refused the WebSocket handshake: {str(exc)[:200]}", 502
+        else:
+            reason, status = "", 0
+        if status:
+            c.ws = None
+            if relay.upstream is not None and relay.upstream.transport is not None:
+                relay.upstream.transport.close()
+            c.upgraded = False
+            self.fail(status, reason, close=True)
+            return
+        if c.closed:
+            relay.client_lost()
+            return
+        c.flush()
+        transport.write(handshake_response(key, resp.headers.get("Sec-WebSocket-Protocol"), self.request_id))
+        self.head_sent = True
+        self.finished = True
+        self.response_done = True
+        c.queue.clear()
+        c._disarm()
+        relay.live = True
+        relay.start(b"")
+        log.info("request %s: WebSocket relay to %s open", self.request_id, where)
+
     async def call_function(self, t: Target) -> None:
         fn = t.function
         if fn is None or t.phase is None:
@@ -958,6 +1027,9 @@ class ClientConn(asyncio.Protocol):
         self.writable = True
         self.in_headers = False
         self.raw_head = 0
+        self.upgraded = False  # the connection now carries WebSocket frames
+        self.upgrade_buffer: list[bytes] = []
+        self.ws: WsRelay | None = None
 
     @property
     def paused_by_upstream(self) -> bool:
@@ -977,6 +1049,8 @@ class ClientConn(asyncio.Protocol):
         self.closed = True
         self.server.conns.discard(self)
         self._disarm()
+        if self.ws is not None:
+            self.ws.client_lost()
         for ex in self.queue:
             ex.finished = True
             ex._cancel_timer()
@@ -987,14 +1061,24 @@ class ClientConn(asyncio.Protocol):
                 up.close()
         self.queue.clear()
 
+    def eof_received(self) -> bool | None:
+        if self.ws is not None and self.ws.live:
+            self.ws.client_eof()
+            return True
+        return None
+
     def pause_writing(self) -> None:
         self.writable = False
+        if self.ws is not None:
+            self.ws.upstream_pause(True)
         for ex in self.queue:
             if ex.upstream is not None:
                 ex.upstream.pause_reading()
 
     def resume_writing(self) -> None:
         self.writable = True
+        if self.ws is not None:
+            self.ws.upstream_pause(False)
         for ex in self.queue:
             if ex.upstream is not None:
                 ex.upstream.resume_reading()
@@ -1052,6 +1136,9 @@ class ClientConn(asyncio.Protocol):
         self.deadline = 0.0
 
     def check_deadline(self, now: float) -> None:
+        if self.ws is not None:
+            self.ws.check(now)
+            return
         ex = self.queue[0] if self.queue else None
         if ex is not None and ex.deadline and now >= ex.deadline:
             ex.deadline = 0.0
@@ -1089,6 +1176,15 @@ class ClientConn(asyncio.Protocol):
 
     # ------------------------------------------------------------------ parsing
     def data_received(self, data: bytes) -> None:
+        if self.upgraded:
+            ws = self.ws
+            if ws is not None and ws.live:
+                ws.client_data(data)
+            elif ws is not None:
+                ws.pending_client.append(data)
+            else:
+                self.upgrade_buffer.append(data)
+            return
         if self.draining:
             self.drain_left -= len(data)
             if self.drain_left <= 0:
@@ -1113,8 +1209,14 @@ class ClientConn(asyncio.Protocol):
             else:
                 log.error("parser callback failed: %r", cause)
                 self._reject(500, "internal error")
-        except httptools.HttpParserUpgrade:
-            self._reject(400, "malformed HTTP request: protocol upgrade is not supported on this route")
+        except httptools.HttpParserUpgrade as exc:
+            # The request before `offset` was an Upgrade: from here on the bytes are WebSocket frames.
+            offset = int(exc.args[0]) if exc.args and isinstance(exc.args[0], int) else len(data)
+            self.upgraded = True
+            self.upgrade_buffer.append(data[offset:])
+            if self.ws is not None:
+                self.ws.pending_client.append(data[offset:])
+                self.upgrade_buffer.clear()
         except httptools.HttpParserError as exc:
             self._reject(400, f"malformed HTTP request: {exc}")
         if self.in_headers and self.raw_head > self.limits.max_header_bytes:
@@ -1187,6 +1289,8 @@ class ClientConn(asyncio.Protocol):
                     ex.content_length = int(value)
                 except ValueError:
                     raise _Abort(400, "malformed HTTP request: invalid content-length") from None
+            elif low == b"upgrade" and value.lower() == b"websocket":
+                ex.upgrade = True
             elif low == b"transfer-encoding" and b"chunked" in value.lower():
                 ex.chunked_in = True
         if ex.chunked_in:

@@ -26,6 +26,7 @@ from meshgate.sidecar.mapping import (
 from meshgate.sidecar.phase import PhaseBuilder, PhaseFactory, RoutePhase, Runtime
 from meshgate.sidecar.responses import ApiResponses, compile_responses
 from meshgate.sidecar.transform import Transform, compile_transform
+from meshgate.sidecar.websocket import WebSocketIntegration
 from meshgate.v1 import control_pb2, resources_pb2
 
 _URI_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}")
@@ -59,6 +60,7 @@ class Target:
     responses: ApiResponses | None = None  # CORS and gateway-response overrides of the Api
     function: FunctionIntegration | None = None
     transform: Transform | None = None
+    ws: WebSocketIntegration | None = None
     params: dict[str, str] | None = None
     path: str = ""  # stage-relative request path
 
@@ -97,6 +99,7 @@ class RoutePlan:
     responses: ApiResponses | None = None
     function: FunctionIntegration | None = None
     transform: Transform | None = None
+    ws: WebSocketIntegration | None = None
     static_targets: dict[str, Target] = field(default_factory=dict)
     static: bool = field(init=False, default=False)
 
@@ -123,6 +126,21 @@ class RoutePlan:
     ) -> Target | Miss:
         if self.error:
             return Miss(500, self.error, responses=self.responses)
+        if self.kind == "websocket":
+            return Target(
+                "websocket",
+                self.stage,
+                self.api,
+                self.deployment_id,
+                self.canary,
+                timeout_s=self.timeout_s,
+                connect_timeout_s=self.connect_timeout_s,
+                phase=self.phase,
+                responses=self.responses,
+                ws=self.ws,
+                params=params,
+                path=path,
+            )
         if self.kind == "function":
             return Target(
                 "function",
@@ -304,11 +322,25 @@ def _compile_route(
         if not any(k == b"content-type" for k, _ in headers) and mock.body:
             headers = ((b"content-type", b"application/json"), *headers)
         return plan("mock", status=mock.status or 200, headers=headers, body=mock.body.encode())
-    if integ.type not in ("http", "function"):
+    if integ.type not in ("http", "function", "websocket"):
         raise CompileError(f"{where}: unsupported integration type {integ.type!r}")
     uri, missing = substitute_stage_vars(integ.uri, variables)
     if missing is not None:
         return plan(integ.type, error=f"integration uri references undefined stage variable {missing!r}")
+    if integ.type == "websocket":
+        if not uri.startswith("ws://"):
+            raise CompileError(f"{where}: websocket integrations take a ws:// URL, got {integ.uri!r}")
+        return plan(
+            "websocket",
+            ws=WebSocketIntegration(
+                uri,
+                (integ.idle_timeout_ms or 600_000) / 1000,
+                (integ.max_duration_ms or 7_200_000) / 1000,
+                integ.max_message_bytes or 128 * 1024,
+            ),
+            timeout_s=(integ.timeout_ms or 29000) / 1000,
+            connect_timeout_s=(integ.connect_timeout_ms or 1000) / 1000,
+        )
     if integ.type == "function":
         if not uri.startswith("http://"):
             raise CompileError(f"{where}: function integrations take an http:// URL, got {integ.uri!r}")
