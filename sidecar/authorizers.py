@@ -129,12 +129,12 @@ class JwtAuthorizer:
                 f"missing {self.header} header (authorizer {self.name!r})",
                 response_headers=_www("missing token"),
             )
-        token = raw[7:].strip() if raw[:7].lower() == "bearer " else raw.strip()
-        hit = self._verified.get(token)
+        hit = self._verified.get(raw)  # keyed by the header value: no parsing for a known token
         if hit is not None:
             if hit[0] > time.monotonic():
                 return self._scoped(hit[1], hit[2], scopes)
-            del self._verified[token]
+            del self._verified[raw]
+        token = raw[7:].strip() if raw[:7].lower() == "bearer " else raw.strip()
         try:
             header = jwt.get_unverified_header(token)
         except jwt.exceptions.DecodeError as exc:
@@ -146,14 +146,16 @@ class JwtAuthorizer:
             )
         kid = str(header.get("kid", ""))
         if self.jwks.lookup(kid) is None and self.jwks.needs_fetch(kid):
-            return self._fetch_then(token, kid, alg, scopes)
-        return self._verify(token, kid, alg, scopes)
+            return self._fetch_then(token, kid, alg, scopes, raw)
+        return self._verify(token, kid, alg, scopes, raw)
 
-    async def _fetch_then(self, token: str, kid: str, alg: str, scopes: tuple[str, ...]) -> AuthResult:
+    async def _fetch_then(
+        self, token: str, kid: str, alg: str, scopes: tuple[str, ...], raw: str
+    ) -> AuthResult:
         await self.jwks.refresh()
-        return self._verify(token, kid, alg, scopes)
+        return self._verify(token, kid, alg, scopes, raw)
 
-    def _verify(self, token: str, kid: str, alg: str, scopes: tuple[str, ...]) -> AuthResult:
+    def _verify(self, token: str, kid: str, alg: str, scopes: tuple[str, ...], raw: str = "") -> AuthResult:
         key = self.jwks.lookup(kid)
         if key is None:
             why = "no signing keys available" if not self.jwks.keys else f"unknown signing key {kid!r}"
@@ -187,7 +189,7 @@ class JwtAuthorizer:
         if ttl > 0:
             if len(self._verified) >= self.cache_max:
                 self._verified.clear()
-            self._verified[token] = (time.monotonic() + ttl, result, have)
+            self._verified[raw or token] = (time.monotonic() + ttl, result, have)
         return self._scoped(result, have, scopes)
 
     @staticmethod

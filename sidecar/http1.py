@@ -484,7 +484,9 @@ class Exchange:
         drop = REQUEST_OWN
         added = t.set_headers + self.phase_headers if self.phase_headers else t.set_headers
         if added:
-            drop = drop | {n for n, _ in added}
+            names = {n for n, _ in added if not n.startswith(b"x-meshgate-")}
+            if names:
+                drop = drop | names
         if t.transform is not None and t.transform.remove_request_headers:
             drop = drop | t.transform.remove_request_headers
         for name, value in self.headers:
@@ -492,7 +494,7 @@ class Exchange:
                 drop = drop | {v.strip().lower() for v in value.split(b",")}
         for name, value in self.headers:
             low = name.lower()
-            if low in drop:
+            if low in drop or low.startswith(b"x-meshgate-"):  # the gateway's own headers are never spoofed
                 continue
             if low == b"x-forwarded-for":
                 xff = value + b", " + c.peer_ip

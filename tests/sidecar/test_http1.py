@@ -330,3 +330,17 @@ def test_random_garbage_never_gets_a_5xx_and_the_listener_survives(
         assert b"Traceback" not in out
     resp, data = get(port, "/prod/mock")
     assert resp.status == 200 and json.loads(data) == {"m": 1}
+
+
+def test_clients_cannot_spoof_gateway_headers(gateway: Gateway, backends: Backends) -> None:
+    port = proxy_gateway(gateway, backends.start(echo))
+    resp, data = get(
+        port, "/prod/x", headers={"X-Meshgate-Principal": "admin", "X-Meshgate-Authorizer-Tier": "gold"}
+    )
+    seen = json.loads(data)["headers"]
+    assert (
+        resp.status == 200 and "x-meshgate-principal" not in seen and "x-meshgate-authorizer-tier" not in seen
+    )
+    assert seen["x-meshgate-request-id"] == resp.getheader(
+        "x-meshgate-request-id"
+    )  # set by the sidecar itself
