@@ -92,8 +92,14 @@ def _meta(meta: resources_pb2.ObjectMeta, where: str) -> None:
 
 
 def _integration(integ: resources_pb2.Integration, params: list[str], where: str, has_greedy: bool) -> None:
-    if integ.type not in ("http", "mock", "function", "websocket"):
-        _fail(f"{where}.type", f'must be "http", "function", "websocket" or "mock", got {integ.type!r}')
+    if integ.type not in ("http", "mock", "function", "websocket", "grpc"):
+        _fail(
+            f"{where}.type", f'must be "http", "function", "websocket", "grpc" or "mock", got {integ.type!r}'
+        )
+    if integ.type == "grpc":
+        if not re.match(r"^grpc://[A-Za-z0-9.\-\[\]:${}_]+:\d+/?$", integ.uri):
+            _fail(f"{where}.uri", f"a grpc integration takes grpc://HOST:PORT, got {integ.uri!r}")
+        return
     if integ.type == "websocket":
         if not integ.uri.startswith("ws://") or len(integ.uri) <= len("ws://"):
             _fail(f"{where}.uri", f"a websocket integration takes a ws:// URL, got {integ.uri!r}")

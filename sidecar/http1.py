@@ -418,6 +418,9 @@ class Exchange:
         if self.upgrade:
             self.fail(400, "WebSocket upgrade on a route that is not a WebSocket route", close=True)
             return
+        if result.kind == "grpc":
+            self.fail(400, "this route is a gRPC method: call it on the sidecar's gRPC listener")
+            return
         if result.kind == "mock":
             self.respond_mock(result)
             return

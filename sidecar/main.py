@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--label", action="append", default=[env["MESHGATE_LABELS"]] if env.get("MESHGATE_LABELS") else []
     )
+    p.add_argument(
+        "--grpc-listen", type=_address, help="gRPC listener HOST:PORT (routes with grpc integrations)"
+    )
     p.add_argument("--state-dir", type=Path, help="where the last good snapshot is kept")
     p.add_argument("--snapshot-file", type=Path, help="serve this Snapshot (JSON) with no control connection")
     p.add_argument(
@@ -130,6 +133,16 @@ async def run(args: argparse.Namespace) -> int:
         print(f"error: cannot listen on {listen_host}:{listen_port}: {exc.strerror}", file=sys.stderr)
         await runner.cleanup()
         return 1
+    grpc_server = None
+    if args.grpc_listen:
+        from meshgate.sidecar.grpc_proxy import serve_grpc
+
+        ghost, gport = args.grpc_listen
+        grpc_server, grpc_proxy, bound = await serve_grpc(holder, ghost, gport)
+        if not bound:
+            print(f"error: cannot listen for gRPC on {ghost}:{gport}", file=sys.stderr)
+            await runner.cleanup()
+            return 1
     task = None if args.snapshot_file is not None else asyncio.create_task(client.run())
     source = f"snapshot file {args.snapshot_file}" if args.snapshot_file else f"control {args.control}"
     print(
@@ -152,6 +165,9 @@ async def run(args: argparse.Namespace) -> int:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     await http_server.drain(args.drain_seconds)
+    if grpc_server is not None:
+        await grpc_server.stop(min(args.drain_seconds, 2.0))
+        await grpc_proxy.channels.close()
     pool.close()
     await runtime.close()
     await runner.cleanup()

@@ -126,6 +126,22 @@ class RoutePlan:
     ) -> Target | Miss:
         if self.error:
             return Miss(500, self.error, responses=self.responses)
+        if self.kind == "grpc":
+            return Target(
+                "grpc",
+                self.stage,
+                self.api,
+                self.deployment_id,
+                self.canary,
+                host=self.host,
+                port=self.port,
+                timeout_s=self.timeout_s,
+                connect_timeout_s=self.connect_timeout_s,
+                phase=self.phase,
+                responses=self.responses,
+                params=params,
+                path=path,
+            )
         if self.kind == "websocket":
             return Target(
                 "websocket",
@@ -285,6 +301,7 @@ class _Stage:
     base: _Side
     canary: _Side | None
     chooser: CanaryChooser | None
+    has_grpc: bool = False
 
 
 def _split_path(path: str) -> list[str]:
@@ -322,11 +339,23 @@ def _compile_route(
         if not any(k == b"content-type" for k, _ in headers) and mock.body:
             headers = ((b"content-type", b"application/json"), *headers)
         return plan("mock", status=mock.status or 200, headers=headers, body=mock.body.encode())
-    if integ.type not in ("http", "function", "websocket"):
+    if integ.type not in ("http", "function", "websocket", "grpc"):
         raise CompileError(f"{where}: unsupported integration type {integ.type!r}")
     uri, missing = substitute_stage_vars(integ.uri, variables)
     if missing is not None:
         return plan(integ.type, error=f"integration uri references undefined stage variable {missing!r}")
+    if integ.type == "grpc":
+        target = uri.split("://", 1)[1] if "://" in uri else uri
+        host, _, port_s = target.rstrip("/").rpartition(":")
+        if not host or not port_s.isdigit():
+            raise CompileError(f"{where}: grpc integrations take grpc://HOST:PORT, got {integ.uri!r}")
+        return plan(
+            "grpc",
+            host=host.strip("[]"),
+            port=int(port_s),
+            timeout_s=(integ.timeout_ms or 29000) / 1000,
+            connect_timeout_s=(integ.connect_timeout_ms or 1000) / 1000,
+        )
     if integ.type == "websocket":
         if not uri.startswith("ws://"):
             raise CompileError(f"{where}: websocket integrations take a ws:// URL, got {integ.uri!r}")
@@ -483,12 +512,34 @@ class RouteTable:
         self._prefixes = prefixes
         self._hosts = hosts
         self._two_segment = any("/" in p.strip("/") for p in prefixes)
+        seen: set[int] = set()
+        self._grpc_stages = []
+        for st in prefixes.values():
+            if st.has_grpc and id(st) not in seen:
+                seen.add(id(st))
+                self._grpc_stages.append(st)
         self._empty_reason = empty_reason
         self._stage_names = ", ".join(sorted({s.name for s in prefixes.values()})) or "none"
 
     @property
     def stage_count(self) -> int:
         return len({id(s) for s in self._prefixes.values()} | {id(s) for s in self._hosts.values()})
+
+    def resolve_grpc(self, method_path: str, headers: Mapping[str, str], request_id: str) -> Target | Miss:
+        """A gRPC call with neither a host mapping nor x-meshgate-stage: the one stage serving gRPC."""
+        if len(self._grpc_stages) != 1:
+            if not self._grpc_stages:
+                return Miss(404, f"no gRPC routes on this sidecar for {method_path}")
+            names = ", ".join(sorted(s.name for s in self._grpc_stages))
+            return Miss(404, f"several stages serve gRPC ({names}): send x-meshgate-stage metadata")
+        st = self._grpc_stages[0]
+        segs = _split_path(method_path)
+        params: dict[str, str] = {}
+        methods = _lookup(st.base.root, segs, 0, params)
+        plan = (methods or {}).get("POST") or (methods or {}).get("ANY")
+        if plan is None:
+            return Miss(404, f"no route for gRPC method {method_path} in stage {st.name!r}")
+        return plan.build("POST", params, "", headers, request_id, method_path)
 
     def resolve(
         self, host: str, method: str, path: str, query: str, headers: Mapping[str, str], request_id: str
@@ -577,6 +628,7 @@ def compile_snapshot(snapshot: control_pb2.Snapshot, runtime: Runtime | None = N
             )
             chooser = CanaryChooser(round(c.percent * 100), c.sticky_header.lower(), c.sticky_cookie)
         st = _Stage(name, api, base, canary_side, chooser)
+        st.has_grpc = any(r.integration.type == "grpc" for r in bundle.deployment.spec.api_spec.routes)
         base_path = bundle.api.spec.base_path.strip("/")
         prefix = f"{base_path}/{name}" if base_path else name
         if prefix in prefixes:

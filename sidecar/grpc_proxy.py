@@ -1,0 +1,179 @@
+"""The gRPC listener: proxies every call type to upstream gRPC services as raw bytes (no protos).
+
+On the wire every gRPC call is a stream of length-prefixed messages each way,
+so one stream-stream handler with identity serializers carries unary,
+client-, server- and bidi-streaming calls alike. Metadata crosses both ways,
+deadlines are propagated (and capped by the integration timeout), status codes
+and trailers pass through, cancellation crosses in both directions, and the
+gateway's own refusals use the error table's gRPC codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import grpc
+from meshgate.sidecar.authorizers import AuthRequest
+from meshgate.sidecar.errors import GRPC_CODE
+from meshgate.sidecar.phase import PhaseResult
+from meshgate.sidecar.routing import Miss, TableHolder, Target
+
+log = logging.getLogger("meshgate.sidecar.grpc")
+
+SKIP_METADATA = frozenset(
+    {"user-agent", "te", "content-type", "grpc-timeout", "grpc-accept-encoding", "grpc-encoding"}
+)
+
+
+def _code(status: int) -> grpc.StatusCode:
+    number = GRPC_CODE.get(status, 2)
+    return next((c for c in grpc.StatusCode if c.value[0] == number), grpc.StatusCode.UNKNOWN)
+
+
+class _Channels:
+    """One channel per upstream (host, port), reused by every call."""
+
+    def __init__(self) -> None:
+        self._channels: dict[tuple[str, int], grpc.aio.Channel] = {}
+
+    def get(self, host: str, port: int) -> grpc.aio.Channel:
+        ch = self._channels.get((host, port))
+        if ch is None:
+            ch = grpc.aio.insecure_channel(
+                f"{host}:{port}",
+                options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)],
+            )
+            self._channels[(host, port)] = ch
+        return ch
+
+    async def close(self) -> None:
+        for ch in self._channels.values():
+            await ch.close()
+        self._channels.clear()
+
+
+class GrpcProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
+    def __init__(self, holder: TableHolder) -> None:
+        self.holder = holder
+        self.channels = _Channels()
+        self.counter = 0
+
+    def service(self, handler_call_details: Any) -> Any:
+        method = handler_call_details.method
+
+        async def handler(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+            async for message in self.call(method, requests, context):
+                yield message
+
+        return grpc.stream_stream_rpc_method_handler(
+            handler, request_deserializer=None, response_serializer=None
+        )
+
+    async def call(
+        self, method: str, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[bytes]:
+        self.counter += 1
+        request_id = f"grpc-{id(self):x}-{self.counter:x}"
+        md = {k.lower(): v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        stage = md.get("x-meshgate-stage", "")
+        authority = md.get(":authority", "")
+        result = self.holder.table.resolve(
+            authority, "POST", f"/{stage}{method}" if stage else method, "", md, request_id
+        )
+        if isinstance(result, Miss) and not stage:
+            result = self.holder.table.resolve_grpc(method, md, request_id)
+        if isinstance(result, Miss):
+            await context.abort(_code(result.status), result.reason)
+            return
+        t: Target = result
+        if t.kind != "grpc":
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"route for {method} is not a gRPC route")
+            return
+        phase = t.phase
+        if phase is not None:
+            peer = context.peer() or ""
+            ip = peer.split(":")[1] if peer.startswith("ipv4:") else "127.0.0.1"
+            req = AuthRequest(
+                "POST",
+                method,
+                phase.resource,
+                t.stage,
+                t.api,
+                md,
+                "",
+                ip,
+                request_id,
+                t.params or {},
+                phase.stage_variables,
+            )
+            outcome = phase.run(req)
+            if not isinstance(outcome, PhaseResult):
+                outcome = await outcome
+            if outcome.status:
+                await context.abort(_code(outcome.status), outcome.reason)
+                return
+        timeout = t.timeout_s
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout = min(timeout, max(0.0, remaining))
+        metadata = [
+            (k, v)
+            for k, v in context.invocation_metadata()
+            if k.lower() not in SKIP_METADATA and not k.startswith(":")
+        ]
+        metadata.append(("x-meshgate-request-id", request_id))
+        channel = self.channels.get(t.host, t.port)
+        upstream = channel.stream_stream(method, request_serializer=None, response_deserializer=None)
+        call = upstream(requests, timeout=timeout, metadata=metadata)
+        try:
+            initial = await call.initial_metadata()
+            if initial:
+                await context.send_initial_metadata(
+                    tuple((k, v) for k, v in initial if k.lower() not in SKIP_METADATA)
+                )
+            async for message in call:
+                yield message
+            code = await call.code()
+            trailing = await call.trailing_metadata()
+            if trailing:
+                context.set_trailing_metadata(
+                    tuple((k, v) for k, v in trailing if k.lower() not in SKIP_METADATA)
+                )
+            if code != grpc.StatusCode.OK:
+                context.set_code(code)
+                context.set_details(await call.details() or "")
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            details = exc.details() or ""
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                details = f"integration timeout after {timeout:g}s"
+            elif code == grpc.StatusCode.UNAVAILABLE and "connect" in details.lower():
+                details = f"upstream connect failed ({t.host}:{t.port}): {details}"
+            trailing = exc.trailing_metadata()
+            if trailing:
+                context.set_trailing_metadata(
+                    tuple((k, v) for k, v in trailing if k.lower() not in SKIP_METADATA)
+                )
+            context.set_code(code)
+            context.set_details(details)
+        except asyncio.CancelledError:
+            call.cancel()  # the client went away: cancel the upstream call too
+            raise
+
+
+async def serve_grpc(holder: TableHolder, host: str, port: int) -> tuple[grpc.aio.Server, GrpcProxy, int]:
+    proxy = GrpcProxy(holder)
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+    )
+    server.add_generic_rpc_handlers((proxy,))
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    return server, proxy, bound
+
+
+def metadata_dict(md: Mapping[str, str]) -> dict[str, str]:
+    return dict(md)

@@ -1,0 +1,166 @@
+"""gRPC through the sidecar's gRPC listener with grpcio clients and servers, raw bytes (no protos):
+all four call types, metadata both ways, status and trailers, deadlines, cancellation, gateway errors."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from meshgate.sidecar.grpc_proxy import serve_grpc
+from meshgate.sidecar.phase import Runtime
+from meshgate.sidecar.routing import TableHolder, compile_snapshot
+
+from .conftest import LoopThread, bundle, snapshot
+
+
+class Upstream:
+    """A raw-bytes gRPC service `test.Echo` with one method per call type."""
+
+    def __init__(self, lt: LoopThread) -> None:
+        self.cancelled = threading.Event()
+        self.metadata: list[dict[str, str]] = []
+
+        async def unary(req: bytes, ctx: Any) -> bytes:
+            self.metadata.append(dict(ctx.invocation_metadata()))
+            if req == b"fail":
+                await ctx.abort(grpc.StatusCode.NOT_FOUND, "no such pet")
+            if req == b"slow":
+                await asyncio.sleep(3)
+            await ctx.send_initial_metadata((("x-upstream", "1"),))
+            ctx.set_trailing_metadata((("x-trailer", "t"),))
+            return b"echo:" + req
+
+        async def server_stream(req: bytes, ctx: Any) -> AsyncIterator[bytes]:
+            try:
+                for i in range(int(req)):
+                    yield b"%d" % i
+                    await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+
+        async def client_stream(reqs: AsyncIterator[bytes], ctx: Any) -> bytes:
+            total = b""
+            async for r in reqs:
+                total += r
+            return total
+
+        async def bidi(reqs: AsyncIterator[bytes], ctx: Any) -> AsyncIterator[bytes]:
+            async for r in reqs:
+                yield r.upper()
+
+        handler = grpc.method_handlers_generic_handler(
+            "test.Echo",
+            {
+                "Unary": grpc.unary_unary_rpc_method_handler(unary),
+                "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+                "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
+                "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+            },
+        )
+
+        async def go() -> tuple[grpc.aio.Server, int]:
+            server = grpc.aio.server()
+            server.add_generic_rpc_handlers((handler,))
+            port = server.add_insecure_port("127.0.0.1:0")
+            await server.start()
+            return server, port
+
+        self.lt = lt
+        self.server, self.port = lt.run(go())
+
+    def stop(self) -> None:
+        self.lt.run(self.server.stop(0))
+
+
+@pytest.fixture
+def grpc_gateway(lt: LoopThread) -> Iterator[tuple[Upstream, grpc.Channel, TableHolder]]:
+    up = Upstream(lt)
+    holder = TableHolder()
+    route = {
+        "method": "POST",
+        "path": "/test.Echo/{method}",
+        "integration": {"type": "grpc", "uri": f"grpc://127.0.0.1:{up.port}", "timeoutMs": 1000},
+    }
+    runtime = Runtime()
+    holder.table = compile_snapshot(snapshot(bundle([route])), runtime)
+    server, proxy, port = lt.run(serve_grpc(holder, "127.0.0.1", 0))
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield up, channel, holder
+    channel.close()
+    lt.run(server.stop(0))
+    lt.run(proxy.channels.close())
+    lt.run(runtime.close())
+    up.stop()
+
+
+def test_all_four_call_types(grpc_gateway: tuple[Upstream, grpc.Channel, TableHolder]) -> None:
+    up, ch, _ = grpc_gateway
+    unary = ch.unary_unary("/test.Echo/Unary")
+    resp, call = unary.with_call(b"hi", metadata=(("x-client", "c1"),), timeout=5)
+    assert resp == b"echo:hi"
+    assert ("x-upstream", "1") in call.initial_metadata() and ("x-trailer", "t") in call.trailing_metadata()
+    assert up.metadata[-1]["x-client"] == "c1" and up.metadata[-1]["x-meshgate-request-id"]
+    assert list(ch.unary_stream("/test.Echo/ServerStream")(b"4", timeout=5)) == [b"0", b"1", b"2", b"3"]
+    assert ch.stream_unary("/test.Echo/ClientStream")(iter([b"a", b"b", b"c"]), timeout=5) == b"abc"
+    assert list(ch.stream_stream("/test.Echo/Bidi")(iter([b"x", b"y"]), timeout=5)) == [b"X", b"Y"]
+
+
+def test_status_deadline_and_unknown_method(grpc_gateway: tuple[Upstream, grpc.Channel, TableHolder]) -> None:
+    _, ch, _ = grpc_gateway
+    with pytest.raises(grpc.RpcError) as err:
+        ch.unary_unary("/test.Echo/Unary")(b"fail", timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and err.value.details() == "no such pet"
+    t0 = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        ch.unary_unary("/test.Echo/Unary")(b"slow", timeout=0.3)  # the client's deadline is propagated
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() - t0 < 2
+    with pytest.raises(grpc.RpcError) as err:
+        ch.unary_unary("/test.Echo/Unary")(b"slow", timeout=10)  # capped by the 1 s integration timeout
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "integration timeout" in (
+        err.value.details() or ""
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        ch.unary_unary("/other.Svc/Call")(b"x", timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_client_cancellation_reaches_the_upstream(
+    grpc_gateway: tuple[Upstream, grpc.Channel, TableHolder],
+) -> None:
+    up, ch, _ = grpc_gateway
+    stream = ch.unary_stream("/test.Echo/ServerStream")(b"100", timeout=10)
+    assert next(stream) == b"0"
+    stream.cancel()
+    assert up.cancelled.wait(5)
+
+
+def test_gateway_refusals_use_grpc_codes(grpc_gateway: tuple[Upstream, grpc.Channel, TableHolder]) -> None:
+    up, ch, holder = grpc_gateway
+    route = {
+        "method": "POST",
+        "path": "/test.Echo/{method}",
+        "apiKeyRequired": True,
+        "integration": {"type": "grpc", "uri": f"grpc://127.0.0.1:{up.port}"},
+    }
+    snap = snapshot(bundle([route]))
+    snap.stages[0].stage.spec.throttling.rate_limit = 0.001
+    snap.stages[0].stage.spec.throttling.burst_limit = 1
+    holder.table = compile_snapshot(snap, Runtime())
+    with pytest.raises(grpc.RpcError) as err:
+        ch.unary_unary("/test.Echo/Unary")(b"x", timeout=5)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "API key" in (err.value.details() or "")
+    route.pop("apiKeyRequired")
+    snap = snapshot(bundle([route]))
+    snap.stages[0].stage.spec.throttling.rate_limit = 0.001
+    snap.stages[0].stage.spec.throttling.burst_limit = 1
+    holder.table = compile_snapshot(snap, Runtime())
+    assert ch.unary_unary("/test.Echo/Unary")(b"x", timeout=5) == b"echo:x"
+    with pytest.raises(grpc.RpcError) as err:
+        ch.unary_unary("/test.Echo/Unary")(b"x", timeout=5)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
