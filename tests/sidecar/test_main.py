@@ -101,3 +101,57 @@ def test_port_in_use_is_one_line_error() -> None:
     assert (
         proc.stderr.strip().startswith("error: cannot listen") and len(proc.stderr.strip().splitlines()) == 1
     )
+
+
+def test_sidecar_process_proxies_grpc(tmp_path: Path) -> None:
+    from concurrent import futures
+
+    import grpc
+
+    def unary(req: bytes, ctx: grpc.ServicerContext) -> bytes:
+        return b"pong:" + req
+
+    upstream = grpc.server(futures.ThreadPoolExecutor(2))
+    upstream.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "demo.Ping", {"Ping": grpc.unary_unary_rpc_method_handler(unary)}
+            ),
+        )
+    )
+    up_port = upstream.add_insecure_port("127.0.0.1:0")
+    upstream.start()
+    route = {
+        "method": "POST",
+        "path": "/demo.Ping/Ping",
+        "integration": {"type": "grpc", "uri": f"grpc://127.0.0.1:{up_port}"},
+    }
+    path = tmp_path / "snap.json"
+    path.write_text(json_format.MessageToJson(snapshot(bundle([route]))))
+    port, admin, gport = free_port(), free_port(), free_port()
+    proc = subprocess.Popen(
+        sidecar(
+            "--snapshot-file",
+            str(path),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--admin",
+            f"127.0.0.1:{admin}",
+            "--grpc-listen",
+            f"127.0.0.1:{gport}",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and "listening" in proc.stdout.readline()
+        with grpc.insecure_channel(f"127.0.0.1:{gport}") as ch:
+            grpc.channel_ready_future(ch).result(timeout=10)
+            assert ch.unary_unary("/demo.Ping/Ping")(b"x", timeout=5) == b"pong:x"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        upstream.stop(0)
