@@ -12,6 +12,9 @@
 The backend is nginx answering a fixed 12-byte body (the fastest backend this
 machine has), so the proxies, not the backend, are what is measured.
 
+4. WebSocket echo messages/s and gRPC unary calls/s through the sidecar vs
+   direct, and the sidecar's RSS growth per idle WebSocket (5000 connections).
+
 Usage: python bench/run.py [--duration 10] [--connections 32] [--streams 50] [--deploys 20]
 """
 
@@ -536,7 +539,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="repeat each wrk run, keep the best")
     parser.add_argument("--streams", type=int, default=50)
     parser.add_argument("--deploys", type=int, default=20)
-    parser.add_argument("--skip", action="append", default=[], choices=["throughput", "propagation", "rss"])
+    parser.add_argument(
+        "--skip", action="append", default=[], choices=["throughput", "propagation", "rss", "protocols"]
+    )
+    parser.add_argument(
+        "--idle-ws", type=int, default=5000, help="idle WebSocket connections for the memory figure"
+    )
     parser.add_argument("--json", help="also write the results to this file")
     ns = parser.parse_args()
     for tool in ("wrk", "nginx"):
@@ -579,6 +587,14 @@ def main() -> int:
             f"\nsidecar idle RSS: {rss['rss_kib_2_routes'] / 1024:.1f} MiB with 2 routes,"
             f" {rss['rss_kib_100_routes'] / 1024:.1f} MiB with 100 routes"
         )
+    if "protocols" not in ns.skip:
+        import protocols
+
+        proto = protocols.run(
+            work, min(ns.duration, 10), ns.idle_ws, free_port, start, stop, wait_http, meshgate_cmd
+        )
+        out["protocols"] = proto
+        protocols.report(proto)
     if ns.json:
         Path(ns.json).write_text(json.dumps(out, indent=2))
     shutil.rmtree(work, ignore_errors=True)
