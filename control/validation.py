@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import jsonschema
 from meshgate.control.errors import InvalidConfig
 from meshgate.control.state import unwrap
+from meshgate.sidecar.transcode import TranscodeError, Transcoder
 from meshgate.sidecar.transform import compile_transform
 from meshgate.v1 import resources_pb2
 
@@ -99,6 +100,11 @@ def _integration(integ: resources_pb2.Integration, params: list[str], where: str
     if integ.type == "grpc":
         if not re.match(r"^grpc://[A-Za-z0-9.\-\[\]:${}_]+:\d+/?$", integ.uri):
             _fail(f"{where}.uri", f"a grpc integration takes grpc://HOST:PORT, got {integ.uri!r}")
+        if integ.grpc_method:
+            try:
+                Transcoder.compile(integ.grpc_method, integ.descriptor_set, integ.body)
+            except TranscodeError as exc:
+                _fail(f"{where}.grpcMethod", str(exc))
         return
     if integ.type == "websocket":
         if not integ.uri.startswith("ws://") or len(integ.uri) <= len("ws://"):

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
+import grpc
 import httptools
 from meshgate.sidecar.authorizers import AuthRequest
 from meshgate.sidecar.cache import CachedResponse, ResponseCache
@@ -25,6 +26,9 @@ from meshgate.sidecar.function import FunctionError, FunctionRequest, invoke
 from meshgate.sidecar.phase import PhaseResult
 from meshgate.sidecar.responses import ApiResponses
 from meshgate.sidecar.routing import Miss, TableHolder, Target
+from meshgate.sidecar.transcode import HTTP_STATUS as GRPC_TO_HTTP
+from meshgate.sidecar.transcode import TranscodeError
+from meshgate.sidecar.transcode import channel as transcode_channel
 from meshgate.sidecar.transform import MAX_INPUT as TEMPLATE_MAX_INPUT
 from meshgate.sidecar.transform import BodyTemplate, TemplateLimit, Transform, select
 from meshgate.sidecar.upstream import UpstreamConn, UpstreamPool
@@ -419,7 +423,13 @@ class Exchange:
             self.fail(400, "WebSocket upgrade on a route that is not a WebSocket route", close=True)
             return
         if result.kind == "grpc":
-            self.fail(400, "this route is a gRPC method: call it on the sidecar's gRPC listener")
+            if result.transcoder is None:
+                self.fail(400, "this route is a gRPC method: call it on the sidecar's gRPC listener")
+                return
+            if not self.body_complete:
+                self.pending = result  # the request message is built from the whole body
+                return
+            c.loop.create_task(self.call_transcoded(result))
             return
         if result.kind == "mock":
             self.respond_mock(result)
@@ -585,6 +595,65 @@ class Exchange:
         relay.live = True
         relay.start(b"")
         log.info("request %s: WebSocket relay to %s open", self.request_id, where)
+
+    async def call_transcoded(self, t: Target) -> None:
+        tc = t.transcoder
+        assert tc is not None
+        from urllib.parse import parse_qsl
+
+        query = dict(parse_qsl(self.url.partition(b"?")[2].decode("latin-1"), keep_blank_values=True))
+        try:
+            payload = tc.request(b"".join(self.body_chunks or ()), t.params or {}, query)
+        except TranscodeError as exc:
+            self.fail(400, str(exc), gw_type="BAD_REQUEST_BODY")
+            return
+        metadata = [("x-meshgate-request-id", self.request_id)]
+        for name, value in (*self.headers, *t.set_headers, *self.phase_headers):
+            low = name.lower()
+            if low == b"authorization" or low.startswith(b"x-"):
+                metadata.append((low.decode("latin-1"), value.decode("latin-1")))
+        call = transcode_channel(t.host, t.port).unary_unary(
+            tc.method_path, request_serializer=None, response_deserializer=None
+        )
+        try:
+            data = await call(payload, timeout=t.timeout_s, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            if not (self.finished or self.response_done):
+                status = GRPC_TO_HTTP.get(exc.code(), 500)
+                reason = f"gRPC {exc.code().name}: {exc.details() or ''}".strip()
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    reason = f"integration timeout after {t.timeout_s:g}s"
+                elif exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    reason = f"upstream gRPC service unavailable ({t.host}:{t.port}): {exc.details() or ''}"
+                self.fail(status, reason)
+            return
+        except Exception:
+            log.exception("transcoded call failed (request %s)", self.request_id)
+            if not (self.finished or self.response_done):
+                self.fail(500, "internal error")
+            return
+        if self.finished or self.response_done or self.client.closed:
+            return
+        try:
+            body = tc.response(data)
+        except Exception as exc:
+            self.fail(
+                502, f"invalid upstream response: cannot decode {tc.response_cls.DESCRIPTOR.full_name}: {exc}"
+            )
+            return
+        head = [
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % len(body),
+            b"x-meshgate-request-id: %s\r\nx-meshgate-deployment: %d\r\n"
+            % (self.request_id.encode(), t.deployment_id),
+        ]
+        if self.cors_headers:
+            head.append(self.cors_headers)
+        if not self.keep_alive:
+            head.append(b"connection: close\r\n")
+        head.append(b"\r\n")
+        self.client.write(b"".join(head) + (b"" if self.is_head else body))
+        self.head_sent = True
+        self.complete_response()
 
     async def call_function(self, t: Target) -> None:
         fn = t.function

@@ -25,6 +25,7 @@ from meshgate.sidecar.mapping import (
 )
 from meshgate.sidecar.phase import PhaseBuilder, PhaseFactory, RoutePhase, Runtime
 from meshgate.sidecar.responses import ApiResponses, compile_responses
+from meshgate.sidecar.transcode import TranscodeError, Transcoder
 from meshgate.sidecar.transform import Transform, compile_transform
 from meshgate.sidecar.websocket import WebSocketIntegration
 from meshgate.v1 import control_pb2, resources_pb2
@@ -61,6 +62,7 @@ class Target:
     function: FunctionIntegration | None = None
     transform: Transform | None = None
     ws: WebSocketIntegration | None = None
+    transcoder: Transcoder | None = None
     params: dict[str, str] | None = None
     path: str = ""  # stage-relative request path
 
@@ -100,6 +102,7 @@ class RoutePlan:
     function: FunctionIntegration | None = None
     transform: Transform | None = None
     ws: WebSocketIntegration | None = None
+    transcoder: Transcoder | None = None
     static_targets: dict[str, Target] = field(default_factory=dict)
     static: bool = field(init=False, default=False)
 
@@ -133,6 +136,7 @@ class RoutePlan:
                 self.api,
                 self.deployment_id,
                 self.canary,
+                transcoder=self.transcoder,
                 host=self.host,
                 port=self.port,
                 timeout_s=self.timeout_s,
@@ -349,8 +353,15 @@ def _compile_route(
         host, _, port_s = target.rstrip("/").rpartition(":")
         if not host or not port_s.isdigit():
             raise CompileError(f"{where}: grpc integrations take grpc://HOST:PORT, got {integ.uri!r}")
+        transcoder = None
+        if integ.grpc_method:
+            try:
+                transcoder = Transcoder.compile(integ.grpc_method, integ.descriptor_set, integ.body)
+            except TranscodeError as exc:
+                raise CompileError(f"{where}: {exc}") from None
         return plan(
             "grpc",
+            transcoder=transcoder,
             host=host.strip("[]"),
             port=int(port_s),
             timeout_s=(integ.timeout_ms or 29000) / 1000,

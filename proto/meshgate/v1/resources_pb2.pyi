@@ -71,7 +71,7 @@ class MockResponse(_message.Message):
     def __init__(self, status: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., body: _Optional[str] = ...) -> None: ...
 
 class Integration(_message.Message):
-    __slots__ = ("type", "uri", "http_method", "timeout_ms", "connect_timeout_ms", "request_parameters", "mock", "request_templates", "passthrough_behavior", "payload_format_version", "response_parameters", "response_templates", "remove_request_parameters", "remove_response_headers", "idle_timeout_ms", "max_duration_ms", "max_message_bytes")
+    __slots__ = ("type", "uri", "http_method", "timeout_ms", "connect_timeout_ms", "request_parameters", "mock", "request_templates", "passthrough_behavior", "payload_format_version", "response_parameters", "response_templates", "remove_request_parameters", "remove_response_headers", "idle_timeout_ms", "max_duration_ms", "max_message_bytes", "grpc_method", "descriptor_set", "body")
     class RequestParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +117,9 @@ class Integration(_message.Message):
     IDLE_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_DURATION_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GRPC_METHOD_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTOR_SET_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
     type: str
     uri: str
     http_method: str
@@ -134,7 +137,10 @@ class Integration(_message.Message):
     idle_timeout_ms: int
     max_duration_ms: int
     max_message_bytes: int
-    def __init__(self, type: _Optional[str] = ..., uri: _Optional[str] = ..., http_method: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., connect_timeout_ms: _Optional[int] = ..., request_parameters: _Optional[_Mapping[str, str]] = ..., mock: _Optional[_Union[MockResponse, _Mapping]] = ..., request_templates: _Optional[_Mapping[str, str]] = ..., passthrough_behavior: _Optional[str] = ..., payload_format_version: _Optional[str] = ..., response_parameters: _Optional[_Mapping[str, str]] = ..., response_templates: _Optional[_Mapping[str, str]] = ..., remove_request_parameters: _Optional[_Iterable[str]] = ..., remove_response_headers: _Optional[_Iterable[str]] = ..., idle_timeout_ms: _Optional[int] = ..., max_duration_ms: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    grpc_method: str
+    descriptor_set: bytes
+    body: str
+    def __init__(self, type: _Optional[str] = ..., uri: _Optional[str] = ..., http_method: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., connect_timeout_ms: _Optional[int] = ..., request_parameters: _Optional[_Mapping[str, str]] = ..., mock: _Optional[_Union[MockResponse, _Mapping]] = ..., request_templates: _Optional[_Mapping[str, str]] = ..., passthrough_behavior: _Optional[str] = ..., payload_format_version: _Optional[str] = ..., response_parameters: _Optional[_Mapping[str, str]] = ..., response_templates: _Optional[_Mapping[str, str]] = ..., remove_request_parameters: _Optional[_Iterable[str]] = ..., remove_response_headers: _Optional[_Iterable[str]] = ..., idle_timeout_ms: _Optional[int] = ..., max_duration_ms: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., grpc_method: _Optional[str] = ..., descriptor_set: _Optional[bytes] = ..., body: _Optional[str] = ...) -> None: ...
 
 class RouteThrottle(_message.Message):
     __slots__ = ("rate_limit", "burst_limit")
