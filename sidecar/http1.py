@@ -33,6 +33,7 @@ from meshgate.sidecar.transform import MAX_INPUT as TEMPLATE_MAX_INPUT
 from meshgate.sidecar.transform import BodyTemplate, TemplateLimit, Transform, select
 from meshgate.sidecar.upstream import UpstreamConn, UpstreamPool
 from meshgate.sidecar.websocket import WsRelay, handshake_response
+from meshgate.sidecar.wsapi import Registry, WsApiConnection
 
 log = logging.getLogger("meshgate.sidecar.http")
 
@@ -197,6 +198,7 @@ class Exchange:
         "method",
         "out_chunked",
         "pending",
+        "pending_manage",
         "phase_headers",
         "rbuf",
         "request_id",
@@ -243,6 +245,7 @@ class Exchange:
         self.pending: Target | None = None
         self.phase_headers: tuple[tuple[bytes, bytes], ...] = ()
         self.upgrade = False
+        self.pending_manage: str | None = None
         self.auth_values: Mapping[str, str] = {}
         self.rbuf: ResponseBuffer | None = None
         self.transformed = False
@@ -263,6 +266,10 @@ class Exchange:
 
     def end_body(self) -> None:
         self.body_complete = True
+        if self.pending_manage is not None:
+            conn_id, self.pending_manage = self.pending_manage, None
+            self.client.loop.create_task(self._manage(conn_id))
+            return
         pending = self.pending
         if pending is not None:
             self.pending = None
@@ -288,6 +295,9 @@ class Exchange:
                 )
                 return
             hdrs = LazyHeaders(self.headers)
+            if path.startswith("/@connections/"):
+                self.manage_connection(path[len("/@connections/") :])
+                return
             result = c.holder.table.resolve(self.host, self.method, path, query, hdrs, self.request_id)
         except Exception:
             log.exception("route resolution failed (request %s)", self.request_id)
@@ -409,6 +419,16 @@ class Exchange:
 
     def proceed(self, result: Target) -> None:
         c = self.client
+        if result.kind == "websocket_api":
+            if not self.upgrade:
+                self.fail(
+                    426,
+                    "this route is a WebSocket API: send an Upgrade: websocket request",
+                    extra_headers=((b"upgrade", b"websocket"),),
+                )
+                return
+            c.loop.create_task(self.start_wsapi(result))
+            return
         if result.kind == "websocket":
             if not self.upgrade:
                 self.fail(
@@ -543,6 +563,98 @@ class Exchange:
             c.resume_reading_from("upstream")
 
     # ------------------------------------------------------------------ responses
+    def manage_connection(self, conn_id: str) -> None:
+        c = self.client
+        registry = c.server.registry
+        if registry is None or c.server.session is None:
+            self.fail(404, "this sidecar serves no WebSocket APIs")
+            return
+        ip = c.peer_ip.decode()
+        from meshgate.sidecar.phase import in_networks
+
+        if not in_networks(ip, c.holder.table.cluster_nets):
+            self.fail(403, f"@connections is reachable only from inside the cluster networks (source {ip})")
+            return
+        if not self.body_complete:
+            self.pending_manage = conn_id
+            return
+        c.loop.create_task(self._manage(conn_id))
+
+    async def _manage(self, conn_id: str) -> None:
+        c = self.client
+        assert c.server.registry is not None
+        status, body = await c.server.registry.manage(
+            self.method, conn_id.strip("/"), b"".join(self.body_chunks or ()), c.server.session
+        )
+        if self.finished or self.response_done or c.closed:
+            return
+        head = STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, phrase(status))
+        extra = b"content-type: application/json\r\n" if body else b""
+        c.write(
+            head
+            + extra
+            + b"content-length: %d\r\nx-meshgate-request-id: %s\r\n\r\n"
+            % (len(body), self.request_id.encode())
+            + body
+        )
+        self.head_sent = True
+        self.complete_response()
+
+    async def start_wsapi(self, t: Target) -> None:
+        c = self.client
+        registry = c.server.registry
+        transport = c.transport
+        api = t.wsapi
+        if registry is None or c.server.session is None or api is None or transport is None:
+            self.fail(500, "WebSocket APIs need the sidecar runtime (meshgate sidecar --advertise)")
+            return
+        key = next((v for n, v in self.headers if n.lower() == b"sec-websocket-key"), b"")
+        if not key:
+            self.fail(400, "WebSocket upgrade without Sec-WebSocket-Key", close=True)
+            return
+        conn = WsApiConnection(
+            registry.new_id(),
+            api,
+            transport,
+            c.peer_ip.decode(),
+            t.stage,
+            c.server.session,
+            dict(self.auth_values),
+        )
+        connect = api.routes.get("$connect")
+        if connect is not None:
+            skip = {b"host", b"connection", b"upgrade", b"content-length", b"transfer-encoding"}
+            client_headers = {
+                n.decode("latin-1"): v.decode("latin-1")
+                for n, v in self.headers
+                if n.lower() not in skip and not n.lower().startswith(b"sec-websocket")
+            }
+            status, body = await conn.call(connect, "$connect", b"", client_headers)
+            if status == 0:
+                c.upgraded = False
+                self.fail(502, body.decode(), close=True, gw_type="INTEGRATION_FAILURE")
+                return
+            if status >= 300:
+                c.upgraded = False
+                code = status if 400 <= status < 500 else 502
+                self.fail(code, f"$connect rejected the connection (HTTP {status})", close=True)
+                return
+        if c.closed:
+            return
+        c.flush()
+        transport.write(handshake_response(key, None, self.request_id, conn.conn_id))
+        self.head_sent = True
+        self.finished = True
+        self.response_done = True
+        c.queue.clear()
+        c._disarm()
+        registry.add(conn)
+        c.wsapi = conn
+        for data in c.upgrade_buffer:
+            if data:
+                conn.data(data)
+        c.upgrade_buffer.clear()
+
     async def start_websocket(self, t: Target) -> None:
         c = self.client
         integ = t.ws
@@ -1104,6 +1216,7 @@ class ClientConn(asyncio.Protocol):
         self.upgraded = False  # the connection now carries WebSocket frames
         self.upgrade_buffer: list[bytes] = []
         self.ws: WsRelay | None = None
+        self.wsapi: WsApiConnection | None = None
 
     @property
     def paused_by_upstream(self) -> bool:
@@ -1125,6 +1238,8 @@ class ClientConn(asyncio.Protocol):
         self._disarm()
         if self.ws is not None:
             self.ws.client_lost()
+        if self.wsapi is not None:
+            self.wsapi.lost()
         for ex in self.queue:
             ex.finished = True
             ex._cancel_timer()
@@ -1251,6 +1366,9 @@ class ClientConn(asyncio.Protocol):
     # ------------------------------------------------------------------ parsing
     def data_received(self, data: bytes) -> None:
         if self.upgraded:
+            if self.wsapi is not None:
+                self.wsapi.data(data)
+                return
             ws = self.ws
             if ws is not None and ws.live:
                 ws.client_data(data)
@@ -1446,6 +1564,8 @@ class HttpServer:
         self.server: asyncio.Server | None = None
         self.sweep_interval_s = sweep_interval_s
         self.sweeper: asyncio.Task[None] | None = None
+        self.registry: Registry | None = None  # WebSocket API connections held by this sidecar
+        self.session: Callable[[], Any] | None = None  # outbound HTTP for WebSocket API integrations
 
     async def sweep(self) -> None:
         """Fire connection deadlines (header, body-idle, keep-alive timeouts)."""

@@ -20,6 +20,7 @@ from meshgate.sidecar.http1 import HttpServer, Limits, serve_http
 from meshgate.sidecar.phase import Runtime
 from meshgate.sidecar.routing import TableHolder, compile_snapshot
 from meshgate.sidecar.upstream import UpstreamPool
+from meshgate.sidecar.wsapi import Registry
 from meshgate.v1 import control_pb2
 
 log = logging.getLogger("meshgate.sidecar")
@@ -63,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", default=env.get("POD_NAMESPACE", "default"))
     p.add_argument(
         "--label", action="append", default=[env["MESHGATE_LABELS"]] if env.get("MESHGATE_LABELS") else []
+    )
+    p.add_argument(
+        "--advertise",
+        help="HOST:PORT other sidecars use to reach this one's @connections API (default: the --listen "
+        "address, or this host's address when listening on all interfaces)",
     )
     p.add_argument(
         "--grpc-listen", type=_address, help="gRPC listener HOST:PORT (routes with grpc integrations)"
@@ -120,6 +126,12 @@ async def run(args: argparse.Namespace) -> int:
                 log.info("serving persisted snapshot %s until control answers", persisted.version)
             except Exception as exc:
                 log.warning("persisted snapshot cannot be applied: %s", exc)
+    advertise = (
+        args.advertise
+        or f"{listen_host if listen_host not in ('0.0.0.0', '::', '') else socket.gethostbyname(socket.gethostname())}:{listen_port}"
+    )
+    http_server.registry = Registry(advertise)
+    http_server.session = runtime.session
     try:
         await serve_http(
             holder,

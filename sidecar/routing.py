@@ -23,11 +23,12 @@ from meshgate.sidecar.mapping import (
     quote_param,
     substitute_stage_vars,
 )
-from meshgate.sidecar.phase import PhaseBuilder, PhaseFactory, RoutePhase, Runtime
+from meshgate.sidecar.phase import PhaseBuilder, PhaseFactory, RoutePhase, Runtime, parse_networks
 from meshgate.sidecar.responses import ApiResponses, compile_responses
 from meshgate.sidecar.transcode import TranscodeError, Transcoder
 from meshgate.sidecar.transform import Transform, compile_transform
 from meshgate.sidecar.websocket import WebSocketIntegration
+from meshgate.sidecar.wsapi import WebSocketApi, WsRoute, compile_selection
 from meshgate.v1 import control_pb2, resources_pb2
 
 _URI_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}")
@@ -63,6 +64,7 @@ class Target:
     transform: Transform | None = None
     ws: WebSocketIntegration | None = None
     transcoder: Transcoder | None = None
+    wsapi: WebSocketApi | None = None
     params: dict[str, str] | None = None
     path: str = ""  # stage-relative request path
 
@@ -103,6 +105,7 @@ class RoutePlan:
     transform: Transform | None = None
     ws: WebSocketIntegration | None = None
     transcoder: Transcoder | None = None
+    wsapi: WebSocketApi | None = None
     static_targets: dict[str, Target] = field(default_factory=dict)
     static: bool = field(init=False, default=False)
 
@@ -129,6 +132,19 @@ class RoutePlan:
     ) -> Target | Miss:
         if self.error:
             return Miss(500, self.error, responses=self.responses)
+        if self.kind == "websocket_api":
+            return Target(
+                "websocket_api",
+                self.stage,
+                self.api,
+                self.deployment_id,
+                self.canary,
+                phase=self.phase,
+                responses=self.responses,
+                wsapi=self.wsapi,
+                params=params,
+                path=path,
+            )
         if self.kind == "grpc":
             return Target(
                 "grpc",
@@ -343,6 +359,21 @@ def _compile_route(
         if not any(k == b"content-type" for k, _ in headers) and mock.body:
             headers = ((b"content-type", b"application/json"), *headers)
         return plan("mock", status=mock.status or 200, headers=headers, body=mock.body.encode())
+    if integ.type == "websocket_api":
+        ws_routes: dict[str, WsRoute] = {}
+        for key, sub in sorted(integ.websocket_routes.items()):
+            sub_uri, missing_var = substitute_stage_vars(sub.uri, variables)
+            if missing_var is not None or not sub_uri.startswith("http://"):
+                raise CompileError(f"{where}: websocket route {key!r} needs an http:// uri (got {sub.uri!r})")
+            ws_routes[key] = WsRoute(sub_uri, (sub.timeout_ms or 29000) / 1000)
+        try:
+            selection = compile_selection(integ.route_selection_expression)
+        except ValueError as exc:
+            raise CompileError(f"{where}: {exc}") from None
+        return plan(
+            "websocket_api",
+            wsapi=WebSocketApi(selection, ws_routes, integ.max_message_bytes or 128 * 1024),
+        )
     if integ.type not in ("http", "function", "websocket", "grpc"):
         raise CompileError(f"{where}: unsupported integration type {integ.type!r}")
     uri, missing = substitute_stage_vars(integ.uri, variables)
@@ -531,6 +562,7 @@ class RouteTable:
                 self._grpc_stages.append(st)
         self._empty_reason = empty_reason
         self._stage_names = ", ".join(sorted({s.name for s in prefixes.values()})) or "none"
+        self.cluster_nets: tuple[Any, ...] = ()  # where @connections calls may come from
 
     @property
     def stage_count(self) -> int:
@@ -655,7 +687,9 @@ def compile_snapshot(snapshot: control_pb2.Snapshot, runtime: Runtime | None = N
                     f"host {h} is mapped by both stage {hosts[h].name!r} of {hosts[h].api} and {name!r} of {api}"
                 )
             hosts[h] = st
-    return RouteTable(snapshot.version, prefixes, hosts)
+    table = RouteTable(snapshot.version, prefixes, hosts)
+    table.cluster_nets = parse_networks(snapshot.cluster_cidrs)
+    return table
 
 
 EMPTY_TABLE = RouteTable("", {}, {}, empty_reason="no configuration applied yet")

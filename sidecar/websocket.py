@@ -277,7 +277,9 @@ class WsRelay:
             self.upstream.transport.close()
 
 
-def handshake_response(key: bytes, subprotocol: str | None, request_id: str) -> bytes:
+def handshake_response(
+    key: bytes, subprotocol: str | None, request_id: str, connection_id: str = ""
+) -> bytes:
     out = [
         b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n",
         b"sec-websocket-accept: ",
@@ -289,6 +291,8 @@ def handshake_response(key: bytes, subprotocol: str | None, request_id: str) -> 
     ]
     if subprotocol:
         out += (b"sec-websocket-protocol: ", subprotocol.encode("latin-1"), b"\r\n")
+    if connection_id:
+        out += (b"x-meshgate-connection-id: ", connection_id.encode(), b"\r\n")
     out.append(b"\r\n")
     return b"".join(out)
 

@@ -71,7 +71,7 @@ class MockResponse(_message.Message):
     def __init__(self, status: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., body: _Optional[str] = ...) -> None: ...
 
 class Integration(_message.Message):
-    __slots__ = ("type", "uri", "http_method", "timeout_ms", "connect_timeout_ms", "request_parameters", "mock", "request_templates", "passthrough_behavior", "payload_format_version", "response_parameters", "response_templates", "remove_request_parameters", "remove_response_headers", "idle_timeout_ms", "max_duration_ms", "max_message_bytes", "grpc_method", "descriptor_set", "body")
+    __slots__ = ("type", "uri", "http_method", "timeout_ms", "connect_timeout_ms", "request_parameters", "mock", "request_templates", "passthrough_behavior", "payload_format_version", "response_parameters", "response_templates", "remove_request_parameters", "remove_response_headers", "idle_timeout_ms", "max_duration_ms", "max_message_bytes", "grpc_method", "descriptor_set", "body", "route_selection_expression", "websocket_routes")
     class RequestParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,13 @@ class Integration(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class WebsocketRoutesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Integration
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Integration, _Mapping]] = ...) -> None: ...
     TYPE_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     HTTP_METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +127,8 @@ class Integration(_message.Message):
     GRPC_METHOD_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTOR_SET_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_SELECTION_EXPRESSION_FIELD_NUMBER: _ClassVar[int]
+    WEBSOCKET_ROUTES_FIELD_NUMBER: _ClassVar[int]
     type: str
     uri: str
     http_method: str
@@ -140,7 +149,9 @@ class Integration(_message.Message):
     grpc_method: str
     descriptor_set: bytes
     body: str
-    def __init__(self, type: _Optional[str] = ..., uri: _Optional[str] = ..., http_method: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., connect_timeout_ms: _Optional[int] = ..., request_parameters: _Optional[_Mapping[str, str]] = ..., mock: _Optional[_Union[MockResponse, _Mapping]] = ..., request_templates: _Optional[_Mapping[str, str]] = ..., passthrough_behavior: _Optional[str] = ..., payload_format_version: _Optional[str] = ..., response_parameters: _Optional[_Mapping[str, str]] = ..., response_templates: _Optional[_Mapping[str, str]] = ..., remove_request_parameters: _Optional[_Iterable[str]] = ..., remove_response_headers: _Optional[_Iterable[str]] = ..., idle_timeout_ms: _Optional[int] = ..., max_duration_ms: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., grpc_method: _Optional[str] = ..., descriptor_set: _Optional[bytes] = ..., body: _Optional[str] = ...) -> None: ...
+    route_selection_expression: str
+    websocket_routes: _containers.MessageMap[str, Integration]
+    def __init__(self, type: _Optional[str] = ..., uri: _Optional[str] = ..., http_method: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., connect_timeout_ms: _Optional[int] = ..., request_parameters: _Optional[_Mapping[str, str]] = ..., mock: _Optional[_Union[MockResponse, _Mapping]] = ..., request_templates: _Optional[_Mapping[str, str]] = ..., passthrough_behavior: _Optional[str] = ..., payload_format_version: _Optional[str] = ..., response_parameters: _Optional[_Mapping[str, str]] = ..., response_templates: _Optional[_Mapping[str, str]] = ..., remove_request_parameters: _Optional[_Iterable[str]] = ..., remove_response_headers: _Optional[_Iterable[str]] = ..., idle_timeout_ms: _Optional[int] = ..., max_duration_ms: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., grpc_method: _Optional[str] = ..., descriptor_set: _Optional[bytes] = ..., body: _Optional[str] = ..., route_selection_expression: _Optional[str] = ..., websocket_routes: _Optional[_Mapping[str, Integration]] = ...) -> None: ...
 
 class RouteThrottle(_message.Message):
     __slots__ = ("rate_limit", "burst_limit")

@@ -1,0 +1,252 @@
+"""WebSocket APIs (the API Gateway model): the sidecar terminates the WebSocket and calls HTTP
+integrations per route key; backends talk back through the @connections management API.
+
+Connection ids encode the owning sidecar's advertised address, so any sidecar
+can forward a management call to the one holding the connection: no shared
+registry to keep consistent, and a sidecar that is gone answers 410.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+log = logging.getLogger("meshgate.sidecar.wsapi")
+
+
+@dataclass(frozen=True, slots=True)
+class WsRoute:
+    uri: str
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class WebSocketApi:
+    selection: tuple[str, ...]  # JSON path in the message body, from $request.body.a.b
+    routes: Mapping[str, WsRoute]
+    max_message_bytes: int = 128 * 1024
+    idle_timeout_s: float = 600.0
+
+
+def compile_selection(expr: str) -> tuple[str, ...]:
+    expr = expr or "$request.body.action"
+    if not expr.startswith("$request.body."):
+        raise ValueError(f"routeSelectionExpression must be $request.body.FIELD[.FIELD...], got {expr!r}")
+    return tuple(expr[len("$request.body.") :].split("."))
+
+
+def encode_id(owner: str) -> str:
+    tag = base64.urlsafe_b64encode(owner.encode()).decode().rstrip("=")
+    return f"{tag}.{os.urandom(9).hex()}"
+
+
+def owner_of(conn_id: str) -> str | None:
+    tag, _, _ = conn_id.partition(".")
+    try:
+        return base64.urlsafe_b64decode(tag + "=" * (-len(tag) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+@dataclass
+class WsApiConnection:
+    conn_id: str
+    api: WebSocketApi
+    transport: asyncio.Transport
+    source_ip: str
+    stage: str
+    session: Any
+    identity: Mapping[str, str] = field(default_factory=dict)
+    connected_at: float = field(default_factory=time.time)
+    last_active: float = field(default_factory=time.time)
+    registry: Registry | None = None
+
+    def __post_init__(self) -> None:
+        self.proto = ServerProtocol(state=State.OPEN, max_size=self.api.max_message_bytes)
+        self.closed = False
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.parts: list[bytes] = []
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "connectionId": self.conn_id,
+            "connectedAt": int(self.connected_at * 1000),
+            "lastActiveAt": int(self.last_active * 1000),
+            "identity": {"sourceIp": self.source_ip, **dict(self.identity)},
+        }
+
+    def data(self, data: bytes) -> None:
+        self.last_active = time.time()
+        self.proto.receive_data(data)
+        for ev in self.proto.events_received():
+            if not isinstance(ev, Frame):
+                continue
+            if ev.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
+                self.parts.append(bytes(ev.data))
+                if ev.fin:
+                    message = b"".join(self.parts)
+                    self.parts = []
+                    self.spawn(self.route(message))
+        self.flush()
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def flush(self) -> None:
+        for chunk in self.proto.data_to_send():
+            if chunk == b"":
+                self.transport.close()
+                return
+            if not self.transport.is_closing():
+                self.transport.write(chunk)
+
+    def send(self, payload: bytes) -> bool:
+        if self.proto.state is not State.OPEN:
+            return False
+        try:
+            self.proto.send_text(payload) if _is_text(payload) else self.proto.send_binary(payload)
+        except Exception:
+            return False
+        self.flush()
+        return True
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        if self.proto.state is State.OPEN:
+            self.proto.send_close(code, reason)
+            self.flush()
+
+    def route_key(self, message: bytes) -> str:
+        try:
+            doc: Any = json.loads(message)
+            for part in self.api.selection:
+                doc = doc.get(part) if isinstance(doc, dict) else None
+        except (ValueError, RecursionError):
+            doc = None
+        return doc if isinstance(doc, str) and doc in self.api.routes else "$default"
+
+    async def route(self, message: bytes) -> None:
+        key = self.route_key(message)
+        route = self.api.routes.get(key)
+        if route is None:
+            self.send(
+                json.dumps(
+                    {"message": "Forbidden", "reason": "no route for this message and no $default"}
+                ).encode()
+            )
+            return
+        status, body = await self.call(route, key, message)
+        if status == 0:
+            self.send(
+                json.dumps(
+                    {
+                        "message": "Internal server error",
+                        "reason": body.decode(),
+                        "connectionId": self.conn_id,
+                    }
+                ).encode()
+            )
+        elif body:
+            self.send(body)
+
+    async def call(
+        self, route: WsRoute, key: str, body: bytes, extra: Mapping[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        """POST the event to a route integration; (0, reason) when it cannot be reached."""
+        headers = {
+            **(extra or {}),
+            "x-meshgate-connection-id": self.conn_id,
+            "x-meshgate-route-key": key,
+            "x-meshgate-stage": self.stage,
+            "x-meshgate-source-ip": self.source_ip,
+            "content-type": "application/json",
+        }
+        try:
+            async with self.session().post(
+                route.uri, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=route.timeout_s)
+            ) as resp:
+                return resp.status, await resp.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return 0, f"integration for {key} failed: {type(exc).__name__}".encode()
+
+    def lost(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.registry is not None:
+            self.registry.remove(self)
+        route = self.api.routes.get("$disconnect")
+        if route is not None:
+            self.spawn(self.call(route, "$disconnect", b""))
+
+
+def _is_text(payload: bytes) -> bool:
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class Registry:
+    """This sidecar's WebSocket API connections, and the @connections management API."""
+
+    def __init__(self, advertise: str) -> None:
+        self.advertise = advertise
+        self.conns: dict[str, WsApiConnection] = {}
+
+    def new_id(self) -> str:
+        return encode_id(self.advertise)
+
+    def add(self, conn: WsApiConnection) -> None:
+        conn.registry = self
+        self.conns[conn.conn_id] = conn
+
+    def remove(self, conn: WsApiConnection) -> None:
+        self.conns.pop(conn.conn_id, None)
+
+    async def manage(self, method: str, conn_id: str, body: bytes, session: Any) -> tuple[int, bytes]:
+        """POST (send), GET (info), DELETE (disconnect) a connection held here or by another sidecar."""
+        conn = self.conns.get(conn_id)
+        if conn is None:
+            owner = owner_of(conn_id)
+            if owner is None:
+                return 400, _err("malformed connection id")
+            if owner == self.advertise:
+                return 410, _err(f"connection {conn_id} is gone")
+            try:
+                async with session().request(
+                    method,
+                    f"http://{owner}/@connections/{conn_id}",
+                    data=body,
+                    headers={"x-meshgate-forwarded": "1"},
+                    timeout=aiohttp.ClientTimeout(total=5),
+                ) as resp:
+                    return resp.status, await resp.read()
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                return 410, _err(f"connection {conn_id} is gone (its sidecar {owner} is unreachable)")
+        if method == "GET":
+            return 200, json.dumps(conn.info()).encode()
+        if method == "DELETE":
+            conn.close(1000, "closed through @connections")
+            return 204, b""
+        if method == "POST":
+            return (200, b"") if conn.send(body) else (410, _err(f"connection {conn_id} is closing"))
+        return 405, _err("use POST, GET or DELETE")
+
+
+def _err(reason: str) -> bytes:
+    return json.dumps({"message": "Gone" if "gone" in reason else "Bad request", "reason": reason}).encode()
