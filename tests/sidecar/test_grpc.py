@@ -164,3 +164,44 @@ def test_gateway_refusals_use_grpc_codes(grpc_gateway: tuple[Upstream, grpc.Chan
     with pytest.raises(grpc.RpcError) as err:
         ch.unary_unary("/test.Echo/Unary")(b"x", timeout=5)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_request_phase_reads_grpc_metadata(grpc_gateway: tuple[Upstream, grpc.Channel, TableHolder]) -> None:
+    import hashlib
+
+    from google.protobuf import json_format
+    from meshgate.v1 import resources_pb2
+
+    up, ch, holder = grpc_gateway
+    key = "grpc-key-0123456789abcdef"
+    route = {
+        "method": "POST",
+        "path": "/test.Echo/{method}",
+        "apiKeyRequired": True,
+        "integration": {"type": "grpc", "uri": f"grpc://127.0.0.1:{up.port}"},
+    }
+    snap = snapshot(bundle([route]))
+    snap.usage_plans.append(
+        json_format.ParseDict(
+            {"metadata": {"name": "p", "namespace": "default"}, "spec": {"apis": ["pets"]}},
+            resources_pb2.UsagePlan(),
+        )
+    )
+    snap.api_keys.append(
+        json_format.ParseDict(
+            {
+                "metadata": {"name": "k", "namespace": "default"},
+                "spec": {
+                    "usagePlan": "p",
+                    "valueSha256": hashlib.sha256(key.encode()).hexdigest(),
+                    "enabled": True,
+                },
+            },
+            resources_pb2.ApiKey(),
+        )
+    )
+    holder.table = compile_snapshot(snap, Runtime())
+    assert ch.unary_unary("/test.Echo/Unary")(b"k", metadata=(("x-api-key", key),), timeout=5) == b"echo:k"
+    with pytest.raises(grpc.RpcError) as err:
+        ch.unary_unary("/test.Echo/Unary")(b"k", metadata=(("x-api-key", "wrong"),), timeout=5)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
