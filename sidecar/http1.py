@@ -26,6 +26,7 @@ from meshgate.sidecar.function import FunctionError, FunctionRequest, invoke
 from meshgate.sidecar.phase import PhaseResult
 from meshgate.sidecar.responses import ApiResponses
 from meshgate.sidecar.routing import Miss, TableHolder, Target
+from meshgate.sidecar.telemetry import RequestSpan, Telemetry
 from meshgate.sidecar.transcode import HTTP_STATUS as GRPC_TO_HTTP
 from meshgate.sidecar.transcode import TranscodeError
 from meshgate.sidecar.transcode import channel as transcode_channel
@@ -205,6 +206,8 @@ class Exchange:
         "response_done",
         "responses",
         "retry_ok",
+        "span",
+        "status_code",
         "target",
         "timer",
         "transformed",
@@ -246,6 +249,8 @@ class Exchange:
         self.phase_headers: tuple[tuple[bytes, bytes], ...] = ()
         self.upgrade = False
         self.pending_manage: str | None = None
+        self.span: RequestSpan | None = None
+        self.status_code = 0
         self.auth_values: Mapping[str, str] = {}
         self.rbuf: ResponseBuffer | None = None
         self.transformed = False
@@ -329,6 +334,22 @@ class Exchange:
             self.fail(result.status, result.reason, extra_headers=extra)
             return
         self.target = result
+        tel = c.server.telemetry
+        if tel is not None and tel.enabled:
+            self.span = tel.start(
+                hdrs,
+                result.trace_ratio,
+                f"{self.method} {result.phase.resource if result.phase else path}",
+                {
+                    "http.request.method": self.method,
+                    "url.path": path,
+                    "meshgate.api": result.api,
+                    "meshgate.stage": result.stage,
+                    "meshgate.deployment": result.deployment_id,
+                    "meshgate.request_id": self.request_id,
+                    "client.address": c.peer_ip.decode(),
+                },
+            )
         phase = result.phase
         if phase is not None and phase.fast:
             refused = phase.throttled()
@@ -350,6 +371,8 @@ class Exchange:
                 result.params or {},
                 phase.stage_variables,
             )
+            if self.span is not None:
+                self.span.start_child("request phase", **{"meshgate.authorizer": bool(phase.authorizer)})
             try:
                 outcome = phase.run(req)
             except Exception:
@@ -374,6 +397,10 @@ class Exchange:
         self.after_phase(t, outcome)
 
     def after_phase(self, t: Target, r: PhaseResult) -> None:
+        if self.span is not None:
+            if r.cache_header:
+                self.span.child.set_attribute("meshgate.cache", r.cache_header.decode())
+            self.span.end_child(r.reason if r.status else "")
         if r.status:
             self.fail(
                 r.status, r.reason, extra_headers=r.response_headers, gw_type=r.gw_type, details=r.errors
@@ -502,6 +529,9 @@ class Exchange:
     def attach(self, up: UpstreamConn) -> None:
         t = self.target
         assert t is not None
+        span = self.span
+        if span is not None and span.child is None:
+            span.start_child("integration", **{"server.address": t.host, "server.port": t.port})
         self.upstream = up
         up.attach(self)
         c = self.client
@@ -516,6 +546,8 @@ class Exchange:
         xff = c.peer_ip
         drop = REQUEST_OWN
         added = t.set_headers + self.phase_headers if self.phase_headers else t.set_headers
+        if span is not None:
+            added = added + tuple(span.inject())
         if added:
             names = {n for n, _ in added if not n.startswith(b"x-meshgate-")}
             if names:
@@ -753,6 +785,7 @@ class Exchange:
                 502, f"invalid upstream response: cannot decode {tc.response_cls.DESCRIPTOR.full_name}: {exc}"
             )
             return
+        self.status_code = 200
         head = [
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % len(body),
             b"x-meshgate-request-id: %s\r\nx-meshgate-deployment: %d\r\n"
@@ -802,6 +835,7 @@ class Exchange:
             return
         if self.finished or self.response_done or self.client.closed:
             return
+        self.status_code = resp.status
         body = b"" if self.is_head else resp.body
         head = [STATUS_LINES.get(resp.status) or b"HTTP/1.1 %d %s\r\n" % (resp.status, phrase(resp.status))]
         for name, value in resp.headers:
@@ -870,6 +904,7 @@ class Exchange:
         }
 
     def finish_transformed(self, rbuf: ResponseBuffer) -> None:
+        self.status_code = rbuf.status
         t = self.target
         assert t is not None and t.transform is not None
         ctype = next((v for n, v in rbuf.headers if n.lower() == b"content-type"), b"").decode("latin-1")
@@ -907,6 +942,7 @@ class Exchange:
         self.complete_response()
 
     def respond_cached(self, t: Target, cached: CachedResponse) -> None:
+        self.status_code = cached.status
         body = b"" if self.is_head else cached.body
         head = [
             STATUS_LINES.get(cached.status) or b"HTTP/1.1 %d %s\r\n" % (cached.status, phrase(cached.status))
@@ -927,6 +963,7 @@ class Exchange:
         self.complete_response()
 
     def respond_mock(self, t: Target) -> None:
+        self.status_code = t.status
         c = self.client
         body = b"" if self.is_head else t.body
         head = [STATUS_LINES.get(t.status) or b"HTTP/1.1 %d %s\r\n" % (t.status, phrase(t.status))]
@@ -960,6 +997,10 @@ class Exchange:
         details: tuple[dict[str, str], ...] = (),
     ) -> None:
         """Answer with a gateway error (or abort the client if the response already started)."""
+        if not self.head_sent:
+            self.status_code = status
+            if self.span is not None:
+                self.span.span.set_attribute("meshgate.reason", reason)
         if self.finished or self.response_done:
             return
         self._cancel_timer()
@@ -1025,6 +1066,7 @@ class Exchange:
             c.flush_all()
 
     def on_upstream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status_code = status
         c = self.client
         t = self.target
         assert t is not None
@@ -1180,6 +1222,9 @@ class Exchange:
             self.client.pause_reading_from("upstream")
 
     def complete_response(self) -> None:
+        if self.span is not None:
+            self.span.end(self.status_code)
+            self.span = None
         self.response_done = True
         self._cancel_timer()
         if self.body_complete or self.discard_body:
@@ -1565,6 +1610,7 @@ class HttpServer:
         self.sweep_interval_s = sweep_interval_s
         self.sweeper: asyncio.Task[None] | None = None
         self.registry: Registry | None = None  # WebSocket API connections held by this sidecar
+        self.telemetry: Telemetry | None = None
         self.session: Callable[[], Any] | None = None  # outbound HTTP for WebSocket API integrations
 
     async def sweep(self) -> None:

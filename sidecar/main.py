@@ -19,6 +19,7 @@ from meshgate.sidecar.config_client import ConfigClient
 from meshgate.sidecar.http1 import HttpServer, Limits, serve_http
 from meshgate.sidecar.phase import Runtime
 from meshgate.sidecar.routing import TableHolder, compile_snapshot
+from meshgate.sidecar.telemetry import Telemetry
 from meshgate.sidecar.upstream import UpstreamPool
 from meshgate.sidecar.wsapi import Registry
 from meshgate.v1 import control_pb2
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--grpc-listen", type=_address, help="gRPC listener HOST:PORT (routes with grpc integrations)"
+    )
+    p.add_argument(
+        "--otlp-endpoint",
+        default=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        help="OTLP/gRPC collector for traces, e.g. jaeger:4317 (env OTEL_EXPORTER_OTLP_ENDPOINT; default: off)",
     )
     p.add_argument("--state-dir", type=Path, help="where the last good snapshot is kept")
     p.add_argument("--snapshot-file", type=Path, help="serve this Snapshot (JSON) with no control connection")
@@ -131,6 +137,7 @@ async def run(args: argparse.Namespace) -> int:
         or f"{listen_host if listen_host not in ('0.0.0.0', '::', '') else socket.gethostbyname(socket.gethostname())}:{listen_port}"
     )
     http_server.registry = Registry(advertise)
+    http_server.telemetry = Telemetry(args.otlp_endpoint, args.node_id) if args.otlp_endpoint else None
     http_server.session = runtime.session
     try:
         await serve_http(
@@ -182,6 +189,8 @@ async def run(args: argparse.Namespace) -> int:
         await grpc_proxy.channels.close()
     pool.close()
     await runtime.close()
+    if http_server.telemetry is not None:
+        http_server.telemetry.shutdown()
     await runner.cleanup()
     return 0
 

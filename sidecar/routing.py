@@ -65,6 +65,7 @@ class Target:
     ws: WebSocketIntegration | None = None
     transcoder: Transcoder | None = None
     wsapi: WebSocketApi | None = None
+    trace_ratio: float = 0.0  # the stage's tracing sample ratio
     params: dict[str, str] | None = None
     path: str = ""  # stage-relative request path
 
@@ -106,6 +107,7 @@ class RoutePlan:
     ws: WebSocketIntegration | None = None
     transcoder: Transcoder | None = None
     wsapi: WebSocketApi | None = None
+    trace_ratio: float = 0.0
     static_targets: dict[str, Target] = field(default_factory=dict)
     static: bool = field(init=False, default=False)
 
@@ -140,6 +142,7 @@ class RoutePlan:
                 self.deployment_id,
                 self.canary,
                 phase=self.phase,
+                trace_ratio=self.trace_ratio,
                 responses=self.responses,
                 wsapi=self.wsapi,
                 params=params,
@@ -158,6 +161,7 @@ class RoutePlan:
                 timeout_s=self.timeout_s,
                 connect_timeout_s=self.connect_timeout_s,
                 phase=self.phase,
+                trace_ratio=self.trace_ratio,
                 responses=self.responses,
                 params=params,
                 path=path,
@@ -172,6 +176,7 @@ class RoutePlan:
                 timeout_s=self.timeout_s,
                 connect_timeout_s=self.connect_timeout_s,
                 phase=self.phase,
+                trace_ratio=self.trace_ratio,
                 responses=self.responses,
                 ws=self.ws,
                 params=params,
@@ -186,6 +191,7 @@ class RoutePlan:
                 self.canary,
                 timeout_s=self.timeout_s,
                 phase=self.phase,
+                trace_ratio=self.trace_ratio,
                 responses=self.responses,
                 function=self.function,
                 params=params,
@@ -202,6 +208,7 @@ class RoutePlan:
                 headers=self.headers,
                 body=self.body,
                 phase=self.phase,
+                trace_ratio=self.trace_ratio,
                 responses=self.responses,
                 params=params,
                 path=path,
@@ -265,6 +272,7 @@ class RoutePlan:
             timeout_s=self.timeout_s,
             connect_timeout_s=self.connect_timeout_s,
             phase=self.phase,
+            trace_ratio=self.trace_ratio,
             late_headers=m.late_headers,
             responses=self.responses,
             transform=self.transform,
@@ -341,12 +349,22 @@ def _compile_route(
     phase: RoutePhase | None = None,
     responses: ApiResponses | None = None,
     binary_media_types: Sequence[str] = (),
+    trace_ratio: float = 0.0,
 ) -> RoutePlan:
     integ = route.integration
 
     def plan(kind: str, **kw: Any) -> RoutePlan:
         return RoutePlan(
-            kind, stage, api, deployment_id, canary, route.path, phase=phase, responses=responses, **kw
+            kind,
+            stage,
+            api,
+            deployment_id,
+            canary,
+            route.path,
+            phase=phase,
+            responses=responses,
+            trace_ratio=trace_ratio,
+            **kw,
         )
 
     where = f"route {route.method} {route.path} of {api} (stage {stage!r})"
@@ -483,6 +501,7 @@ def _build_trie(
     canary: bool,
     variables: Mapping[str, str],
     phases: PhaseFactory | None = None,
+    trace_ratio: float = 0.0,
 ) -> _Node:
     root = _Node()
     spec = deployment.spec.api_spec
@@ -505,6 +524,7 @@ def _build_trie(
             phase=phase,
             responses=responses,
             binary_media_types=spec.binary_media_types,
+            trace_ratio=trace_ratio,
         )
         node = root
         segs = _split_path(route.path)
@@ -654,7 +674,13 @@ def compile_snapshot(snapshot: control_pb2.Snapshot, runtime: Runtime | None = N
         phases = builder.for_stage(bundle) if builder is not None else None
         base = _Side(
             _build_trie(
-                bundle.deployment, stage=name, api=api, canary=False, variables=variables, phases=phases
+                bundle.deployment,
+                stage=name,
+                api=api,
+                canary=False,
+                variables=variables,
+                phases=phases,
+                trace_ratio=bundle.stage.spec.tracing_sample_ratio,
             ),
             bundle.deployment.id,
         )
@@ -665,7 +691,13 @@ def compile_snapshot(snapshot: control_pb2.Snapshot, runtime: Runtime | None = N
             cvars = {**variables, **dict(c.variables)}
             canary_side = _Side(
                 _build_trie(
-                    bundle.canary_deployment, stage=name, api=api, canary=True, variables=cvars, phases=phases
+                    bundle.canary_deployment,
+                    stage=name,
+                    api=api,
+                    canary=True,
+                    variables=cvars,
+                    phases=phases,
+                    trace_ratio=bundle.stage.spec.tracing_sample_ratio,
                 ),
                 bundle.canary_deployment.id,
             )

@@ -1,0 +1,129 @@
+"""Tracing (OpenTelemetry, in place of CloudWatch): one server span per request with child spans for
+the request phase and the integration, W3C traceparent/baggage honoured and propagated, parent-based
+sampling with the stage's ratio, OTLP/gRPC export through a batch processor (Jaeger takes it natively).
+
+Unsampled requests cost one header lookup and a random draw; nothing is allocated for them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+_TRACECONTEXT = TraceContextTextMapPropagator()
+_BAGGAGE = W3CBaggagePropagator()
+
+
+class _Getter:
+    def get(self, carrier: Mapping[str, str], key: str) -> list[str] | None:
+        v = carrier.get(key)
+        return [v] if v is not None else None
+
+    def keys(self, carrier: Mapping[str, str]) -> list[str]:
+        return list(carrier)
+
+
+_GETTER = _Getter()
+
+
+class RequestSpan:
+    """The server span of one request and its children."""
+
+    __slots__ = ("child", "span", "tracer")
+
+    def __init__(self, tracer: Any, span: Any) -> None:
+        self.tracer = tracer
+        self.span = span
+        self.child: Any = None
+
+    def start_child(self, name: str, **attrs: Any) -> Any:
+        ctx = trace.set_span_in_context(self.span)
+        self.child = self.tracer.start_span(
+            name,
+            context=ctx,
+            kind=SpanKind.CLIENT if name == "integration" else SpanKind.INTERNAL,
+            attributes=attrs,
+        )
+        return self.child
+
+    def end_child(self, error: str = "") -> None:
+        child = self.child
+        if child is not None:
+            if error:
+                child.set_status(Status(StatusCode.ERROR, error))
+            child.end()
+            self.child = None
+
+    def inject(self) -> list[tuple[bytes, bytes]]:
+        """traceparent (+ baggage) for the integration request, child of the current span."""
+        carrier: dict[str, str] = {}
+        ctx = trace.set_span_in_context(self.child or self.span)
+        _TRACECONTEXT.inject(carrier, context=ctx)
+        _BAGGAGE.inject(carrier, context=ctx)
+        return [(k.encode(), v.encode()) for k, v in carrier.items()]
+
+    def end(self, status: int, reason: str = "") -> None:
+        self.end_child()
+        self.span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            self.span.set_status(Status(StatusCode.ERROR, reason))
+        elif reason:
+            self.span.set_attribute("meshgate.reason", reason)
+        self.span.end()
+
+
+class Telemetry:
+    def __init__(self, endpoint: str | None, node_id: str, exporter: SpanExporter | None = None) -> None:
+        self.enabled = bool(endpoint) or exporter is not None
+        self.provider: TracerProvider | None = None
+        self.tracer: Any = None
+        if self.enabled:
+            # Sampling is decided here (parent-based, per stage ratio); the SDK records what we start.
+            self.provider = TracerProvider(
+                resource=Resource.create(
+                    {"service.name": "meshgate-sidecar", "service.instance.id": node_id}
+                ),
+                sampler=ALWAYS_ON,
+            )
+            exp = exporter or OTLPSpanExporter(endpoint=endpoint, insecure=True)
+            self.provider.add_span_processor(BatchSpanProcessor(exp, schedule_delay_millis=500))
+            self.tracer = self.provider.get_tracer("meshgate.sidecar")
+
+    def start(
+        self, headers: Mapping[str, str], ratio: float, name: str, attrs: Mapping[str, Any]
+    ) -> RequestSpan | None:
+        if not self.enabled:
+            return None
+        parent = headers.get("traceparent")
+        if parent:
+            ctx: Context = _TRACECONTEXT.extract(headers, getter=_GETTER)  # type: ignore[arg-type]
+            ctx = _BAGGAGE.extract(headers, context=ctx, getter=_GETTER)  # type: ignore[arg-type]
+            sc = trace.get_current_span(ctx).get_span_context()
+            if not (sc.is_valid and sc.trace_flags.sampled):
+                return None  # parent-based: an unsampled parent stays unsampled
+        else:
+            if ratio <= 0 or random.random() >= ratio:
+                return None
+            ctx = Context()
+        span = self.tracer.start_span(name, context=ctx, kind=SpanKind.SERVER, attributes=dict(attrs))
+        return RequestSpan(self.tracer, span)
+
+    def flush(self) -> None:
+        if self.provider is not None:
+            self.provider.force_flush()
+
+    def shutdown(self) -> None:
+        if self.provider is not None:
+            self.provider.shutdown()
