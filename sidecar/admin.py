@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from google.protobuf import json_format
 from meshgate.sidecar.config_client import ConfigClient
+from meshgate.sidecar.metrics import Metrics
 from meshgate.sidecar.routing import TableHolder
 
 
@@ -15,6 +16,7 @@ class AdminState:
     client: ConfigClient
     holder: TableHolder
     node_id: str
+    metrics: Metrics | None = None
 
 
 def build_app(state: AdminState) -> web.Application:
@@ -47,7 +49,14 @@ def build_app(state: AdminState) -> web.Application:
             return web.json_response({"reason": "no configuration applied yet"}, status=404)
         return web.json_response(json_format.MessageToDict(snap))
 
+    async def metrics(request: web.Request) -> web.Response:
+        text = state.metrics.render() if state.metrics is not None else ""
+        return web.Response(
+            text=text, content_type="text/plain", charset="utf-8", headers={"X-Prometheus": "0.0.4"}
+        )
+
     app = web.Application()
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/ready", ready)
     app.router.add_get("/live", live)
     app.router.add_get("/config_dump", config_dump)

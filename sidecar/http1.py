@@ -23,6 +23,7 @@ from meshgate.sidecar.authorizers import AuthRequest
 from meshgate.sidecar.cache import CachedResponse, ResponseCache
 from meshgate.sidecar.errors import STATUS_LINES, phrase, render_http_error
 from meshgate.sidecar.function import FunctionError, FunctionRequest, invoke
+from meshgate.sidecar.metrics import Metrics
 from meshgate.sidecar.phase import PhaseResult
 from meshgate.sidecar.responses import ApiResponses
 from meshgate.sidecar.routing import Miss, TableHolder, Target
@@ -208,6 +209,9 @@ class Exchange:
         "retry_ok",
         "span",
         "status_code",
+        "t0",
+        "t_head",
+        "t_integration",
         "target",
         "timer",
         "transformed",
@@ -251,6 +255,9 @@ class Exchange:
         self.pending_manage: str | None = None
         self.span: RequestSpan | None = None
         self.status_code = 0
+        self.t0 = client.loop.time()
+        self.t_head = 0.0
+        self.t_integration = 0.0
         self.auth_values: Mapping[str, str] = {}
         self.rbuf: ResponseBuffer | None = None
         self.transformed = False
@@ -532,6 +539,7 @@ class Exchange:
         span = self.span
         if span is not None and span.child is None:
             span.start_child("integration", **{"server.address": t.host, "server.port": t.port})
+        self.t_integration = self.client.loop.time()
         self.upstream = up
         up.attach(self)
         c = self.client
@@ -1067,6 +1075,7 @@ class Exchange:
 
     def on_upstream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         self.status_code = status
+        self.t_head = self.client.loop.time()
         c = self.client
         t = self.target
         assert t is not None
@@ -1222,6 +1231,17 @@ class Exchange:
             self.client.pause_reading_from("upstream")
 
     def complete_response(self) -> None:
+        metrics = self.client.server.metrics
+        if metrics is not None and not self.response_done:
+            t = self.target
+            key = (
+                (t.api, t.stage, t.phase.resource if t.phase else t.path)
+                if t is not None
+                else ("-", "-", "-")
+            )
+            now = self.client.loop.time()
+            integ = (self.t_head or now) - self.t_integration if self.t_integration else 0.0
+            metrics.observe(key, self.status_code, now - self.t0, integ, self.cache_header)
         if self.span is not None:
             self.span.end(self.status_code)
             self.span = None
@@ -1611,6 +1631,7 @@ class HttpServer:
         self.sweeper: asyncio.Task[None] | None = None
         self.registry: Registry | None = None  # WebSocket API connections held by this sidecar
         self.telemetry: Telemetry | None = None
+        self.metrics: Metrics | None = None
         self.session: Callable[[], Any] | None = None  # outbound HTTP for WebSocket API integrations
 
     async def sweep(self) -> None:

@@ -17,6 +17,7 @@ from meshgate.sidecar.admin import AdminState, start_admin
 from meshgate.sidecar.cache import load_key
 from meshgate.sidecar.config_client import ConfigClient
 from meshgate.sidecar.http1 import HttpServer, Limits, serve_http
+from meshgate.sidecar.metrics import Metrics
 from meshgate.sidecar.phase import Runtime
 from meshgate.sidecar.routing import TableHolder, compile_snapshot
 from meshgate.sidecar.telemetry import Telemetry
@@ -111,8 +112,11 @@ async def run(args: argparse.Namespace) -> int:
     admin_host, admin_port = args.admin if isinstance(args.admin, tuple) else _address(args.admin)
     pool = UpstreamPool()
     http_server = HttpServer()
+    http_server.metrics = Metrics()
     try:
-        runner = await start_admin(AdminState(client, holder, args.node_id), admin_host, admin_port)
+        runner = await start_admin(
+            AdminState(client, holder, args.node_id, http_server.metrics), admin_host, admin_port
+        )
     except OSError as exc:
         print(f"error: cannot listen on admin {admin_host}:{admin_port}: {exc.strerror}", file=sys.stderr)
         return 1

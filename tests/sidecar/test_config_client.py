@@ -114,6 +114,7 @@ async def test_reconnects_after_control_restart(tmp_path: Path) -> None:
         fake2 = FakeControl([snap("two")])
         server = await serve(fake2, port)
         await wait_for(lambda: client.applied_version == "two", timeout=15)
+        await wait_for(lambda: bool(fake2.acks))  # the ACK travels after the apply
         assert fake2.acks[0].version == "two" and not fake2.acks[0].error
     finally:
         task.cancel()

@@ -155,3 +155,35 @@ def test_sidecar_process_proxies_grpc(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
         upstream.stop(0)
+
+
+def test_prometheus_metrics_on_the_admin_port(tmp_path: Path) -> None:
+    snap = snapshot(bundle([mock_route("GET", "/hello", '"hi"')]))
+    path = tmp_path / "snap.json"
+    path.write_text(json_format.MessageToJson(snap))
+    port, admin = free_port(), free_port()
+    proc = subprocess.Popen(
+        sidecar(
+            "--snapshot-file", str(path), "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}"
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and "listening" in proc.stdout.readline()
+        assert get(port, "/prod/hello")[0] == 200 and get(port, "/prod/hello")[0] == 200
+        assert get(port, "/prod/nope")[0] == 404
+        status, body = get(admin, "/metrics")
+        text = body.decode()
+        assert status == 200
+        assert 'meshgate_requests_total{api="default/pets",stage="prod",route="/hello"} 2' in text
+        assert (
+            'meshgate_4xx_errors_total{api="default/pets",stage="prod",route="/nope"} 1' not in text
+        )  # no route -> no Api label
+        assert 'meshgate_4xx_errors_total{api="-",stage="-",route="-"} 1' in text
+        assert 'meshgate_latency_seconds_count{api="default/pets",stage="prod",route="/hello"} 2' in text
+        assert "# TYPE meshgate_latency_seconds histogram" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
