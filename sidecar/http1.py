@@ -19,6 +19,8 @@ from typing import Any, cast
 
 import grpc
 import httptools
+from meshgate.sidecar.accesslog import AccessLog
+from meshgate.sidecar.accesslog import context as access_context
 from meshgate.sidecar.authorizers import AuthRequest
 from meshgate.sidecar.cache import CachedResponse, ResponseCache
 from meshgate.sidecar.errors import STATUS_LINES, phrase, render_http_error
@@ -1242,6 +1244,24 @@ class Exchange:
             now = self.client.loop.time()
             integ = (self.t_head or now) - self.t_integration if self.t_integration else 0.0
             metrics.observe(key, self.status_code, now - self.t0, integ, self.cache_header)
+            if t is not None and t.access_log and self.client.server.access_log is not None:
+                self.client.server.access_log.write(
+                    t.access_log,
+                    access_context(
+                        request_id=self.request_id,
+                        source_ip=self.client.peer_ip.decode(),
+                        method=self.method,
+                        path=self.url.split(b"?", 1)[0].decode("latin-1"),
+                        stage=t.stage,
+                        api=t.api,
+                        route=key[2],
+                        status=self.status_code,
+                        latency_ms=(now - self.t0) * 1000,
+                        integration_latency_ms=integ * 1000,
+                        principal=str(self.auth_values.get("principalId", "")),
+                        deployment=t.deployment_id,
+                    ),
+                )
         if self.span is not None:
             self.span.end(self.status_code)
             self.span = None
@@ -1632,6 +1652,7 @@ class HttpServer:
         self.registry: Registry | None = None  # WebSocket API connections held by this sidecar
         self.telemetry: Telemetry | None = None
         self.metrics: Metrics | None = None
+        self.access_log: AccessLog | None = None
         self.session: Callable[[], Any] | None = None  # outbound HTTP for WebSocket API integrations
 
     async def sweep(self) -> None:

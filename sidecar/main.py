@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from google.protobuf import json_format
+from meshgate.sidecar.accesslog import AccessLog
 from meshgate.sidecar.admin import AdminState, start_admin
 from meshgate.sidecar.cache import load_key
 from meshgate.sidecar.config_client import ConfigClient
@@ -113,6 +114,7 @@ async def run(args: argparse.Namespace) -> int:
     pool = UpstreamPool()
     http_server = HttpServer()
     http_server.metrics = Metrics()
+    http_server.access_log = AccessLog()
     try:
         runner = await start_admin(
             AdminState(client, holder, args.node_id, http_server.metrics), admin_host, admin_port

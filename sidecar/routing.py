@@ -66,6 +66,7 @@ class Target:
     transcoder: Transcoder | None = None
     wsapi: WebSocketApi | None = None
     trace_ratio: float = 0.0  # the stage's tracing sample ratio
+    access_log: str = ""  # the stage's access log format ("" = off, "json" = JSON lines)
     params: dict[str, str] | None = None
     path: str = ""  # stage-relative request path
 
@@ -108,6 +109,7 @@ class RoutePlan:
     transcoder: Transcoder | None = None
     wsapi: WebSocketApi | None = None
     trace_ratio: float = 0.0
+    access_log: str = ""
     static_targets: dict[str, Target] = field(default_factory=dict)
     static: bool = field(init=False, default=False)
 
@@ -143,6 +145,7 @@ class RoutePlan:
                 self.canary,
                 phase=self.phase,
                 trace_ratio=self.trace_ratio,
+                access_log=self.access_log,
                 responses=self.responses,
                 wsapi=self.wsapi,
                 params=params,
@@ -162,6 +165,7 @@ class RoutePlan:
                 connect_timeout_s=self.connect_timeout_s,
                 phase=self.phase,
                 trace_ratio=self.trace_ratio,
+                access_log=self.access_log,
                 responses=self.responses,
                 params=params,
                 path=path,
@@ -177,6 +181,7 @@ class RoutePlan:
                 connect_timeout_s=self.connect_timeout_s,
                 phase=self.phase,
                 trace_ratio=self.trace_ratio,
+                access_log=self.access_log,
                 responses=self.responses,
                 ws=self.ws,
                 params=params,
@@ -192,6 +197,7 @@ class RoutePlan:
                 timeout_s=self.timeout_s,
                 phase=self.phase,
                 trace_ratio=self.trace_ratio,
+                access_log=self.access_log,
                 responses=self.responses,
                 function=self.function,
                 params=params,
@@ -209,6 +215,7 @@ class RoutePlan:
                 body=self.body,
                 phase=self.phase,
                 trace_ratio=self.trace_ratio,
+                access_log=self.access_log,
                 responses=self.responses,
                 params=params,
                 path=path,
@@ -273,6 +280,7 @@ class RoutePlan:
             connect_timeout_s=self.connect_timeout_s,
             phase=self.phase,
             trace_ratio=self.trace_ratio,
+            access_log=self.access_log,
             late_headers=m.late_headers,
             responses=self.responses,
             transform=self.transform,
@@ -350,6 +358,7 @@ def _compile_route(
     responses: ApiResponses | None = None,
     binary_media_types: Sequence[str] = (),
     trace_ratio: float = 0.0,
+    access_log: str = "",
 ) -> RoutePlan:
     integ = route.integration
 
@@ -364,6 +373,7 @@ def _compile_route(
             phase=phase,
             responses=responses,
             trace_ratio=trace_ratio,
+            access_log=access_log,
             **kw,
         )
 
@@ -502,6 +512,7 @@ def _build_trie(
     variables: Mapping[str, str],
     phases: PhaseFactory | None = None,
     trace_ratio: float = 0.0,
+    access_log: str = "",
 ) -> _Node:
     root = _Node()
     spec = deployment.spec.api_spec
@@ -525,6 +536,7 @@ def _build_trie(
             responses=responses,
             binary_media_types=spec.binary_media_types,
             trace_ratio=trace_ratio,
+            access_log=access_log,
         )
         node = root
         segs = _split_path(route.path)
@@ -681,6 +693,7 @@ def compile_snapshot(snapshot: control_pb2.Snapshot, runtime: Runtime | None = N
                 variables=variables,
                 phases=phases,
                 trace_ratio=bundle.stage.spec.tracing_sample_ratio,
+                access_log=bundle.stage.spec.access_log_format,
             ),
             bundle.deployment.id,
         )
@@ -698,6 +711,7 @@ def compile_snapshot(snapshot: control_pb2.Snapshot, runtime: Runtime | None = N
                     variables=cvars,
                     phases=phases,
                     trace_ratio=bundle.stage.spec.tracing_sample_ratio,
+                    access_log=bundle.stage.spec.access_log_format,
                 ),
                 bundle.canary_deployment.id,
             )

@@ -187,3 +187,39 @@ def test_prometheus_metrics_on_the_admin_port(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
+
+
+def test_access_log_lines_per_stage(tmp_path: Path) -> None:
+    from meshgate.sidecar.accesslog import access_line
+
+    b = bundle([mock_route("GET", "/hello", '"hi"')])
+    b["stage"]["spec"]["accessLogFormat"] = "json"
+    path = tmp_path / "snap.json"
+    path.write_text(json_format.MessageToJson(snapshot(b)))
+    port, admin = free_port(), free_port()
+    proc = subprocess.Popen(
+        sidecar(
+            "--snapshot-file", str(path), "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}"
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and "listening" in proc.stdout.readline()
+        assert get(port, "/prod/hello") == (200, b'"hi"')
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=10)
+        entry = json.loads(out.strip().splitlines()[-1])
+        assert entry["status"] == 200 and entry["resourcePath"] == "/hello" and entry["stage"] == "prod"
+        assert (
+            entry["identity.sourceIp"] == "127.0.0.1" and entry["requestId"] and entry["responseLatency"] >= 0
+        )
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    line = access_line(
+        "$context.requestId $context.httpMethod $context.status $context.nothing",
+        {"requestId": "r1", "httpMethod": "GET", "status": 200},
+    )
+    assert line == "r1 GET 200 -"
