@@ -228,6 +228,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inject(args: argparse.Namespace) -> int:
+    from meshgate.control.inject import InjectConfig, inject_object
+
+    path = Path(args.filename)
+    if args.filename != "-" and not path.exists():
+        raise CliError(f"{args.filename}: no such file or directory")
+    text = sys.stdin.read() if args.filename == "-" else path.read_text()
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise CliError(f"{args.filename}: invalid YAML: {str(exc).splitlines()[0]}") from None
+    cfg = InjectConfig(
+        image=args.image, control=args.control_address, otlp_endpoint=args.otlp_endpoint, legacy=args.legacy
+    )
+    out = []
+    for doc in docs:
+        if not isinstance(doc, dict):
+            raise CliError(f"{args.filename}: every document must be a Kubernetes object")
+        injected, what = inject_object(doc, cfg)
+        name = (doc.get("metadata") or {}).get("name", "?")
+        print(f"{doc.get('kind', '?')}/{name}: {what}", file=sys.stderr)
+        out.append(injected)
+    print(yaml.safe_dump_all(out, sort_keys=False), end="")
+    return 0
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     resp = _call(
         args,
@@ -424,6 +450,33 @@ def cmd_sidecar(rest: list[str]) -> int:
     return sidecar_main(rest)
 
 
+def cmd_iptables(rest: list[str]) -> int:
+    from meshgate.control.iptables import run
+
+    return run(rest)
+
+
+def cmd_wait_ready(rest: list[str]) -> int:
+    """Block until a sidecar's admin port says /ready (the legacy injection's start hold)."""
+    import urllib.request
+
+    p = argparse.ArgumentParser(prog="meshgate wait-ready")
+    p.add_argument("--admin", default="127.0.0.1:15000")
+    p.add_argument("--timeout", type=float, default=600.0)
+    args = p.parse_args(rest)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{args.admin}/ready", timeout=1) as resp:
+                if resp.status == 200:
+                    return 0
+        except OSError:
+            pass
+        time.sleep(0.2)
+    print(f"error: sidecar at {args.admin} not ready after {args.timeout:g}s", file=sys.stderr)
+    return 1
+
+
 def cmd_demo(rest: list[str]) -> int:
     from meshgate.control.demo import main as demo_main
 
@@ -434,6 +487,8 @@ PROCESS_COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "control": cmd_control,
     "sidecar": cmd_sidecar,
     "demo": cmd_demo,
+    "iptables": cmd_iptables,
+    "wait-ready": cmd_wait_ready,
 }
 
 
@@ -455,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("control", "run the control service"),
         ("sidecar", "run a sidecar"),
         ("demo", "run the local demo"),
+        ("iptables", "install the inbound REDIRECT rules (the injected init container)"),
+        ("wait-ready", "wait until a sidecar is ready (legacy injection start hold)"),
     ):
         sub.add_parser(name, help=help_text, add_help=False)
 
@@ -505,6 +562,18 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("-o", "--output", default="-", help="file to write (default stdout)")
     ex.add_argument("--format", choices=["yaml", "json"], default="yaml")
     ex.set_defaults(func=cmd_export)
+
+    ij = sub.add_parser(
+        "inject", help="add the sidecar to Kubernetes workloads offline (like istioctl kube-inject)"
+    )
+    ij.add_argument("-f", "--filename", required=True, help="YAML file or - (stdin)")
+    ij.add_argument("--image", default="ghcr.io/meshgate/meshgate:latest")
+    ij.add_argument("--control-address", default="meshgate-control.meshgate-system.svc:7070")
+    ij.add_argument("--otlp-endpoint", default="")
+    ij.add_argument(
+        "--legacy", action="store_true", help="plain container + start hold (clusters before 1.29)"
+    )
+    ij.set_defaults(func=cmd_inject)
 
     f = sub.add_parser("cache", help="stage cache operations")
     f.add_argument("action", choices=["flush"])

@@ -1,0 +1,177 @@
+"""Sidecar injection as a pure transformation of Kubernetes objects (`meshgate inject -f`, and the
+webhook to come): the sidecar as a native sidecar (an init container with restartPolicy Always,
+started and ready before the app, not blocking Jobs), or a plain first container held until ready.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+INJECT_ANNOTATION = "meshgate.io/inject"
+STATUS_ANNOTATION = "meshgate.io/injected"
+SIDECAR_NAME = "meshgate-sidecar"
+INIT_NAME = "meshgate-init"
+STATE_VOLUME = "meshgate-state"
+PROXY_UID = 1337
+PROXY_PORT = 15001
+ADMIN_PORT = 15000
+GRPC_PORT = 15002
+POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
+
+
+@dataclass(frozen=True)
+class InjectConfig:
+    image: str = "ghcr.io/meshgate/meshgate:latest"
+    control: str = "meshgate-control.meshgate-system.svc:7070"
+    otlp_endpoint: str = ""
+    legacy: bool = False  # plain container + start hold, for clusters without native sidecars (< 1.29)
+    cpu: str = "100m"
+    memory: str = "128Mi"
+
+
+def _pod_spec(obj: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(pod metadata, pod spec) of a Pod, a workload's template or a CronJob's job template."""
+    kind = obj.get("kind")
+    if kind == "Pod":
+        return obj.setdefault("metadata", {}), obj.setdefault("spec", {})
+    if kind in POD_TEMPLATE_KINDS:
+        tpl = obj.setdefault("spec", {}).setdefault("template", {})
+        return tpl.setdefault("metadata", {}), tpl.setdefault("spec", {})
+    if kind == "CronJob":
+        tpl = (
+            obj.setdefault("spec", {})
+            .setdefault("jobTemplate", {})
+            .setdefault("spec", {})
+            .setdefault("template", {})
+        )
+        return tpl.setdefault("metadata", {}), tpl.setdefault("spec", {})
+    return None
+
+
+def _app_ports(spec: dict[str, Any]) -> list[int]:
+    ports = []
+    for c in spec.get("containers", []):
+        for p in c.get("ports", []) or []:
+            if p.get("protocol", "TCP") == "TCP" and isinstance(p.get("containerPort"), int):
+                ports.append(p["containerPort"])
+    return sorted(set(ports))
+
+
+def sidecar_container(cfg: InjectConfig, labels: dict[str, str]) -> dict[str, Any]:
+    args = [
+        "sidecar",
+        "--listen",
+        f"0.0.0.0:{PROXY_PORT}",
+        "--admin",
+        f"0.0.0.0:{ADMIN_PORT}",
+        "--grpc-listen",
+        f"0.0.0.0:{GRPC_PORT}",
+        "--state-dir",
+        "/var/lib/meshgate",
+        "--advertise",
+        f"$(POD_IP):{PROXY_PORT}",
+    ]
+    for k, v in sorted(labels.items()):
+        args += ["--label", f"{k}={v}"]
+    env = [
+        {"name": "MESHGATE_CONTROL", "value": cfg.control},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "MESHGATE_NODE_ID", "value": "$(POD_NAME).$(POD_NAMESPACE)"},
+    ]
+    if cfg.otlp_endpoint:
+        env.append({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": cfg.otlp_endpoint})
+    probe = {"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 1, "failureThreshold": 600}
+    return {
+        "name": SIDECAR_NAME,
+        "image": cfg.image,
+        "args": args,
+        "env": env,
+        "ports": [
+            {"name": "mg-http", "containerPort": PROXY_PORT},
+            {"name": "mg-admin", "containerPort": ADMIN_PORT},
+            {"name": "mg-grpc", "containerPort": GRPC_PORT},
+        ],
+        # the app starts only after the first snapshot is applied: the startup probe gates it
+        "startupProbe": probe,
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/live", "port": ADMIN_PORT}, "periodSeconds": 10},
+        "resources": {
+            "requests": {"cpu": cfg.cpu, "memory": cfg.memory},
+            "limits": {"memory": "512Mi"},
+        },
+        "securityContext": {
+            "runAsUser": PROXY_UID,
+            "runAsGroup": PROXY_UID,
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": STATE_VOLUME, "mountPath": "/var/lib/meshgate"}],
+    }
+
+
+def init_container(cfg: InjectConfig, ports: list[int]) -> dict[str, Any]:
+    """Redirects inbound traffic for the app's ports to the sidecar, except the sidecar's own."""
+    return {
+        "name": INIT_NAME,
+        "image": cfg.image,
+        "args": ["iptables", "--proxy-port", str(PROXY_PORT), "--proxy-uid", str(PROXY_UID)]
+        + [x for p in ports for x in ("--app-port", str(p))],
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsNonRoot": False,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+        },
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+    }
+
+
+def inject_object(
+    obj: dict[str, Any], cfg: InjectConfig, namespace_enabled: bool = True
+) -> tuple[dict[str, Any], str]:
+    """Returns (object, what happened): injected | already injected | opted out | not a pod."""
+    out = copy.deepcopy(obj)
+    found = _pod_spec(out)
+    if found is None:
+        return out, "not a pod"
+    meta, spec = found
+    annotations = meta.setdefault("annotations", {}) or {}
+    meta["annotations"] = annotations
+    if annotations.get(STATUS_ANNOTATION) == "true" or any(
+        c.get("name") == SIDECAR_NAME for c in [*spec.get("containers", []), *spec.get("initContainers", [])]
+    ):
+        return out, "already injected"
+    if annotations.get(INJECT_ANNOTATION) == "false" or (
+        not namespace_enabled and annotations.get(INJECT_ANNOTATION) != "true"
+    ):
+        return out, "opted out"
+    labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+    sidecar = sidecar_container(cfg, labels)
+    init = init_container(cfg, _app_ports(spec))
+    inits = spec.setdefault("initContainers", [])
+    if cfg.legacy:
+        # Older clusters: a plain container first in the list; postStart holds the app containers
+        # (started in order) until the sidecar is ready.
+        sidecar.pop("startupProbe")
+        sidecar["lifecycle"] = {
+            "postStart": {
+                "exec": {"command": ["meshgate", "wait-ready", "--admin", f"127.0.0.1:{ADMIN_PORT}"]}
+            }
+        }
+        spec["containers"] = [sidecar, *spec.get("containers", [])]
+        inits.insert(0, init)
+    else:
+        sidecar["restartPolicy"] = "Always"  # a native sidecar (Kubernetes >= 1.29)
+        inits[0:0] = [init, sidecar]
+    vols = spec.setdefault("volumes", [])
+    vols.append({"name": STATE_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}})
+    annotations[STATUS_ANNOTATION] = "true"
+    annotations.setdefault("prometheus.io/scrape", "true")
+    annotations.setdefault("prometheus.io/port", str(ADMIN_PORT))
+    annotations.setdefault("prometheus.io/path", "/metrics")
+    return out, "injected"

@@ -1,0 +1,128 @@
+"""`meshgate inject`: native sidecar injection (and the legacy fallback), idempotent, opt-out honoured;
+the init container's iptables rules."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import yaml
+from meshgate.control.inject import InjectConfig, inject_object
+from meshgate.control.iptables import rules
+
+DEPLOYMENT = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: pets, namespace: shop}
+spec:
+  selector: {matchLabels: {app: pets}}
+  template:
+    metadata: {labels: {app: pets, version: v1}}
+    spec:
+      containers:
+        - name: app
+          image: pets:1
+          ports: [{containerPort: 8080}, {containerPort: 9090, protocol: UDP}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: migrate}
+spec:
+  template:
+    metadata: {annotations: {meshgate.io/inject: "false"}}
+    spec: {restartPolicy: Never, containers: [{name: m, image: m:1}]}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cfg}
+data: {a: b}
+"""
+
+
+def test_native_sidecar_injection() -> None:
+    dep = yaml.safe_load_all(DEPLOYMENT).__next__()
+    out, what = inject_object(dep, InjectConfig(control="ctl:7070"))
+    assert what == "injected"
+    pod = out["spec"]["template"]
+    inits = pod["spec"]["initContainers"]
+    assert [c["name"] for c in inits] == ["meshgate-init", "meshgate-sidecar"]
+    sidecar = inits[1]
+    assert sidecar["restartPolicy"] == "Always"  # native sidecar: starts first, does not block Jobs
+    assert sidecar["startupProbe"]["httpGet"] == {
+        "path": "/ready",
+        "port": 15000,
+    }  # app waits for the snapshot
+    assert {"name": "MESHGATE_CONTROL", "value": "ctl:7070"} in sidecar["env"]
+    assert any(
+        e["name"] == "POD_NAME" and e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+        for e in sidecar["env"]
+    )
+    assert "--label" in sidecar["args"] and "app=pets" in sidecar["args"] and "version=v1" in sidecar["args"]
+    assert sidecar["securityContext"]["runAsUser"] == 1337
+    assert inits[0]["args"] == [
+        "iptables",
+        "--proxy-port",
+        "15001",
+        "--proxy-uid",
+        "1337",
+        "--app-port",
+        "8080",
+    ]
+    assert "NET_ADMIN" in inits[0]["securityContext"]["capabilities"]["add"]
+    assert {"name": "meshgate-state", "emptyDir": {"sizeLimit": "64Mi"}} in pod["spec"]["volumes"]
+    assert pod["metadata"]["annotations"]["meshgate.io/injected"] == "true"
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["app"]
+    again, what = inject_object(out, InjectConfig())
+    assert what == "already injected" and again == out  # idempotent
+
+
+def test_opt_out_namespace_and_legacy_mode() -> None:
+    _, job, cm = list(yaml.safe_load_all(DEPLOYMENT))
+    assert inject_object(job, InjectConfig())[1] == "opted out"
+    assert inject_object(cm, InjectConfig())[1] == "not a pod"
+    dep = next(yaml.safe_load_all(DEPLOYMENT))
+    assert inject_object(dep, InjectConfig(), namespace_enabled=False)[1] == "opted out"
+    dep["spec"]["template"]["metadata"]["annotations"] = {"meshgate.io/inject": "true"}
+    assert inject_object(dep, InjectConfig(), namespace_enabled=False)[1] == "injected"
+    out, _ = inject_object(next(yaml.safe_load_all(DEPLOYMENT)), InjectConfig(legacy=True))
+    spec = out["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["meshgate-sidecar", "app"]
+    assert spec["containers"][0]["lifecycle"]["postStart"]["exec"]["command"][:2] == [
+        "meshgate",
+        "wait-ready",
+    ]
+    assert [c["name"] for c in spec["initContainers"]] == ["meshgate-init"]
+
+
+def test_cli_inject_is_a_filter(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "app.yaml"
+    f.write_text(DEPLOYMENT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "meshgate.control.cli", "inject", "-f", str(f)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    docs = list(yaml.safe_load_all(proc.stdout))
+    assert (
+        len(docs) == 3
+        and docs[0]["spec"]["template"]["spec"]["initContainers"][1]["name"] == "meshgate-sidecar"
+    )
+    assert "Deployment/pets: injected" in proc.stderr and "Job/migrate: opted out" in proc.stderr
+
+
+def test_iptables_rules_redirect_app_ports_only() -> None:
+    cmds = [" ".join(c) for c in rules([8080, 8080, 15001, 9000], 15001, 1337)]
+    assert "iptables -t nat -A PREROUTING -p tcp -j MESHGATE_INBOUND" in cmds
+    assert "iptables -t nat -A MESHGATE_INBOUND -p tcp --dport 8080 -j REDIRECT --to-ports 15001" in cmds
+    assert "iptables -t nat -A MESHGATE_INBOUND -p tcp --dport 9000 -j REDIRECT --to-ports 15001" in cmds
+    assert not any("--dport 15001" in c for c in cmds)  # never redirect the proxy to itself
+    assert "iptables -t nat -A MESHGATE_OUTPUT -m owner --uid-owner 1337 -j RETURN" in cmds
+    dry = subprocess.run(
+        [sys.executable, "-m", "meshgate.control.cli", "iptables", "--app-port", "8080", "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert dry.returncode == 0 and "--dport 8080 -j REDIRECT --to-ports 15001" in dry.stdout
