@@ -456,6 +456,12 @@ def cmd_iptables(rest: list[str]) -> int:
     return run(rest)
 
 
+def cmd_webhook(rest: list[str]) -> int:
+    from meshgate.control.webhook import run
+
+    return run(rest)
+
+
 def cmd_wait_ready(rest: list[str]) -> int:
     """Block until a sidecar's admin port says /ready (the legacy injection's start hold)."""
     import urllib.request
@@ -489,6 +495,7 @@ PROCESS_COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "demo": cmd_demo,
     "iptables": cmd_iptables,
     "wait-ready": cmd_wait_ready,
+    "webhook": cmd_webhook,
 }
 
 
@@ -512,6 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("demo", "run the local demo"),
         ("iptables", "install the inbound REDIRECT rules (the injected init container)"),
         ("wait-ready", "wait until a sidecar is ready (legacy injection start hold)"),
+        ("webhook", "run the sidecar-injection admission webhook (HTTPS)"),
     ):
         sub.add_parser(name, help=help_text, add_help=False)
 
