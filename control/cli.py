@@ -450,6 +450,12 @@ def cmd_sidecar(rest: list[str]) -> int:
     return sidecar_main(rest)
 
 
+def cmd_demo_app(rest: list[str]) -> int:
+    from meshgate.control.demo_app import main as app_main
+
+    return app_main(rest)
+
+
 def cmd_iptables(rest: list[str]) -> int:
     from meshgate.control.iptables import run
 
@@ -496,6 +502,7 @@ PROCESS_COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "iptables": cmd_iptables,
     "wait-ready": cmd_wait_ready,
     "webhook": cmd_webhook,
+    "demo-app": cmd_demo_app,
 }
 
 
@@ -520,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("iptables", "install the inbound REDIRECT rules (the injected init container)"),
         ("wait-ready", "wait until a sidecar is ready (legacy injection start hold)"),
         ("webhook", "run the sidecar-injection admission webhook (HTTPS)"),
+        ("demo-app", "run the sample pet-store app"),
     ):
         sub.add_parser(name, help=help_text, add_help=False)
 
