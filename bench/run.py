@@ -540,7 +540,10 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=50)
     parser.add_argument("--deploys", type=int, default=20)
     parser.add_argument(
-        "--skip", action="append", default=[], choices=["throughput", "propagation", "rss", "protocols"]
+        "--skip",
+        action="append",
+        default=[],
+        choices=["throughput", "propagation", "rss", "protocols", "tracing"],
     )
     parser.add_argument(
         "--idle-ws", type=int, default=5000, help="idle WebSocket connections for the memory figure"
@@ -595,6 +598,25 @@ def main() -> int:
         )
         out["protocols"] = proto
         protocols.report(proto)
+    if "tracing" not in ns.skip:
+        import tracing
+
+        backend_port = free_port()
+        (work / "tbody").mkdir(exist_ok=True)
+        conf = work / "backend-tracing.conf"
+        conf.write_text(
+            NGINX_BACKEND.format(dir=work, port=backend_port, jwks="{}").replace(
+                "backend.pid", "backend-t.pid"
+            )
+        )
+        nginx = start(["nginx", "-c", str(conf), "-p", str(work)], work / "backend-tracing.log")
+        try:
+            wait_http(f"http://127.0.0.1:{backend_port}/hello")
+            tr = tracing.run(work, backend_port, ns.duration, ns.connections, sys.modules[__name__])
+        finally:
+            stop(nginx)
+        out["tracing"] = tr
+        tracing.report(tr)
     if ns.json:
         Path(ns.json).write_text(json.dumps(out, indent=2))
     shutil.rmtree(work, ignore_errors=True)
