@@ -104,6 +104,19 @@ async def _serve(args: argparse.Namespace, etcd_endpoint: str) -> int:
     except (ConnectionError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    metrics_runner = None
+    if args.metrics_listen:
+        from aiohttp import web
+
+        async def metrics(request: web.Request) -> web.Response:
+            return web.Response(text=ctl.streamer.metrics_text(), content_type="text/plain")
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        metrics_runner = web.AppRunner(app, access_log=None)
+        await metrics_runner.setup()
+        mhost, mport = _split(args.metrics_listen)
+        await web.TCPSite(metrics_runner, mhost, mport).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -114,6 +127,8 @@ async def _serve(args: argparse.Namespace, etcd_endpoint: str) -> int:
         flush=True,
     )
     await stop.wait()
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
     await ctl.stop()
     return 0
 
@@ -131,6 +146,7 @@ def run_control(argv: list[str]) -> int:
         f"(default {', '.join(DEFAULT_CLUSTER_CIDRS)})",
     )
     parser.add_argument("--id", default=None, help="replica id (default hostname-pid)")
+    parser.add_argument("--metrics-listen", help="HOST:PORT for Prometheus /metrics of the control plane")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(

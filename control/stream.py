@@ -22,6 +22,7 @@ from meshgate.control import state as keys
 from meshgate.control.snapshots import SnapshotCache
 from meshgate.control.state import State
 from meshgate.control.store import Store
+from meshgate.sidecar.metrics import BUCKETS, _Histogram
 from meshgate.v1 import control_pb2
 
 log = logging.getLogger("meshgate.control.stream")
@@ -68,6 +69,9 @@ class ConfigStreamer:
         self.state = State(store.prefix)
         self.cache = SnapshotCache(cluster_cidrs)
         self.pushes = 0
+        self.nacks = 0
+        self.acks = 0
+        self.apply_latency = _Histogram()  # etcd change -> ACK, seconds
         self._conns: set[_Conn] = set()
         self._dirty = asyncio.Event()
         self._first_event = 0.0
@@ -269,12 +273,15 @@ class ConfigStreamer:
                     st.last_nack_version = ack.version
                     st.last_nack_error = ack.error
                     st.nack_count += 1
+                    self.nacks += 1
                     log.warning("sidecar %s NACKed %s: %s", conn.node.id, ack.version, ack.error)
                 else:
                     st.acked_version = ack.version
                     st.last_ack_unix_nano = now
                     if sent.source_time_unix_nano:
                         st.last_apply_latency_ms = (now - sent.source_time_unix_nano) / 1e6
+                        self.apply_latency.observe(st.last_apply_latency_ms / 1000)
+                    self.acks += 1
                 conn.status_dirty.set()
         except asyncio.CancelledError:
             raise
@@ -283,6 +290,33 @@ class ConfigStreamer:
         finally:
             conn.closed = True
             conn.wake.set()
+
+    def metrics_text(self) -> str:
+        """Control-plane metrics of this replica, as Prometheus text."""
+        name = "meshgate_control_config_apply_latency_seconds"
+        lines = [
+            "# HELP meshgate_control_connected_sidecars Sidecars streaming from this control replica",
+            "# TYPE meshgate_control_connected_sidecars gauge",
+            f"meshgate_control_connected_sidecars {len(self._conns)}",
+            "# HELP meshgate_control_pushes_total Snapshots pushed",
+            "# TYPE meshgate_control_pushes_total counter",
+            f"meshgate_control_pushes_total {self.pushes}",
+            "# HELP meshgate_control_acks_total Snapshots acknowledged",
+            "# TYPE meshgate_control_acks_total counter",
+            f"meshgate_control_acks_total {self.acks}",
+            "# HELP meshgate_control_nacks_total Snapshots refused by a sidecar",
+            "# TYPE meshgate_control_nacks_total counter",
+            f"meshgate_control_nacks_total {self.nacks}",
+            f"# HELP {name} Time from the etcd change to the sidecar's ACK",
+            f"# TYPE {name} histogram",
+        ]
+        running = 0
+        for bound, n in zip((*BUCKETS, float("inf")), self.apply_latency.counts, strict=True):
+            running += n
+            le = "+Inf" if bound == float("inf") else f"{bound:g}"
+            lines.append(f'{name}_bucket{{le="{le}"}} {running}')
+        lines += [f"{name}_sum {self.apply_latency.sum:.6f}", f"{name}_count {running}"]
+        return "\n".join(lines) + "\n"
 
     async def list_sidecars(self) -> control_pb2.ListSidecarsResponse:
         prefix = (self.store.prefix + keys.SidecarsSegment + "/").encode()

@@ -205,3 +205,27 @@ async def test_admin_errors_map_to_grpc_status(control: ControlServer) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.Deploy(control_pb2.DeployRequest(namespace="default", api="ghost", stage="prod"))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_control_plane_metrics(control: ControlServer) -> None:
+    await control.store.apply(docs())
+    sc = Sidecar(control.port, "sc-m", {"app": "pets"})
+    try:
+        await until(lambda: sc.received)
+        await control.store.deploy("default", "pets", "prod")
+        await until(lambda: control.streamer.acks >= 2)
+        text = control.streamer.metrics_text()
+        assert "meshgate_control_connected_sidecars 1" in text
+        assert (
+            f"meshgate_control_pushes_total {control.streamer.pushes}" in text
+            and control.streamer.pushes >= 2
+        )
+        assert "meshgate_control_nacks_total 0" in text
+        count = next(
+            line
+            for line in text.splitlines()
+            if line.startswith("meshgate_control_config_apply_latency_seconds_count")
+        )
+        assert int(count.split()[-1]) >= 1
+    finally:
+        await sc.close()
