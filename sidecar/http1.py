@@ -455,25 +455,17 @@ class Exchange:
 
     def proceed(self, result: Target) -> None:
         c = self.client
-        if result.kind == "websocket_api":
+        if result.kind in ("websocket", "websocket_api"):
             if not self.upgrade:
+                what = "WebSocket API" if result.kind == "websocket_api" else "WebSocket"
                 self.fail(
                     426,
-                    "this route is a WebSocket API: send an Upgrade: websocket request",
+                    f"this route is a {what}: send an Upgrade: websocket request",
                     extra_headers=((b"upgrade", b"websocket"),),
                 )
                 return
-            c.loop.create_task(self.start_wsapi(result))
-            return
-        if result.kind == "websocket":
-            if not self.upgrade:
-                self.fail(
-                    426,
-                    "this route is a WebSocket: send an Upgrade: websocket request",
-                    extra_headers=((b"upgrade", b"websocket"),),
-                )
-                return
-            c.loop.create_task(self.start_websocket(result))
+            start = self.start_wsapi if result.kind == "websocket_api" else self.start_websocket
+            c.loop.create_task(start(result))
             return
         if self.upgrade:
             self.fail(400, "WebSocket upgrade on a route that is not a WebSocket route", close=True)

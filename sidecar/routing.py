@@ -136,80 +136,18 @@ class RoutePlan:
     ) -> Target | Miss:
         if self.error:
             return Miss(500, self.error, responses=self.responses)
-        if self.kind == "websocket_api":
+        if self.kind != "http":
+            # every kind but the HTTP proxy: the same target for every request but its params and path
             return Target(
-                "websocket_api",
+                self.kind,
                 self.stage,
                 self.api,
                 self.deployment_id,
                 self.canary,
-                phase=self.phase,
-                trace_ratio=self.trace_ratio,
-                access_log=self.access_log,
-                responses=self.responses,
-                wsapi=self.wsapi,
-                params=params,
-                path=path,
-            )
-        if self.kind == "grpc":
-            return Target(
-                "grpc",
-                self.stage,
-                self.api,
-                self.deployment_id,
-                self.canary,
-                transcoder=self.transcoder,
                 host=self.host,
                 port=self.port,
                 timeout_s=self.timeout_s,
                 connect_timeout_s=self.connect_timeout_s,
-                phase=self.phase,
-                trace_ratio=self.trace_ratio,
-                access_log=self.access_log,
-                responses=self.responses,
-                params=params,
-                path=path,
-            )
-        if self.kind == "websocket":
-            return Target(
-                "websocket",
-                self.stage,
-                self.api,
-                self.deployment_id,
-                self.canary,
-                timeout_s=self.timeout_s,
-                connect_timeout_s=self.connect_timeout_s,
-                phase=self.phase,
-                trace_ratio=self.trace_ratio,
-                access_log=self.access_log,
-                responses=self.responses,
-                ws=self.ws,
-                params=params,
-                path=path,
-            )
-        if self.kind == "function":
-            return Target(
-                "function",
-                self.stage,
-                self.api,
-                self.deployment_id,
-                self.canary,
-                timeout_s=self.timeout_s,
-                phase=self.phase,
-                trace_ratio=self.trace_ratio,
-                access_log=self.access_log,
-                responses=self.responses,
-                function=self.function,
-                params=params,
-                path=path,
-            )
-        if self.kind == "mock":
-            return Target(
-                "mock",
-                self.stage,
-                self.api,
-                self.deployment_id,
-                self.canary,
                 status=self.status,
                 headers=self.headers,
                 body=self.body,
@@ -217,6 +155,10 @@ class RoutePlan:
                 trace_ratio=self.trace_ratio,
                 access_log=self.access_log,
                 responses=self.responses,
+                function=self.function,
+                transcoder=self.transcoder,
+                ws=self.ws,
+                wsapi=self.wsapi,
                 params=params,
                 path=path,
             )
