@@ -199,10 +199,6 @@ def load_documents(source: str | Path, namespace: str = "default") -> list[resou
     return _load_text(source, "", namespace)
 
 
-def kind_of(res: resources_pb2.Resource) -> str:
-    return unwrap(res).DESCRIPTOR.name
-
-
 def to_document(res: resources_pb2.Resource) -> dict[str, Any]:
     """A Resource as the camelCase document a user would write (plus read-only status fields)."""
     msg = unwrap(res)

@@ -22,7 +22,7 @@ from meshgate.control import state as keys
 from meshgate.control.snapshots import SnapshotCache
 from meshgate.control.state import State
 from meshgate.control.store import Store
-from meshgate.sidecar.metrics import BUCKETS, _Histogram
+from meshgate.sidecar.metrics import _Histogram, histogram_lines
 from meshgate.v1 import control_pb2
 
 log = logging.getLogger("meshgate.control.stream")
@@ -310,12 +310,7 @@ class ConfigStreamer:
             f"# HELP {name} Time from the etcd change to the sidecar's ACK",
             f"# TYPE {name} histogram",
         ]
-        running = 0
-        for bound, n in zip((*BUCKETS, float("inf")), self.apply_latency.counts, strict=True):
-            running += n
-            le = "+Inf" if bound == float("inf") else f"{bound:g}"
-            lines.append(f'{name}_bucket{{le="{le}"}} {running}')
-        lines += [f"{name}_sum {self.apply_latency.sum:.6f}", f"{name}_count {running}"]
+        lines += histogram_lines(name, self.apply_latency)
         return "\n".join(lines) + "\n"
 
     async def list_sidecars(self) -> control_pb2.ListSidecarsResponse:

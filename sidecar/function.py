@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import aiohttp
+from meshgate.sidecar.transform import media_type_matches
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +59,8 @@ class InvalidResponse(ValueError):
 
 
 def _is_binary(fn: FunctionIntegration, content_type: str, body: bytes) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    for pattern in fn.binary_media_types:
-        p = pattern.lower()
-        if p == "*/*" or p == media or (p.endswith("/*") and media.startswith(p[:-1])):
-            return True
+    if media_type_matches(fn.binary_media_types, content_type):
+        return True
     try:
         body.decode("utf-8")
     except UnicodeDecodeError:

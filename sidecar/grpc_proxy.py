@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -173,7 +173,3 @@ async def serve_grpc(holder: TableHolder, host: str, port: int) -> tuple[grpc.ai
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     return server, proxy, bound
-
-
-def metadata_dict(md: Mapping[str, str]) -> dict[str, str]:
-    return dict(md)

@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -36,6 +36,7 @@ from meshgate.sidecar.transcode import channel as transcode_channel
 from meshgate.sidecar.transform import MAX_INPUT as TEMPLATE_MAX_INPUT
 from meshgate.sidecar.transform import BodyTemplate, TemplateLimit, Transform, select
 from meshgate.sidecar.upstream import UpstreamConn, UpstreamPool
+from meshgate.sidecar.validation import BodyModel
 from meshgate.sidecar.websocket import WsRelay, handshake_response
 from meshgate.sidecar.wsapi import Registry, WsApiConnection
 
@@ -67,7 +68,6 @@ class Limits:
     header_timeout_s: float = 10.0
     body_idle_timeout_s: float = 30.0
     keepalive_timeout_s: float = 75.0
-    max_pipelined: int = 32
     lingering_s: float = 2.0
 
 
@@ -216,7 +216,6 @@ class Exchange:
         "t_integration",
         "target",
         "timer",
-        "transformed",
         "upgrade",
         "upstream",
         "url",
@@ -262,7 +261,6 @@ class Exchange:
         self.t_integration = 0.0
         self.auth_values: Mapping[str, str] = {}
         self.rbuf: ResponseBuffer | None = None
-        self.transformed = False
         self.retry_ok = False
         self.finished = False
 
@@ -288,7 +286,7 @@ class Exchange:
         if pending is not None:
             self.pending = None
             if not (self.finished or self.response_done):
-                self.validate_then_proceed(pending)
+                self.proceed(pending)
         up = self.upstream
         if up is not None and self.body_chunks is None and self.chunked_in and not self.discard_body:
             up.write(b"0\r\n\r\n", self.client.batching > 0)
@@ -430,31 +428,29 @@ class Exchange:
             return
         if r.cache is not None and r.store_key is not None:
             self.capture = Capture(r.cache, r.store_key)
-        if t.phase is not None and t.phase.body_model is not None:
-            if not self.body_complete:
-                self.pending = t  # validate once the whole body is here (end_body)
-                return
-            self.validate_then_proceed(t)
-            return
         self.proceed(t)
 
-    def validate_then_proceed(self, t: Target) -> None:
-        model = t.phase.body_model if t.phase is not None else None
-        if model is not None:
-            content_type = next((v for n, v in self.headers if n.lower() == b"content-type"), b"")
-            try:
-                invalid = model.check(content_type.decode("latin-1"), b"".join(self.body_chunks or ()))
-            except Exception:
-                log.exception("request validation failed (request %s)", self.request_id)
-                self.fail(500, "internal error")
-                return
-            if invalid is not None:
-                self.fail(invalid.status, invalid.reason, gw_type=invalid.gw_type, details=invalid.errors)
-                return
-        self.proceed(t)
+    def body_is_valid(self, model: BodyModel) -> bool:
+        content_type = next((v for n, v in self.headers if n.lower() == b"content-type"), b"")
+        try:
+            invalid = model.check(content_type.decode("latin-1"), b"".join(self.body_chunks or ()))
+        except Exception:
+            log.exception("request validation failed (request %s)", self.request_id)
+            self.fail(500, "internal error")
+            return False
+        if invalid is not None:
+            self.fail(invalid.status, invalid.reason, gw_type=invalid.gw_type, details=invalid.errors)
+            return False
+        return True
 
     def proceed(self, result: Target) -> None:
         c = self.client
+        if result.needs_body and not self.body_complete:
+            self.pending = result  # resumed by end_body once the whole body is here
+            return
+        model = result.phase.body_model if result.phase is not None else None
+        if model is not None and not self.body_is_valid(model):
+            return
         if result.kind in ("websocket", "websocket_api"):
             if not self.upgrade:
                 what = "WebSocket API" if result.kind == "websocket_api" else "WebSocket"
@@ -474,27 +470,17 @@ class Exchange:
             if result.transcoder is None:
                 self.fail(400, "this route is a gRPC method: call it on the sidecar's gRPC listener")
                 return
-            if not self.body_complete:
-                self.pending = result  # the request message is built from the whole body
-                return
             c.loop.create_task(self.call_transcoded(result))
             return
         if result.kind == "mock":
             self.respond_mock(result)
             return
         if result.kind == "function":
-            if not self.body_complete:
-                self.pending = result  # the event carries the whole body
-                return
             c.loop.create_task(self.call_function(result))
             return
         tr = result.transform
-        if tr is not None and tr.needs_request_body and not self.transformed:
-            if not self.body_complete:
-                self.pending = result  # templates need the whole body (end_body resumes here)
-                return
-            if not self.transform_request(result, tr):
-                return
+        if tr is not None and tr.needs_request_body and not self.transform_request(result, tr):
+            return
         if result.timeout_s >= 1.0:  # coarse timeouts ride the connection sweep: no timer handle per request
             self.deadline = c.loop.time() + result.timeout_s
         else:
@@ -787,20 +773,7 @@ class Exchange:
                 502, f"invalid upstream response: cannot decode {tc.response_cls.DESCRIPTOR.full_name}: {exc}"
             )
             return
-        self.status_code = 200
-        head = [
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % len(body),
-            b"x-meshgate-request-id: %s\r\nx-meshgate-deployment: %d\r\n"
-            % (self.request_id.encode(), t.deployment_id),
-        ]
-        if self.cors_headers:
-            head.append(self.cors_headers)
-        if not self.keep_alive:
-            head.append(b"connection: close\r\n")
-        head.append(b"\r\n")
-        self.client.write(b"".join(head) + (b"" if self.is_head else body))
-        self.head_sent = True
-        self.complete_response()
+        self.respond_full(t, 200, ((b"content-type", b"application/json"),), body)
 
     async def call_function(self, t: Target) -> None:
         fn = t.function
@@ -837,27 +810,10 @@ class Exchange:
             return
         if self.finished or self.response_done or self.client.closed:
             return
-        self.status_code = resp.status
-        body = b"" if self.is_head else resp.body
-        head = [STATUS_LINES.get(resp.status) or b"HTTP/1.1 %d %s\r\n" % (resp.status, phrase(resp.status))]
-        for name, value in resp.headers:
-            head += (name, b": ", value, b"\r\n")
-        head.append(
-            b"content-length: %d\r\nx-meshgate-request-id: %s\r\nx-meshgate-deployment: %d\r\n"
-            % (len(resp.body), self.request_id.encode(), t.deployment_id)
-        )
-        if self.cors_headers:
-            head.append(self.cors_headers)
-        if not self.keep_alive:
-            head.append(b"connection: close\r\n")
-        head.append(b"\r\n")
-        self.client.write(b"".join(head) + body)
-        self.head_sent = True
-        self.complete_response()
+        self.respond_full(t, resp.status, resp.headers, resp.body)
 
     def transform_request(self, t: Target, tr: Transform) -> bool:
         """Apply the request mapping template; False when the exchange already failed."""
-        self.transformed = True
         ctype = next((v for n, v in self.headers if n.lower() == b"content-type"), b"").decode("latin-1")
         if tr.is_binary(ctype):
             return True  # binary media type: the body goes through untouched
@@ -906,7 +862,6 @@ class Exchange:
         }
 
     def finish_transformed(self, rbuf: ResponseBuffer) -> None:
-        self.status_code = rbuf.status
         t = self.target
         assert t is not None and t.transform is not None
         ctype = next((v for n, v in rbuf.headers if n.lower() == b"content-type"), b"").decode("latin-1")
@@ -926,54 +881,24 @@ class Exchange:
                 return
             headers = [(n, v) for n, v in headers if n.lower() != b"content-type"]
             headers.append((b"content-type", chosen.content_type.encode("latin-1")))
-        head = [b"HTTP/1.1 %d %s\r\n" % (rbuf.status, rbuf.reason or phrase(rbuf.status))]
+        self.respond_full(t, rbuf.status, headers, body, rbuf.reason)
+
+    def respond_full(
+        self, t: Target, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes, reason: bytes = b""
+    ) -> None:
+        """A complete response made here (mock, cache, function, transcoded, templated): one write."""
+        self.status_code = status
+        head = [
+            b"HTTP/1.1 %d %s\r\n" % (status, reason)
+            if reason
+            else STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, phrase(status))
+        ]
         for name, value in headers:
             if name.lower() not in RESPONSE_OWN:
                 head += (name, b": ", value, b"\r\n")
         head.append(
             b"content-length: %d\r\nx-meshgate-request-id: %s\r\nx-meshgate-deployment: %d\r\n"
             % (len(body), self.request_id.encode(), t.deployment_id)
-        )
-        if self.cors_headers:
-            head.append(self.cors_headers)
-        if not self.keep_alive:
-            head.append(b"connection: close\r\n")
-        head.append(b"\r\n")
-        self.client.write(b"".join(head) + body)
-        self.head_sent = True
-        self.complete_response()
-
-    def respond_cached(self, t: Target, cached: CachedResponse) -> None:
-        self.status_code = cached.status
-        body = b"" if self.is_head else cached.body
-        head = [
-            STATUS_LINES.get(cached.status) or b"HTTP/1.1 %d %s\r\n" % (cached.status, phrase(cached.status))
-        ]
-        for name, value in cached.headers:
-            head += (name, b": ", value, b"\r\n")
-        head.append(
-            b"content-length: %d\r\nx-meshgate-request-id: %s\r\nx-meshgate-deployment: %d\r\nx-meshgate-cache: %s\r\n"
-            % (len(cached.body), self.request_id.encode(), t.deployment_id, self.cache_header or b"hit")
-        )
-        if self.cors_headers:
-            head.append(self.cors_headers)
-        if not self.keep_alive:
-            head.append(b"connection: close\r\n")
-        head.append(b"\r\n")
-        self.client.write(b"".join(head) + body)
-        self.head_sent = True
-        self.complete_response()
-
-    def respond_mock(self, t: Target) -> None:
-        self.status_code = t.status
-        c = self.client
-        body = b"" if self.is_head else t.body
-        head = [STATUS_LINES.get(t.status) or b"HTTP/1.1 %d %s\r\n" % (t.status, phrase(t.status))]
-        for name, value in t.headers:
-            head += (name, b": ", value, b"\r\n")
-        head.append(
-            b"content-length: %d\r\nx-meshgate-request-id: %s\r\nx-meshgate-deployment: %d\r\n"
-            % (len(t.body), self.request_id.encode(), t.deployment_id)
         )
         if t.canary:
             head.append(b"x-meshgate-canary: 1\r\n")
@@ -984,9 +909,16 @@ class Exchange:
         if not self.keep_alive:
             head.append(b"connection: close\r\n")
         head.append(b"\r\n")
-        c.write(b"".join(head) + body)
+        self.client.write(b"".join(head) + (b"" if self.is_head else body))
         self.head_sent = True
         self.complete_response()
+
+    def respond_cached(self, t: Target, cached: CachedResponse) -> None:
+        self.cache_header = self.cache_header or b"hit"
+        self.respond_full(t, cached.status, cached.headers, cached.body)
+
+    def respond_mock(self, t: Target) -> None:
+        self.respond_full(t, t.status, t.headers, t.body)
 
     def fail(
         self,
@@ -1287,7 +1219,6 @@ class ClientConn(asyncio.Protocol):
         self.paused: set[str] = set()
         self.draining = False
         self.drain_left = 0
-        self.writable = True
         self.in_headers = False
         self.raw_head = 0
         self.upgraded = False  # the connection now carries WebSocket frames
@@ -1334,7 +1265,6 @@ class ClientConn(asyncio.Protocol):
         return None
 
     def pause_writing(self) -> None:
-        self.writable = False
         if self.ws is not None:
             self.ws.upstream_pause(True)
         for ex in self.queue:
@@ -1342,7 +1272,6 @@ class ClientConn(asyncio.Protocol):
                 ex.upstream.pause_reading()
 
     def resume_writing(self) -> None:
-        self.writable = True
         if self.ws is not None:
             self.ws.upstream_pause(False)
         for ex in self.queue:

@@ -8,7 +8,9 @@ request; rendering happens only when /metrics is scraped.
 from __future__ import annotations
 
 import bisect
+import functools
 from collections import defaultdict
+from collections.abc import Callable
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -25,6 +27,24 @@ class _Histogram:
     def observe(self, value: float) -> None:
         self.counts[bisect.bisect_left(BUCKETS, value)] += 1
         self.sum += value
+
+
+def histogram_lines(
+    name: str, h: _Histogram, labels: Callable[[str], str] = lambda extra: "{" + extra.lstrip(",") + "}"
+) -> list[str]:
+    """Prometheus text lines of one histogram; `labels(extra)` renders the label set."""
+    out = []
+    running = 0
+    for bound, n in zip((*BUCKETS, float("inf")), h.counts, strict=True):
+        running += n
+        le = "+Inf" if bound == float("inf") else f"{bound:g}"
+        extra = ',le="' + le + '"'
+        out.append(f"{name}_bucket{labels(extra)} {running}")
+    bare = labels("")
+    bare = "" if bare == "{}" else bare
+    out.append(f"{name}_sum{bare} {h.sum:.6f}")
+    out.append(f"{name}_count{bare} {running}")
+    return out
 
 
 class Metrics:
@@ -89,12 +109,5 @@ class Metrics:
         ):
             out.append(f"# HELP {name} {help_text}\n# TYPE {name} histogram")
             for k, h in sorted(hists.items()):
-                running = 0
-                for bound, n in zip((*BUCKETS, float("inf")), h.counts, strict=True):
-                    running += n
-                    le = "+Inf" if bound == float("inf") else f"{bound:g}"
-                    extra = ',le="' + le + '"'
-                    out.append(f"{name}_bucket{labels(k, extra)} {running}")
-                out.append(f"{name}_sum{labels(k)} {h.sum:.6f}")
-                out.append(f"{name}_count{labels(k)} {running}")
+                out.extend(histogram_lines(name, h, functools.partial(labels, k)))
         return "\n".join(out) + "\n"

@@ -67,6 +67,7 @@ class Target:
     wsapi: WebSocketApi | None = None
     trace_ratio: float = 0.0  # the stage's tracing sample ratio
     access_log: str = ""  # the stage's access log format ("" = off, "json" = JSON lines)
+    needs_body: bool = False  # validation, templates, functions, transcoding: the whole body first
     params: dict[str, str] | None = None
     path: str = ""  # stage-relative request path
 
@@ -112,8 +113,17 @@ class RoutePlan:
     access_log: str = ""
     static_targets: dict[str, Target] = field(default_factory=dict)
     static: bool = field(init=False, default=False)
+    needs_body: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "needs_body",
+            self.kind == "function"
+            or self.transcoder is not None
+            or (self.transform is not None and self.transform.needs_request_body)
+            or (self.phase is not None and self.phase.body_model is not None),
+        )
         # No path parameters, mappings or per-request phase state: the Target never varies.
         m = self.mapping
         static = (
@@ -159,6 +169,7 @@ class RoutePlan:
                 transcoder=self.transcoder,
                 ws=self.ws,
                 wsapi=self.wsapi,
+                needs_body=self.needs_body,
                 params=params,
                 path=path,
             )
@@ -226,6 +237,7 @@ class RoutePlan:
             late_headers=m.late_headers,
             responses=self.responses,
             transform=self.transform,
+            needs_body=self.needs_body,
             params=params,
             path=path,
         )

@@ -31,6 +31,16 @@ MAX_INPUT = 10 * 1024 * 1024
 _FOR_LINE = re.compile(r"^(\s*)for .*:\s*$")
 
 
+def media_type_matches(patterns: tuple[str, ...], content_type: str) -> bool:
+    """Whether a Content-Type matches one of `binaryMediaTypes` (exact, `type/*` or `*/*`)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    for pattern in patterns:
+        p = pattern.lower()
+        if p == "*/*" or p == media or (p.endswith("/*") and media.startswith(p[:-1])):
+            return True
+    return False
+
+
 class TemplateLimit(Exception):
     """A template exceeded its step, time or size budget, or failed."""
 
@@ -250,12 +260,7 @@ class Transform:
 
     def is_binary(self, content_type: str) -> bool:
         """Binary media types pass through untouched, whatever the templates say."""
-        media = content_type.split(";", 1)[0].strip().lower()
-        for pattern in self.binary_media_types:
-            p = pattern.lower()
-            if p == "*/*" or p == media or (p.endswith("/*") and media.startswith(p[:-1])):
-                return True
-        return False
+        return media_type_matches(self.binary_media_types, content_type)
 
     @property
     def needs_request_body(self) -> bool:

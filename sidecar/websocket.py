@@ -13,10 +13,9 @@ import asyncio
 import base64
 import hashlib
 import logging
-import socket
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 from websockets.client import ClientProtocol
 from websockets.frames import Close, Frame, Opcode
@@ -179,37 +178,12 @@ class WsRelay:
         self._flush_upstream()
 
     def _to_upstream(self, frame: Frame) -> None:
-        client = self.client
-        if client is None or client.state is not State.OPEN:
-            return
-        op = frame.opcode
-        if op is Opcode.TEXT:
-            client.send_text(frame.data, fin=frame.fin)
-        elif op is Opcode.BINARY:
-            client.send_binary(frame.data, fin=frame.fin)
-        elif op is Opcode.CONT:
-            client.send_continuation(frame.data, fin=frame.fin)
-        elif op is Opcode.CLOSE:
-            close = Close.parse(frame.data) if frame.data else Close(1000, "")
-            code = close.code if close.code not in (1005, 1006, 1015) else 1000
-            client.send_close(code, close.reason)
+        if self.client is not None:
+            _forward(frame, self.client)
 
     def _to_client(self, frame: Frame) -> None:
         self.last_active = time.monotonic()
-        server = self.server
-        if server.state is not State.OPEN:
-            return
-        op = frame.opcode
-        if op is Opcode.TEXT:
-            server.send_text(frame.data, fin=frame.fin)
-        elif op is Opcode.BINARY:
-            server.send_binary(frame.data, fin=frame.fin)
-        elif op is Opcode.CONT:
-            server.send_continuation(frame.data, fin=frame.fin)
-        elif op is Opcode.CLOSE:
-            close = Close.parse(frame.data) if frame.data else Close(1000, "")
-            code = close.code if close.code not in (1005, 1006, 1015) else 1000
-            server.send_close(code, close.reason)
+        _forward(frame, self.server)
 
     def _flush_client(self) -> None:
         t = self.client_transport
@@ -277,6 +251,24 @@ class WsRelay:
             self.upstream.transport.close()
 
 
+def _forward(frame: Frame, to: ServerProtocol | ClientProtocol) -> None:
+    """Send a frame received on one side out of the other side's protocol (data, or the close code)."""
+    if to.state is not State.OPEN:
+        return
+    op = frame.opcode
+    if op is Opcode.TEXT:
+        to.send_text(frame.data, fin=frame.fin)
+    elif op is Opcode.BINARY:
+        to.send_binary(frame.data, fin=frame.fin)
+    elif op is Opcode.CONT:
+        to.send_continuation(frame.data, fin=frame.fin)
+    elif op is Opcode.CLOSE:
+        close = Close.parse(frame.data) if frame.data else Close(1000, "")
+        # 1005/1006/1015 are never sent on the wire: a close without a code becomes a normal close
+        to.send_close(close.code if close.code not in (1005, 1006, 1015) else 1000, close.reason)
+    # pings and pongs are answered by each side's protocol itself
+
+
 def handshake_response(
     key: bytes, subprotocol: str | None, request_id: str, connection_id: str = ""
 ) -> bytes:
@@ -295,12 +287,3 @@ def handshake_response(
         out += (b"x-meshgate-connection-id: ", connection_id.encode(), b"\r\n")
     out.append(b"\r\n")
     return b"".join(out)
-
-
-def set_nodelay(transport: Any) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -53,9 +54,10 @@ def bundle(
     canary_routes: list[dict[str, Any]] | None = None,
     hosts: list[str] | None = None,
     base_path: str = "",
+    api_spec: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One StageBundle as a JSON-style dict."""
-    spec = {"routes": routes, "basePath": base_path}
+    """One StageBundle as a JSON-style dict; `api_spec` adds ApiSpec fields (cors, authorizers, ...)."""
+    spec = {"routes": routes, "basePath": base_path, **(api_spec or {})}
     b: dict[str, Any] = {
         "api": {"metadata": {"name": api, "namespace": "default"}, "spec": spec},
         "stage": {
@@ -92,6 +94,22 @@ def mock_route(method: str, path: str, body: str, status: int = 200, **headers: 
         "path": path,
         "integration": {"type": "mock", "mock": {"status": status, "body": body, "headers": headers}},
     }
+
+
+def call(
+    port: int,
+    path: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection: (status, lowercase headers, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request(method, path, body=body, headers=headers or {})
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
 
 
 class Gateway:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import http.client
 import json
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from meshgate.sidecar.phase import Runtime
 from meshgate.sidecar.routing import compile_snapshot
 
-from .conftest import Backends, Gateway, LoopThread, bundle, http_route, mock_route, read_request
+from .conftest import Backends, Gateway, LoopThread, bundle, call, http_route, mock_route, read_request
 from .conftest import snapshot as make_snapshot
 
 
@@ -77,22 +76,6 @@ def start(gateway: Gateway, snap: Any, runtime: Runtime | None = None) -> Runtim
     return runtime
 
 
-def call(port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request(method, path, headers=headers or {})
-    resp = conn.getresponse()
-    body = resp.read()
-    conn.close()
-    return resp.status, dict((k.lower(), v) for k, v in resp.getheaders()), body
-
-
-def api_bundle(routes: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
-    b = bundle(routes)
-    b["api"]["spec"].update(spec)
-    b["deployment"]["spec"]["apiSpec"].update(spec)
-    return b
-
-
 HELLO = mock_route("GET", "/hello", '{"hi": 1}')
 
 
@@ -101,13 +84,13 @@ HELLO = mock_route("GET", "/hello", '{"hi": 1}')
 
 def test_resource_policy_deny_wins_and_private_endpoint(gateway: Gateway) -> None:
     snap = make_snapshot(
-        api_bundle([HELLO], resourcePolicy={"allowCidrs": ["127.0.0.0/8"], "denyCidrs": ["127.0.0.1/32"]})
+        _api_bundle([HELLO], resourcePolicy={"allowCidrs": ["127.0.0.0/8"], "denyCidrs": ["127.0.0.1/32"]})
     )
     start(gateway, snap)
     status, _, body = call(gateway.port, "/prod/hello")
     assert status == 403 and "denies source 127.0.0.1" in json.loads(body)["reason"]
 
-    snap = make_snapshot(api_bundle([HELLO], endpointType="private"))
+    snap = make_snapshot(_api_bundle([HELLO], endpointType="private"))
     snap.cluster_cidrs.extend(["10.0.0.0/8"])
     gateway.holder.table = compile_snapshot(snap, rt(gateway))
     status, _, body = call(gateway.port, "/prod/hello")
@@ -124,7 +107,7 @@ def test_private_endpoint_never_calls_the_integration(gateway: Gateway, backends
 
     port = backends.start(backend)
     snap = make_snapshot(
-        api_bundle([http_route("GET", "/x", f"http://127.0.0.1:{port}/x")], endpointType="private")
+        _api_bundle([http_route("GET", "/x", f"http://127.0.0.1:{port}/x")], endpointType="private")
     )
     snap.cluster_cidrs.append("10.96.0.0/12")
     start(gateway, snap)
@@ -188,7 +171,7 @@ def jwt_snapshot(idp: Idp, backend_port: int) -> Any:
         },
     ]
     return make_snapshot(
-        api_bundle(
+        _api_bundle(
             routes,
             authorizers=[
                 {
@@ -345,7 +328,7 @@ def request_auth_snapshot(
             "authorizer": "custom",
         },
     ]
-    return make_snapshot(api_bundle(routes, authorizers=[conf]))
+    return make_snapshot(_api_bundle(routes, authorizers=[conf]))
 
 
 def test_token_authorizer_policy_cache_and_context(gateway: Gateway, backends: Backends, aux: Aux) -> None:
@@ -415,7 +398,7 @@ def keyed_snapshot(rate: float = 0, burst: int = 0, quota: int = 0, route_rate: 
     route = {**mock_route("GET", "/hello", '"hi"'), "apiKeyRequired": True}
     if route_rate:
         route["throttling"] = {"rateLimit": route_rate, "burstLimit": 1}
-    snap = make_snapshot(api_bundle([route, mock_route("GET", "/open", '"open"')]))
+    snap = make_snapshot(_api_bundle([route, mock_route("GET", "/open", '"open"')]))
     plan: dict[str, Any] = {
         "metadata": {"name": "gold", "namespace": "default"},
         "spec": {"apis": ["pets/prod"]},
@@ -609,7 +592,7 @@ def test_authorizer_values_reach_mappings_and_verified_tokens_are_cached(
         "authorizer": "cognito",
     }
     snap = make_snapshot(
-        api_bundle(
+        _api_bundle(
             [route],
             authorizers=[
                 {
@@ -660,3 +643,7 @@ def test_disabled_api_key_is_refused(gateway: Gateway) -> None:
     snap.api_keys[0].spec.enabled = False
     start(gateway, snap)
     assert call(gateway.port, "/prod/hello", headers={"x-api-key": KEY})[0] == 403
+
+
+def _api_bundle(routes: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    return bundle(routes, api_spec=spec)

@@ -3,31 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 from typing import Any
 
 from meshgate.sidecar.phase import Runtime
 from meshgate.sidecar.routing import compile_snapshot
 
-from .conftest import Backends, Gateway, bundle, http_route, mock_route, read_request, snapshot
-
-
-def call(port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request(method, path, headers=headers or {})
-    resp = conn.getresponse()
-    body = resp.read()
-    conn.close()
-    return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
-
-
-def with_spec(routes: list[dict[str, Any]], **spec: Any) -> Any:
-    b = bundle(routes)
-    b["api"]["spec"].update(spec)
-    b["deployment"]["spec"]["apiSpec"].update(spec)
-    return snapshot(b)
-
+from .conftest import Backends, Gateway, bundle, call, http_route, mock_route, read_request, snapshot
 
 CORS = {
     "allowOrigins": ["https://app.example.com", "https://*.partner.io"],
@@ -45,7 +27,7 @@ def test_preflight_answered_without_the_integration(gateway: Gateway, backends: 
 
     port_b = backends.start(backend)
     gateway.start(
-        with_spec(
+        _with_spec(
             [
                 http_route("POST", "/orders", f"http://127.0.0.1:{port_b}/orders"),
                 mock_route("GET", "/orders", "[]"),
@@ -83,7 +65,7 @@ def test_preflight_answered_without_the_integration(gateway: Gateway, backends: 
 
 
 def test_cors_headers_on_responses_and_gateway_errors(gateway: Gateway) -> None:
-    gateway.start(with_spec([mock_route("GET", "/orders", "[]")], cors=CORS))
+    gateway.start(_with_spec([mock_route("GET", "/orders", "[]")], cors=CORS))
     origin = {"Origin": "https://app.example.com"}
     status, headers, _ = call(gateway.port, "/prod/orders", headers=origin)
     assert status == 200 and headers["access-control-allow-origin"] == "https://app.example.com"
@@ -106,7 +88,7 @@ def test_gateway_response_overrides(gateway: Gateway) -> None:
         {"type": "DEFAULT_5XX", "bodyTemplate": '{"oops": $context.error.messageString}'},
         {"type": "THROTTLED", "status": 503},
     ]
-    snap = with_spec(
+    snap = _with_spec(
         [mock_route("GET", "/x", '"x"'), http_route("GET", "/broken", "http://${stageVariables.missing}/b")],
         gatewayResponses=overrides,
     )
@@ -132,3 +114,7 @@ def test_gateway_response_overrides(gateway: Gateway) -> None:
         assert "reason" in json.loads(body) and "throttled" in json.loads(body)["reason"]
     finally:
         gateway.lt.run(runtime.close())
+
+
+def _with_spec(routes: list[dict[str, Any]], **spec: Any) -> Any:
+    return snapshot(bundle(routes, api_spec=spec))

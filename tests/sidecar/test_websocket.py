@@ -31,8 +31,8 @@ class Upstream:
                     if msg == "close-4001":
                         await ws.close(4001, "bye from upstream")
                         return
-                    if msg == "flood":
-                        for i in range(200):
+                    if msg in ("flood", "bigflood"):
+                        for i in range(200 if msg == "flood" else 2000):
                             await ws.send("x" * 10000 + str(i))
                         continue
                     await ws.send(msg)
@@ -161,3 +161,18 @@ def test_handshake_errors(gateway: Gateway, upstream: Upstream) -> None:
     with pytest.raises(InvalidStatus) as err:
         connect(f"ws://127.0.0.1:{gateway.port}/prod/plain", open_timeout=5)
     assert err.value.response.status_code == 400
+
+
+def test_slow_reader_does_not_grow_sidecar_buffers(gateway: Gateway, upstream: Upstream) -> None:
+    url = start(gateway, upstream.port, maxMessageBytes=1_000_000)
+    with connect(url, max_size=None) as ws:
+        ws.send("bigflood")  # 2000 x 10 KB = 20 MB while the client reads nothing
+        time.sleep(1.0)
+
+        async def buffered() -> int:
+            return max(c.transport.get_write_buffer_size() for c in gateway.http.conns if c.transport)
+
+        held = gateway.lt.run(buffered())
+        assert held < 2 * 1024 * 1024, held  # paused upstream reading instead of queueing ~20 MB
+        got = [ws.recv(timeout=10) for _ in range(2000)]
+    assert got[-1].endswith("1999")
