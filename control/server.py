@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from meshgate.control.controller import Controller, ControllerOptions
 from meshgate.control.etcd_local import EtcdNotFound, LocalEtcd
+from meshgate.control.kube import KubeOptions, in_cluster_namespace
 from meshgate.control.service import ControlServicer
 from meshgate.control.store import Store
 from meshgate.control.stream import ConfigStreamer
@@ -33,8 +35,11 @@ class ControlServer:
     streamer: ConfigStreamer
     port: int
     control_id: str
+    controller: Controller | None = None
 
     async def stop(self, grace: float = 1.0) -> None:
+        if self.controller is not None:
+            await self.controller.stop()
         await self.streamer.stop()
         await self.server.stop(grace)
         await self.store.close()
@@ -50,6 +55,7 @@ async def start_control(
     debounce_s: float = 0.005,
     max_delay_s: float = 0.05,
     cluster_cidrs: tuple[str, ...] = DEFAULT_CLUSTER_CIDRS,
+    kubernetes: ControllerOptions | None = None,
 ) -> ControlServer:
     control_id = control_id or f"{socket.gethostname()}-{os.getpid()}"
     store = Store(etcd_endpoint, prefix, cluster_cidrs=cluster_cidrs)
@@ -80,7 +86,17 @@ async def start_control(
         await store.close()
         raise OSError(f"cannot listen on {host}:{port}")
     await server.start()
-    return ControlServer(server, store, streamer, bound, control_id)
+    controller = None
+    if kubernetes is not None:
+        controller = Controller(store, kubernetes, identity=control_id, cluster_cidrs=cluster_cidrs)
+        try:
+            await controller.start()
+        except Exception as exc:
+            await server.stop(0)
+            await streamer.stop()
+            await store.close()
+            raise ConnectionError(f"Kubernetes API: {type(exc).__name__}: {exc}") from None
+    return ControlServer(server, store, streamer, bound, control_id, controller)
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -100,6 +116,7 @@ async def _serve(args: argparse.Namespace, etcd_endpoint: str) -> int:
             prefix=args.prefix,
             control_id=args.id,
             cluster_cidrs=tuple(args.cluster_cidr or DEFAULT_CLUSTER_CIDRS),
+            kubernetes=_controller_options(args),
         )
     except (ConnectionError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -133,6 +150,42 @@ async def _serve(args: argparse.Namespace, etcd_endpoint: str) -> int:
     return 0
 
 
+def _controller_options(args: argparse.Namespace) -> ControllerOptions | None:
+    if not args.kubernetes:
+        return None
+    return ControllerOptions(
+        kube=KubeOptions(api_url=args.kube_api or "", kubeconfig=args.kubeconfig or ""),
+        namespace="" if args.all_namespaces else (args.kube_namespace or ""),
+        lease_namespace=args.lease_namespace or in_cluster_namespace(),
+        lease_name=args.lease_name,
+        lease_duration_s=args.lease_duration,
+        renew_s=args.lease_renew,
+        resync_s=args.kube_resync,
+    )
+
+
+def _add_kubernetes_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Kubernetes controller (meshgate.io custom resources -> etcd)")
+    group.add_argument(
+        "--kubernetes", action="store_true", help="run the controller (leader-elected among replicas)"
+    )
+    scope = group.add_mutually_exclusive_group()
+    scope.add_argument("--kube-namespace", help="watch one namespace (default: all)")
+    scope.add_argument("--all-namespaces", action="store_true", help="watch every namespace (default)")
+    group.add_argument("--kube-api", help="API server URL, no credentials (tests, kubectl proxy)")
+    group.add_argument("--kubeconfig", help="kubeconfig path (default: in-cluster, else ~/.kube/config)")
+    group.add_argument("--lease-namespace", help="namespace of the leader Lease (default: this pod's)")
+    group.add_argument("--lease-name", default="meshgate-controller", help="default %(default)s")
+    group.add_argument("--lease-duration", type=float, default=15.0, help="seconds (default %(default)s)")
+    group.add_argument("--lease-renew", type=float, default=2.0, help="renew period, s (default %(default)s)")
+    group.add_argument(
+        "--kube-resync",
+        type=float,
+        default=300.0,
+        help="re-reconcile everything every N s (default %(default)s)",
+    )
+
+
 def run_control(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="meshgate control", description="Run the meshgate control service.")
     parser.add_argument("--etcd", help="etcd endpoint HOST:PORT (default: start a private etcd on loopback)")
@@ -148,6 +201,7 @@ def run_control(argv: list[str]) -> int:
     parser.add_argument("--id", default=None, help="replica id (default hostname-pid)")
     parser.add_argument("--metrics-listen", help="HOST:PORT for Prometheus /metrics of the control plane")
     parser.add_argument("--log-level", default="info")
+    _add_kubernetes_flags(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
