@@ -34,9 +34,9 @@ from meshgate.sidecar.transcode import HTTP_STATUS as GRPC_TO_HTTP
 from meshgate.sidecar.transcode import TranscodeError
 from meshgate.sidecar.transcode import channel as transcode_channel
 from meshgate.sidecar.transform import MAX_INPUT as TEMPLATE_MAX_INPUT
-from meshgate.sidecar.transform import BodyTemplate, TemplateLimit, Transform, select
+from meshgate.sidecar.transform import UNPARSED, BodyTemplate, TemplateLimit, Transform, select
 from meshgate.sidecar.upstream import UpstreamConn, UpstreamPool
-from meshgate.sidecar.validation import BodyModel
+from meshgate.sidecar.validation import BodyModel, Invalid
 from meshgate.sidecar.websocket import WsRelay, handshake_response
 from meshgate.sidecar.wsapi import Registry, WsApiConnection
 
@@ -183,6 +183,7 @@ class Exchange:
         "auth_values",
         "body_chunks",
         "body_complete",
+        "body_doc",
         "body_received",
         "cache_header",
         "capture",
@@ -236,6 +237,7 @@ class Exchange:
         self.body_chunks: list[bytes] | None = []  # buffered until an upstream is attached
         self.body_received = 0
         self.body_complete = False
+        self.body_doc: object = UNPARSED  # the JSON body once request validation has parsed it
         self.discard_body = False
         self.error: tuple[int, str] | None = None
         self.target: Target | None = None
@@ -432,15 +434,18 @@ class Exchange:
 
     def body_is_valid(self, model: BodyModel) -> bool:
         content_type = next((v for n, v in self.headers if n.lower() == b"content-type"), b"")
+        body = b"".join(self.body_chunks or ())
+        self.body_chunks = [body]  # joined once: a mapping template reads it next
         try:
-            invalid = model.check(content_type.decode("latin-1"), b"".join(self.body_chunks or ()))
+            verdict = model.parse(content_type.decode("latin-1"), body)
         except Exception:
             log.exception("request validation failed (request %s)", self.request_id)
             self.fail(500, "internal error")
             return False
-        if invalid is not None:
-            self.fail(invalid.status, invalid.reason, gw_type=invalid.gw_type, details=invalid.errors)
+        if isinstance(verdict, Invalid):
+            self.fail(verdict.status, verdict.reason, gw_type=verdict.gw_type, details=verdict.errors)
             return False
+        self.body_doc = verdict.doc
         return True
 
     def proceed(self, result: Target) -> None:
@@ -829,7 +834,13 @@ class Exchange:
             return True
         body = b"".join(self.body_chunks or ())
         try:
-            out = chosen.render(body, self.template_params(t), self.template_context(t), tr.stage_variables)
+            out = chosen.render(
+                body,
+                lambda: self.template_params(t),
+                lambda: self.template_context(t),
+                tr.stage_variables,
+                self.body_doc,
+            )
         except TemplateLimit as exc:
             self.fail(500, f"request mapping template: {exc}", gw_type="API_CONFIGURATION_ERROR")
             return False
@@ -873,9 +884,14 @@ class Exchange:
         body = b"".join(rbuf.body)
         headers = rbuf.headers
         if isinstance(chosen, BodyTemplate):
-            params = {"header": {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in rbuf.headers}}
+
+            def params() -> dict[str, dict[str, str]]:
+                return {"header": {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers}}
+
             try:
-                body = chosen.render(body, params, self.template_context(t), t.transform.stage_variables)
+                body = chosen.render(
+                    body, params, lambda: self.template_context(t), t.transform.stage_variables
+                )
             except TemplateLimit as exc:
                 self.fail(500, f"response mapping template: {exc}", gw_type="API_CONFIGURATION_ERROR")
                 return

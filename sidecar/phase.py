@@ -161,8 +161,7 @@ class RoutePhase:
             or self.api_key_required
             or self.cache is not None
             or self.required
-            or self.body_model is not None
-        )
+        )  # a body model alone keeps the fast path: the body is validated once it is all here (proceed)
 
     def throttled(self) -> PhaseResult | None:
         """The fast path: a route whose only request-phase step is its token bucket."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import jsonschema
 import jsonschema_rs
+import orjson
 from jsonschema.exceptions import SchemaError
 
 MAX_ERRORS = 10
@@ -30,6 +31,11 @@ class Invalid:
     reason: str
     errors: tuple[dict[str, str], ...] = ()
     gw_type: str = "BAD_REQUEST_BODY"
+
+
+@dataclass(frozen=True, slots=True)
+class Valid:
+    doc: Any  # the parsed body, handed on to mapping templates so they need not parse it again
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,11 @@ class BodyModel:
         return cls(name, (content_type or "application/json").lower(), fast)
 
     def check(self, content_type: str, body: bytes) -> Invalid | None:
+        verdict = self.parse(content_type, body)
+        return verdict if isinstance(verdict, Invalid) else None
+
+    def parse(self, content_type: str, body: bytes) -> Invalid | Valid:
+        """The body parsed and checked against the model: Valid carries the document for later steps."""
         media = content_type.split(";", 1)[0].strip().lower()
         if media != self.content_type:
             return Invalid(
@@ -59,19 +70,18 @@ class BodyModel:
                 gw_type="UNSUPPORTED_MEDIA_TYPE",
             )
         try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return Invalid(400, f"request body is not valid UTF-8 (byte {exc.start})")
-        try:
-            doc = json.loads(text)
-        except RecursionError:
-            return Invalid(400, "request body JSON is nested too deeply")
-        except ValueError as exc:  # includes huge integers beyond the digit limit
-            return Invalid(400, f"request body is not valid JSON: {str(exc).splitlines()[0][:200]}")
+            doc = orjson.loads(body)  # the fast path; anything it refuses gets the precise verdict below
+        except orjson.JSONDecodeError:
+            parsed = _parse_slowly(body)
+            if isinstance(parsed, Invalid):
+                return parsed
+            doc = parsed.doc
         if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _depth(doc) > MAX_DEPTH:
             return Invalid(400, f"request body JSON is nested deeper than {MAX_DEPTH} levels")
-        errors = []
         try:
+            if self.validator.is_valid(doc):
+                return Valid(doc)
+            errors = []
             for err in self.validator.iter_errors(doc):
                 errors.append(
                     {"path": "/" + "/".join(str(p) for p in err.instance_path), "message": err.message[:300]}
@@ -80,9 +90,21 @@ class BodyModel:
                     break
         except RecursionError:
             return Invalid(400, "request body JSON is nested too deeply")
-        if errors:
-            return Invalid(400, f"request body does not match model {self.name}", tuple(errors))
-        return None
+        return Invalid(400, f"request body does not match model {self.name}", tuple(errors))
+
+
+def _parse_slowly(body: bytes) -> Invalid | Valid:
+    """The standard library's parse: what orjson refuses but JSON allows (huge integers), or why not."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Invalid(400, f"request body is not valid UTF-8 (byte {exc.start})")
+    try:
+        return Valid(json.loads(text))
+    except RecursionError:
+        return Invalid(400, "request body JSON is nested too deeply")
+    except ValueError as exc:  # includes huge integers beyond the digit limit
+        return Invalid(400, f"request body is not valid JSON: {str(exc).splitlines()[0][:200]}")
 
 
 def _depth(doc: object, limit: int = MAX_DEPTH + 1) -> int:

@@ -1,0 +1,27 @@
+"""JSON on the request path: orjson (a parse or a dump in ~2 µs, several times faster than the standard
+library), with the standard library as the fallback for what orjson refuses (integers beyond 64 bits;
+NaN and Infinity when parsing), so what is accepted and how it is reported do not depend on the fast
+path. Output is compact; NaN and Infinity are written as null, so it is always valid JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+
+def loads(data: bytes) -> Any:
+    """Parse a JSON document; raises ValueError (or RecursionError) exactly as json.loads would."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)  # the standard library's verdict and message
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text of a parsed value."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # orjson.JSONEncodeError: integers beyond 64 bits
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
