@@ -134,6 +134,18 @@ async def _serve(args: argparse.Namespace, etcd_endpoint: str) -> int:
         await metrics_runner.setup()
         mhost, mport = _split(args.metrics_listen)
         await web.TCPSite(metrics_runner, mhost, mport).start()
+    exporter = None
+    if args.otlp_endpoint and args.otlp_metrics_interval > 0:
+        from meshgate.sidecar.otlp_metrics import OtlpMetricsExporter
+
+        exporter = OtlpMetricsExporter(
+            args.otlp_endpoint,
+            "meshgate-control",
+            ctl.control_id,
+            ctl.streamer.metrics,
+            args.otlp_metrics_interval,
+        )
+        exporter.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -146,6 +158,8 @@ async def _serve(args: argparse.Namespace, etcd_endpoint: str) -> int:
     await stop.wait()
     if metrics_runner is not None:
         await metrics_runner.cleanup()
+    if exporter is not None:
+        await exporter.stop()
     await ctl.stop()
     return 0
 
@@ -200,6 +214,15 @@ def run_control(argv: list[str]) -> int:
     )
     parser.add_argument("--id", default=None, help="replica id (default hostname-pid)")
     parser.add_argument("--metrics-listen", help="HOST:PORT for Prometheus /metrics of the control plane")
+    parser.add_argument(
+        "--otlp-endpoint",
+        default=os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        help="OTLP/gRPC collector for the control plane's metrics, e.g. jaeger:4317 (default: off)",
+    )
+    parser.add_argument(
+        "--otlp-metrics-interval", type=float, default=10.0, help="seconds (default %(default)s)"
+    )
     parser.add_argument("--log-level", default="info")
     _add_kubernetes_flags(parser)
     args = parser.parse_args(argv)

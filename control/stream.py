@@ -22,10 +22,23 @@ from meshgate.control import state as keys
 from meshgate.control.snapshots import SnapshotCache
 from meshgate.control.state import State
 from meshgate.control.store import Store
-from meshgate.sidecar.metrics import _Histogram, histogram_lines
+from meshgate.sidecar.metrics import Family, Labels, Value, _Histogram, prometheus_text
 from meshgate.v1 import control_pb2
 
 log = logging.getLogger("meshgate.control.stream")
+
+CONNECTED = Family(
+    "meshgate_control_connected_sidecars", "Sidecars streaming from this control replica", "gauge"
+)
+PUSHES = Family("meshgate_control_pushes", "Snapshots pushed", "counter")
+ACKS = Family("meshgate_control_acks", "Snapshots acknowledged", "counter")
+NACKS = Family("meshgate_control_nacks", "Snapshots refused by a sidecar", "counter")
+APPLY_LATENCY = Family(
+    "meshgate_control_config_apply_latency",
+    "Time from the etcd change to the sidecar's ACK",
+    "histogram",
+    "s",
+)
 
 
 class _Conn:
@@ -291,27 +304,18 @@ class ConfigStreamer:
             conn.closed = True
             conn.wake.set()
 
-    def metrics_text(self) -> str:
-        """Control-plane metrics of this replica, as Prometheus text."""
-        name = "meshgate_control_config_apply_latency_seconds"
-        lines = [
-            "# HELP meshgate_control_connected_sidecars Sidecars streaming from this control replica",
-            "# TYPE meshgate_control_connected_sidecars gauge",
-            f"meshgate_control_connected_sidecars {len(self._conns)}",
-            "# HELP meshgate_control_pushes_total Snapshots pushed",
-            "# TYPE meshgate_control_pushes_total counter",
-            f"meshgate_control_pushes_total {self.pushes}",
-            "# HELP meshgate_control_acks_total Snapshots acknowledged",
-            "# TYPE meshgate_control_acks_total counter",
-            f"meshgate_control_acks_total {self.acks}",
-            "# HELP meshgate_control_nacks_total Snapshots refused by a sidecar",
-            "# TYPE meshgate_control_nacks_total counter",
-            f"meshgate_control_nacks_total {self.nacks}",
-            f"# HELP {name} Time from the etcd change to the sidecar's ACK",
-            f"# TYPE {name} histogram",
+    def metrics(self) -> list[tuple[Family, list[tuple[Labels, Value]]]]:
+        """Control-plane metrics of this replica (Prometheus text on --metrics-listen, OTLP)."""
+        return [
+            (CONNECTED, [((), len(self._conns))]),
+            (PUSHES, [((), self.pushes)]),
+            (ACKS, [((), self.acks)]),
+            (NACKS, [((), self.nacks)]),
+            (APPLY_LATENCY, [((), self.apply_latency)]),
         ]
-        lines += histogram_lines(name, self.apply_latency)
-        return "\n".join(lines) + "\n"
+
+    def metrics_text(self) -> str:
+        return prometheus_text(self.metrics())
 
     async def list_sidecars(self) -> control_pb2.ListSidecarsResponse:
         prefix = (self.store.prefix + keys.SidecarsSegment + "/").encode()

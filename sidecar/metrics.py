@@ -1,8 +1,10 @@
-"""Request metrics per api/stage/route, named as API Gateway users know them, as Prometheus text.
+"""Request metrics per api/stage/route, named as API Gateway users know them, as Prometheus text
+(and, through `otlp_metrics`, OTLP).
 
-Count, 4XX and 5XX errors, latency and integration latency histograms, cache
-hits and misses, throttled requests. Recording is a few dict updates per
-request; rendering happens only when /metrics is scraped.
+Count, 4XX and 5XX errors, latency, integration latency and authorizer latency
+histograms, cache hits and misses, throttled requests, active WebSocket
+connections and WebSocket API messages. Recording is a few dict updates per
+request; rendering happens only when /metrics is scraped or an export is due.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import bisect
 import functools
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -21,12 +24,35 @@ class _Histogram:
     __slots__ = ("counts", "sum")
 
     def __init__(self) -> None:
-        self.counts = [0] * (len(BUCKETS) + 1)
+        self.counts = [0] * (len(BUCKETS) + 1)  # per bucket (value <= bound), the last one +Inf
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
         self.counts[bisect.bisect_left(BUCKETS, value)] += 1
         self.sum += value
+
+
+Labels = tuple[tuple[str, str], ...]
+Value = int | float | _Histogram
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """One metric. `name` is the OTLP name; Prometheus adds `_seconds` (unit "s") and `_total`
+    (counters), which is also what a collector's Prometheus exporter makes of the OTLP metric."""
+
+    name: str
+    help: str
+    kind: str  # counter | gauge | histogram
+    unit: str = ""  # "s" or "" (a count)
+
+    @property
+    def prometheus_name(self) -> str:
+        name = self.name + ("_seconds" if self.unit == "s" else "")
+        return name + "_total" if self.kind == "counter" else name
+
+
+Families = Iterable[tuple[Family, Iterable[tuple[Labels, Value]]]]
 
 
 def histogram_lines(
@@ -47,6 +73,59 @@ def histogram_lines(
     return out
 
 
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _label_text(labels: Labels, extra: str = "") -> str:
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+    return "{" + (inner + extra if inner else extra.lstrip(",")) + "}"
+
+
+def prometheus_text(families: Families) -> str:
+    out: list[str] = []
+    for fam, samples in families:
+        name = fam.prometheus_name
+        out.append(f"# HELP {name} {fam.help}\n# TYPE {name} {fam.kind}")
+        for labels, value in samples:
+            if isinstance(value, _Histogram):
+                out.extend(histogram_lines(name, value, functools.partial(_label_text, labels)))
+            else:
+                text = _label_text(labels)
+                out.append(f"{name}{'' if text == '{}' else text} {value}")
+    return "\n".join(out) + "\n"
+
+
+REQUESTS = Family("meshgate_requests", "Requests answered (API Gateway: Count)", "counter")
+ERRORS_4XX = Family("meshgate_4xx_errors", "Client errors (API Gateway: 4XXError)", "counter")
+ERRORS_5XX = Family("meshgate_5xx_errors", "Server errors (API Gateway: 5XXError)", "counter")
+THROTTLED = Family("meshgate_throttled_requests", "Requests refused with 429", "counter")
+CACHE_HITS = Family("meshgate_cache_hits", "Stage cache hits (API Gateway: CacheHitCount)", "counter")
+CACHE_MISSES = Family("meshgate_cache_misses", "Stage cache misses (API Gateway: CacheMissCount)", "counter")
+WS_MESSAGES = Family(
+    "meshgate_websocket_messages", "WebSocket API messages routed (API Gateway: MessageCount)", "counter"
+)
+WS_ACTIVE = Family(
+    "meshgate_websocket_connections", "Open WebSocket connections (pass-through and WebSocket APIs)", "gauge"
+)
+LATENCY = Family(
+    "meshgate_latency", "Request latency in the sidecar (API Gateway: Latency)", "histogram", "s"
+)
+INTEGRATION_LATENCY = Family(
+    "meshgate_integration_latency",
+    "Time spent in the integration (API Gateway: IntegrationLatency)",
+    "histogram",
+    "s",
+)
+AUTHORIZER_LATENCY = Family(
+    "meshgate_authorizer_latency", "Time spent in the authorizer (cached or called)", "histogram", "s"
+)
+
+
+def _labels(key: Key) -> Labels:
+    return (("api", key[0]), ("stage", key[1]), ("route", key[2]))
+
+
 class Metrics:
     def __init__(self) -> None:
         self.count: defaultdict[Key, int] = defaultdict(int)
@@ -57,6 +136,9 @@ class Metrics:
         self.cache_misses: defaultdict[Key, int] = defaultdict(int)
         self.latency: defaultdict[Key, _Histogram] = defaultdict(_Histogram)
         self.integration_latency: defaultdict[Key, _Histogram] = defaultdict(_Histogram)
+        self.authorizer_latency: defaultdict[Key, _Histogram] = defaultdict(_Histogram)
+        self.websockets: defaultdict[Key, int] = defaultdict(int)  # open now (a gauge)
+        self.ws_messages: defaultdict[Key, int] = defaultdict(int)  # route = the message's route key
 
     def observe(self, key: Key, status: int, seconds: float, integration_s: float, cache: bytes) -> None:
         self.count[key] += 1
@@ -74,40 +156,21 @@ class Metrics:
         if integration_s > 0:
             self.integration_latency[key].observe(integration_s)
 
+    def families(self) -> list[tuple[Family, list[tuple[Labels, Value]]]]:
+        tables: tuple[tuple[Family, Mapping[Key, Value]], ...] = (
+            (REQUESTS, self.count),
+            (ERRORS_4XX, self.errors_4xx),
+            (ERRORS_5XX, self.errors_5xx),
+            (THROTTLED, self.throttled),
+            (CACHE_HITS, self.cache_hits),
+            (CACHE_MISSES, self.cache_misses),
+            (WS_ACTIVE, self.websockets),
+            (WS_MESSAGES, self.ws_messages),
+            (LATENCY, self.latency),
+            (INTEGRATION_LATENCY, self.integration_latency),
+            (AUTHORIZER_LATENCY, self.authorizer_latency),
+        )
+        return [(fam, [(_labels(k), v) for k, v in sorted(table.items())]) for fam, table in tables]
+
     def render(self) -> str:
-        out: list[str] = []
-
-        def labels(key: Key, extra: str = "") -> str:
-            api, stage, route = (v.replace("\\", "\\\\").replace('"', '\\"') for v in key)
-            return f'{{api="{api}",stage="{stage}",route="{route}"{extra}}}'
-
-        for name, help_text, table in (
-            ("meshgate_requests_total", "Requests answered (API Gateway: Count)", self.count),
-            ("meshgate_4xx_errors_total", "Client errors (API Gateway: 4XXError)", self.errors_4xx),
-            ("meshgate_5xx_errors_total", "Server errors (API Gateway: 5XXError)", self.errors_5xx),
-            ("meshgate_throttled_requests_total", "Requests refused with 429", self.throttled),
-            ("meshgate_cache_hits_total", "Stage cache hits (API Gateway: CacheHitCount)", self.cache_hits),
-            (
-                "meshgate_cache_misses_total",
-                "Stage cache misses (API Gateway: CacheMissCount)",
-                self.cache_misses,
-            ),
-        ):
-            out.append(f"# HELP {name} {help_text}\n# TYPE {name} counter")
-            out.extend(f"{name}{labels(k)} {v}" for k, v in sorted(table.items()))
-        for name, help_text, hists in (
-            (
-                "meshgate_latency_seconds",
-                "Request latency in the sidecar (API Gateway: Latency)",
-                self.latency,
-            ),
-            (
-                "meshgate_integration_latency_seconds",
-                "Time spent in the integration (API Gateway: IntegrationLatency)",
-                self.integration_latency,
-            ),
-        ):
-            out.append(f"# HELP {name} {help_text}\n# TYPE {name} histogram")
-            for k, h in sorted(hists.items()):
-                out.extend(histogram_lines(name, h, functools.partial(labels, k)))
-        return "\n".join(out) + "\n"
+        return prometheus_text(self.families())
