@@ -259,11 +259,19 @@ class Controller:
                 self.synced[res.kind].set()
                 self.enqueue(("gc", res.kind, ""))
                 backoff = 0.2
+                quiet = 0.1
                 while True:  # watch from the last resourceVersion until Gone
+                    started, events = time.monotonic(), 0
                     async for event in self.kube.watch(res, ns, rv, self.options.watch_timeout_s):
+                        events += 1
                         rv = str(_meta(event.object).get("resourceVersion") or rv)
                         if event.type != "BOOKMARK":
                             self._on_kube_event(res.kind, event.type, event.object)
+                    if events or time.monotonic() - started > 1.0:
+                        quiet = 0.1
+                    else:  # a server that ends watches at once must not make this loop spin
+                        await asyncio.sleep(quiet)
+                        quiet = min(quiet * 2, 5.0)
             except asyncio.CancelledError:
                 raise
             except Gone:
@@ -770,12 +778,16 @@ class Controller:
             "Accepted", "True" if out.accepted else "False", out.reason, out.message, out.generation
         )
         applied, bound, acked = self.applied(out, key[0])
-        return {
+        status: JSON = {
             "observedGeneration": out.generation,
             "conditions": [accepted, applied],
             "boundSidecars": bound,
             "ackedSidecars": acked,
         }
+        stored = self.by_key.get(out.etcd_key) if out.accepted else None
+        if isinstance(stored, resources_pb2.Stage) and stored.spec.deployment:
+            status["deployment"] = stored.spec.deployment
+        return status
 
     async def _status_loop(self) -> None:
         while True:

@@ -129,6 +129,8 @@ def _crd(
                                         "conditions": {"type": "array", "items": condition},
                                         "ackedSidecars": {"type": "integer"},
                                         "boundSidecars": {"type": "integer"},
+                                        # Stages: the deployment served (set by the controller)
+                                        "deployment": {"type": "integer"},
                                     },
                                 },
                             },
@@ -155,7 +157,7 @@ def crds() -> list[dict[str, Any]]:
             resources_pb2.StageSpec.DESCRIPTOR,
             [
                 {"name": "Api", "type": "string", "jsonPath": ".spec.api"},
-                {"name": "Deployment", "type": "string", "jsonPath": ".spec.deployment"},
+                {"name": "Deployment", "type": "integer", "jsonPath": ".status.deployment"},
             ],
             ["mgstage"],
         ),

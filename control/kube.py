@@ -182,10 +182,10 @@ class KubeClient:
                 if not line.strip():
                     continue
                 event = json.loads(line)
-                kind = str(event.get("type", ""))
-                obj = event.get("object")
-                if not isinstance(obj, dict):
-                    continue
+                obj = event.get("object") if isinstance(event, dict) else None
+                if not isinstance(obj, dict) or "type" not in event:
+                    raise KubeError(resp.status, f"not a watch event: {line[:100]!r}")
+                kind = str(event["type"])
                 if kind == "ERROR":
                     code = int(obj.get("code") or 500)
                     raise (Gone if code == 410 else KubeError)(code, str(obj.get("message", "")))

@@ -1,0 +1,618 @@
+"""A small Kubernetes API server for tests, speaking the real wire format (aiohttp app).
+
+What it implements is what the meshgate controller and `kubectl apply` /
+`kubectl wait` use: discovery (`/api`, `/apis`, group versions, `/version`),
+list and watch of namespaced resources (`?watch=true&resourceVersion=N`,
+newline-delimited ADDED/MODIFIED/DELETED events, BOOKMARK on request,
+`timeoutSeconds`, `fieldSelector=metadata.name=X`, and an ERROR event with a
+410 Status when the resourceVersion is older than the last compaction, as
+the real apiserver's watch cache answers), GET/POST/PUT/PATCH (JSON merge
+patch; strategic merge patch is refused with 415 for custom resources, as
+the real server does)/DELETE, the `/status` subresource (main-resource writes
+ignore status, status writes ignore everything else; `generation` bumps
+only on spec changes), optimistic concurrency on `metadata.resourceVersion`
+(409), `uid`/`creationTimestamp`/`managedFields`, for the meshgate.io
+kinds, coordination.k8s.io/v1 Leases and v1 Secrets. No auth, no
+admission, no schema validation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Kind:
+    group: str
+    version: str
+    plural: str
+    kind: str
+    singular: str
+    short_names: tuple[str, ...] = ()
+    status: bool = False  # has a /status subresource
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+
+KINDS = [
+    Kind("meshgate.io", "v1", "apis", "Api", "api", ("mgapi",), status=True),
+    Kind("meshgate.io", "v1", "stages", "Stage", "stage", ("mgstage",), status=True),
+    Kind("meshgate.io", "v1", "usageplans", "UsagePlan", "usageplan", ("mgplan",), status=True),
+    Kind("meshgate.io", "v1", "apikeys", "ApiKey", "apikey", ("mgkey",), status=True),
+    Kind("coordination.k8s.io", "v1", "leases", "Lease", "lease"),
+    Kind("", "v1", "secrets", "Secret", "secret"),
+    Kind("", "v1", "namespaces", "Namespace", "namespace", ("ns",), namespaced=False),
+]
+BY_PATH = {(k.group, k.version, k.plural): k for k in KINDS}
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def status_error(code: int, reason: str, message: str, **details: Any) -> web.Response:
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "details": details,
+        "code": code,
+    }
+    return web.json_response(body, status=code)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
+
+
+@dataclass(eq=False)
+class _Watcher:
+    kind: Kind
+    namespace: str
+    name: str
+    queue: asyncio.Queue[JSON | None] = field(default_factory=asyncio.Queue)
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    user_agent: str
+    content_type: str
+    body: Any
+
+
+class KubeApi:
+    """State of the fake cluster plus the aiohttp app serving it."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[Kind, str, str], JSON] = {}
+        self.rv = 100
+        self.compacted = 0
+        self.log: list[tuple[int, Kind, str, str, JSON]] = []  # rv, kind, namespace, type, object
+        self.watchers: set[_Watcher] = set()
+        self.requests: list[Request] = []
+        self.watch_gate = asyncio.Event()
+        self.watch_gate.set()
+        self.app = web.Application()
+        self.app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> str:
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    async def stop(self) -> None:
+        self.close_watches()
+        self.watch_gate.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # ------------------------------------------------------------------ test controls
+
+    def kind(self, kind: str) -> Kind:
+        return next(k for k in KINDS if k.kind == kind)
+
+    def get(self, kind: str, namespace: str, name: str) -> JSON | None:
+        obj = self.objects.get((self.kind(kind), namespace, name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    def create(self, obj: JSON) -> JSON:
+        """Store an object as a POST would (for test setup)."""
+        kind = next(k for k in KINDS if k.kind == obj["kind"] and k.api_version == obj["apiVersion"])
+        ns = obj["metadata"].get("namespace", "default") if kind.namespaced else ""
+        created = self._create(kind, ns, copy.deepcopy(obj), "test")
+        assert not isinstance(created, web.Response), created.text
+        return created
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        k = self.kind(kind)
+        obj = self.objects.pop((k, namespace, name))
+        self.rv += 1
+        obj = copy.deepcopy(obj)
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+        self._emit(k, namespace, "DELETED", obj)
+
+    def compact(self) -> None:
+        """Forget the event history: a watch from an older resourceVersion gets 410 Gone."""
+        self.compacted = self.rv
+        self.log.clear()
+
+    def close_watches(self) -> None:
+        """End every open watch (as an apiserver restart or a watch timeout would)."""
+        for w in list(self.watchers):
+            w.queue.put_nowait(None)
+
+    def bookmark(self) -> None:
+        for w in list(self.watchers):
+            w.queue.put_nowait(
+                {
+                    "type": "BOOKMARK",
+                    "object": {
+                        "kind": w.kind.kind,
+                        "apiVersion": w.kind.api_version,
+                        "metadata": {"resourceVersion": str(self.rv)},
+                    },
+                }
+            )
+
+    def writes_by(self, user_agent_part: str) -> list[Request]:
+        return [
+            r
+            for r in self.requests
+            if r.method in ("POST", "PUT", "PATCH", "DELETE") and user_agent_part in r.user_agent
+        ]
+
+    # ------------------------------------------------------------------ storage
+
+    def _emit(self, kind: Kind, namespace: str, type_: str, obj: JSON) -> None:
+        self.log.append((self.rv, kind, namespace, type_, copy.deepcopy(obj)))
+        for w in list(self.watchers):
+            if self._matches(w, kind, namespace, obj):
+                w.queue.put_nowait({"type": type_, "object": copy.deepcopy(obj)})
+
+    @staticmethod
+    def _matches(w: _Watcher, kind: Kind, namespace: str, obj: JSON) -> bool:
+        return (
+            w.kind == kind
+            and (not w.namespace or w.namespace == namespace)
+            and (not w.name or w.name == obj["metadata"].get("name"))
+        )
+
+    def _create(self, kind: Kind, ns: str, obj: JSON, manager: str) -> JSON | web.Response:
+        meta = obj.setdefault("metadata", {})
+        name = meta.get("name")
+        if not name:
+            return status_error(422, "Invalid", "metadata.name: Required value")
+        if (kind, ns, name) in self.objects:
+            return status_error(
+                409,
+                "AlreadyExists",
+                f'{kind.plural}.{kind.group} "{name}" already exists',
+                name=name,
+                group=kind.group,
+                kind=kind.plural,
+            )
+        self.rv += 1
+        obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
+        if kind.namespaced:
+            meta["namespace"] = ns
+        meta.update(
+            uid=str(uuid.uuid4()),
+            resourceVersion=str(self.rv),
+            creationTimestamp=now(),
+        )
+        meta.pop("deletionTimestamp", None)
+        _encode_string_data(kind, obj)
+        if kind.status:
+            obj.pop("status", None)  # the status subresource is written only through /status
+            meta["generation"] = 1
+        meta["managedFields"] = [self._managed_entry(kind, manager, "Update", obj)]
+        self.objects[(kind, ns, name)] = obj
+        self._emit(kind, ns, "ADDED", obj)
+        return copy.deepcopy(obj)
+
+    @staticmethod
+    def _managed_entry(kind: Kind, manager: str, operation: str, obj: JSON, subresource: str = "") -> JSON:
+        fields: JSON = {f"f:{k}": {} for k in obj if k not in ("apiVersion", "kind", "metadata", "status")}
+        if subresource:
+            fields = {"f:status": {}}
+        entry = {
+            "manager": manager,
+            "operation": operation,
+            "apiVersion": kind.api_version,
+            "time": now(),
+            "fieldsType": "FieldsV1",
+            "fieldsV1": fields,
+        }
+        if subresource:
+            entry["subresource"] = subresource
+        return entry
+
+    def _update(
+        self, kind: Kind, ns: str, name: str, new: JSON, manager: str, subresource: str, operation: str
+    ) -> JSON | web.Response:
+        old = self.objects.get((kind, ns, name))
+        if old is None:
+            return status_error(
+                404, "NotFound", f'{kind.plural}.{kind.group} "{name}" not found', name=name, kind=kind.plural
+            )
+        want_rv = (new.get("metadata") or {}).get("resourceVersion")
+        if want_rv and want_rv != old["metadata"]["resourceVersion"]:
+            return status_error(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {kind.plural}.{kind.group} "{name}": the object has been '
+                "modified; please apply your changes to the latest version and try again",
+                name=name,
+                kind=kind.plural,
+            )
+        result = copy.deepcopy(old)
+        if subresource == "status":
+            if "status" in new:
+                result["status"] = copy.deepcopy(new["status"])
+            else:
+                result.pop("status", None)
+        else:
+            for k in list(result):
+                if k not in ("apiVersion", "kind", "metadata", "status"):
+                    del result[k]
+            for k, v in new.items():
+                if k in ("apiVersion", "kind", "metadata") or (k == "status" and kind.status):
+                    continue
+                result[k] = copy.deepcopy(v)
+            new_meta = new.get("metadata") or {}
+            for k in ("labels", "annotations", "finalizers", "ownerReferences"):
+                if k in new_meta:
+                    result["metadata"][k] = copy.deepcopy(new_meta[k])
+                else:
+                    result["metadata"].pop(k, None)
+            if not kind.status:
+                result.pop("status", None)
+                if "status" in new:
+                    result["status"] = copy.deepcopy(new["status"])
+            _encode_string_data(kind, result)
+        if result == old:
+            return copy.deepcopy(old)  # a no-op write keeps the resourceVersion, as the real server does
+        if kind.status and subresource != "status":
+            spec_old = {k: v for k, v in old.items() if k not in ("metadata", "status")}
+            spec_new = {k: v for k, v in result.items() if k not in ("metadata", "status")}
+            if spec_old != spec_new:
+                result["metadata"]["generation"] = int(old["metadata"].get("generation", 1)) + 1
+        self.rv += 1
+        result["metadata"]["resourceVersion"] = str(self.rv)
+        managed = [
+            m
+            for m in result["metadata"].get("managedFields", [])
+            if (m.get("manager"), m.get("subresource", "")) != (manager, subresource)
+        ]
+        managed.append(self._managed_entry(kind, manager, operation, result, subresource))
+        result["metadata"]["managedFields"] = managed
+        self.objects[(kind, ns, name)] = result
+        self._emit(kind, ns, "MODIFIED", result)
+        return copy.deepcopy(result)
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body: Any = None
+        if request.can_read_body:
+            raw = await request.read()
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                return status_error(400, "BadRequest", "the request body is not JSON")
+        self.requests.append(
+            Request(
+                request.method,
+                request.path,
+                dict(request.query),
+                request.headers.get("User-Agent", ""),
+                request.headers.get("Content-Type", ""),
+                body,
+            )
+        )
+        parts = [p for p in request.path.split("/") if p]
+        if request.method == "GET":
+            discovery = self._discovery(parts)
+            if discovery is not None:
+                return web.json_response(discovery)
+        if parts[:1] == ["api"] and len(parts) >= 2:
+            group, version, rest = "", parts[1], parts[2:]
+        elif parts[:1] == ["apis"] and len(parts) >= 3:
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            return status_error(404, "NotFound", "the server could not find the requested resource")
+        ns = ""
+        if len(rest) >= 2 and rest[0] == "namespaces" and len(rest) > 2:
+            ns, rest = rest[1], rest[2:]
+        if not rest:
+            return status_error(404, "NotFound", "the server could not find the requested resource")
+        kind = BY_PATH.get((group, version, rest[0]))
+        if kind is None:
+            return status_error(404, "NotFound", "the server could not find the requested resource")
+        name = rest[1] if len(rest) > 1 else ""
+        subresource = rest[2] if len(rest) > 2 else ""
+        if subresource and (subresource != "status" or not kind.status):
+            return status_error(404, "NotFound", "the server could not find the requested resource")
+        manager = request.query.get("fieldManager") or _manager(request.headers.get("User-Agent", ""))
+        if not name:
+            if request.method == "GET":
+                if _bool(request.query.get("watch")):
+                    return await self._watch(request, kind, ns)
+                return self._list(request, kind, ns)
+            if request.method == "POST":
+                if not isinstance(body, dict):
+                    return status_error(400, "BadRequest", "expected an object")
+                meta_ns = (body.get("metadata") or {}).get("namespace")
+                if meta_ns and ns and meta_ns != ns:
+                    return status_error(
+                        400,
+                        "BadRequest",
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    )
+                if request.query.get("dryRun"):
+                    return web.json_response(body, status=201)
+                return _answer(self._create(kind, ns, body, manager), 201)
+            return status_error(405, "MethodNotAllowed", f"{request.method} is not supported")
+        key = (kind, ns, name)
+        if request.method == "GET":
+            obj = self.objects.get(key)
+            if obj is None:
+                return status_error(
+                    404,
+                    "NotFound",
+                    f'{kind.plural}.{kind.group} "{name}" not found',
+                    name=name,
+                    kind=kind.plural,
+                )
+            return web.json_response(obj)
+        if request.method == "PUT":
+            if not isinstance(body, dict):
+                return status_error(400, "BadRequest", "expected an object")
+            return _answer(self._update(kind, ns, name, body, manager, subresource, "Update"), 200)
+        if request.method == "PATCH":
+            ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
+            if ctype != "application/merge-patch+json":
+                accepted = (
+                    "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"
+                )
+                return status_error(
+                    415,
+                    "UnsupportedMediaType",
+                    f"the body of the request was in an unknown format - accepted media types include: {accepted}",
+                )
+            old = self.objects.get(key)
+            if old is None:
+                return status_error(
+                    404,
+                    "NotFound",
+                    f'{kind.plural}.{kind.group} "{name}" not found',
+                    name=name,
+                    kind=kind.plural,
+                )
+            patched = merge_patch(copy.deepcopy(old), body)
+            if "resourceVersion" not in ((body or {}).get("metadata") or {}):
+                patched["metadata"].pop("resourceVersion", None)
+            return _answer(self._update(kind, ns, name, patched, manager, subresource, "Update"), 200)
+        if request.method == "DELETE":
+            obj = self.objects.get(key)
+            if obj is None:
+                return status_error(
+                    404,
+                    "NotFound",
+                    f'{kind.plural}.{kind.group} "{name}" not found',
+                    name=name,
+                    kind=kind.plural,
+                )
+            self.delete(kind.kind, ns, name)
+            return web.json_response(
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Success",
+                    "details": {
+                        "name": name,
+                        "group": kind.group,
+                        "kind": kind.plural,
+                        "uid": obj["metadata"]["uid"],
+                    },
+                }
+            )
+        return status_error(405, "MethodNotAllowed", f"{request.method} is not supported")
+
+    def _selected(self, request: web.Request, kind: Kind, ns: str) -> list[JSON]:
+        name = _field_name(request.query.get("fieldSelector", ""))
+        return [
+            o
+            for (k, ons, oname), o in sorted(self.objects.items(), key=lambda kv: kv[0][1:])
+            if k == kind and (not ns or ons == ns) and (not name or oname == name)
+        ]
+
+    def _list(self, request: web.Request, kind: Kind, ns: str) -> web.Response:
+        return web.json_response(
+            {
+                "apiVersion": kind.api_version,
+                "kind": f"{kind.kind}List",
+                "metadata": {"resourceVersion": str(self.rv)},
+                "items": [copy.deepcopy(o) for o in self._selected(request, kind, ns)],
+            }
+        )
+
+    async def _watch(self, request: web.Request, kind: Kind, ns: str) -> web.StreamResponse:
+        await self.watch_gate.wait()
+        rv_param = request.query.get("resourceVersion", "")
+        timeout = float(request.query.get("timeoutSeconds") or 1800)
+        w = _Watcher(kind, ns, _field_name(request.query.get("fieldSelector", "")))
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        if rv_param not in ("", "0") and int(rv_param) < self.compacted:
+            error = {
+                "type": "ERROR",
+                "object": {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": f"too old resource version: {rv_param} ({self.compacted})",
+                    "reason": "Expired",
+                    "code": 410,
+                },
+            }
+            await resp.write(json.dumps(error).encode() + b"\n")
+            return resp
+        if rv_param in ("", "0"):
+            backlog = [
+                {"type": "ADDED", "object": copy.deepcopy(o)} for o in self._selected(request, kind, ns)
+            ]
+        else:
+            start = int(rv_param)
+            backlog = [
+                {"type": t, "object": copy.deepcopy(o)}
+                for rv, k, ons, t, o in self.log
+                if rv > start and self._matches(w, k, ons, o)
+            ]
+        for event in backlog:
+            w.queue.put_nowait(event)
+        self.watchers.add(w)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(w.queue.get(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    break
+                if event is None:
+                    break
+                if event["type"] == "BOOKMARK" and not _bool(request.query.get("allowWatchBookmarks")):
+                    continue
+                await resp.write(json.dumps(event).encode() + b"\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.watchers.discard(w)
+        return resp
+
+    def _discovery(self, parts: list[str]) -> JSON | None:
+        groups: dict[str, list[Kind]] = {}
+        for k in KINDS:
+            groups.setdefault(k.group, []).append(k)
+        if parts == ["version"]:
+            return {"major": "1", "minor": "32", "gitVersion": "v1.32.0", "platform": "linux/amd64"}
+        if parts == ["api"]:
+            return {
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [
+                    {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}
+                ],
+            }
+        if parts == ["apis"]:
+            return {
+                "kind": "APIGroupList",
+                "apiVersion": "v1",
+                "groups": [
+                    {
+                        "name": g,
+                        "versions": [{"groupVersion": f"{g}/v1", "version": "v1"}],
+                        "preferredVersion": {"groupVersion": f"{g}/v1", "version": "v1"},
+                    }
+                    for g in groups
+                    if g
+                ],
+            }
+        if parts in (["api", "v1"], *[["apis", g, "v1"] for g in groups if g]):
+            group = "" if parts[0] == "api" else parts[1]
+            resources = []
+            for k in groups[group]:
+                resources.append(
+                    {
+                        "name": k.plural,
+                        "singularName": k.singular,
+                        "namespaced": k.namespaced,
+                        "kind": k.kind,
+                        "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+                        **({"shortNames": list(k.short_names)} if k.short_names else {}),
+                    }
+                )
+                if k.status:
+                    resources.append(
+                        {
+                            "name": f"{k.plural}/status",
+                            "singularName": "",
+                            "namespaced": True,
+                            "kind": k.kind,
+                            "verbs": ["get", "patch", "update"],
+                        }
+                    )
+            return {
+                "kind": "APIResourceList",
+                "apiVersion": "v1",
+                "groupVersion": f"{group}/v1" if group else "v1",
+                "resources": resources,
+            }
+        return None
+
+
+def _encode_string_data(kind: Kind, obj: JSON) -> None:
+    """A Secret's write-only stringData is merged into data (base64), as the apiserver does."""
+    if kind.kind == "Secret" and "stringData" in obj:
+        data = obj.setdefault("data", {})
+        for k, v in (obj.pop("stringData") or {}).items():
+            data[k] = base64.b64encode(str(v).encode()).decode()
+
+
+def _bool(value: str | None) -> bool:
+    """Query booleans as the apiserver parses them (Go's strconv.ParseBool)."""
+    return (value or "") in ("1", "t", "T", "true", "TRUE", "True")
+
+
+def _field_name(selector: str) -> str:
+    for term in selector.split(","):
+        key, _, value = term.partition("=")
+        if key == "metadata.name":
+            return value.lstrip("=")
+    return ""
+
+
+def _manager(user_agent: str) -> str:
+    return user_agent.split("/", 1)[0] or "unknown"
+
+
+def _answer(result: JSON | web.Response, status: int) -> web.Response:
+    return result if isinstance(result, web.Response) else web.json_response(result, status=status)

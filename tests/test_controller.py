@@ -1,0 +1,454 @@
+"""The Kubernetes controller against the in-test API server (kubeapi.py), real etcd, a real control
+service and a real sidecar process: what kubectl sends (recorded payloads in fixtures/kubectl/, or
+kubectl itself when installed) ends up served by the sidecar, with Accepted/Applied conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from e2e.harness import Mesh, Sidecar
+from kubeapi import JSON, KubeApi
+from meshgate.control.controller import MANAGED_BY, Controller, ControllerOptions
+from meshgate.control.etcd_local import LocalEtcd
+from meshgate.control.kube import KubeOptions
+from meshgate.control.server import ControlServer, start_control
+from meshgate.control.snapshots import build_snapshot
+from meshgate.control.state import sidecar_key
+from meshgate.control.store import Store
+from meshgate.v1 import control_pb2
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "kubectl"
+KUBECTL_UA = "kubectl/v1.32.4 (linux/amd64) kubernetes/4cb5f07"
+CIDRS = ("10.0.0.0/8",)
+
+
+def options(kube: KubeApi, **kw: Any) -> ControllerOptions:
+    base: dict[str, Any] = {
+        "kube": KubeOptions(api_url=kube.url),
+        "lease_namespace": "meshgate-system",
+        "lease_duration_s": 2.0,
+        "renew_s": 0.2,
+        "renew_deadline_s": 1.2,
+        "debounce_s": 0.01,
+        "max_delay_s": 0.05,
+    }
+    base.update(kw)
+    return ControllerOptions(**base)
+
+
+async def replay(kube: KubeApi, name: str) -> None:
+    """Send the write requests kubectl made for fixtures/kubectl/src/NAME.yaml."""
+    recorded = json.loads((FIXTURES / f"{name}.json").read_text())
+    async with aiohttp.ClientSession() as session:
+        for r in recorded["requests"]:
+            async with session.request(
+                r["method"],
+                kube.url + r["path"],
+                params=r["query"],
+                data=json.dumps(r["body"]),
+                headers={"Content-Type": r["contentType"], "User-Agent": KUBECTL_UA},
+            ) as resp:
+                assert resp.status < 300, await resp.text()
+
+
+async def delete(kube: KubeApi, plural: str, name: str, group: str = "meshgate.io/v1") -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.delete(
+            f"{kube.url}/apis/{group}/namespaces/shop/{plural}/{name}", headers={"User-Agent": KUBECTL_UA}
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+
+
+def condition(obj: JSON | None, type_: str) -> JSON:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return dict(c)
+    return {}
+
+
+async def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def wait_condition(
+    kube: KubeApi, kind: str, name: str, type_: str, status: str, generation: int = 1, **match: str
+) -> JSON:
+    def check() -> JSON | None:
+        c = condition(kube.get(kind, "shop", name), type_)
+        ok = c.get("status") == status and c.get("observedGeneration") == generation
+        return c if ok and all(m in c.get(k, "") for k, m in match.items()) else None
+
+    try:
+        result: JSON = await wait_for(f"{kind} {name} {type_}={status}", check)
+    except AssertionError:
+        raise AssertionError(f"{kind} {name}: {kube.get(kind, 'shop', name)}") from None
+    return result
+
+
+def http_get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+async def kube() -> AsyncIterator[KubeApi]:
+    api = KubeApi()
+    await api.start()
+    yield api
+    await api.stop()
+
+
+@dataclass
+class Env:
+    kube: KubeApi
+    control: ControlServer
+    sidecar: Sidecar
+
+    @property
+    def store(self) -> Store:
+        return self.control.store
+
+    @property
+    def controller(self) -> Controller:
+        assert self.control.controller is not None
+        return self.control.controller
+
+    async def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+        return await asyncio.to_thread(http_get, self.sidecar.port, path, headers)
+
+    async def serves(self, path: str, status: int, body: str = "") -> None:
+        async def check() -> bool:
+            got = await self.get(path)
+            return got[0] == status and body in got[1]
+
+        deadline = time.monotonic() + 10
+        while not await check():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{path}: {await self.get(path)}, wanted {status} {body}")
+            await asyncio.sleep(0.03)
+
+
+@pytest.fixture
+async def env(etcd: LocalEtcd, kube: KubeApi, tmp_path: Path) -> AsyncIterator[Env]:
+    """Control (with the controller) in this loop, one sidecar process (app=pets) streaming from it."""
+    prefix = f"/k8s-{uuid.uuid4().hex[:8]}/"
+    control = await start_control(
+        etcd.endpoint,
+        port=0,
+        prefix=prefix,
+        control_id="ctl-a",
+        cluster_cidrs=CIDRS,
+        kubernetes=options(kube),
+    )
+    mesh = Mesh(etcd.endpoint, tmp_path, prefix=prefix, control_port=control.port)
+    try:
+        sidecar = mesh.start_sidecar("sc-1", "app=pets", wait_ready=False)
+        await asyncio.to_thread(sidecar.wait_ready)
+        yield Env(kube, control, sidecar)
+    finally:
+        await asyncio.to_thread(mesh.stop_all)
+        await control.store.client.delete_prefix(prefix.encode())
+        await control.stop()
+
+
+async def test_kubectl_apply_is_served_and_applied_then_modified_then_deleted(env: Env) -> None:
+    await replay(env.kube, "pets")
+    stage_applied = await wait_condition(
+        env.kube, "Stage", "prod", "Applied", "True", message="1/1 sidecars applied deployment 1"
+    )
+    assert stage_applied["reason"] == "Applied"
+    assert (await wait_condition(env.kube, "Stage", "prod", "Accepted", "True"))["reason"] == "Stored"
+    api_applied = await wait_condition(env.kube, "Api", "pets", "Applied", "True")
+    assert api_applied["message"] == "1/1 sidecars applied generation 1"
+    status = env.kube.get("Stage", "shop", "prod")["status"]  # type: ignore[index]
+    assert (status["boundSidecars"], status["ackedSidecars"], status["observedGeneration"]) == (1, 1, 1)
+    assert status["deployment"] == 1  # the Deployment printer column
+    # etcd holds what the CLI would have written, marked as the controller's, without kubectl's annotation
+    [api] = await env.store.get("Api", "shop", "pets")
+    assert api.api.metadata.annotations[MANAGED_BY] == "kubernetes"
+    assert "kubectl.kubernetes.io/last-applied-configuration" not in api.api.metadata.annotations
+    assert dict(api.api.metadata.labels) == {"team": "pets"}
+    [stage] = await env.store.get("Stage", "shop", "prod")
+    assert stage.stage.spec.deployment == 1 and dict(stage.stage.spec.variables) == {"color": "blue"}
+    await env.serves("/prod/pets", 200, '{"version": 1}')
+
+    await replay(env.kube, "pets-v2")  # kubectl's merge patch: a new response and a new route
+    await wait_condition(env.kube, "Api", "pets", "Accepted", "True", generation=2)
+    await wait_condition(
+        env.kube, "Stage", "prod", "Applied", "True", message="1/1 sidecars applied deployment 2"
+    )
+    await env.serves("/prod/pets", 200, '{"version": 2}')
+    await env.serves("/prod/pets/7", 200, '{"pet": "one"}')
+    deployments = await env.store.get("Deployment", "shop", api="pets")
+    assert [d.deployment.id for d in deployments] == [1, 2]  # one deployment per Api change, no more
+
+    # kubectl delete -f pets.yaml deletes in file order: the Api (which still has a stage) first
+    await delete(env.kube, "apis", "pets")
+    await delete(env.kube, "stages", "prod")
+    await wait_for("etcd empty", lambda: not env.controller.state.apis and not env.controller.state.stages)
+    assert await env.store.get("Api", "shop") == [] and await env.store.get("Stage", "shop") == []
+    await env.serves("/prod/pets", 404)
+
+
+async def test_invalid_api_is_refused_with_the_field_path_and_nothing_is_stored(env: Env) -> None:
+    await replay(env.kube, "broken")
+    accepted = await wait_condition(env.kube, "Api", "broken", "Accepted", "False")
+    assert accepted["reason"] == "Invalid"
+    assert accepted["message"] == "spec.routes[0].path: must start with \"/\", got 'pets'"
+    applied = condition(env.kube.get("Api", "shop", "broken"), "Applied")
+    assert (applied["status"], applied["reason"]) == ("False", "NotAccepted")
+    assert await env.store.get("Api", "shop") == []
+    # fixed with a merge patch (kubectl edit): accepted and stored
+    async with (
+        aiohttp.ClientSession() as session,
+        session.patch(
+            f"{env.kube.url}/apis/meshgate.io/v1/namespaces/shop/apis/broken",
+            data=json.dumps(
+                {"spec": {"routes": [{"method": "GET", "path": "/pets", "integration": {"type": "mock"}}]}}
+            ),
+            headers={"Content-Type": "application/merge-patch+json"},
+        ) as resp,
+    ):
+        assert resp.status == 200
+    await wait_condition(env.kube, "Api", "broken", "Accepted", "True", generation=2)
+    assert [r.api.metadata.name for r in await env.store.get("Api", "shop")] == ["broken"]
+
+
+async def test_watch_410_gone_relists_and_catches_up(env: Env) -> None:
+    await replay(env.kube, "pets")
+    await wait_condition(env.kube, "Stage", "prod", "Applied", "True")
+    await env.serves("/prod/pets", 200)
+    # the watches end and cannot come back until the changes below are compacted away
+    env.kube.watch_gate.clear()
+    env.kube.close_watches()
+    await wait_for("watches closed", lambda: not env.kube.watchers)
+    env.kube.delete("Stage", "shop", "prod")
+    env.kube.delete("Api", "shop", "pets")
+    cats = {
+        "selector": {"matchLabels": {"app": "pets"}},
+        "routes": [
+            {"method": "GET", "path": "/cats", "integration": {"type": "mock", "mock": {"body": "meow"}}}
+        ],
+    }
+    env.kube.create(
+        {
+            "apiVersion": "meshgate.io/v1",
+            "kind": "Api",
+            "metadata": {"name": "cats", "namespace": "shop"},
+            "spec": cats,
+        }
+    )
+    env.kube.create(
+        {
+            "apiVersion": "meshgate.io/v1",
+            "kind": "Stage",
+            "metadata": {"name": "dev", "namespace": "shop"},
+            "spec": {"api": "cats"},
+        }
+    )
+    env.kube.compact()
+    relists = dict(env.controller.relists)
+    env.kube.watch_gate.set()
+    await wait_condition(env.kube, "Stage", "dev", "Applied", "True")
+    # every kind got 410 Gone and listed again
+    await wait_for("relists", lambda: all(env.controller.relists[k] > relists[k] for k in relists))
+    await env.serves("/dev/cats", 200, "meow")
+    await env.serves("/prod/pets", 404)
+    assert [r.api.metadata.name for r in await env.store.get("Api", "shop")] == ["cats"]
+    assert [r.stage.metadata.name for r in await env.store.get("Stage", "shop")] == ["dev"]
+
+
+async def test_api_key_from_a_secret_opens_a_keyed_route(env: Env) -> None:
+    await replay(env.kube, "keyed")
+    await wait_condition(env.kube, "ApiKey", "partner", "Applied", "True", message="1/1 sidecars applied")
+    await wait_condition(env.kube, "UsagePlan", "partners", "Applied", "True")
+    await wait_condition(env.kube, "Stage", "live", "Applied", "True")
+    key = "partner-0123456789abcdef0123"
+    assert (await env.get("/live/orders"))[0] == 403
+    assert await env.get("/live/orders", {"x-api-key": key}) == (200, '"orders"')
+    assert (await env.get("/live/orders", {"x-api-key": key[:-1] + "4"}))[0] == 403
+    [stored] = await env.store.get("ApiKey", "shop", "partner")
+    assert stored.api_key.spec.value_sha256 == hashlib.sha256(key.encode()).hexdigest()
+    rng = await env.store.client.get_prefix(env.store.prefix.encode())
+    assert not any(key.encode() in bytes(kv.value) for kv in rng)  # only the hash reaches etcd
+
+
+async def test_applied_follows_sidecar_acks_and_reports_nacks(etcd: LocalEtcd, kube: KubeApi) -> None:
+    """No real sidecar: its status key is written by hand, as the config stream would."""
+    store = Store(etcd.endpoint, f"/k8s-{uuid.uuid4().hex[:8]}/")
+    await store.open()
+    node = control_pb2.Node(id="fake-1", namespace="shop", labels={"app": "pets"})
+    key = sidecar_key(store.prefix, node.id).encode()
+    await store.client.put(key, control_pb2.SidecarStatus(node=node).SerializeToString())
+    ctl = Controller(store, options(kube), identity="ctl-a", cluster_cidrs=CIDRS)
+    await ctl.start()
+    try:
+        await replay(kube, "pets")
+        applying = await wait_condition(kube, "Stage", "prod", "Applied", "False", reason="Applying")
+        assert applying["message"] == "0/1 sidecars applied deployment 1"
+        version = build_snapshot(await store.load_state(), node, CIDRS).version
+        nack = control_pb2.SidecarStatus(
+            node=node, last_nack_version=version, last_nack_error="route table: boom"
+        )
+        await store.client.put(key, nack.SerializeToString())
+        nacked = await wait_condition(kube, "Stage", "prod", "Applied", "False", reason="Nacked")
+        assert nacked["message"] == "0/1 sidecars applied deployment 1; NACK from fake-1: route table: boom"
+        await store.client.put(
+            key, control_pb2.SidecarStatus(node=node, acked_version=version).SerializeToString()
+        )
+        applied = await wait_condition(kube, "Stage", "prod", "Applied", "True")
+        assert applied["message"] == "1/1 sidecars applied deployment 1"
+        assert applied["lastTransitionTime"] >= nacked["lastTransitionTime"]
+        # the sidecar goes away: nothing is bound any more
+        await store.client.delete(key)
+        gone = await wait_condition(kube, "Stage", "prod", "Applied", "False", reason="NoSidecars")
+        assert gone["message"].startswith("no connected sidecar is bound")
+    finally:
+        await ctl.stop()
+        await store.client.delete_prefix(store.prefix.encode())
+        await store.close()
+
+
+async def _two_controllers(etcd: LocalEtcd, kube: KubeApi) -> tuple[Store, Controller, Controller]:
+    store = Store(etcd.endpoint, f"/k8s-{uuid.uuid4().hex[:8]}/")
+    await store.open()
+    a = Controller(store, options(kube), identity="ctl-a", cluster_cidrs=CIDRS)
+    b = Controller(store, options(kube), identity="ctl-b", cluster_cidrs=CIDRS)
+    await a.start()
+    await wait_for("ctl-a leads", a.is_leader, 5)
+    await b.start()
+    return store, a, b
+
+
+async def test_one_leader_writes_and_the_other_takes_over_when_its_lease_expires(
+    etcd: LocalEtcd, kube: KubeApi
+) -> None:
+    store, a, b = await _two_controllers(etcd, kube)
+    try:
+        await replay(kube, "pets")
+        await wait_condition(kube, "Stage", "prod", "Accepted", "True")
+        await wait_for("b synced", lambda: b.cache["Stage"])  # the follower watches too...
+        assert not b.is_leader() and b.etcd_writes == b.status_writes == 0  # ...but never writes
+        assert kube.writes_by("ctl-b") == [] and kube.writes_by("ctl-a")
+        assert a.etcd_writes > 0 and a.status_writes > 0
+        lease = kube.get("Lease", "meshgate-system", "meshgate-controller")
+        assert lease is not None and lease["spec"]["holderIdentity"] == "ctl-a"
+
+        crashed = time.monotonic()
+        await a.stop(release=False)  # a crash: the Lease is left to expire
+        await wait_for("ctl-b leads", b.is_leader, 10)
+        took = time.monotonic() - crashed
+        assert 1.5 < took < 4.0, took  # not before the 2 s lease ran out (seen from b's clock)
+        lease = kube.get("Lease", "meshgate-system", "meshgate-controller")
+        assert lease is not None
+        assert (lease["spec"]["holderIdentity"], lease["spec"]["leaseTransitions"]) == ("ctl-b", 1)
+
+        await replay(kube, "pets-v2")
+        await wait_condition(kube, "Api", "pets", "Accepted", "True", generation=2)
+        assert b.etcd_writes > 0 and any(r.path.endswith("/status") for r in kube.writes_by("ctl-b"))
+        [api] = await store.get("Api", "shop", "pets")
+        assert len(api.api.spec.routes) == 2
+    finally:
+        await b.stop()
+        await a.stop()
+        await store.client.delete_prefix(store.prefix.encode())
+        await store.close()
+
+
+async def test_a_leader_that_loses_its_lease_stops_writing_at_once(etcd: LocalEtcd, kube: KubeApi) -> None:
+    store = Store(etcd.endpoint, f"/k8s-{uuid.uuid4().hex[:8]}/")
+    await store.open()
+    a = Controller(store, options(kube), identity="ctl-a", cluster_cidrs=CIDRS)
+    await a.start()
+    try:
+        await wait_for("ctl-a leads", a.is_leader, 5)
+        # another candidate's write wins the Lease (it holds it for 2 s and never renews)
+        lease = kube.get("Lease", "meshgate-system", "meshgate-controller")
+        assert lease is not None
+        lease["spec"].update(holderIdentity="intruder", renewTime=lease["spec"]["renewTime"])
+        async with (
+            aiohttp.ClientSession() as session,
+            session.put(
+                f"{kube.url}/apis/coordination.k8s.io/v1/namespaces/meshgate-system/leases/meshgate-controller",
+                data=json.dumps(lease),
+                headers={"Content-Type": "application/json", "User-Agent": "intruder"},
+            ) as resp,
+        ):
+            assert resp.status == 200
+        lost = time.monotonic()
+        await wait_for("ctl-a steps down", lambda: not a.is_leader(), 2)
+        assert time.monotonic() - lost < 0.5  # at its next look at the Lease, not at a deadline
+        await replay(kube, "pets")
+        await asyncio.sleep(0.5)
+        assert condition(kube.get("Api", "shop", "pets"), "Accepted") == {}
+        assert await store.get("Api", "shop") == []
+        # the intruder never renews: after its 2 s, ctl-a takes the Lease back and catches up
+        await wait_condition(kube, "Api", "pets", "Accepted", "True")
+        assert time.monotonic() - lost > 1.5
+    finally:
+        await a.stop()
+        await store.client.delete_prefix(store.prefix.encode())
+        await store.close()
+
+
+@pytest.mark.skipif(
+    shutil.which("kubectl") is None, reason="kubectl (Debian's kubernetes-client) is not installed"
+)
+async def test_real_kubectl_apply_and_wait_for_applied(env: Env) -> None:
+    home = tempfile.mkdtemp(prefix="kubectl-home-")
+
+    def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
+        run_env = {"KUBECONFIG": os.devnull, "HOME": home, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        return subprocess.run(
+            ["kubectl", "--server", env.kube.url, *args],
+            capture_output=True,
+            text=True,
+            env=run_env,
+            timeout=60,
+        )
+
+    applied = await asyncio.to_thread(
+        kubectl, "apply", "--validate=false", "-f", str(FIXTURES / "src" / "pets.yaml")
+    )
+    assert applied.returncode == 0, applied.stderr
+    assert "stage.meshgate.io/prod created" in applied.stdout
+    waited = await asyncio.to_thread(
+        kubectl, "wait", "-n", "shop", "--for=condition=Applied", "stage/prod", "api/pets", "--timeout=20s"
+    )
+    assert waited.returncode == 0, waited.stderr
+    assert "stage.meshgate.io/prod condition met" in waited.stdout
+    await env.serves("/prod/pets", 200, '{"version": 1}')
+    shown = await asyncio.to_thread(
+        kubectl, "get", "-n", "shop", "stage", "prod", "-o", "jsonpath={.status.conditions[1].message}"
+    )
+    assert shown.stdout == "1/1 sidecars applied deployment 1"
+    shutil.rmtree(home, ignore_errors=True)
