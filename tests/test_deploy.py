@@ -77,6 +77,7 @@ def test_kustomize_renders_valid_objects() -> None:
         o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "meshgate-control"
     )
     assert control["spec"]["replicas"] == 2
+    assert "--kubernetes" in control["spec"]["template"]["spec"]["containers"][0]["args"]
     hooks = next(o for o in objects if o["kind"] == "MutatingWebhookConfiguration")["webhooks"]
     assert [h["reinvocationPolicy"] for h in hooks] == ["IfNeeded", "IfNeeded"]
 
