@@ -335,6 +335,8 @@ class Controller:
                 self._failures.pop(key, None)
             except asyncio.CancelledError:
                 raise
+            except _NotLeader:
+                self.enqueue(key)  # lost the Lease mid-way: whoever leads next reconciles it
             except Exception as exc:
                 n = self._failures.get(key, 0) + 1
                 self._failures[key] = n

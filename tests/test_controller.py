@@ -26,6 +26,7 @@ from kubeapi import JSON, KubeApi
 from meshgate.control.controller import MANAGED_BY, Controller, ControllerOptions
 from meshgate.control.etcd_local import LocalEtcd
 from meshgate.control.kube import KubeOptions
+from meshgate.control.resources import load_documents
 from meshgate.control.server import ControlServer, start_control
 from meshgate.control.snapshots import build_snapshot
 from meshgate.control.state import sidecar_key
@@ -35,6 +36,13 @@ from meshgate.v1 import control_pb2
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "kubectl"
 KUBECTL_UA = "kubectl/v1.32.4 (linux/amd64) kubernetes/4cb5f07"
 CIDRS = ("10.0.0.0/8",)
+LEGACY = """
+apiVersion: meshgate.io/v1
+kind: Api
+metadata: {name: legacy, namespace: shop}
+spec:
+  routes: [{method: GET, path: /old, integration: {type: mock}}]
+"""
 
 
 def options(kube: KubeApi, **kw: Any) -> ControllerOptions:
@@ -247,6 +255,7 @@ async def test_watch_410_gone_relists_and_catches_up(env: Env) -> None:
     await replay(env.kube, "pets")
     await wait_condition(env.kube, "Stage", "prod", "Applied", "True")
     await env.serves("/prod/pets", 200)
+    await env.store.apply(load_documents(LEGACY))  # made with `meshgate apply`: no object, never collected
     # the watches end and cannot come back until the changes below are compacted away
     env.kube.watch_gate.clear()
     env.kube.close_watches()
@@ -283,8 +292,23 @@ async def test_watch_410_gone_relists_and_catches_up(env: Env) -> None:
     await wait_for("relists", lambda: all(env.controller.relists[k] > relists[k] for k in relists))
     await env.serves("/dev/cats", 200, "meow")
     await env.serves("/prod/pets", 404)
-    assert [r.api.metadata.name for r in await env.store.get("Api", "shop")] == ["cats"]
+    assert [r.api.metadata.name for r in await env.store.get("Api", "shop")] == ["cats", "legacy"]
     assert [r.stage.metadata.name for r in await env.store.get("Stage", "shop")] == ["dev"]
+    # an object naming a resource the CLI made is refused, and the resource is left alone
+    env.kube.create(
+        {
+            "apiVersion": "meshgate.io/v1",
+            "kind": "Api",
+            "metadata": {"name": "legacy", "namespace": "shop"},
+            "spec": {"routes": []},
+        }
+    )
+    refused = await wait_condition(env.kube, "Api", "legacy", "Accepted", "False", reason="NotManaged")
+    assert "made with the meshgate CLI" in refused["message"]
+    env.kube.delete("Api", "shop", "legacy")
+    await asyncio.sleep(0.2)
+    [legacy] = await env.store.get("Api", "shop", "legacy")
+    assert len(legacy.api.spec.routes) == 1
 
 
 async def test_api_key_from_a_secret_opens_a_keyed_route(env: Env) -> None:
