@@ -347,7 +347,10 @@ class RequestAuthorizer:
         event = req.event(self.kind, ident[0] if self.kind == "token" else "")
         try:
             async with self.session().post(
-                self.uri, json=event, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
+                self.uri,
+                json=event,
+                headers=req.trace_headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
             ) as resp:
                 body = await resp.read()
                 status = resp.status
@@ -408,6 +411,7 @@ class AuthRequest:
     path_params: Mapping[str, str]
     stage_variables: Mapping[str, str]
     _query: dict[str, str] | None = None
+    trace_headers: Mapping[str, str] | None = None  # traceparent/baggage for the authorizer call (sampled)
 
     def query_params(self) -> dict[str, str]:
         if self._query is None:

@@ -15,7 +15,9 @@ import socket
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import grpc
 import httptools
@@ -25,11 +27,11 @@ from meshgate.sidecar.authorizers import AuthRequest
 from meshgate.sidecar.cache import CachedResponse, ResponseCache
 from meshgate.sidecar.errors import STATUS_LINES, phrase, render_http_error
 from meshgate.sidecar.function import FunctionError, FunctionRequest, invoke
-from meshgate.sidecar.metrics import Metrics
+from meshgate.sidecar.metrics import Key, Metrics
 from meshgate.sidecar.phase import PhaseResult
 from meshgate.sidecar.responses import ApiResponses
 from meshgate.sidecar.routing import Miss, TableHolder, Target
-from meshgate.sidecar.telemetry import RequestSpan, Telemetry
+from meshgate.sidecar.telemetry import TRACE_HEADERS, RequestSpan, Telemetry
 from meshgate.sidecar.transcode import HTTP_STATUS as GRPC_TO_HTTP
 from meshgate.sidecar.transcode import TranscodeError
 from meshgate.sidecar.transcode import channel as transcode_channel
@@ -258,7 +260,7 @@ class Exchange:
         self.pending_manage: str | None = None
         self.span: RequestSpan | None = None
         self.status_code = 0
-        self.t0 = client.loop.time()
+        self.t0 = perf_counter()  # latencies: uvloop's loop.time() only has millisecond resolution
         self.t_head = 0.0
         self.t_integration = 0.0
         self.auth_values: Mapping[str, str] = {}
@@ -344,10 +346,10 @@ class Exchange:
             return
         self.target = result
         tel = c.server.telemetry
-        if tel is not None and tel.enabled:
-            self.span = tel.start(
-                hdrs,
-                result.trace_ratio,
+        if tel is not None and (ctx := tel.sample(hdrs, result.trace_ratio)) is not None:
+            # sampled: only now is anything built for the span
+            self.span = tel.begin(
+                ctx,
                 f"{self.method} {result.phase.resource if result.phase else path}",
                 {
                     "http.request.method": self.method,
@@ -383,7 +385,7 @@ class Exchange:
             if self.span is not None:
                 self.span.start_child("request phase", **{"meshgate.authorizer": bool(phase.authorizer)})
             try:
-                outcome = phase.run(req)
+                outcome = phase.run(req, self.span)
             except Exception:
                 log.exception("request phase failed (request %s)", self.request_id)
                 self.fail(500, "internal error")
@@ -410,6 +412,12 @@ class Exchange:
             if r.cache_header:
                 self.span.child.set_attribute("meshgate.cache", r.cache_header.decode())
             self.span.end_child(r.reason if r.status else "")
+        if r.authorizer_s:
+            metrics = self.client.server.metrics
+            if metrics is not None:
+                metrics.authorizer_latency[t.api, t.stage, t.phase.resource if t.phase else t.path].observe(
+                    r.authorizer_s
+                )
         if r.status:
             self.fail(
                 r.status, r.reason, extra_headers=r.response_headers, gw_type=r.gw_type, details=r.errors
@@ -524,7 +532,7 @@ class Exchange:
         span = self.span
         if span is not None and span.child is None:
             span.start_child("integration", **{"server.address": t.host, "server.port": t.port})
-        self.t_integration = self.client.loop.time()
+        self.t_integration = perf_counter()
         self.upstream = up
         up.attach(self)
         c = self.client
@@ -645,6 +653,10 @@ class Exchange:
             t.stage,
             c.server.session,
             dict(self.auth_values),
+            api_name=t.api,
+            telemetry=c.server.telemetry,
+            trace_ratio=t.trace_ratio,
+            metrics=c.server.metrics,
         )
         connect = api.routes.get("$connect")
         if connect is not None:
@@ -654,7 +666,7 @@ class Exchange:
                 for n, v in self.headers
                 if n.lower() not in skip and not n.lower().startswith(b"sec-websocket")
             }
-            status, body = await conn.call(connect, "$connect", b"", client_headers)
+            status, body = await conn.call(connect, "$connect", b"", client_headers, self.span)
             if status == 0:
                 c.upgraded = False
                 self.fail(502, body.decode(), close=True, gw_type="INTEGRATION_FAILURE")
@@ -667,10 +679,10 @@ class Exchange:
         if c.closed:
             return
         c.flush()
+        if self.span is not None:
+            conn.link = self.span.span.get_span_context()
+        self.upgraded()
         transport.write(handshake_response(key, None, self.request_id, conn.conn_id))
-        self.head_sent = True
-        self.finished = True
-        self.response_done = True
         c.queue.clear()
         c._disarm()
         registry.add(conn)
@@ -699,6 +711,14 @@ class Exchange:
         headers += [
             (n.decode("latin-1"), v.decode("latin-1")) for n, v in (*t.set_headers, *self.phase_headers)
         ]
+        span = self.span
+        if span is not None:  # the handshake is the integration call; frames are not spanned
+            up = urlsplit(integ.uri)
+            span.start_child(
+                "integration", **{"server.address": up.hostname or "", "server.port": up.port or 80}
+            )
+            headers = [(n, v) for n, v in headers if n.lower() not in TRACE_HEADERS]
+            headers += span.carrier().items()
         where = integ.uri
         try:
             resp = await relay.connect(headers, t.connect_timeout_s + t.timeout_s)
@@ -713,6 +733,8 @@ class Exchange:
         else:
             reason, status = "", 0
         if status:
+            if span is not None:
+                span.end_child(reason)
             c.ws = None
             if relay.upstream is not None and relay.upstream.transport is not None:
                 relay.upstream.transport.close()
@@ -723,10 +745,8 @@ class Exchange:
             relay.client_lost()
             return
         c.flush()
+        self.upgraded()
         transport.write(handshake_response(key, resp.headers.get("Sec-WebSocket-Protocol"), self.request_id))
-        self.head_sent = True
-        self.finished = True
-        self.response_done = True
         c.queue.clear()
         c._disarm()
         relay.live = True
@@ -1017,7 +1037,7 @@ class Exchange:
 
     def on_upstream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         self.status_code = status
-        self.t_head = self.client.loop.time()
+        self.t_head = perf_counter()
         c = self.client
         t = self.target
         assert t is not None
@@ -1172,16 +1192,17 @@ class Exchange:
         else:
             self.client.pause_reading_from("upstream")
 
-    def complete_response(self) -> None:
+    def metrics_key(self) -> Key:
+        t = self.target
+        return (t.api, t.stage, t.phase.resource if t.phase else t.path) if t is not None else ("-", "-", "-")
+
+    def record(self) -> None:
+        """Telemetry of the exchange just answered: metrics, the access log line, the span's end."""
         metrics = self.client.server.metrics
-        if metrics is not None and not self.response_done:
+        if metrics is not None:
             t = self.target
-            key = (
-                (t.api, t.stage, t.phase.resource if t.phase else t.path)
-                if t is not None
-                else ("-", "-", "-")
-            )
-            now = self.client.loop.time()
+            key = self.metrics_key()
+            now = perf_counter()
             integ = (self.t_head or now) - self.t_integration if self.t_integration else 0.0
             metrics.observe(key, self.status_code, now - self.t0, integ, self.cache_header)
             if t is not None and t.access_log and self.client.server.access_log is not None:
@@ -1205,10 +1226,28 @@ class Exchange:
         if self.span is not None:
             self.span.end(self.status_code)
             self.span = None
+
+    def complete_response(self) -> None:
+        if not self.response_done:
+            self.record()
         self.response_done = True
         self._cancel_timer()
         if self.body_complete or self.discard_body:
             self.client.exchange_done(self)
+
+    def upgraded(self) -> None:
+        """The WebSocket handshake is answered (101): the exchange ends here and the connection
+        counts as an open WebSocket until it is lost."""
+        self.status_code = 101
+        self.record()
+        self.head_sent = True
+        self.finished = True
+        self.response_done = True
+        metrics = self.client.server.metrics
+        if metrics is not None:
+            key = self.metrics_key()
+            metrics.websockets[key] += 1
+            self.client.ws_key = key
 
 
 class ClientConn(asyncio.Protocol):
@@ -1241,6 +1280,7 @@ class ClientConn(asyncio.Protocol):
         self.upgrade_buffer: list[bytes] = []
         self.ws: WsRelay | None = None
         self.wsapi: WsApiConnection | None = None
+        self.ws_key: Key | None = None  # metrics key of the open WebSocket on this connection
 
     @property
     def paused_by_upstream(self) -> bool:
@@ -1264,6 +1304,9 @@ class ClientConn(asyncio.Protocol):
             self.ws.client_lost()
         if self.wsapi is not None:
             self.wsapi.lost()
+        if self.ws_key is not None and self.server.metrics is not None:
+            self.server.metrics.websockets[self.ws_key] -= 1
+            self.ws_key = None
         for ex in self.queue:
             ex.finished = True
             ex._cancel_timer()

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 from meshgate.sidecar.authorizers import AuthRequest, AuthResult, JwksCache, JwtAuthorizer, RequestAuthorizer
 from meshgate.sidecar.cache import CachedResponse, ResponseCache
+from meshgate.sidecar.telemetry import RequestSpan
 from meshgate.sidecar.throttle import DEFAULT_BURST, DEFAULT_RATE, Limit, Limiter, QuotaStore, TokenBucket
 from meshgate.sidecar.validation import BodyModel, missing_parameters
 from meshgate.v1 import control_pb2, resources_pb2
@@ -53,6 +54,7 @@ class PhaseResult:
     auth_values: Mapping[str, str] = field(default_factory=dict)
     gw_type: str = ""  # gateway response type when refused (default: by status)
     errors: tuple[dict[str, str], ...] = ()  # validation details for the error body
+    authorizer_s: float = 0.0  # time the authorizer took (0: no authorizer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +181,8 @@ class RoutePhase:
     cache_params: tuple[tuple[str, str], ...] = ()
     invalidation: str = "require_authorization"
 
-    def run(self, req: AuthRequest) -> PhaseResult | Awaitable[PhaseResult]:
+    def run(self, req: AuthRequest, trace: RequestSpan | None = None) -> PhaseResult | Awaitable[PhaseResult]:
+        """The steps in order; `trace` (sampled requests only) gets authorizer and cache spans."""
         ip = req.source_ip
         if self.private_nets is not None and not in_networks(ip, self.private_nets):
             return PhaseResult(403, f"private API {self.api}: source {ip} is outside the cluster networks")
@@ -187,20 +190,61 @@ class RoutePhase:
             return PhaseResult(403, f"resource policy of {self.api} denies source {ip}")
         if self.allow_nets and not in_networks(ip, self.allow_nets):
             return PhaseResult(403, f"resource policy of {self.api} does not allow source {ip}")
-        if self.authorizer is None:
-            return self._after_auth(req, None)
-        if isinstance(self.authorizer, JwtAuthorizer):
-            res = self.authorizer.authorize(req.headers, self.scopes)
+        authorizer = self.authorizer
+        if authorizer is None:
+            return self._after_auth(req, None, trace)
+        t0 = time.monotonic()
+        span = None
+        if trace is not None:
+            kind = "jwt" if isinstance(authorizer, JwtAuthorizer) else authorizer.kind
+            attrs = {"meshgate.authorizer.name": authorizer.name, "meshgate.authorizer.type": kind}
+            span = trace.start_sub("authorizer", attrs)
+            if kind != "jwt":
+                req.trace_headers = trace.carrier(span)  # the authorizer service joins the trace
+        if isinstance(authorizer, JwtAuthorizer):
+            res = authorizer.authorize(req.headers, self.scopes)
         else:
-            res = self.authorizer.authorize(req)
+            res = authorizer.authorize(req)
         if isinstance(res, AuthResult):
-            return self._after_auth(req, res)
-        return self._await_auth(req, res)
+            return self._authorized(req, res, t0, trace, span, True)
+        return self._await_auth(req, res, t0, trace, span)
 
-    async def _await_auth(self, req: AuthRequest, pending: Awaitable[AuthResult]) -> PhaseResult:
-        return self._after_auth(req, await pending)
+    async def _await_auth(
+        self,
+        req: AuthRequest,
+        pending: Awaitable[AuthResult],
+        t0: float,
+        trace: RequestSpan | None,
+        span: Any,
+    ) -> PhaseResult:
+        return self._authorized(req, await pending, t0, trace, span, False)
 
-    def _after_auth(self, req: AuthRequest, auth: AuthResult | None) -> PhaseResult:
+    def _authorized(
+        self,
+        req: AuthRequest,
+        auth: AuthResult,
+        t0: float,
+        trace: RequestSpan | None,
+        span: Any,
+        cached: bool,
+    ) -> PhaseResult:
+        elapsed = time.monotonic() - t0
+        if span is not None:
+            # cached: answered without a call (a cached result, known JWKS keys, or a missing identity)
+            attrs: dict[str, Any] = {
+                "meshgate.authorizer.cached": cached,
+                "meshgate.authorizer.status": auth.status,
+            }
+            if auth.principal:
+                attrs["enduser.id"] = auth.principal
+            RequestSpan.end_sub(span, auth.reason if auth.status else "", attrs)
+        r = self._after_auth(req, auth, trace)
+        r.authorizer_s = elapsed
+        return r
+
+    def _after_auth(
+        self, req: AuthRequest, auth: AuthResult | None, trace: RequestSpan | None
+    ) -> PhaseResult:
         if auth is not None and auth.status:
             kind = {500: "AUTHORIZER_CONFIGURATION_ERROR", 502: "AUTHORIZER_FAILURE"}.get(auth.status, "")
             return PhaseResult(auth.status, auth.reason, auth.response_headers, gw_type=kind)
@@ -249,6 +293,8 @@ class RoutePhase:
             authorized = auth is not None
             if authorized:
                 self.cache.invalidate(ckey)
+                if trace is not None:
+                    RequestSpan.end_sub(trace.start_sub("cache", self._cache_attrs("invalidated")))
                 return PhaseResult(
                     set_headers=set_headers, cache=self.cache, store_key=ckey, cache_header=b"invalidated"
                 )
@@ -257,12 +303,12 @@ class RoutePhase:
             return PhaseResult(
                 auth_values=values,
                 set_headers=set_headers,
-                cached=self.cache.get(ckey),
+                cached=self._lookup(ckey, trace),
                 cache=self.cache,
                 store_key=ckey,
                 cache_header=b"ignored-invalidation",
             )
-        hit = self.cache.get(ckey)
+        hit = self._lookup(ckey, trace)
         if hit is not None:
             return PhaseResult(auth_values=values, set_headers=set_headers, cached=hit, cache_header=b"hit")
         return PhaseResult(
@@ -272,6 +318,28 @@ class RoutePhase:
             store_key=ckey,
             cache_header=b"miss",
         )
+
+    def _lookup(self, ckey: bytes, trace: RequestSpan | None) -> CachedResponse | None:
+        cache = self.cache
+        assert cache is not None
+        if trace is None:
+            return cache.get(ckey)
+        span = trace.start_sub("cache", self._cache_attrs(""))
+        hit = cache.get(ckey)
+        RequestSpan.end_sub(span, attrs={"meshgate.cache.result": "miss" if hit is None else "hit"})
+        return hit
+
+    def _cache_attrs(self, result: str) -> dict[str, Any]:
+        cache = self.cache
+        assert cache is not None
+        attrs: dict[str, Any] = {
+            "meshgate.cache.encrypted": cache.encrypted,
+            "meshgate.cache.ttl_s": cache.ttl_s,
+            "meshgate.cache.entries": len(cache),
+        }
+        if result:
+            attrs["meshgate.cache.result"] = result
+        return attrs
 
     def cache_key(self, req: AuthRequest) -> bytes:
         parts = [req.method, self.api, self.stage, req.path]

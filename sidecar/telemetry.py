@@ -1,14 +1,16 @@
-"""Tracing (OpenTelemetry, in place of CloudWatch): one server span per request with child spans for
-the request phase and the integration, W3C traceparent/baggage honoured and propagated, parent-based
-sampling with the stage's ratio, OTLP/gRPC export through a batch processor (Jaeger takes it natively).
+"""Tracing (OpenTelemetry, in place of CloudWatch): one server span per HTTP request, gRPC call and
+WebSocket API message, with child spans for the request phase (and, under it, the authorizer and
+the cache lookup) and the integration; W3C traceparent/baggage honoured and propagated; parent-based
+sampling with the stage's ratio; OTLP/gRPC export through a batch processor (Jaeger takes it natively).
 
-Unsampled requests cost one header lookup and a random draw; nothing is allocated for them.
+The sampling decision comes first (`sample`): an unsampled request costs one header lookup and a
+random draw, and nothing is allocated for it.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry import trace
@@ -19,11 +21,13 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _TRACECONTEXT = TraceContextTextMapPropagator()
 _BAGGAGE = W3CBaggagePropagator()
+_ROOT = Context()  # "sampled, no parent": shared, so the decision allocates nothing
+TRACE_HEADERS = frozenset({"traceparent", "tracestate", "baggage"})
 
 
 class _Getter:
@@ -39,7 +43,11 @@ _GETTER = _Getter()
 
 
 class RequestSpan:
-    """The server span of one request and its children."""
+    """The server span of one request (or call, or message) and its children.
+
+    `child` is the current direct child (request phase, then integration); `start_sub` opens a
+    span under it (authorizer, cache lookup) that the caller ends with `end_sub`.
+    """
 
     __slots__ = ("child", "span", "tracer")
 
@@ -66,22 +74,43 @@ class RequestSpan:
             child.end()
             self.child = None
 
-    def inject(self) -> list[tuple[bytes, bytes]]:
-        """traceparent (+ baggage) for the integration request, child of the current span."""
-        carrier: dict[str, str] = {}
+    def start_sub(self, name: str, attrs: Mapping[str, Any], client: bool = False) -> Any:
         ctx = trace.set_span_in_context(self.child or self.span)
+        kind = SpanKind.CLIENT if client else SpanKind.INTERNAL
+        return self.tracer.start_span(name, context=ctx, kind=kind, attributes=attrs)
+
+    @staticmethod
+    def end_sub(span: Any, error: str = "", attrs: Mapping[str, Any] | None = None) -> None:
+        if attrs:
+            span.set_attributes(attrs)
+        if error:
+            span.set_status(Status(StatusCode.ERROR, error))
+        span.end()
+
+    def carrier(self, span: Any = None) -> dict[str, str]:
+        """traceparent (+ baggage) for an outgoing call whose parent is `span` (default: the
+        current child, else the server span)."""
+        carrier: dict[str, str] = {}
+        ctx = trace.set_span_in_context(span or self.child or self.span)
         _TRACECONTEXT.inject(carrier, context=ctx)
         _BAGGAGE.inject(carrier, context=ctx)
-        return [(k.encode(), v.encode()) for k, v in carrier.items()]
+        return carrier
 
-    def end(self, status: int, reason: str = "") -> None:
+    def inject(self) -> list[tuple[bytes, bytes]]:
+        """The carrier as raw header pairs for the HTTP/1.1 integration request."""
+        return [(k.encode(), v.encode()) for k, v in self.carrier().items()]
+
+    def end(self, status: int, reason: str = "", attrs: Mapping[str, Any] | None = None) -> None:
         self.end_child()
-        self.span.set_attribute("http.response.status_code", status)
+        span = self.span
+        if attrs:
+            span.set_attributes(attrs)
+        span.set_attribute("http.response.status_code", status)
         if status >= 500:
-            self.span.set_status(Status(StatusCode.ERROR, reason))
+            span.set_status(Status(StatusCode.ERROR, reason))
         elif reason:
-            self.span.set_attribute("meshgate.reason", reason)
-        self.span.end()
+            span.set_attribute("meshgate.reason", reason)
+        span.end()
 
 
 class Telemetry:
@@ -101,9 +130,9 @@ class Telemetry:
             self.provider.add_span_processor(BatchSpanProcessor(exp, schedule_delay_millis=500))
             self.tracer = self.provider.get_tracer("meshgate.sidecar")
 
-    def start(
-        self, headers: Mapping[str, str], ratio: float, name: str, attrs: Mapping[str, Any]
-    ) -> RequestSpan | None:
+    def sample(self, headers: Mapping[str, str], ratio: float) -> Context | None:
+        """The parent context to trace under, or None: not traced. A sampled `traceparent` is
+        followed and an unsampled one is not; without one the stage ratio decides."""
         if not self.enabled:
             return None
         parent = headers.get("traceparent")
@@ -113,12 +142,24 @@ class Telemetry:
             sc = trace.get_current_span(ctx).get_span_context()
             if not (sc.is_valid and sc.trace_flags.sampled):
                 return None  # parent-based: an unsampled parent stays unsampled
-        else:
-            if ratio <= 0 or random.random() >= ratio:
-                return None
-            ctx = Context()
-        span = self.tracer.start_span(name, context=ctx, kind=SpanKind.SERVER, attributes=dict(attrs))
+            return ctx
+        if ratio <= 0 or random.random() >= ratio:
+            return None
+        return _ROOT
+
+    def begin(
+        self, ctx: Context, name: str, attrs: Mapping[str, Any], links: Sequence[Link] = ()
+    ) -> RequestSpan:
+        span = self.tracer.start_span(
+            name, context=ctx, kind=SpanKind.SERVER, attributes=dict(attrs), links=links
+        )
         return RequestSpan(self.tracer, span)
+
+    def start(
+        self, headers: Mapping[str, str], ratio: float, name: str, attrs: Mapping[str, Any]
+    ) -> RequestSpan | None:
+        ctx = self.sample(headers, ratio)
+        return None if ctx is None else self.begin(ctx, name, attrs)
 
     def flush(self) -> None:
         if self.provider is not None:

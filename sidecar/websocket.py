@@ -112,6 +112,9 @@ class WsRelay:
                 "origin",
                 "authorization",
                 "cookie",
+                "traceparent",
+                "tracestate",
+                "baggage",
             ) or name.lower().startswith(("x-", "user-agent")):
                 request.headers[name] = value
         request.headers["X-Meshgate-Request-Id"] = self.request_id

@@ -17,13 +17,19 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+from meshgate.sidecar.metrics import Metrics
+from meshgate.sidecar.telemetry import RequestSpan, Telemetry
+from opentelemetry.trace import Link, SpanContext
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 log = logging.getLogger("meshgate.sidecar.wsapi")
+
+_NO_HEADERS: Mapping[str, str] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +78,11 @@ class WsApiConnection:
     connected_at: float = field(default_factory=time.time)
     last_active: float = field(default_factory=time.time)
     registry: Registry | None = None
+    api_name: str = ""  # namespace/name, for spans and metrics
+    telemetry: Telemetry | None = None
+    trace_ratio: float = 0.0  # each message is a root span sampled at the stage's ratio
+    metrics: Metrics | None = None
+    link: SpanContext | None = None  # the upgrade request's span, when it was sampled
 
     def __post_init__(self) -> None:
         self.proto = ServerProtocol(state=State.OPEN, max_size=self.api.max_message_bytes)
@@ -148,7 +159,7 @@ class WsApiConnection:
                 ).encode()
             )
             return
-        status, body = await self.call(route, key, message)
+        status, body = await self.dispatch(route, key, message)
         if status == 0:
             self.send(
                 json.dumps(
@@ -162,8 +173,37 @@ class WsApiConnection:
         elif body:
             self.send(body)
 
+    async def dispatch(self, route: WsRoute, key: str, body: bytes) -> tuple[int, bytes]:
+        """One message (or $disconnect) to its route's integration: counted, and traced when sampled."""
+        if self.metrics is not None:
+            self.metrics.ws_messages[self.api_name, self.stage, key] += 1
+        tel = self.telemetry
+        if tel is None or (ctx := tel.sample(_NO_HEADERS, self.trace_ratio)) is None:
+            return await self.call(route, key, body)
+        span = tel.begin(
+            ctx,
+            f"websocket.message {key}",
+            {
+                "meshgate.api": self.api_name,
+                "meshgate.stage": self.stage,
+                "meshgate.route_key": key,
+                "meshgate.connection_id": self.conn_id,
+                "network.protocol.name": "websocket",
+                "client.address": self.source_ip,
+            },
+            links=(Link(self.link),) if self.link is not None else (),
+        )
+        status, reply = await self.call(route, key, body, None, span)
+        span.end(status or 502, reply.decode("utf-8", "replace") if status == 0 else "")
+        return status, reply
+
     async def call(
-        self, route: WsRoute, key: str, body: bytes, extra: Mapping[str, str] | None = None
+        self,
+        route: WsRoute,
+        key: str,
+        body: bytes,
+        extra: Mapping[str, str] | None = None,
+        trace: RequestSpan | None = None,
     ) -> tuple[int, bytes]:
         """POST the event to a route integration; (0, reason) when it cannot be reached."""
         headers = {
@@ -174,13 +214,24 @@ class WsApiConnection:
             "x-meshgate-source-ip": self.source_ip,
             "content-type": "application/json",
         }
+        if trace is not None:
+            up = urlsplit(route.uri)
+            trace.start_child(
+                "integration", **{"server.address": up.hostname or "", "server.port": up.port or 80}
+            )
+            headers.update(trace.carrier())
         try:
             async with self.session().post(
                 route.uri, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=route.timeout_s)
             ) as resp:
-                return resp.status, await resp.read()
+                result = resp.status, await resp.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return 0, f"integration for {key} failed: {type(exc).__name__}".encode()
+            result = 0, f"integration for {key} failed: {type(exc).__name__}".encode()
+        if trace is not None:
+            if result[0]:
+                trace.child.set_attribute("http.response.status_code", result[0])
+            trace.end_child("" if result[0] else result[1].decode())
+        return result
 
     def lost(self) -> None:
         if self.closed:
@@ -190,7 +241,7 @@ class WsApiConnection:
             self.registry.remove(self)
         route = self.api.routes.get("$disconnect")
         if route is not None:
-            self.spawn(self.call(route, "$disconnect", b""))
+            self.spawn(self.dispatch(route, "$disconnect", b""))
 
 
 def _is_text(payload: bytes) -> bool:

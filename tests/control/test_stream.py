@@ -12,6 +12,7 @@ import grpc
 import pytest
 from meshgate.control.etcd_local import LocalEtcd
 from meshgate.control.server import ControlServer, start_control
+from meshgate.sidecar.otlp_metrics import OtlpMetricsExporter
 from meshgate.v1 import control_pb2, control_pb2_grpc
 
 from .conftest import PETS, docs
@@ -207,7 +208,7 @@ async def test_admin_errors_map_to_grpc_status(control: ControlServer) -> None:
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_control_plane_metrics(control: ControlServer) -> None:
+async def test_control_plane_metrics(control: ControlServer, otlp: Any) -> None:
     await control.store.apply(docs())
     sc = Sidecar(control.port, "sc-m", {"app": "pets"})
     try:
@@ -227,5 +228,17 @@ async def test_control_plane_metrics(control: ControlServer) -> None:
             if line.startswith("meshgate_control_config_apply_latency_seconds_count")
         )
         assert int(count.split()[-1]) >= 1
+        # the same families over OTLP/gRPC (meshgate control --otlp-endpoint)
+        exporter = OtlpMetricsExporter(
+            f"127.0.0.1:{otlp.port}", "meshgate-control", control.control_id, control.streamer.metrics
+        )
+        assert await exporter.export()
+        await exporter.channel.close()
+        got = otlp.metrics()
+        assert got["meshgate_control_connected_sidecars"].gauge.data_points[0].as_int == 1
+        assert got["meshgate_control_acks"].sum.data_points[0].as_int == control.streamer.acks
+        assert got["meshgate_control_nacks"].sum.data_points[0].as_int == 0
+        latency = got["meshgate_control_config_apply_latency"]
+        assert latency.unit == "s" and latency.histogram.data_points[0].count == int(count.split()[-1])
     finally:
         await sc.close()

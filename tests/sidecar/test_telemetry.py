@@ -1,4 +1,4 @@
-"""Traces from the real listener into a real OTLP/gRPC receiver (the collector's TraceService):
+"""Traces from the real listener into a real OTLP/gRPC receiver (the collector's TraceService, `otlp`):
 span tree, attributes, traceparent honoured from the client and propagated to the integration."""
 
 from __future__ import annotations
@@ -6,16 +6,11 @@ from __future__ import annotations
 import asyncio
 import http.client
 import time
-from collections.abc import Iterator
-from concurrent import futures
 from typing import Any
 
-import grpc
-import pytest
 from meshgate.sidecar.phase import Runtime
 from meshgate.sidecar.routing import compile_snapshot
 from meshgate.sidecar.telemetry import Telemetry
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from .conftest import Backends, Gateway, bundle, http_route, read_request, snapshot
 
@@ -23,39 +18,7 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
 
 
-class Receiver(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
-    def __init__(self) -> None:
-        self.spans: list[Any] = []
-
-    def Export(self, request: Any, context: Any) -> Any:
-        for rs in request.resource_spans:
-            for ss in rs.scope_spans:
-                self.spans.extend(ss.spans)
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-
-@pytest.fixture
-def receiver() -> Iterator[tuple[Receiver, int]]:
-    r = Receiver()
-    server = grpc.server(futures.ThreadPoolExecutor(2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(r, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield r, port
-    server.stop(0)
-
-
-def attrs(span: Any) -> dict[str, Any]:
-    out = {}
-    for kv in span.attributes:
-        v = kv.value
-        out[kv.key] = v.string_value or v.int_value or v.bool_value
-    return out
-
-
-def test_span_tree_and_propagation(
-    gateway: Gateway, backends: Backends, receiver: tuple[Receiver, int]
-) -> None:
+def test_span_tree_and_propagation(gateway: Gateway, backends: Backends, otlp: Any) -> None:
     seen: list[dict[bytes, bytes]] = []
 
     async def backend(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -65,7 +28,7 @@ def test_span_tree_and_propagation(
             w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             await w.drain()
 
-    rec, port = receiver
+    rec, port = otlp, otlp.port
     route = http_route("GET", "/pets/{id}", f"http://127.0.0.1:{backends.start(backend)}/pets/{{id}}")
     b = bundle([route])
     b["deployment"]["spec"]["apiSpec"]["resourcePolicy"] = {"allowCidrs": ["127.0.0.0/8"]}  # a phase to trace
@@ -99,13 +62,13 @@ def test_span_tree_and_propagation(
     assert {s.trace_id.hex() for s in rec.spans} == {TRACE_ID}
     assert server.parent_span_id.hex() == PARENT_ID
     assert phase.parent_span_id == server.span_id and integ.parent_span_id == server.span_id
-    a = attrs(server)
+    a = otlp.attrs(server)
     assert (
         a["http.response.status_code"] == 200
         and a["meshgate.stage"] == "prod"
         and a["meshgate.api"] == "default/pets"
     )
-    assert attrs(integ)["server.address"] == "127.0.0.1"
+    assert otlp.attrs(integ)["server.address"] == "127.0.0.1"
     # the integration got the trace context, its parent being the integration span
     tp = seen[0][b"traceparent"].decode().split("-")
     assert tp[1] == TRACE_ID and tp[2] == integ.span_id.hex() and tp[3] == "01"
@@ -113,16 +76,14 @@ def test_span_tree_and_propagation(
     assert b"traceparent" not in seen[2]  # untraced requests carry no trace headers
 
 
-def test_stage_ratio_samples_without_a_parent(
-    gateway: Gateway, backends: Backends, receiver: tuple[Receiver, int]
-) -> None:
+def test_stage_ratio_samples_without_a_parent(gateway: Gateway, backends: Backends, otlp: Any) -> None:
     async def backend(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         while True:
             await read_request(r)
             w.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
             await w.drain()
 
-    rec, port = receiver
+    rec, port = otlp, otlp.port
     snap = snapshot(bundle([http_route("GET", "/x", f"http://127.0.0.1:{backends.start(backend)}/x")]))
     snap.stages[0].stage.spec.tracing_sample_ratio = 1.0
     gateway.start(snap)
@@ -138,4 +99,6 @@ def test_stage_ratio_samples_without_a_parent(
     telemetry.shutdown()
     assert rec.spans, "no spans exported"
     server = next(s for s in rec.spans if s.name == "GET /prod/x")
-    assert attrs(server)["http.response.status_code"] == 503 and server.status.code == 2  # STATUS_CODE_ERROR
+    assert (
+        otlp.attrs(server)["http.response.status_code"] == 503 and server.status.code == 2
+    )  # STATUS_CODE_ERROR
