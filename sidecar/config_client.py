@@ -58,6 +58,7 @@ class ConfigClient:
         self.applied_from = ""
         self.connected = False
         self.last_error = ""
+        self.acks = 0
         self.nacks = 0
         self._stopping = False
 
@@ -168,6 +169,7 @@ class ConfigClient:
                         self.applied = snap
                         self.applied_from = "control"
                         self.first_applied.set()
+                        self.acks += 1
                         log.info("applied config %s", snap.version)
                     except Exception as exc:
                         ack.error = " ".join(str(exc).split()) or type(exc).__name__

@@ -1,4 +1,5 @@
-"""`meshgate sidecar`: wires the admin port, the persisted snapshot, the HTTP listener and the config client."""
+"""`meshgate sidecar`: wires the admin port, the persisted snapshot, the HTTP and gRPC listeners,
+telemetry (OTLP traces and metrics) and the config client."""
 
 from __future__ import annotations
 
@@ -78,8 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--otlp-endpoint",
-        default=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
-        help="OTLP/gRPC collector for traces, e.g. jaeger:4317 (env OTEL_EXPORTER_OTLP_ENDPOINT; default: off)",
+        default=env.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        help="OTLP/gRPC collector for traces and metrics, e.g. jaeger:4317 "
+        "(env OTEL_EXPORTER_OTLP_ENDPOINT; default: off)",
+    )
+    p.add_argument(
+        "--otlp-metrics-endpoint",
+        default=env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"),
+        help="OTLP/gRPC collector for metrics only (env OTEL_EXPORTER_OTLP_METRICS_ENDPOINT; "
+        "default: --otlp-endpoint)",
+    )
+    p.add_argument(
+        "--otlp-metrics-interval",
+        type=float,
+        default=10.0,
+        help="seconds between OTLP metrics exports; 0 turns them off (default %(default)s)",
     )
     p.add_argument("--state-dir", type=Path, help="where the last good snapshot is kept")
     p.add_argument("--snapshot-file", type=Path, help="serve this Snapshot (JSON) with no control connection")
@@ -113,12 +127,11 @@ async def run(args: argparse.Namespace) -> int:
     admin_host, admin_port = args.admin if isinstance(args.admin, tuple) else _address(args.admin)
     pool = UpstreamPool()
     http_server = HttpServer()
-    http_server.metrics = Metrics()
+    metrics = http_server.metrics = Metrics()
     http_server.access_log = AccessLog()
+    admin = AdminState(client, holder, args.node_id, metrics, http_server, pool, runtime)
     try:
-        runner = await start_admin(
-            AdminState(client, holder, args.node_id, http_server.metrics), admin_host, admin_port
-        )
+        runner = await start_admin(admin, admin_host, admin_port)
     except OSError as exc:
         print(f"error: cannot listen on admin {admin_host}:{admin_port}: {exc.strerror}", file=sys.stderr)
         return 1
@@ -163,11 +176,28 @@ async def run(args: argparse.Namespace) -> int:
         from meshgate.sidecar.grpc_proxy import serve_grpc
 
         ghost, gport = args.grpc_listen
-        grpc_server, grpc_proxy, bound = await serve_grpc(holder, ghost, gport)
+        grpc_server, grpc_proxy, bound = await serve_grpc(
+            holder, ghost, gport, http_server.telemetry, metrics
+        )
+        admin.grpc = grpc_proxy
         if not bound:
             print(f"error: cannot listen for gRPC on {ghost}:{gport}", file=sys.stderr)
             await runner.cleanup()
             return 1
+    metrics_endpoint = args.otlp_metrics_endpoint or args.otlp_endpoint
+    exporter = None
+    if metrics_endpoint and args.otlp_metrics_interval > 0:
+        from meshgate.sidecar.otlp_metrics import OtlpMetricsExporter
+
+        exporter = OtlpMetricsExporter(
+            metrics_endpoint,
+            "meshgate-sidecar",
+            args.node_id,
+            metrics.families,
+            interval_s=args.otlp_metrics_interval,
+        )
+        exporter.start()
+        admin.otlp_metrics = exporter
     task = None if args.snapshot_file is not None else asyncio.create_task(client.run())
     source = f"snapshot file {args.snapshot_file}" if args.snapshot_file else f"control {args.control}"
     print(
@@ -197,6 +227,8 @@ async def run(args: argparse.Namespace) -> int:
     await runtime.close()
     if http_server.telemetry is not None:
         http_server.telemetry.shutdown()
+    if exporter is not None:
+        await exporter.stop()  # one last export: what happened while draining counts too
     await runner.cleanup()
     return 0
 

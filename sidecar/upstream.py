@@ -234,6 +234,10 @@ class UpstreamPool:
         _, proto = await asyncio.wait_for(loop.create_connection(factory, host, port), connect_timeout_s)
         return proto
 
+    def idle_counts(self) -> dict[tuple[str, int], int]:
+        """Idle keep-alive connections per upstream (host, port)."""
+        return {key: len(conns) for key, conns in self._idle.items() if conns}
+
     def put_idle(self, conn: UpstreamConn) -> None:
         if not conn.alive:
             return
