@@ -100,6 +100,11 @@ def _check_single(field: FieldDescriptor, item: object, where: str) -> None:
 
 
 def _hash_api_key(spec: dict[str, Any]) -> None:
+    if "valueFrom" in spec:
+        raise ValueError(
+            "spec.valueFrom: a Secret reference is read by the Kubernetes controller; "
+            "`meshgate apply` takes the key as spec.value"
+        )
     value = spec.pop("value", None)
     if value is not None:
         if not isinstance(value, str) or len(value) < 20:

@@ -90,6 +90,11 @@ def test_api_key_value_is_hashed_and_never_kept() -> None:
         load_documents(
             "apiVersion: meshgate.io/v1\nkind: ApiKey\nmetadata: {name: ci}\nspec: {usagePlan: gold}"
         )
+    with pytest.raises(InvalidConfig, match="spec.valueFrom: a Secret reference is read by the Kubernetes"):
+        load_documents(
+            "apiVersion: meshgate.io/v1\nkind: ApiKey\nmetadata: {name: ci}\n"
+            "spec: {usagePlan: gold, valueFrom: {secretKeyRef: {name: s, key: k}}}"
+        )
 
 
 def test_path_given_as_a_string(tmp_path: Path) -> None:
