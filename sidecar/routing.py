@@ -124,14 +124,14 @@ class RoutePlan:
             or (self.transform is not None and self.transform.needs_request_body)
             or (self.phase is not None and self.phase.body_model is not None),
         )
-        # No path parameters, mappings or per-request phase state: the Target never varies.
+        # No path parameters or mappings: without a query string the Target never varies (a transform
+        # is shared config; its query removal only applies when there is a query).
         m = self.mapping
         static = (
             self.kind == "http"
             and not self.error
             and all(kind == 0 for kind, _ in self.path_parts)
             and not (m.headers or m.query or m.path or m.late_headers)
-            and self.transform is None
         )
         object.__setattr__(self, "static", static)
 

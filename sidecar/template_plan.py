@@ -17,10 +17,13 @@ both paths give the same output by construction.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from jinja2 import Environment, nodes
+from meshgate.sidecar import jsoncodec
 
 ROOTS = frozenset({"input", "context", "stageVariables", "util"})
 INPUT_METHODS = frozenset({"json", "path", "params"})
@@ -37,6 +40,30 @@ FILTERS: Mapping[str, Callable[[Any], Any]] = {
 Scope = Mapping[str, Any]  # root name -> object
 Expr = Callable[[Scope], Any]
 Plan = tuple[str | Expr, ...]
+
+
+_STEP = re.compile(r"\.([A-Za-z0-9_\-]+)|\['([^']*)'\]|\[(\d+)\]")
+
+
+@functools.lru_cache(maxsize=1024)
+def path_steps(path: str) -> tuple[str | int, ...]:
+    """The steps of a JSONPath subset: $, .name, ['name'], [index]. ValueError if it is not one."""
+    if not path.startswith("$"):
+        raise ValueError(f"JSONPath must start with $: {path!r}")
+    return tuple(name or quoted or int(index) for name, quoted, index in _STEP.findall(path[1:]))
+
+
+def walk(doc: Any, steps: tuple[str | int, ...]) -> Any:
+    """The value at `steps` in a parsed JSON document, None where there is none."""
+    cur = doc
+    for step in steps:
+        if isinstance(step, str):
+            cur = cur.get(step) if isinstance(cur, dict) else None
+        else:
+            cur = cur[step] if isinstance(cur, list) and step < len(cur) else None
+        if cur is None:
+            return None
+    return cur
 
 
 class Fallback(Exception):
@@ -59,6 +86,8 @@ def plan(env: Environment, source: str) -> tuple[Plan, frozenset[str]] | None:
             for node in stmt.nodes:
                 if isinstance(node, nodes.TemplateData):
                     parts.append(node.data)
+                elif _yields_str(node):
+                    parts.append(_expr(node, used))
                 else:
                     parts.append(_output(_expr(node, used)))
     except _NotPlannable:
@@ -67,7 +96,18 @@ def plan(env: Environment, source: str) -> tuple[Plan, frozenset[str]] | None:
 
 
 def render(parts: Plan, scope: Scope) -> str:
-    return "".join(p if isinstance(p, str) else p(scope) for p in parts)
+    return "".join([p if p.__class__ is str else p(scope) for p in parts])  # type: ignore[operator]
+
+
+def _yields_str(node: nodes.Node) -> bool:
+    """Whether an expression always gives a str, so its output needs no conversion."""
+    if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Getattr):
+        root = node.node.node
+        name = root.name if isinstance(root, nodes.Name) else ""
+        return (name == "input" and node.node.attr == "json") or (
+            name == "util" and node.node.attr in UTIL_METHODS
+        )
+    return isinstance(node, nodes.Filter) and node.name in ("lower", "upper", "trim", "string")
 
 
 def _output(fn: Expr) -> Expr:
@@ -146,6 +186,14 @@ def _call(node: nodes.Call, used: set[str]) -> Expr:
     if root == "input" and method in INPUT_METHODS and all(isinstance(a, nodes.Const) for a in node.args):
         used.add("input")
         consts = tuple(a.value for a in node.args)  # type: ignore[attr-defined]
+        if method in ("json", "path") and len(consts) == 1 and isinstance(consts[0], str):
+            try:
+                steps = path_steps(consts[0])
+            except ValueError:
+                raise _NotPlannable from None  # the sandbox reports it at render time
+            if method == "json":
+                return lambda scope: jsoncodec.dumps(walk(scope["input"].doc(), steps))
+            return lambda scope: walk(scope["input"].doc(), steps)
         return lambda scope: getattr(scope["input"], method)(*consts)
     if root == "util" and method in UTIL_METHODS and len(node.args) == 1:
         used.add("util")

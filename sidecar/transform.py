@@ -14,7 +14,6 @@ same output, a fraction of the cost.
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import re
 import time
@@ -104,27 +103,13 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         return super()._compile("\n".join(lines), filename)
 
 
-@functools.lru_cache(maxsize=1024)
-def _path_steps(path: str) -> tuple[str | int, ...]:
-    if not path.startswith("$"):
-        raise TemplateLimit(f"JSONPath must start with $: {path!r}")
-    return tuple(
-        name or quoted or int(index)
-        for name, quoted, index in re.findall(r"\.([A-Za-z0-9_\-]+)|\['([^']*)'\]|\[(\d+)\]", path[1:])
-    )
-
-
 def _json_path(doc: Any, path: str) -> Any:
     """A JSONPath subset: $, .name, ['name'], [index]."""
-    cur = doc
-    for step in _path_steps(path):
-        if isinstance(step, str):
-            cur = cur.get(step) if isinstance(cur, dict) else None
-        else:
-            cur = cur[step] if isinstance(cur, list) and step < len(cur) else None
-        if cur is None:
-            return None
-    return cur
+    try:
+        steps = template_plan.path_steps(path)
+    except ValueError as exc:
+        raise TemplateLimit(str(exc)) from None
+    return template_plan.walk(doc, steps)
 
 
 UNPARSED: Any = object()  # `doc` not given: parse the body when a template first asks for it
@@ -156,7 +141,8 @@ class TemplateInput:
             self._text = self._raw.decode("utf-8", "replace")
         return self._text
 
-    def _json(self) -> Any:
+    def doc(self) -> Any:
+        """The body parsed as JSON (None when it is not JSON), parsed at most once."""
         if not self._parsed:
             self._parsed = True
             try:
@@ -166,7 +152,7 @@ class TemplateInput:
         return self._doc
 
     def path(self, p: str) -> Any:
-        return _json_path(self._json(), p)
+        return _json_path(self.doc(), p)
 
     def json(self, p: str = "$") -> str:
         return jsoncodec.dumps(self.path(p))
