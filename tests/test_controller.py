@@ -408,6 +408,20 @@ async def test_one_leader_writes_and_the_other_takes_over_when_its_lease_expires
         await store.close()
 
 
+async def test_a_graceful_stop_hands_the_lease_over_at_once(etcd: LocalEtcd, kube: KubeApi) -> None:
+    store, a, b = await _two_controllers(etcd, kube)
+    try:
+        stopped = time.monotonic()
+        await a.stop()  # releases the Lease: empty holder
+        await wait_for("ctl-b leads", b.is_leader, 5)
+        assert time.monotonic() - stopped < 1.0  # no waiting for the 2 s lease to run out
+    finally:
+        await b.stop()
+        await a.stop()
+        await store.client.delete_prefix(store.prefix.encode())
+        await store.close()
+
+
 async def test_a_leader_that_loses_its_lease_stops_writing_at_once(etcd: LocalEtcd, kube: KubeApi) -> None:
     store = Store(etcd.endpoint, f"/k8s-{uuid.uuid4().hex[:8]}/")
     await store.open()
