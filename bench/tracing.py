@@ -1,4 +1,5 @@
-"""Throughput with tracing at sampling 1.0 and 0.01 as a ratio to tracing off (run by bench/run.py)."""
+"""Throughput with tracing at sampling 1.0 and 0.01 as a ratio to tracing off (run by bench/run.py).
+With an OTLP endpoint the sidecar also exports its metrics (every 10 s), as it does in production."""
 
 from __future__ import annotations
 
@@ -12,12 +13,17 @@ RECEIVER = r"""
 import sys, time
 from concurrent import futures
 import grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 class R(trace_service_pb2_grpc.TraceServiceServicer):
     def Export(self, request, context):
         return trace_service_pb2.ExportTraceServiceResponse()
+class M(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def Export(self, request, context):
+        return metrics_service_pb2.ExportMetricsServiceResponse()
 s = grpc.server(futures.ThreadPoolExecutor(2))
 trace_service_pb2_grpc.add_TraceServiceServicer_to_server(R(), s)
+metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(M(), s)
 s.add_insecure_port(f"127.0.0.1:{sys.argv[1]}")
 s.start()
 print("ready", flush=True)
