@@ -155,12 +155,6 @@ class Telemetry:
         )
         return RequestSpan(self.tracer, span)
 
-    def start(
-        self, headers: Mapping[str, str], ratio: float, name: str, attrs: Mapping[str, Any]
-    ) -> RequestSpan | None:
-        ctx = self.sample(headers, ratio)
-        return None if ctx is None else self.begin(ctx, name, attrs)
-
     def flush(self) -> None:
         if self.provider is not None:
             self.provider.force_flush()

@@ -1,25 +1,31 @@
-"""The admin port's /stats and /config_dump (every secret-bearing field redacted), and OTLP metrics from
-a `meshgate sidecar` process into a real OTLP/gRPC MetricsService receiver."""
+"""The admin port's /stats and /config_dump (every secret-bearing field redacted), OTLP metrics from
+a `meshgate sidecar` process into a real OTLP/gRPC MetricsService receiver, and a traces-only
+collector turning the metrics export off."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
 import subprocess
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+import grpc
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor
 from meshgate.control.etcd_local import free_port
 from meshgate.sidecar.admin import AdminState, config_dump
 from meshgate.sidecar.config_client import ConfigClient
+from meshgate.sidecar.metrics import Metrics
+from meshgate.sidecar.otlp_metrics import OtlpMetricsExporter
 from meshgate.sidecar.redact import REDACTED, SECRET_FIELDS
 from meshgate.sidecar.routing import TableHolder
 from meshgate.v1 import control_pb2
 
-from .conftest import bundle, mock_route, snapshot
+from .conftest import LoopThread, bundle, mock_route, snapshot
 from .test_main import get, sidecar
 
 # Secret values planted in every field SECRET_FIELDS names; none may survive /config_dump.
@@ -245,3 +251,24 @@ def test_stats_config_dump_and_otlp_metrics_from_a_sidecar(tmp_path: Path, otlp:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_otlp_metrics_export_stops_at_a_traces_only_collector(lt: LoopThread) -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(1))  # no MetricsService: UNIMPLEMENTED, like Jaeger
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+
+    async def go() -> OtlpMetricsExporter:
+        exporter = OtlpMetricsExporter(
+            f"http://127.0.0.1:{port}", "meshgate-sidecar", "sc-1", Metrics().families, 0.05
+        )
+        exporter.start()
+        await asyncio.sleep(0.3)
+        await exporter.stop()
+        return exporter
+
+    try:
+        exporter = lt.run(go())
+    finally:
+        server.stop(0)
+    assert exporter.unsupported and exporter.failures == 1 and exporter.exports == 0  # said once, then off
