@@ -192,6 +192,7 @@ class Exchange:
         "chunked_in",
         "client",
         "content_length",
+        "content_type",
         "cors_headers",
         "deadline",
         "discard_body",
@@ -235,6 +236,7 @@ class Exchange:
         self.keep_alive = True
         self.request_id = REQUEST_IDS.next()
         self.content_length = -1
+        self.content_type = b""
         self.chunked_in = False
         self.body_chunks: list[bytes] | None = []  # buffered until an upstream is attached
         self.body_received = 0
@@ -441,7 +443,7 @@ class Exchange:
         self.proceed(t)
 
     def body_is_valid(self, model: BodyModel) -> bool:
-        content_type = next((v for n, v in self.headers if n.lower() == b"content-type"), b"")
+        content_type = self.content_type
         body = b"".join(self.body_chunks or ())
         self.body_chunks = [body]  # joined once: a mapping template reads it next
         try:
@@ -839,8 +841,8 @@ class Exchange:
 
     def transform_request(self, t: Target, tr: Transform) -> bool:
         """Apply the request mapping template; False when the exchange already failed."""
-        ctype = next((v for n, v in self.headers if n.lower() == b"content-type"), b"").decode("latin-1")
-        if tr.is_binary(ctype):
+        ctype = self.content_type.decode("latin-1")
+        if tr.binary_media_types and tr.is_binary(ctype):
             return True  # binary media type: the body goes through untouched
         chosen = select(tr.request_templates, ctype, tr.passthrough)
         if chosen is False:
@@ -867,8 +869,11 @@ class Exchange:
         self.body_chunks = [out]
         self.content_length = len(out)
         self.chunked_in = False
-        self.headers = [(n, v) for n, v in self.headers if n.lower() != b"content-type"]
-        self.headers.append((b"content-type", chosen.content_type.encode("latin-1")))
+        new_type = chosen.content_type_header
+        if new_type != self.content_type:
+            self.headers = [(n, v) for n, v in self.headers if n.lower() != b"content-type"]
+            self.headers.append((b"content-type", new_type))
+            self.content_type = new_type
         return True
 
     def template_params(self, t: Target) -> dict[str, dict[str, str]]:
@@ -916,7 +921,7 @@ class Exchange:
                 self.fail(500, f"response mapping template: {exc}", gw_type="API_CONFIGURATION_ERROR")
                 return
             headers = [(n, v) for n, v in headers if n.lower() != b"content-type"]
-            headers.append((b"content-type", chosen.content_type.encode("latin-1")))
+            headers.append((b"content-type", chosen.content_type_header))
         self.respond_full(t, rbuf.status, headers, body, rbuf.reason)
 
     def respond_full(
@@ -1546,6 +1551,8 @@ class ClientConn(asyncio.Protocol):
                     ex.content_length = int(value)
                 except ValueError:
                     raise _Abort(400, "malformed HTTP request: invalid content-length") from None
+            elif low == b"content-type" and not ex.content_type:
+                ex.content_type = value
             elif low == b"upgrade" and value.lower() == b"websocket":
                 ex.upgrade = True
             elif low == b"transfer-encoding" and b"chunked" in value.lower():

@@ -206,6 +206,7 @@ class BodyTemplate:
     env: BoundedEnvironment
     plan: template_plan.Plan | None = None  # straight-line templates skip the sandbox (template_plan.py)
     names: frozenset[str] = frozenset(ROOT_NAMES)  # the root names the template reads
+    content_type_header: bytes = b""  # content_type as the header value it sets
 
     @classmethod
     def compile(cls, content_type: str, source: str) -> BodyTemplate:
@@ -216,7 +217,9 @@ class BodyTemplate:
             names = frozenset(meta.find_undeclared_variables(env.parse(source)))
         except TemplateError as exc:
             raise ValueError(f"template for {content_type}: {exc}") from None
-        return cls(content_type.lower(), source, template, env, planned[0] if planned else None, names)
+        media = content_type.lower()
+        plan = planned[0] if planned else None
+        return cls(media, source, template, env, plan, names, media.encode("latin-1"))
 
     def render(
         self,

@@ -62,7 +62,11 @@ class BodyModel:
 
     def parse(self, content_type: str, body: bytes) -> Invalid | Valid:
         """The body parsed and checked against the model: Valid carries the document for later steps."""
-        media = content_type.split(";", 1)[0].strip().lower()
+        media = (
+            content_type
+            if content_type == self.content_type
+            else content_type.split(";", 1)[0].strip().lower()
+        )
         if media != self.content_type:
             return Invalid(
                 415,
