@@ -29,6 +29,8 @@ class InjectConfig:
     legacy: bool = False  # plain container + start hold, for clusters without native sidecars (< 1.29)
     cpu: str = "100m"
     memory: str = "128Mi"
+    # IfNotPresent: a node that has the image (a kind/minikube load, a pinned tag) does not pull it again
+    pull_policy: str = "IfNotPresent"
 
 
 def _pod_spec(obj: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -84,10 +86,18 @@ def sidecar_container(cfg: InjectConfig, labels: dict[str, str]) -> dict[str, An
     ]
     if cfg.otlp_endpoint:
         env.append({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": cfg.otlp_endpoint})
+        # spans and metrics name the pod they came from (read by the OpenTelemetry SDK's Resource)
+        env.append(
+            {
+                "name": "OTEL_RESOURCE_ATTRIBUTES",
+                "value": "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)",
+            }
+        )
     probe = {"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 1, "failureThreshold": 600}
     return {
         "name": SIDECAR_NAME,
         "image": cfg.image,
+        "imagePullPolicy": cfg.pull_policy,
         "args": args,
         "env": env,
         "ports": [
@@ -120,6 +130,7 @@ def init_container(cfg: InjectConfig, ports: list[int]) -> dict[str, Any]:
     return {
         "name": INIT_NAME,
         "image": cfg.image,
+        "imagePullPolicy": cfg.pull_policy,
         "args": ["iptables", "--proxy-port", str(PROXY_PORT), "--proxy-uid", str(PROXY_UID)]
         + [x for p in ports for x in ("--app-port", str(p))],
         "securityContext": {

@@ -69,6 +69,8 @@ def test_native_sidecar_injection() -> None:
         "8080",
     ]
     assert "NET_ADMIN" in inits[0]["securityContext"]["capabilities"]["add"]
+    assert {c["imagePullPolicy"] for c in inits} == {"IfNotPresent"}  # a node-loaded image is used as is
+    assert not any(e["name"].startswith("OTEL_") for e in sidecar["env"])  # no collector configured
     assert {"name": "meshgate-state", "emptyDir": {"sizeLimit": "64Mi"}} in pod["spec"]["volumes"]
     assert pod["metadata"]["annotations"]["meshgate.io/injected"] == "true"
     assert [c["name"] for c in pod["spec"]["containers"]] == ["app"]
@@ -126,3 +128,14 @@ def test_iptables_rules_redirect_app_ports_only() -> None:
         timeout=30,
     )
     assert dry.returncode == 0 and "--dport 8080 -j REDIRECT --to-ports 15001" in dry.stdout
+
+
+def test_otlp_endpoint_names_the_pod_in_spans() -> None:
+    dep = yaml.safe_load_all(DEPLOYMENT).__next__()
+    out, _ = inject_object(dep, InjectConfig(otlp_endpoint="jaeger.meshgate-system.svc:4317"))
+    sidecar = out["spec"]["template"]["spec"]["initContainers"][1]
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "jaeger.meshgate-system.svc:4317"
+    assert env["OTEL_RESOURCE_ATTRIBUTES"] == "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)"
+    names = [e["name"] for e in sidecar["env"]]
+    assert names.index("POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")  # $(VAR) needs it defined first
