@@ -48,6 +48,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from meshgate.control import state as keys
+from meshgate.control.coalesce import Coalescer
 from meshgate.control.errors import ControlError, FailedPrecondition, InvalidConfig, NotFound
 from meshgate.control.kube import BY_KIND, JSON, RESOURCES, Gone, KubeClient, KubeError, KubeOptions, Resource
 from meshgate.control.leader import LeaderElector
@@ -177,9 +178,7 @@ class Controller:
         self._contents: OrderedDict[str, dict[str, str]] = OrderedDict()  # version -> {etcd key: digest}
         self._expected: dict[str, str] = {}  # node id -> version of its current snapshot
         self._digests: dict[str, str] = {}  # etcd key -> digest of its current content in snapshots
-        self._dirty = asyncio.Event()
-        self._first_event = 0.0
-        self._last_event = 0.0
+        self._changes = Coalescer(options.debounce_s, options.max_delay_s)
         self._tasks: list[asyncio.Task[None]] = []
         # counters (tests, metrics)
         self.etcd_writes = 0
@@ -623,7 +622,7 @@ class Controller:
                     else:
                         self._delete(key)
                     self.seen_revision = max(self.seen_revision, int(event.kv.mod_revision))
-                    self._mark_dirty()
+                    self._changes.mark()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -632,27 +631,11 @@ class Controller:
                 backoff = min(backoff * 2, 5.0)
                 with contextlib.suppress(Exception):
                     await self._load_etcd()
-                    self._mark_dirty()
-
-    def _mark_dirty(self) -> None:
-        now = time.monotonic()
-        if not self._dirty.is_set():
-            self._first_event = now
-            self._dirty.set()
-        self._last_event = now
+                    self._changes.mark()
 
     async def _etcd_flush(self) -> None:
         while True:
-            await self._dirty.wait()
-            while True:
-                now = time.monotonic()
-                quiet, age = now - self._last_event, now - self._first_event
-                if quiet >= self.options.debounce_s or age >= self.options.max_delay_s:
-                    break
-                await asyncio.sleep(
-                    max(0.001, min(self.options.debounce_s - quiet, self.options.max_delay_s - age))
-                )
-            self._dirty.clear()
+            await self._changes.settled()
             self._rebuild()
             for key, out in list(self.outcomes.items()):
                 self._mark_status(key)

@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 from meshgate.control import state as keys
+from meshgate.control.coalesce import Coalescer
 from meshgate.control.snapshots import SnapshotCache
 from meshgate.control.state import State
 from meshgate.control.store import Store
@@ -86,9 +87,7 @@ class ConfigStreamer:
         self.acks = 0
         self.apply_latency = _Histogram()  # etcd change -> ACK, seconds
         self._conns: set[_Conn] = set()
-        self._dirty = asyncio.Event()
-        self._first_event = 0.0
-        self._last_event = 0.0
+        self._changes = Coalescer(debounce_s, max_delay_s)
         self._delete_time_ns = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._lease: Any = None
@@ -136,7 +135,7 @@ class ConfigStreamer:
                 backoff = min(backoff * 2, 5.0)
                 with contextlib.suppress(Exception):
                     self.state = await self.store.load_state()
-                    self._mark_dirty()
+                    self._changes.mark()
 
     def _on_event(self, event: Any) -> None:
         key = event.kv.key.decode()
@@ -150,26 +149,11 @@ class ConfigStreamer:
                 self._delete_time_ns = time.time_ns()
         if changed:
             self.state.revision = max(self.state.revision, int(event.kv.mod_revision))
-            self._mark_dirty()
-
-    def _mark_dirty(self) -> None:
-        now = time.monotonic()
-        if not self._dirty.is_set():
-            self._first_event = now
-            self._dirty.set()
-        self._last_event = now
+            self._changes.mark()
 
     async def _flush_loop(self) -> None:
         while True:
-            await self._dirty.wait()
-            while True:  # wait for the burst to settle, but never longer than max_delay_s
-                now = time.monotonic()
-                quiet = now - self._last_event
-                age = now - self._first_event
-                if quiet >= self.debounce_s or age >= self.max_delay_s:
-                    break
-                await asyncio.sleep(max(0.0005, min(self.debounce_s - quiet, self.max_delay_s - age)))
-            self._dirty.clear()
+            await self._changes.settled()
             for conn in list(self._conns):
                 self._push(conn)
 
