@@ -668,7 +668,8 @@ class Exchange:
                 for n, v in self.headers
                 if n.lower() not in skip and not n.lower().startswith(b"sec-websocket")
             }
-            status, body = await conn.call(connect, "$connect", b"", client_headers, self.span)
+            query = self.url.partition(b"?")[2].decode("latin-1")
+            status, body = await conn.call(connect, "$connect", b"", client_headers, self.span, query)
             if status == 0:
                 c.upgraded = False
                 self.fail(502, body.decode(), close=True, gw_type="INTEGRATION_FAILURE")

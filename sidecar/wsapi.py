@@ -204,8 +204,10 @@ class WsApiConnection:
         body: bytes,
         extra: Mapping[str, str] | None = None,
         trace: RequestSpan | None = None,
+        query: str = "",
     ) -> tuple[int, bytes]:
-        """POST the event to a route integration; (0, reason) when it cannot be reached."""
+        """POST the event to a route integration; (0, reason) when it cannot be reached. `query` (the
+        upgrade request's query string, for $connect) is appended to the integration URI."""
         headers = {
             **(extra or {}),
             "x-meshgate-connection-id": self.conn_id,
@@ -220,9 +222,12 @@ class WsApiConnection:
                 "integration", **{"server.address": up.hostname or "", "server.port": up.port or 80}
             )
             headers.update(trace.carrier())
+        uri = route.uri
+        if query:
+            uri += ("&" if "?" in uri else "?") + query
         try:
             async with self.session().post(
-                route.uri, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=route.timeout_s)
+                uri, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=route.timeout_s)
             ) as resp:
                 result = resp.status, await resp.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:

@@ -25,7 +25,9 @@ class Backend:
         self.disconnected: list[str] = []
 
         async def on_connect(request: web.Request) -> web.Response:
-            return web.Response(status=200 if request.headers.get("x-token") == "ok" else 403)
+            # the client's token may come as a header or in the upgrade URL's query string
+            token = request.headers.get("x-token") or request.query.get("token")
+            return web.Response(status=200 if token == "ok" else 403)
 
         async def on_message(request: web.Request) -> web.Response:
             body = await request.read()
@@ -122,6 +124,8 @@ def test_routes_replies_and_connect_rejection(pair: tuple[Gateway, Gateway, Back
     with pytest.raises(InvalidStatus) as err:
         connect(url, open_timeout=5)
     assert err.value.response.status_code == 403  # $connect said no
+    with connect(url + "?token=ok&room=1", open_timeout=5) as ws:  # the query string reaches $connect
+        assert ws.response.status_code == 101
     with connect(url, additional_headers={"x-token": "ok"}) as ws:
         conn_id = ws.response.headers["x-meshgate-connection-id"]
         assert owner_of(conn_id) == f"127.0.0.1:{a.port}"
