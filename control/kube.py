@@ -1,13 +1,16 @@
-"""A small typed Kubernetes API client for the controller, on kubernetes_asyncio.
+"""A small typed Kubernetes API client for the controller and the webhook, on kubernetes_asyncio.
 
 kubernetes_asyncio owns configuration (in-cluster service account with token
 refresh, kubeconfig with its auth plugins, TLS) and request building; this
-module owns what the controller needs from it, as plain JSON dicts: list and
+module owns what meshgate needs from it, as plain JSON dicts: list and
 watch of the meshgate.io custom resources (newline-delimited watch events,
 `410 Gone` as an exception so the caller relists), merge-patches of the
-`/status` subresource, Secrets, and coordination.k8s.io/v1 Leases with
-optimistic concurrency on `resourceVersion`. Responses are read raw
-(`_preload_content=False`) so no generated model classes are involved.
+`/status` subresource, Secrets (the controller reads ApiKey material, the
+webhook creates and replaces its TLS Secret), coordination.k8s.io/v1 Leases,
+and admissionregistration.k8s.io/v1 MutatingWebhookConfigurations (the
+webhook's caBundle), with optimistic concurrency on `resourceVersion` (409 as
+a KubeError). Responses are read raw (`_preload_content=False`) so no
+generated model classes are involved.
 """
 
 from __future__ import annotations
@@ -112,7 +115,7 @@ async def _read_json(resp: aiohttp.ClientResponse) -> JSON:
 
 
 class KubeClient:
-    """The controller's view of the Kubernetes API."""
+    """meshgate's view of the Kubernetes API (the controller's and the webhook's)."""
 
     def __init__(self, configuration: k8s.Configuration, user_agent: str = "meshgate-controller") -> None:
         self._api = k8s.ApiClient(configuration)
@@ -122,6 +125,7 @@ class KubeClient:
         self._custom: Any = k8s.CustomObjectsApi(self._api)
         self._core: Any = k8s.CoreV1Api(self._api)
         self._coordination: Any = k8s.CoordinationV1Api(self._api)
+        self._admission: Any = k8s.AdmissionregistrationV1Api(self._api)
 
     @classmethod
     async def connect(cls, options: KubeOptions, user_agent: str = "meshgate-controller") -> KubeClient:
@@ -221,6 +225,20 @@ class KubeClient:
                 return None
             raise
 
+    async def create_secret(self, namespace: str, body: JSON) -> JSON:
+        """POST a Secret; 409 AlreadyExists (KubeError) when one of that name exists."""
+        resp = await self._core.create_namespaced_secret(
+            namespace, body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S
+        )
+        return await _read_json(resp)
+
+    async def replace_secret(self, namespace: str, name: str, body: JSON) -> JSON:
+        """PUT a Secret; 409 Conflict (KubeError) when its resourceVersion moved on, 404 when it is gone."""
+        resp = await self._core.replace_namespaced_secret(
+            name, namespace, body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S
+        )
+        return await _read_json(resp)
+
     async def get_lease(self, namespace: str, name: str, timeout_s: float) -> JSON | None:
         resp = await self._coordination.read_namespaced_lease(
             name, namespace, _preload_content=False, _request_timeout=timeout_s
@@ -242,5 +260,25 @@ class KubeClient:
         """PUT the Lease; 409 (KubeError) when its resourceVersion moved on."""
         resp = await self._coordination.replace_namespaced_lease(
             name, namespace, body, _preload_content=False, _request_timeout=timeout_s
+        )
+        return await _read_json(resp)
+
+    # ------------------------------------------------------------------ admissionregistration
+
+    async def get_mutating_webhook_configuration(self, name: str) -> JSON | None:
+        resp = await self._admission.read_mutating_webhook_configuration(
+            name, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S
+        )
+        try:
+            return await _read_json(resp)
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def replace_mutating_webhook_configuration(self, name: str, body: JSON) -> JSON:
+        """PUT the configuration; 409 Conflict (KubeError) when its resourceVersion moved on."""
+        resp = await self._admission.replace_mutating_webhook_configuration(
+            name, body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S
         )
         return await _read_json(resp)
