@@ -12,8 +12,12 @@ the real server does)/DELETE, the `/status` subresource (main-resource writes
 ignore status, status writes ignore everything else; `generation` bumps
 only on spec changes), optimistic concurrency on `metadata.resourceVersion`
 (409), `uid`/`creationTimestamp`/`managedFields`, for the meshgate.io
-kinds, coordination.k8s.io/v1 Leases and v1 Secrets. No auth, no
-admission, no schema validation.
+kinds, coordination.k8s.io/v1 Leases, v1 Secrets (POST of an existing
+name: 409 AlreadyExists) and the cluster-scoped
+admissionregistration.k8s.io/v1 MutatingWebhookConfigurations. Each
+request is logged with its answer's status code; `on_request` hooks can
+hold a request (to force a race). No auth, no admission, no schema
+validation.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import base64
 import copy
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -56,6 +61,14 @@ KINDS = [
     Kind("coordination.k8s.io", "v1", "leases", "Lease", "lease"),
     Kind("", "v1", "secrets", "Secret", "secret"),
     Kind("", "v1", "namespaces", "Namespace", "namespace", ("ns",), namespaced=False),
+    Kind(
+        "admissionregistration.k8s.io",
+        "v1",
+        "mutatingwebhookconfigurations",
+        "MutatingWebhookConfiguration",
+        "mutatingwebhookconfiguration",
+        namespaced=False,
+    ),
 ]
 BY_PATH = {(k.group, k.version, k.plural): k for k in KINDS}
 
@@ -107,6 +120,7 @@ class Request:
     user_agent: str
     content_type: str
     body: Any
+    status: int = 0  # the answer's status code, once it is known
 
 
 class KubeApi:
@@ -119,6 +133,8 @@ class KubeApi:
         self.log: list[tuple[int, Kind, str, str, JSON]] = []  # rv, kind, namespace, type, object
         self.watchers: set[_Watcher] = set()
         self.requests: list[Request] = []
+        # awaited in order before a request is served (after it is logged): a test can hold one back
+        self.on_request: list[Callable[[Request], Awaitable[None]]] = []
         self.watch_gate = asyncio.Event()
         self.watch_gate.set()
         self.app = web.Application()
@@ -328,6 +344,7 @@ class KubeApi:
     # ------------------------------------------------------------------ HTTP
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        """Log the request, run the hooks, serve it and note the answer's status in the log."""
         body: Any = None
         if request.can_read_body:
             raw = await request.read()
@@ -335,16 +352,22 @@ class KubeApi:
                 body = json.loads(raw) if raw else None
             except ValueError:
                 return status_error(400, "BadRequest", "the request body is not JSON")
-        self.requests.append(
-            Request(
-                request.method,
-                request.path,
-                dict(request.query),
-                request.headers.get("User-Agent", ""),
-                request.headers.get("Content-Type", ""),
-                body,
-            )
+        entry = Request(
+            request.method,
+            request.path,
+            dict(request.query),
+            request.headers.get("User-Agent", ""),
+            request.headers.get("Content-Type", ""),
+            body,
         )
+        self.requests.append(entry)
+        for hook in self.on_request:
+            await hook(entry)
+        resp = await self._serve(request, body)
+        entry.status = resp.status
+        return resp
+
+    async def _serve(self, request: web.Request, body: Any) -> web.StreamResponse:
         parts = [p for p in request.path.split("/") if p]
         if request.method == "GET":
             discovery = self._discovery(parts)
