@@ -1,10 +1,15 @@
 """deploy/k8s: `kubectl kustomize` renders it; every object validates offline against the Kubernetes
 schemas (kubernetes-validate) and every meshgate.io object against our CRD schemas and our own
-validation; the committed CRDs are what the protos generate."""
+validation; the committed CRDs are what the protos generate. The webhook's TLS wiring agrees with
+itself: its flags parse, its Secret, Service and configuration names match the objects, and its RBAC
+grants exactly what its self-provisioning does; the deploy/cert-manager overlay switches it to
+cert-manager's Secret and takes that RBAC away."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,10 +22,16 @@ import yaml
 from meshgate.control.crds import render
 from meshgate.control.resources import parse_document
 from meshgate.control.validation import validate
+from meshgate.control.webhook import WebhookOptions, parse_args
+from meshgate.control.webhook_tls import service_hosts
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
+CERT_MANAGER = ROOT / "deploy" / "cert-manager"
 KUBERNETES_VERSION = "1.32"
+needs_kubectl = pytest.mark.skipif(
+    shutil.which("kubectl") is None, reason="kubectl (Debian's kubernetes-client) is not installed"
+)
 
 
 def test_committed_crds_are_fresh() -> None:
@@ -42,13 +53,27 @@ def _structural(schema: Any) -> Any:
     return schema
 
 
-@pytest.mark.skipif(
-    shutil.which("kubectl") is None, reason="kubectl (Debian's kubernetes-client) is not installed"
-)
-def test_kustomize_renders_valid_objects() -> None:
-    out = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
+@functools.cache
+def _render(path: Path) -> str:
+    out = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    objects = [o for o in yaml.safe_load_all(out.stdout) if o]
+    return out.stdout
+
+
+def rendered(path: Path) -> list[dict[str, Any]]:
+    """The objects `kubectl kustomize PATH` renders (a fresh copy each call)."""
+    return [o for o in yaml.safe_load_all(_render(path)) if o]
+
+
+def one(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind} {name}: {len(found)} objects"
+    return found[0]
+
+
+@needs_kubectl
+def test_kustomize_renders_valid_objects() -> None:
+    objects = rendered(K8S)
     kinds = {o["kind"] for o in objects}
     assert {
         "Namespace",
@@ -80,6 +105,143 @@ def test_kustomize_renders_valid_objects() -> None:
     assert "--kubernetes" in control["spec"]["template"]["spec"]["containers"][0]["args"]
     hooks = next(o for o in objects if o["kind"] == "MutatingWebhookConfiguration")["webhooks"]
     assert [h["reinvocationPolicy"] for h in hooks] == ["IfNeeded", "IfNeeded"]
+
+
+class Webhook:
+    """The webhook as a rendered base deploys it: its Deployment, parsed flags and service account."""
+
+    def __init__(self, objects: list[dict[str, Any]]) -> None:
+        self.deployment = one(objects, "Deployment", "meshgate-webhook")
+        self.namespace: str = self.deployment["metadata"]["namespace"]
+        self.pod = self.deployment["spec"]["template"]["spec"]
+        self.container = self.pod["containers"][0]
+        args = self.container["args"]
+        assert args[0] == "webhook"
+        self.args: list[str] = args[1:]
+        self.options: WebhookOptions = parse_args(self.args)[0]  # exits on an unknown or bad flag
+        # without the flag, the namespace is the pod's own
+        if not any(a.startswith("--tls-secret-namespace") for a in self.args):
+            self.options = dataclasses.replace(self.options, tls_secret_namespace=self.namespace)
+        self.account = one(objects, "ServiceAccount", self.pod["serviceAccountName"])
+        self.subject = {
+            "kind": "ServiceAccount",
+            "name": self.account["metadata"]["name"],
+            "namespace": self.namespace,
+        }
+
+    def rules(self, objects: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        """The RBAC rules bound to the webhook's service account, by namespace ("" for cluster-wide)."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for binding in objects:
+            if binding["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
+                continue
+            if self.subject not in binding.get("subjects", []):
+                continue
+            ns = binding["metadata"].get("namespace", "") if binding["kind"] == "RoleBinding" else ""
+            ref = binding["roleRef"]
+            role = one(objects, ref["kind"], ref["name"])
+            assert role["metadata"].get("namespace", "") == (ns if ref["kind"] == "Role" else "")
+            out.setdefault(ns, []).extend(role["rules"])
+        return out
+
+
+def allows(rules: list[dict[str, Any]], group: str, resource: str, verb: str, name: str) -> bool:
+    return any(
+        group in r.get("apiGroups", [])
+        and resource in r.get("resources", [])
+        and verb in r.get("verbs", [])
+        and ("resourceNames" not in r or name in r["resourceNames"])
+        for r in rules
+    )
+
+
+@needs_kubectl
+def test_the_webhook_provisions_its_own_tls_with_least_privilege() -> None:
+    objects = rendered(K8S)
+    hook = Webhook(objects)
+    o = hook.options
+    assert o.mode == "secret" and o.tls_secret and o.webhook_config
+    # names: the Service the configuration calls is the one the cert is for, in the Secret's namespace
+    mwc = one(objects, "MutatingWebhookConfiguration", o.webhook_config)
+    assert "cert-manager.io/inject-ca-from" not in mwc["metadata"].get("annotations", {})
+    one(objects, "Service", o.service)
+    for entry in mwc["webhooks"]:
+        service = entry["clientConfig"]["service"]
+        assert (service["name"], service["namespace"]) == (o.service, o.tls_secret_namespace)
+        assert f"{service['name']}.{service['namespace']}.svc" in o.secret_hosts()
+        assert "caBundle" not in entry["clientConfig"]  # the webhook's to fill
+    assert o.secret_hosts() == service_hosts(o.service, o.tls_secret_namespace)
+    # the pod: an API token, no Secret volume, a read-only root with a memory tmpfs for the key's passage
+    assert hook.pod.get("automountServiceAccountToken") is not False
+    assert hook.account.get("automountServiceAccountToken") is not False
+    volumes = {v["name"]: v for v in hook.pod.get("volumes", [])}
+    assert not [v for v in volumes.values() if "secret" in v]
+    assert hook.container["securityContext"]["readOnlyRootFilesystem"] is True
+    tmp = next(m for m in hook.container["volumeMounts"] if m["mountPath"] == "/tmp")
+    assert volumes[tmp["name"]]["emptyDir"]["medium"] == "Memory"
+    # RBAC: exactly what control/webhook_tls.py does (GET/POST/PUT the Secret, GET/PUT the configuration)
+    rules = hook.rules(objects)
+    assert set(rules) == {o.tls_secret_namespace, ""}
+    in_ns, cluster = rules[o.tls_secret_namespace], rules[""]
+    for verb in ("get", "create", "update"):
+        assert allows(in_ns, "", "secrets", verb, o.tls_secret), verb
+    for verb in ("get", "update", "list", "watch", "delete", "patch"):
+        assert not allows(in_ns, "", "secrets", verb, "someone-elses"), verb
+    for verb in ("get", "update"):
+        assert allows(
+            cluster, "admissionregistration.k8s.io", "mutatingwebhookconfigurations", verb, o.webhook_config
+        )
+        assert not allows(
+            cluster, "admissionregistration.k8s.io", "mutatingwebhookconfigurations", verb, "other"
+        )
+    updates = [r for r in in_ns if "update" in r["verbs"]] + cluster
+    assert [r["resourceNames"] for r in updates] == [[o.tls_secret], [o.webhook_config]]
+    assert {(g, res) for r in in_ns + cluster for g in r["apiGroups"] for res in r["resources"]} == {
+        ("", "secrets"),
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"),
+    }
+
+
+@needs_kubectl
+def test_the_cert_manager_overlay_serves_cert_managers_secret() -> None:
+    base, objects = Webhook(rendered(K8S)), rendered(CERT_MANAGER)
+    certs = [o for o in objects if o["apiVersion"].startswith("cert-manager.io/")]
+    for obj in objects:
+        if obj not in certs and not obj["apiVersion"].startswith("meshgate.io/"):
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    hook = Webhook(objects)
+    o = hook.options
+    assert o.mode == "files" and not o.webhook_config
+    # the same webhook otherwise: only the TLS flags differ
+    tls = ("--tls-", "--webhook-config")
+    assert [a for a in hook.args if not a.startswith(tls)] == [a for a in base.args if not a.startswith(tls)]
+    # it serves the Secret of the Certificate the CA injector reads, for the Service's names
+    mwc = one(objects, "MutatingWebhookConfiguration", base.options.webhook_config)
+    cert_ns, _, cert_name = mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].partition("/")
+    certificate = one(certs, "Certificate", cert_name)
+    assert certificate["metadata"]["namespace"] == cert_ns == hook.namespace
+    assert certificate["spec"]["dnsNames"] == base.options.secret_hosts()
+    mount = next(m for m in hook.container["volumeMounts"] if o.tls_cert.startswith(m["mountPath"] + "/"))
+    assert o.tls_key.startswith(mount["mountPath"] + "/")
+    volume = next(v for v in hook.pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == certificate["spec"]["secretName"]
+    # the issuers resolve: self-signed -> CA certificate -> CA issuer -> the serving certificate
+    issuer = one(certs, "Issuer", certificate["spec"]["issuerRef"]["name"])
+    ca = next(
+        c
+        for c in certs
+        if c["kind"] == "Certificate" and c["spec"]["secretName"] == issuer["spec"]["ca"]["secretName"]
+    )
+    assert (
+        ca["spec"]["isCA"] is True
+        and "selfSigned" in one(certs, "Issuer", ca["spec"]["issuerRef"]["name"])["spec"]
+    )
+    # and no API access
+    assert hook.rules(objects) == {}
+    assert (
+        hook.pod["automountServiceAccountToken"] is False
+        and hook.account["automountServiceAccountToken"] is False
+    )
 
 
 def test_a_broken_object_is_caught() -> None:
