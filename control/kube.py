@@ -114,6 +114,16 @@ async def _read_json(resp: aiohttp.ClientResponse) -> JSON:
     return data
 
 
+async def _read_json_or_none(resp: Any) -> JSON | None:
+    """The object of a GET, None when it does not exist (404)."""
+    try:
+        return await _read_json(resp)
+    except KubeError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
 class KubeClient:
     """meshgate's view of the Kubernetes API (the controller's and the webhook's)."""
 
@@ -218,12 +228,7 @@ class KubeClient:
         resp = await self._core.read_namespaced_secret(
             name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S
         )
-        try:
-            return await _read_json(resp)
-        except KubeError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return await _read_json_or_none(resp)
 
     async def create_secret(self, namespace: str, body: JSON) -> JSON:
         """POST a Secret; 409 AlreadyExists (KubeError) when one of that name exists."""
@@ -243,12 +248,7 @@ class KubeClient:
         resp = await self._coordination.read_namespaced_lease(
             name, namespace, _preload_content=False, _request_timeout=timeout_s
         )
-        try:
-            return await _read_json(resp)
-        except KubeError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return await _read_json_or_none(resp)
 
     async def create_lease(self, namespace: str, body: JSON, timeout_s: float) -> JSON:
         resp = await self._coordination.create_namespaced_lease(
@@ -269,12 +269,7 @@ class KubeClient:
         resp = await self._admission.read_mutating_webhook_configuration(
             name, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S
         )
-        try:
-            return await _read_json(resp)
-        except KubeError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return await _read_json_or_none(resp)
 
     async def replace_mutating_webhook_configuration(self, name: str, body: JSON) -> JSON:
         """PUT the configuration; 409 Conflict (KubeError) when its resourceVersion moved on."""

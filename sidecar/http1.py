@@ -938,9 +938,17 @@ class Exchange:
         for name, value in headers:
             if name.lower() not in RESPONSE_OWN:
                 head += (name, b": ", value, b"\r\n")
+        head.append(b"content-length: %d\r\n" % len(body))
+        self.end_head(head, t)
+        self.client.write(b"".join(head) + (b"" if self.is_head else body))
+        self.head_sent = True
+        self.complete_response()
+
+    def end_head(self, head: list[bytes], t: Target) -> None:
+        """The gateway's own response headers and the blank line that ends the head."""
         head.append(
-            b"content-length: %d\r\nx-meshgate-request-id: %s\r\nx-meshgate-deployment: %d\r\n"
-            % (len(body), self.request_id.encode(), t.deployment_id)
+            b"x-meshgate-request-id: %s\r\nx-meshgate-deployment: %d\r\n"
+            % (self.request_id.encode(), t.deployment_id)
         )
         if t.canary:
             head.append(b"x-meshgate-canary: 1\r\n")
@@ -951,9 +959,6 @@ class Exchange:
         if not self.keep_alive:
             head.append(b"connection: close\r\n")
         head.append(b"\r\n")
-        self.client.write(b"".join(head) + (b"" if self.is_head else body))
-        self.head_sent = True
-        self.complete_response()
 
     def respond_cached(self, t: Target, cached: CachedResponse) -> None:
         self.cache_header = self.cache_header or b"hit"
@@ -1086,19 +1091,7 @@ class Exchange:
             head.append(b"transfer-encoding: chunked\r\n")
         else:
             self.keep_alive = False  # HTTP/1.0 client, unknown length: close-delimited
-        head.append(
-            b"x-meshgate-request-id: %s\r\nx-meshgate-deployment: %d\r\n"
-            % (self.request_id.encode(), t.deployment_id)
-        )
-        if t.canary:
-            head.append(b"x-meshgate-canary: 1\r\n")
-        if self.cache_header:
-            head.append(b"x-meshgate-cache: %s\r\n" % self.cache_header)
-        if self.cors_headers:
-            head.append(self.cors_headers)
-        if not self.keep_alive:
-            head.append(b"connection: close\r\n")
-        head.append(b"\r\n")
+        self.end_head(head, t)
         c.write(b"".join(head))
         self.head_sent = True
         cap = self.capture
