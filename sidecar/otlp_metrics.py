@@ -68,7 +68,7 @@ def to_otlp(families: Families, start_ns: int, now_ns: int) -> list[metrics_pb2.
     return out
 
 
-def _target(endpoint: str) -> tuple[str, bool]:
+def otlp_target(endpoint: str) -> tuple[str, bool]:
     """`host:port`, `http://host:port` or `https://host:port` -> (target, tls)."""
     for scheme, tls in (("https://", True), ("http://", False)):
         if endpoint.startswith(scheme):
@@ -88,7 +88,7 @@ class OtlpMetricsExporter:
         interval_s: float = 10.0,
         timeout_s: float = 5.0,
     ) -> None:
-        target, tls = _target(endpoint)
+        target, tls = otlp_target(endpoint)
         self.channel = (
             grpc.aio.secure_channel(target, grpc.ssl_channel_credentials())
             if tls

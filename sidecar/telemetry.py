@@ -13,6 +13,7 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from meshgate.sidecar.otlp_metrics import otlp_target
 from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
@@ -126,7 +127,8 @@ class Telemetry:
                 ),
                 sampler=ALWAYS_ON,
             )
-            exp = exporter or OTLPSpanExporter(endpoint=endpoint, insecure=True)
+            target, tls = otlp_target(endpoint or "")  # https:// -> TLS, like the metrics export
+            exp = exporter or OTLPSpanExporter(endpoint=target, insecure=not tls)
             self.provider.add_span_processor(BatchSpanProcessor(exp, schedule_delay_millis=500))
             self.tracer = self.provider.get_tracer("meshgate.sidecar")
 

@@ -8,6 +8,8 @@ import http.client
 import time
 from typing import Any
 
+import pytest
+from meshgate.sidecar.otlp_metrics import otlp_target
 from meshgate.sidecar.phase import Runtime
 from meshgate.sidecar.routing import compile_snapshot
 from meshgate.sidecar.telemetry import Telemetry
@@ -102,3 +104,17 @@ def test_stage_ratio_samples_without_a_parent(gateway: Gateway, backends: Backen
     assert (
         otlp.attrs(server)["http.response.status_code"] == 503 and server.status.code == 2
     )  # STATUS_CODE_ERROR
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [
+        ("jaeger:4317", ("jaeger:4317", False)),
+        ("http://jaeger:4317/", ("jaeger:4317", False)),
+        ("https://collector.example:4317", ("collector.example:4317", True)),
+    ],
+)
+def test_otlp_endpoint_scheme_picks_tls_for_traces_and_metrics(
+    endpoint: str, expected: tuple[str, bool]
+) -> None:
+    assert otlp_target(endpoint) == expected
