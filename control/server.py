@@ -200,7 +200,8 @@ def _add_kubernetes_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_control(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """`meshgate control`'s flags (also parsed by tests/test_deploy.py against the manifests)."""
     parser = argparse.ArgumentParser(prog="meshgate control", description="Run the meshgate control service.")
     parser.add_argument("--etcd", help="etcd endpoint HOST:PORT (default: start a private etcd on loopback)")
     parser.add_argument("--data-dir", help="data dir of the private etcd (default: a temp dir)")
@@ -225,7 +226,11 @@ def run_control(argv: list[str]) -> int:
     )
     parser.add_argument("--log-level", default="info")
     _add_kubernetes_flags(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_control(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

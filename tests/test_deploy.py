@@ -21,6 +21,7 @@ import pytest
 import yaml
 from meshgate.control.crds import render
 from meshgate.control.resources import parse_document
+from meshgate.control.server import build_parser
 from meshgate.control.validation import validate
 from meshgate.control.webhook import WebhookOptions, parse_args
 from meshgate.control.webhook_tls import service_hosts
@@ -102,7 +103,14 @@ def test_kustomize_renders_valid_objects() -> None:
         o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "meshgate-control"
     )
     assert control["spec"]["replicas"] == 2
-    assert "--kubernetes" in control["spec"]["template"]["spec"]["containers"][0]["args"]
+    container = control["spec"]["template"]["spec"]["containers"][0]
+    args = build_parser().parse_args(container["args"][1:])  # exits on an unknown or bad flag
+    assert container["args"][0] == "control" and args.kubernetes
+    # the Prometheus annotations point at the control-plane metrics listener
+    annotations = control["spec"]["template"]["metadata"]["annotations"]
+    metrics_port = int(args.metrics_listen.rsplit(":", 1)[1])
+    assert annotations["prometheus.io/port"] == str(metrics_port)
+    assert {"name": "metrics", "containerPort": metrics_port} in container["ports"]
     hooks = next(o for o in objects if o["kind"] == "MutatingWebhookConfiguration")["webhooks"]
     assert [h["reinvocationPolicy"] for h in hooks] == ["IfNeeded", "IfNeeded"]
 
