@@ -116,7 +116,7 @@ def run(
     start: Any,
     stop: Any,
     wait_http: Any,
-    meshgate_cmd: Any,
+    sidecar_cmd: Any,
 ) -> dict[str, Any]:
     from google.protobuf import json_format
     from meshgate.v1 import control_pb2
@@ -164,20 +164,7 @@ def run(
     )
     assert up.stdout is not None and up.stdout.readline().strip() == "ready"
     sc = start(
-        meshgate_cmd(
-            "sidecar",
-            "--snapshot-file",
-            str(path),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--admin",
-            f"127.0.0.1:{admin}",
-            "--grpc-listen",
-            f"127.0.0.1:{gport}",
-            "--log-level",
-            "warning",
-        ),
-        work / "sidecar-protocols.log",
+        sidecar_cmd(path, port, admin, "--grpc-listen", f"127.0.0.1:{gport}"), work / "sidecar-protocols.log"
     )
     try:
         wait_http(f"http://127.0.0.1:{admin}/ready")

@@ -277,6 +277,22 @@ def meshgate_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "meshgate.control.cli", *args]
 
 
+def sidecar_cmd(snapshot: Path, port: int, admin: int, *extra: str) -> list[str]:
+    """A sidecar serving a snapshot file on loopback, logging warnings only."""
+    return meshgate_cmd(
+        "sidecar",
+        "--snapshot-file",
+        str(snapshot),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--admin",
+        f"127.0.0.1:{admin}",
+        "--log-level",
+        "warning",
+        *extra,
+    )
+
+
 def throughput(ns: argparse.Namespace, work: Path) -> dict[str, dict[str, dict[str, float]]]:
     backend_port, proxy_port, mg_port, mg_admin = free_port(), free_port(), free_port(), free_port()
     jwt_port, jwt_admin = free_port(), free_port()
@@ -296,35 +312,9 @@ def throughput(ns: argparse.Namespace, work: Path) -> dict[str, dict[str, dict[s
         start(["nginx", "-c", str(work / "backend.conf"), "-p", str(work)], work / "backend.log"),
         start(["nginx", "-c", str(work / "proxy.conf"), "-p", str(work)], work / "proxy.log"),
         start(
-            meshgate_cmd(
-                "sidecar",
-                "--snapshot-file",
-                str(snap),
-                "--listen",
-                f"127.0.0.1:{mg_port}",
-                "--admin",
-                f"127.0.0.1:{mg_admin}",
-                "--state-dir",
-                str(work / "sidecar"),
-                "--log-level",
-                "warning",
-            ),
-            work / "sidecar.log",
+            sidecar_cmd(snap, mg_port, mg_admin, "--state-dir", str(work / "sidecar")), work / "sidecar.log"
         ),
-        start(
-            meshgate_cmd(
-                "sidecar",
-                "--snapshot-file",
-                str(jwt_snap),
-                "--listen",
-                f"127.0.0.1:{jwt_port}",
-                "--admin",
-                f"127.0.0.1:{jwt_admin}",
-                "--log-level",
-                "warning",
-            ),
-            work / "sidecar-jwt.log",
-        ),
+        start(sidecar_cmd(jwt_snap, jwt_port, jwt_admin), work / "sidecar-jwt.log"),
     ]
     auth = f"Authorization: Bearer {token}"
     try:
@@ -508,17 +498,7 @@ def idle_rss(work: Path) -> dict[str, float]:
         snap.write_text(json_format.MessageToJson(bench_snapshot(9, extra_routes=routes - 2)))
         admin = free_port()
         proc = start(
-            meshgate_cmd(
-                "sidecar",
-                "--snapshot-file",
-                str(snap),
-                "--listen",
-                f"127.0.0.1:{free_port()}",
-                "--admin",
-                f"127.0.0.1:{admin}",
-                "--state-dir",
-                str(work / f"rss-{routes}"),
-            ),
+            sidecar_cmd(snap, free_port(), admin, "--state-dir", str(work / f"rss-{routes}")),
             work / f"rss-{routes}.log",
         )
         try:
@@ -594,7 +574,7 @@ def main() -> int:
         import protocols
 
         proto = protocols.run(
-            work, min(ns.duration, 10), ns.idle_ws, free_port, start, stop, wait_http, meshgate_cmd
+            work, min(ns.duration, 10), ns.idle_ws, free_port, start, stop, wait_http, sidecar_cmd
         )
         out["protocols"] = proto
         protocols.report(proto)

@@ -48,20 +48,9 @@ def run(work: Path, backend_port: int, seconds: int, connections: int, bench: An
             path = work / f"snapshot-trace-{name}.json"
             path.write_text(json_format.MessageToJson(snap))
             port, admin = bench.free_port(), bench.free_port()
-            args = [
-                "sidecar",
-                "--snapshot-file",
-                str(path),
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--admin",
-                f"127.0.0.1:{admin}",
-                "--log-level",
-                "warning",
-            ]
-            if endpoint:
-                args += ["--otlp-endpoint", f"127.0.0.1:{endpoint}"]
-            procs.append(bench.start(bench.meshgate_cmd(*args), work / f"sidecar-trace-{name}.log"))
+            extra = ("--otlp-endpoint", f"127.0.0.1:{endpoint}") if endpoint else ()
+            cmd = bench.sidecar_cmd(path, port, admin, *extra)
+            procs.append(bench.start(cmd, work / f"sidecar-trace-{name}.log"))
             bench.wait_http(f"http://127.0.0.1:{admin}/ready")
             targets[name] = f"http://127.0.0.1:{port}/prod/hello"
         for url in targets.values():

@@ -7,6 +7,7 @@ mapping; then method + path template (literal > `{param}` > greedy
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -638,36 +639,23 @@ def compile_snapshot(snapshot: control_pb2.Snapshot, runtime: Runtime | None = N
         name = bundle.stage.metadata.name
         variables = dict(bundle.stage.spec.variables)
         phases = builder.for_stage(bundle) if builder is not None else None
-        base = _Side(
-            _build_trie(
-                bundle.deployment,
-                stage=name,
-                api=api,
-                canary=False,
-                variables=variables,
-                phases=phases,
-                trace_ratio=bundle.stage.spec.tracing_sample_ratio,
-                access_log=bundle.stage.spec.access_log_format,
-            ),
-            bundle.deployment.id,
+        spec = bundle.stage.spec
+        build = functools.partial(
+            _build_trie,
+            stage=name,
+            api=api,
+            phases=phases,
+            trace_ratio=spec.tracing_sample_ratio,
+            access_log=spec.access_log_format,
         )
+        base = _Side(build(bundle.deployment, canary=False, variables=variables), bundle.deployment.id)
         canary_side = None
         chooser = None
-        c = bundle.stage.spec.canary
+        c = spec.canary
         if bundle.HasField("canary_deployment") and c.percent > 0:
             cvars = {**variables, **dict(c.variables)}
             canary_side = _Side(
-                _build_trie(
-                    bundle.canary_deployment,
-                    stage=name,
-                    api=api,
-                    canary=True,
-                    variables=cvars,
-                    phases=phases,
-                    trace_ratio=bundle.stage.spec.tracing_sample_ratio,
-                    access_log=bundle.stage.spec.access_log_format,
-                ),
-                bundle.canary_deployment.id,
+                build(bundle.canary_deployment, canary=True, variables=cvars), bundle.canary_deployment.id
             )
             chooser = CanaryChooser(round(c.percent * 100), c.sticky_header.lower(), c.sticky_cookie)
         st = _Stage(name, api, base, canary_side, chooser)

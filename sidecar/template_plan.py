@@ -95,8 +95,12 @@ def plan(env: Environment, source: str) -> tuple[Plan, frozenset[str]] | None:
     return tuple(parts), frozenset(used)
 
 
-def render(parts: Plan, scope: Scope) -> str:
-    return "".join([p if p.__class__ is str else p(scope) for p in parts])  # type: ignore[operator]
+def render(parts: Plan, scope: Scope) -> str | None:
+    """The output, or None when a value is one the plan does not render exactly as Jinja would."""
+    try:
+        return "".join([p if p.__class__ is str else p(scope) for p in parts])  # type: ignore[operator]
+    except Fallback:
+        return None
 
 
 def _yields_str(node: nodes.Node) -> bool:

@@ -238,16 +238,12 @@ class BodyTemplate:
         if "context" in self.names:
             scope["context"] = context() if callable(context) else context
         try:
-            if self.plan is not None:
-                try:
-                    text = template_plan.render(self.plan, scope)
-                except template_plan.Fallback:
-                    pass  # a value the plan does not render exactly as Jinja would: let Jinja do it
-                else:
-                    if len(text) > MAX_OUTPUT:
-                        raise TemplateLimit(f"template output larger than {MAX_OUTPUT} bytes")
-                    return text.encode()
-            return self._render_sandboxed(scope)
+            text = template_plan.render(self.plan, scope) if self.plan is not None else None
+            if text is None:  # no plan, or a value only Jinja renders exactly: the sandbox
+                return self._render_sandboxed(scope)
+            if len(text) > MAX_OUTPUT:
+                raise TemplateLimit(f"template output larger than {MAX_OUTPUT} bytes")
+            return text.encode()
         except TemplateLimit:
             raise
         except RecursionError:

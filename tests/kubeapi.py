@@ -91,6 +91,13 @@ def status_error(code: int, reason: str, message: str, **details: Any) -> web.Re
     return web.json_response(body, status=code)
 
 
+def object_not_found(kind: Kind, name: str) -> web.Response:
+    """The API server's 404 for a named object of a kind it serves."""
+    return status_error(
+        404, "NotFound", f'{kind.plural}.{kind.group} "{name}" not found', name=name, kind=kind.plural
+    )
+
+
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch."""
     if not isinstance(patch, dict):
@@ -283,9 +290,7 @@ class KubeApi:
     ) -> JSON | web.Response:
         old = self.objects.get((kind, ns, name))
         if old is None:
-            return status_error(
-                404, "NotFound", f'{kind.plural}.{kind.group} "{name}" not found', name=name, kind=kind.plural
-            )
+            return object_not_found(kind, name)
         want_rv = (new.get("metadata") or {}).get("resourceVersion")
         if want_rv and want_rv != old["metadata"]["resourceVersion"]:
             return status_error(
@@ -415,13 +420,7 @@ class KubeApi:
         if request.method == "GET":
             obj = self.objects.get(key)
             if obj is None:
-                return status_error(
-                    404,
-                    "NotFound",
-                    f'{kind.plural}.{kind.group} "{name}" not found',
-                    name=name,
-                    kind=kind.plural,
-                )
+                return object_not_found(kind, name)
             return web.json_response(obj)
         if request.method == "PUT":
             if not isinstance(body, dict):
@@ -440,13 +439,7 @@ class KubeApi:
                 )
             old = self.objects.get(key)
             if old is None:
-                return status_error(
-                    404,
-                    "NotFound",
-                    f'{kind.plural}.{kind.group} "{name}" not found',
-                    name=name,
-                    kind=kind.plural,
-                )
+                return object_not_found(kind, name)
             patched = merge_patch(copy.deepcopy(old), body)
             if "resourceVersion" not in ((body or {}).get("metadata") or {}):
                 patched["metadata"].pop("resourceVersion", None)
@@ -454,13 +447,7 @@ class KubeApi:
         if request.method == "DELETE":
             obj = self.objects.get(key)
             if obj is None:
-                return status_error(
-                    404,
-                    "NotFound",
-                    f'{kind.plural}.{kind.group} "{name}" not found',
-                    name=name,
-                    kind=kind.plural,
-                )
+                return object_not_found(kind, name)
             self.delete(kind.kind, ns, name)
             return web.json_response(
                 {

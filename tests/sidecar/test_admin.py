@@ -8,15 +8,12 @@ import asyncio
 import json
 import re
 import signal
-import subprocess
 from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor
-from meshgate.control.etcd_local import free_port
 from meshgate.sidecar.admin import AdminState, config_dump
 from meshgate.sidecar.config_client import ConfigClient
 from meshgate.sidecar.metrics import Metrics
@@ -26,7 +23,7 @@ from meshgate.sidecar.routing import TableHolder
 from meshgate.v1 import control_pb2
 
 from .conftest import LoopThread, bundle, mock_route, snapshot
-from .test_main import get, sidecar
+from .test_main import get, serve_file
 
 # Secret values planted in every field SECRET_FIELDS names; none may survive /config_dump.
 SECRETS = {
@@ -187,18 +184,18 @@ def test_stats_config_dump_and_otlp_metrics_from_a_sidecar(tmp_path: Path, otlp:
         bundle([mock_route("GET", "/hello", '"hi"')], variables={"apiKey": "k-123", "region": "eu"}),
         version="v-stats",
     )
-    path = tmp_path / "snap.json"
-    path.write_text(json_format.MessageToJson(snap))
-    port, admin = free_port(), free_port()
-    proc = subprocess.Popen(
-        sidecar(
-            "--snapshot-file", str(path), "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}",
-            "--node-id", "sc-stats", "--otlp-endpoint", f"127.0.0.1:{otlp.port}", "--otlp-metrics-interval", "0.2",
+    proc, port, admin = serve_file(
+        tmp_path,
+        snap,
+        *(
+            "--node-id",
+            "sc-stats",
+            "--otlp-endpoint",
+            f"127.0.0.1:{otlp.port}",
+            "--otlp-metrics-interval",
+            "0.2",
         ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )  # fmt: skip
+    )
     try:
         assert proc.stdout is not None and "listening" in proc.stdout.readline()
         for _ in range(3):

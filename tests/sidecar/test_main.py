@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import json_format
 from meshgate.control.etcd_local import free_port
@@ -21,6 +22,18 @@ def sidecar(*args: str) -> list[str]:
     return [sys.executable, "-m", "meshgate.control.cli", "sidecar", *args]
 
 
+def serve_file(tmp_path: Path, snap: Any, *extra: str) -> tuple[subprocess.Popen[str], int, int]:
+    """`meshgate sidecar --snapshot-file` on free loopback ports: (process, proxy port, admin port)."""
+    path = tmp_path / "snap.json"
+    path.write_text(json_format.MessageToJson(snap))
+    port, admin = free_port(), free_port()
+    args = ("--snapshot-file", str(path), "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}")
+    proc = subprocess.Popen(
+        sidecar(*args, *extra), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    return proc, port, admin
+
+
 def get(port: int, path: str) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     conn.request("GET", path)
@@ -30,17 +43,7 @@ def get(port: int, path: str) -> tuple[int, bytes]:
 
 def test_sidecar_serves_snapshot_file_and_stops_cleanly(tmp_path: Path) -> None:
     snap = snapshot(bundle([mock_route("GET", "/hello", '{"hi": 1}')]), version="file-v1")
-    path = tmp_path / "snap.json"
-    path.write_text(json_format.MessageToJson(snap))
-    port, admin = free_port(), free_port()
-    proc = subprocess.Popen(
-        sidecar(
-            "--snapshot-file", str(path), "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}"
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, port, admin = serve_file(tmp_path, snap)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -126,24 +129,8 @@ def test_sidecar_process_proxies_grpc(tmp_path: Path) -> None:
         "path": "/demo.Ping/Ping",
         "integration": {"type": "grpc", "uri": f"grpc://127.0.0.1:{up_port}"},
     }
-    path = tmp_path / "snap.json"
-    path.write_text(json_format.MessageToJson(snapshot(bundle([route]))))
-    port, admin, gport = free_port(), free_port(), free_port()
-    proc = subprocess.Popen(
-        sidecar(
-            "--snapshot-file",
-            str(path),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--admin",
-            f"127.0.0.1:{admin}",
-            "--grpc-listen",
-            f"127.0.0.1:{gport}",
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    gport = free_port()
+    proc, _, _ = serve_file(tmp_path, snapshot(bundle([route])), "--grpc-listen", f"127.0.0.1:{gport}")
     try:
         assert proc.stdout is not None and "listening" in proc.stdout.readline()
         with grpc.insecure_channel(f"127.0.0.1:{gport}") as ch:
@@ -158,18 +145,7 @@ def test_sidecar_process_proxies_grpc(tmp_path: Path) -> None:
 
 
 def test_prometheus_metrics_on_the_admin_port(tmp_path: Path) -> None:
-    snap = snapshot(bundle([mock_route("GET", "/hello", '"hi"')]))
-    path = tmp_path / "snap.json"
-    path.write_text(json_format.MessageToJson(snap))
-    port, admin = free_port(), free_port()
-    proc = subprocess.Popen(
-        sidecar(
-            "--snapshot-file", str(path), "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}"
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    proc, port, admin = serve_file(tmp_path, snapshot(bundle([mock_route("GET", "/hello", '"hi"')])))
     try:
         assert proc.stdout is not None and "listening" in proc.stdout.readline()
         assert get(port, "/prod/hello")[0] == 200 and get(port, "/prod/hello")[0] == 200
@@ -194,17 +170,7 @@ def test_access_log_lines_per_stage(tmp_path: Path) -> None:
 
     b = bundle([mock_route("GET", "/hello", '"hi"')])
     b["stage"]["spec"]["accessLogFormat"] = "json"
-    path = tmp_path / "snap.json"
-    path.write_text(json_format.MessageToJson(snapshot(b)))
-    port, admin = free_port(), free_port()
-    proc = subprocess.Popen(
-        sidecar(
-            "--snapshot-file", str(path), "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}"
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    proc, port, _ = serve_file(tmp_path, snapshot(b))
     try:
         assert proc.stdout is not None and "listening" in proc.stdout.readline()
         assert get(port, "/prod/hello") == (200, b'"hi"')
