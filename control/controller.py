@@ -56,6 +56,7 @@ from meshgate.control.resources import parse_document
 from meshgate.control.snapshots import bind_key, build_snapshot
 from meshgate.control.state import ResourceMsg, State, unwrap
 from meshgate.control.store import Store
+from meshgate.control.tasks import cancel_and_wait
 from meshgate.v1 import control_pb2, resources_pb2
 
 log = logging.getLogger("meshgate.control.controller")
@@ -215,9 +216,7 @@ class Controller:
         """Stop; `release=False` leaves the Lease to expire (what a crash does)."""
         if self.elector is not None:
             await self.elector.stop(release=release)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         if self.kube is not None:
             await self.kube.close()

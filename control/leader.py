@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from meshgate.control.kube import JSON, KubeClient, KubeError
+from meshgate.control.tasks import cancel_and_wait
 
 log = logging.getLogger("meshgate.control.leader")
 
@@ -75,9 +76,7 @@ class LeaderElector:
     async def stop(self, release: bool = True) -> None:
         """Stop campaigning; a leader releases the Lease unless `release` is False (a crash, in tests)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
             self._task = None
         was_leading = self.is_leader()
         self._set_leading(False)

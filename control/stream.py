@@ -23,6 +23,7 @@ from meshgate.control.coalesce import Coalescer
 from meshgate.control.snapshots import SnapshotCache
 from meshgate.control.state import State
 from meshgate.control.store import Store
+from meshgate.control.tasks import cancel_and_wait
 from meshgate.sidecar.metrics import Family, Labels, Value, _Histogram, prometheus_text
 from meshgate.v1 import control_pb2
 
@@ -108,9 +109,7 @@ class ConfigStreamer:
         for conn in list(self._conns):
             conn.closed = True
             conn.wake.set()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         if self._lease is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._lease.revoke(), 2)

@@ -168,7 +168,11 @@ async def test_two_replicas_share_etcd_and_sidecar_status(etcd: LocalEtcd, contr
     try:
         await until(lambda: a.received and b.received)
         await second.store.deploy("default", "pets", "prod")
-        await until(lambda: len(a.received) == 2 and len(b.received) == 2)
+
+        def deployed(sc: Sidecar) -> bool:  # c2 may push the Api's arrival first: count snapshots, not pushes
+            return any(st.deployment.id == 1 for st in sc.received[-1].stages)
+
+        await until(lambda: deployed(a) and deployed(b))
         assert a.received[-1].version == b.received[-1].version
         async with asyncio.timeout(5):
             while set(await statuses(control)) != {"on-c1", "on-c2"}:
