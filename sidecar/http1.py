@@ -444,8 +444,12 @@ class Exchange:
 
     def body_is_valid(self, model: BodyModel) -> bool:
         content_type = self.content_type
-        body = b"".join(self.body_chunks or ())
-        self.body_chunks = [body]  # joined once: a mapping template reads it next
+        chunks = self.body_chunks
+        if chunks is not None and len(chunks) == 1:
+            body = chunks[0]
+        else:
+            body = b"".join(chunks or ())
+            self.body_chunks = [body]  # joined once: a mapping template reads it next
         try:
             verdict = model.parse(content_type.decode("latin-1"), body)
         except Exception:
@@ -855,7 +859,8 @@ class Exchange:
             return False
         if chosen is None or chosen is True:
             return True
-        body = b"".join(self.body_chunks or ())
+        chunks = self.body_chunks
+        body = chunks[0] if chunks is not None and len(chunks) == 1 else b"".join(chunks or ())
         try:
             out = chosen.render(
                 body,

@@ -25,3 +25,11 @@ def dumps(value: Any) -> str:
         return orjson.dumps(value).decode()
     except TypeError:  # orjson.JSONEncodeError: integers beyond 64 bits
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def dumps_bytes(value: Any) -> bytes:
+    """dumps() as UTF-8, without a round trip through str on the fast path."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()

@@ -39,7 +39,7 @@ FILTERS: Mapping[str, Callable[[Any], Any]] = {
 
 Scope = Mapping[str, Any]  # root name -> object
 Expr = Callable[[Scope], Any]
-Plan = tuple[str | Expr, ...]
+Plan = tuple[bytes | Callable[[Scope], bytes], ...]  # literal UTF-8 text, or a hole rendering to UTF-8
 
 
 _STEP = re.compile(r"\.([A-Za-z0-9_\-]+)|\['([^']*)'\]|\[(\d+)\]")
@@ -78,27 +78,25 @@ def plan(env: Environment, source: str) -> tuple[Plan, frozenset[str]] | None:
     """The plan of a straight-line template and the root names it reads, or None (use the sandbox)."""
     tree = env.parse(source)
     used: set[str] = set()
-    parts: list[str | Expr] = []
+    parts: list[bytes | Callable[[Scope], bytes]] = []
     try:
         for stmt in tree.body:
             if not isinstance(stmt, nodes.Output):
                 return None
             for node in stmt.nodes:
                 if isinstance(node, nodes.TemplateData):
-                    parts.append(node.data)
-                elif _yields_str(node):
-                    parts.append(_expr(node, used))
+                    parts.append(node.data.encode())
                 else:
-                    parts.append(_output(_expr(node, used)))
+                    parts.append(_output(node, used))
     except _NotPlannable:
         return None
     return tuple(parts), frozenset(used)
 
 
-def render(parts: Plan, scope: Scope) -> str | None:
-    """The output, or None when a value is one the plan does not render exactly as Jinja would."""
+def render(parts: Plan, scope: Scope) -> bytes | None:
+    """The output as UTF-8, or None when a value is one the plan does not render exactly as Jinja would."""
     try:
-        return "".join([p if p.__class__ is str else p(scope) for p in parts])  # type: ignore[operator]
+        return b"".join([p if p.__class__ is bytes else p(scope) for p in parts])  # type: ignore[operator]
     except Fallback:
         return None
 
@@ -114,12 +112,50 @@ def _yields_str(node: nodes.Node) -> bool:
     return isinstance(node, nodes.Filter) and node.name in ("lower", "upper", "trim", "string")
 
 
-def _output(fn: Expr) -> Expr:
-    def out(scope: Scope) -> str:
+def _output(node: nodes.Node, used: set[str]) -> Callable[[Scope], bytes]:
+    """A hole: the expression's text as Jinja prints it, as UTF-8."""
+    at = _input_json_steps(node)
+    if at is not None:  # `input.json(path)`: orjson's bytes go straight out, never through str
+        used.add("input")
+        get = _lookup(at)
+        return lambda scope: jsoncodec.dumps_bytes(get(scope["input"].doc()))
+    fn = _expr(node, used)
+    if _yields_str(node):
+        return lambda scope: fn(scope).encode()  # type: ignore[no-any-return]
+
+    def out(scope: Scope) -> bytes:
         value = fn(scope)
-        return value if isinstance(value, str) else str(value)
+        return (value if isinstance(value, str) else str(value)).encode()
 
     return out
+
+
+def _input_json_steps(node: nodes.Node) -> tuple[str | int, ...] | None:
+    """The path steps of `input.json('<JSONPath>')`, or None for any other expression."""
+    if (
+        isinstance(node, nodes.Call)
+        and isinstance(node.node, nodes.Getattr)
+        and isinstance(node.node.node, nodes.Name)
+        and node.node.node.name == "input"
+        and node.node.attr == "json"
+        and len(node.args) == 1
+        and isinstance(node.args[0], nodes.Const)
+        and isinstance(node.args[0].value, str)
+        and not (node.kwargs or node.dyn_args or node.dyn_kwargs)
+    ):
+        try:
+            return path_steps(node.args[0].value)
+        except ValueError:
+            return None  # not planned either: the sandbox reports it at render time
+    return None
+
+
+def _lookup(steps: tuple[str | int, ...]) -> Callable[[Any], Any]:
+    """walk() bound to its steps; a single `.name` step (the common `$.field`) without the loop."""
+    if len(steps) == 1 and isinstance(steps[0], str):
+        key = steps[0]
+        return lambda doc: doc.get(key) if isinstance(doc, dict) else None
+    return lambda doc: walk(doc, steps)
 
 
 def _expr(node: nodes.Node, used: set[str]) -> Expr:
@@ -195,9 +231,10 @@ def _call(node: nodes.Call, used: set[str]) -> Expr:
                 steps = path_steps(consts[0])
             except ValueError:
                 raise _NotPlannable from None  # the sandbox reports it at render time
+            get = _lookup(steps)
             if method == "json":
-                return lambda scope: jsoncodec.dumps(walk(scope["input"].doc(), steps))
-            return lambda scope: walk(scope["input"].doc(), steps)
+                return lambda scope: jsoncodec.dumps(get(scope["input"].doc()))
+            return lambda scope: get(scope["input"].doc())
         return lambda scope: getattr(scope["input"], method)(*consts)
     if root == "util" and method in UTIL_METHODS and len(node.args) == 1:
         used.add("util")

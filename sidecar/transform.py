@@ -238,12 +238,12 @@ class BodyTemplate:
         if "context" in self.names:
             scope["context"] = context() if callable(context) else context
         try:
-            text = template_plan.render(self.plan, scope) if self.plan is not None else None
-            if text is None:  # no plan, or a value only Jinja renders exactly: the sandbox
+            out = template_plan.render(self.plan, scope) if self.plan is not None else None
+            if out is None:  # no plan, or a value only Jinja renders exactly: the sandbox
                 return self._render_sandboxed(scope)
-            if len(text) > MAX_OUTPUT:
+            if len(out) > MAX_OUTPUT:
                 raise TemplateLimit(f"template output larger than {MAX_OUTPUT} bytes")
-            return text.encode()
+            return out
         except TemplateLimit:
             raise
         except RecursionError:
@@ -271,6 +271,9 @@ def select(
     templates: Mapping[str, BodyTemplate], content_type: str, behavior: str
 ) -> BodyTemplate | bool | None:
     """The template for a content type; None = pass the body through; False = refuse (415)."""
+    t = templates.get(content_type)  # the common case: the header is exactly the media type
+    if t is not None:
+        return t
     media = (content_type.split(";", 1)[0].strip().lower()) or "application/json"
     t = templates.get(media)
     if t is not None:

@@ -33,7 +33,7 @@ class Invalid:
     gw_type: str = "BAD_REQUEST_BODY"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per validated request, and frozen __init__ costs
 class Valid:
     doc: Any  # the parsed body, handed on to mapping templates so they need not parse it again
 

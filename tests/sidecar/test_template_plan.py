@@ -36,6 +36,7 @@ PLANNED = [
     "{{ input.json('$.big') }} {{ input.body | length }}",
     "{{ context.authorizer }} {{ input.path('$.items')[0] }}",
     "no holes at all\n",
+    "ünïcødé → {{ input.json('$.nope') }} {{ input.json('$.customer') }} {{ input.path('$.customer') }}",
 ]
 FALLING_BACK = [
     "{{ stageVariables.missing }}!",  # Undefined renders empty
@@ -88,6 +89,14 @@ def test_plan_renders_what_the_sandbox_renders(source: str) -> None:
     expected = sandboxed(t)
     assert rendered(t) == expected
     assert rendered(t, jsoncodec.loads(BODY)) == expected  # with the document validation already parsed
+
+
+def test_plan_output_is_the_sandboxs_utf8_for_non_ascii_values() -> None:
+    body = json.dumps({"customer": "Zoë → 東京", "items": [{"sku": "ü"}]}, ensure_ascii=False).encode()
+    t = BodyTemplate.compile("application/json", PLANNED[-1] + " {{ input.json('$.items') }}")
+    assert t.plan is not None
+    out = t.render(body, {}, {}, {})
+    assert out == sandboxed(t, body) and "Zoë → 東京".encode() in out
 
 
 @pytest.mark.parametrize("source", NOT_PLANNED)
