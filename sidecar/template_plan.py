@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import orjson
 from jinja2 import Environment, nodes
 from meshgate.sidecar import jsoncodec
 
@@ -117,6 +118,18 @@ def _output(node: nodes.Node, used: set[str]) -> Callable[[Scope], bytes]:
     at = _input_json_steps(node)
     if at is not None:  # `input.json(path)`: orjson's bytes go straight out, never through str
         used.add("input")
+        if len(at) == 1 and isinstance(at[0], str):  # `$.name`, the common hole, in one call
+            key = at[0]
+
+            def field_json(scope: Scope) -> bytes:
+                doc = scope["input"].doc()
+                value = doc.get(key) if isinstance(doc, dict) else None
+                try:
+                    return orjson.dumps(value)
+                except TypeError:
+                    return jsoncodec.dumps_bytes(value)
+
+            return field_json
         get = _lookup(at)
         return lambda scope: jsoncodec.dumps_bytes(get(scope["input"].doc()))
     fn = _expr(node, used)

@@ -123,6 +123,8 @@ class TemplateInput:
     zero-argument callable, called only if the template asks for a parameter.
     """
 
+    __slots__ = ("_doc", "_params", "_parsed", "_raw", "_text")
+
     def __init__(
         self,
         body: bytes,
