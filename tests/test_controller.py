@@ -292,6 +292,8 @@ async def test_watch_410_gone_relists_and_catches_up(env: Env) -> None:
     await wait_for("relists", lambda: all(env.controller.relists[k] > relists[k] for k in relists))
     await env.serves("/dev/cats", 200, "meow")
     await env.serves("/prod/pets", 404)
+    # the relists run per kind: an Api listed before its Stage is deleted on the retry after the Stage
+    await wait_for("Api pets deleted", lambda: ("shop", "pets") not in env.controller.state.apis)
     assert [r.api.metadata.name for r in await env.store.get("Api", "shop")] == ["cats", "legacy"]
     assert [r.stage.metadata.name for r in await env.store.get("Stage", "shop")] == ["dev"]
     # an object naming a resource the CLI made is refused, and the resource is left alone
