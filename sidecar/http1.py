@@ -442,16 +442,20 @@ class Exchange:
             self.capture = Capture(r.cache, r.store_key)
         self.proceed(t)
 
-    def body_is_valid(self, model: BodyModel) -> bool:
-        content_type = self.content_type
+    def whole_body(self) -> bytes:
+        """The held request body as one bytes object, joined at most once."""
         chunks = self.body_chunks
-        if chunks is not None and len(chunks) == 1:
-            body = chunks[0]
-        else:
-            body = b"".join(chunks or ())
-            self.body_chunks = [body]  # joined once: a mapping template reads it next
+        if not chunks:
+            return b""
+        if len(chunks) == 1:
+            return chunks[0]
+        body = b"".join(chunks)
+        self.body_chunks = [body]
+        return body
+
+    def body_is_valid(self, model: BodyModel) -> bool:
         try:
-            verdict = model.parse(content_type.decode("latin-1"), body)
+            verdict = model.parse(self.content_type.decode("latin-1"), self.whole_body())
         except Exception:
             log.exception("request validation failed (request %s)", self.request_id)
             self.fail(500, "internal error")
@@ -623,7 +627,7 @@ class Exchange:
         c = self.client
         assert c.server.registry is not None
         status, body = await c.server.registry.manage(
-            self.method, conn_id.strip("/"), b"".join(self.body_chunks or ()), c.server.session
+            self.method, conn_id.strip("/"), self.whole_body(), c.server.session
         )
         if self.finished or self.response_done or c.closed:
             return
@@ -767,7 +771,7 @@ class Exchange:
 
         query = dict(parse_qsl(self.url.partition(b"?")[2].decode("latin-1"), keep_blank_values=True))
         try:
-            payload = tc.request(b"".join(self.body_chunks or ()), t.params or {}, query)
+            payload = tc.request(self.whole_body(), t.params or {}, query)
         except TranscodeError as exc:
             self.fail(400, str(exc), gw_type="BAD_REQUEST_BODY")
             return
@@ -823,7 +827,7 @@ class Exchange:
             query,
             [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.headers],
             t.params or {},
-            b"".join(self.body_chunks or ()),
+            self.whole_body(),
             self.client.peer_ip.decode(),
             self.request_id,
             self.auth_values,
@@ -859,11 +863,9 @@ class Exchange:
             return False
         if chosen is None or chosen is True:
             return True
-        chunks = self.body_chunks
-        body = chunks[0] if chunks is not None and len(chunks) == 1 else b"".join(chunks or ())
         try:
             out = chosen.render(
-                body,
+                self.whole_body(),
                 lambda: self.template_params(t),
                 lambda: self.template_context(t),
                 tr.stage_variables,

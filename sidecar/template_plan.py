@@ -22,7 +22,6 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import orjson
 from jinja2 import Environment, nodes
 from meshgate.sidecar import jsoncodec
 
@@ -115,22 +114,10 @@ def _yields_str(node: nodes.Node) -> bool:
 
 def _output(node: nodes.Node, used: set[str]) -> Callable[[Scope], bytes]:
     """A hole: the expression's text as Jinja prints it, as UTF-8."""
-    at = _input_json_steps(node)
-    if at is not None:  # `input.json(path)`: orjson's bytes go straight out, never through str
+    call = _input_path(node)
+    if call is not None and call[0] == "json":  # orjson's bytes go straight out, never through str
         used.add("input")
-        if len(at) == 1 and isinstance(at[0], str):  # `$.name`, the common hole, in one call
-            key = at[0]
-
-            def field_json(scope: Scope) -> bytes:
-                doc = scope["input"].doc()
-                value = doc.get(key) if isinstance(doc, dict) else None
-                try:
-                    return orjson.dumps(value)
-                except TypeError:
-                    return jsoncodec.dumps_bytes(value)
-
-            return field_json
-        get = _lookup(at)
+        get = call[1]
         return lambda scope: jsoncodec.dumps_bytes(get(scope["input"].doc()))
     fn = _expr(node, used)
     if _yields_str(node):
@@ -143,32 +130,29 @@ def _output(node: nodes.Node, used: set[str]) -> Callable[[Scope], bytes]:
     return out
 
 
-def _input_json_steps(node: nodes.Node) -> tuple[str | int, ...] | None:
-    """The path steps of `input.json('<JSONPath>')`, or None for any other expression."""
-    if (
+def _input_path(node: nodes.Node) -> tuple[str, Callable[[Any], Any]] | None:
+    """For `input.json('<JSONPath>')` / `input.path('<JSONPath>')`: the method and the lookup into the
+    parsed body (a `$.name` lookup without walk's loop); None for any other expression."""
+    if not (
         isinstance(node, nodes.Call)
         and isinstance(node.node, nodes.Getattr)
         and isinstance(node.node.node, nodes.Name)
         and node.node.node.name == "input"
-        and node.node.attr == "json"
+        and node.node.attr in ("json", "path")
         and len(node.args) == 1
         and isinstance(node.args[0], nodes.Const)
         and isinstance(node.args[0].value, str)
         and not (node.kwargs or node.dyn_args or node.dyn_kwargs)
     ):
-        try:
-            return path_steps(node.args[0].value)
-        except ValueError:
-            return None  # not planned either: the sandbox reports it at render time
-    return None
-
-
-def _lookup(steps: tuple[str | int, ...]) -> Callable[[Any], Any]:
-    """walk() bound to its steps; a single `.name` step (the common `$.field`) without the loop."""
+        return None
+    try:
+        steps = path_steps(node.args[0].value)
+    except ValueError:
+        raise _NotPlannable from None  # the sandbox reports it at render time
     if len(steps) == 1 and isinstance(steps[0], str):
         key = steps[0]
-        return lambda doc: doc.get(key) if isinstance(doc, dict) else None
-    return lambda doc: walk(doc, steps)
+        return node.node.attr, lambda doc: doc.get(key) if isinstance(doc, dict) else None
+    return node.node.attr, lambda doc: walk(doc, steps)
 
 
 def _expr(node: nodes.Node, used: set[str]) -> Expr:
@@ -238,16 +222,13 @@ def _call(node: nodes.Call, used: set[str]) -> Expr:
     root, method = target.node.name, target.attr
     if root == "input" and method in INPUT_METHODS and all(isinstance(a, nodes.Const) for a in node.args):
         used.add("input")
-        consts = tuple(a.value for a in node.args)  # type: ignore[attr-defined]
-        if method in ("json", "path") and len(consts) == 1 and isinstance(consts[0], str):
-            try:
-                steps = path_steps(consts[0])
-            except ValueError:
-                raise _NotPlannable from None  # the sandbox reports it at render time
-            get = _lookup(steps)
+        call = _input_path(node)
+        if call is not None:
+            get = call[1]
             if method == "json":
                 return lambda scope: jsoncodec.dumps(get(scope["input"].doc()))
             return lambda scope: get(scope["input"].doc())
+        consts = tuple(a.value for a in node.args)  # type: ignore[attr-defined]
         return lambda scope: getattr(scope["input"], method)(*consts)
     if root == "util" and method in UTIL_METHODS and len(node.args) == 1:
         used.add("util")

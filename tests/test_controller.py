@@ -5,6 +5,7 @@ kubectl itself when installed) ends up served by the sidecar, with Accepted/Appl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import http.client
 import json
@@ -364,22 +365,31 @@ async def test_applied_follows_sidecar_acks_and_reports_nacks(etcd: LocalEtcd, k
         await store.close()
 
 
-async def _two_controllers(etcd: LocalEtcd, kube: KubeApi) -> tuple[Store, Controller, Controller]:
+@contextlib.asynccontextmanager
+async def two_controllers(
+    etcd: LocalEtcd, kube: KubeApi
+) -> AsyncIterator[tuple[Store, Controller, Controller]]:
+    """ctl-a leading, ctl-b following, on one store; both stopped and the store emptied afterwards."""
     store = Store(etcd.endpoint, f"/k8s-{uuid.uuid4().hex[:8]}/")
     await store.open()
     a = Controller(store, options(kube), identity="ctl-a", cluster_cidrs=CIDRS)
     b = Controller(store, options(kube), identity="ctl-b", cluster_cidrs=CIDRS)
-    await a.start()
-    await wait_for("ctl-a leads", a.is_leader, 5)
-    await b.start()
-    return store, a, b
+    try:
+        await a.start()
+        await wait_for("ctl-a leads", a.is_leader, 5)
+        await b.start()
+        yield store, a, b
+    finally:
+        await b.stop()
+        await a.stop()
+        await store.client.delete_prefix(store.prefix.encode())
+        await store.close()
 
 
 async def test_one_leader_writes_and_the_other_takes_over_when_its_lease_expires(
     etcd: LocalEtcd, kube: KubeApi
 ) -> None:
-    store, a, b = await _two_controllers(etcd, kube)
-    try:
+    async with two_controllers(etcd, kube) as (store, a, b):
         await replay(kube, "pets")
         await wait_condition(kube, "Stage", "prod", "Accepted", "True")
         await wait_for("b synced", lambda: b.cache["Stage"])  # the follower watches too...
@@ -403,25 +413,14 @@ async def test_one_leader_writes_and_the_other_takes_over_when_its_lease_expires
         assert b.etcd_writes > 0 and any(r.path.endswith("/status") for r in kube.writes_by("ctl-b"))
         [api] = await store.get("Api", "shop", "pets")
         assert len(api.api.spec.routes) == 2
-    finally:
-        await b.stop()
-        await a.stop()
-        await store.client.delete_prefix(store.prefix.encode())
-        await store.close()
 
 
 async def test_a_graceful_stop_hands_the_lease_over_at_once(etcd: LocalEtcd, kube: KubeApi) -> None:
-    store, a, b = await _two_controllers(etcd, kube)
-    try:
+    async with two_controllers(etcd, kube) as (_, a, b):
         stopped = time.monotonic()
         await a.stop()  # releases the Lease: empty holder
         await wait_for("ctl-b leads", b.is_leader, 5)
         assert time.monotonic() - stopped < 1.0  # no waiting for the 2 s lease to run out
-    finally:
-        await b.stop()
-        await a.stop()
-        await store.client.delete_prefix(store.prefix.encode())
-        await store.close()
 
 
 async def test_a_leader_that_loses_its_lease_stops_writing_at_once(etcd: LocalEtcd, kube: KubeApi) -> None:
