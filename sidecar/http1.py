@@ -1277,6 +1277,7 @@ class ClientConn(asyncio.Protocol):
         self.out: list[bytes] = []
         self.batching = 0
         self.flush_scheduled = False
+        self.flush_pending = False  # in the server's batch of connections to flush
         self.paused: set[str] = set()
         self.draining = False
         self.drain_left = 0
@@ -1360,7 +1361,19 @@ class ClientConn(asyncio.Protocol):
         out.clear()
 
     def flush_all(self) -> None:
+        """At the end of a callback: send what it wrote, once this event-loop iteration's callbacks are done.
+
+        Every connection that wrote in one iteration is flushed back to back
+        (HttpServer.flush_batch), like Redis's writes before the loop sleeps:
+        a peer that slept is woken once for the batch, not once per request.
+        """
+        if not self.flush_pending:
+            self.flush_pending = True
+            self.server.flush_later(self)
+
+    def flush_now(self) -> None:
         """Flush the client side and the upstream of the exchange at the head of the pipeline."""
+        self.flush_pending = False
         self.flush()
         if self.queue:
             up = self.queue[0].upstream
@@ -1642,6 +1655,17 @@ class HttpServer:
         self.metrics: Metrics | None = None
         self.access_log: AccessLog | None = None
         self.session: Callable[[], Any] | None = None  # outbound HTTP for WebSocket API integrations
+        self.batch: list[ClientConn] = []  # connections that wrote in this loop iteration
+
+    def flush_later(self, conn: ClientConn) -> None:
+        self.batch.append(conn)
+        if len(self.batch) == 1:
+            conn.loop.call_soon(self.flush_batch)
+
+    def flush_batch(self) -> None:
+        batch, self.batch = self.batch, []
+        for conn in batch:
+            conn.flush_now()
 
     async def sweep(self) -> None:
         """Fire connection deadlines (header, body-idle, keep-alive timeouts)."""

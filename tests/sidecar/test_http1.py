@@ -135,6 +135,56 @@ def test_pipelined_requests_answered_in_order(gateway: Gateway, backends: Backen
     assert positions == sorted(positions) and out.rindex(b'{"m": 1}') > positions[-1]
 
 
+def read_response(s: socket.socket) -> bytes:
+    """One keep-alive response with a Content-Length body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(
+        next(
+            v
+            for k, _, v in (h.partition(b":") for h in head.split(b"\r\n"))
+            if k.lower() == b"content-length"
+        )
+    )
+    while len(body) < length:
+        body += s.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def test_writes_of_one_loop_iteration_go_out_together(gateway: Gateway, backends: Backends) -> None:
+    """Requests read in one event-loop iteration are sent upstream back to back when the iteration ends
+    (one wake-up of the upstream per batch), each connection flushed once, and every one is answered."""
+    port = proxy_gateway(gateway, backends.start(echo))
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+    try:
+        for s in socks:  # each connection known to the sidecar, an idle upstream connection pooled
+            s.sendall(b"GET /prod/warm HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b"200 OK" in read_response(s)
+
+        async def one_iteration() -> tuple[list[object], list[object], bytes, list[int]]:
+            conns = sorted(gateway.http.conns, key=id)
+            for i, c in enumerate(conns):  # as if the three sockets were readable in the same poll
+                c.data_received(b"GET /prod/b/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+                c.data_received(b"")  # a second callback on the same connection: still one flush
+            first = conns[0].queue[0].upstream
+            unsent = b"".join(first._out) if first is not None else b""
+            ports = [c.transport.get_extra_info("peername")[1] for c in conns if c.transport is not None]
+            return list(gateway.http.batch), list(conns), unsent, ports
+
+        batch, conns, unsent, ports = gateway.lt.run(one_iteration())
+        assert batch == conns  # each once, in the order they wrote
+        assert unsent.startswith(b"GET /b/0 HTTP/1.1")  # not yet written when the callbacks ran
+        assert gateway.http.batch == []
+        for s in socks:
+            answer = read_response(s)
+            assert b'"line": "GET /b/%d HTTP/1.1"' % ports.index(s.getsockname()[1]) in answer
+    finally:
+        for s in socks:
+            s.close()
+
+
 def test_chunked_request_and_chunked_response(gateway: Gateway, backends: Backends) -> None:
     async def chunked_backend(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         _, headers, body = await read_request(r)
