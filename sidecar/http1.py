@@ -866,8 +866,8 @@ class Exchange:
         try:
             out = chosen.render(
                 self.whole_body(),
-                lambda: self.template_params(t),
-                lambda: self.template_context(t),
+                self.template_params,
+                self.template_context,
                 tr.stage_variables,
                 self.body_doc,
             )
@@ -884,9 +884,11 @@ class Exchange:
             self.content_type = new_type
         return True
 
-    def template_params(self, t: Target) -> dict[str, dict[str, str]]:
+    def template_params(self) -> dict[str, dict[str, str]]:
         from urllib.parse import parse_qsl
 
+        t = self.target
+        assert t is not None
         query = self.url.partition(b"?")[2].decode("latin-1")
         return {
             "path": dict(t.params or {}),
@@ -894,7 +896,9 @@ class Exchange:
             "header": {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.headers},
         }
 
-    def template_context(self, t: Target) -> dict[str, object]:
+    def template_context(self) -> dict[str, object]:
+        t = self.target
+        assert t is not None
         return {
             "requestId": self.request_id,
             "stage": t.stage,
@@ -923,7 +927,7 @@ class Exchange:
 
             try:
                 body = chosen.render(
-                    body, params, lambda: self.template_context(t), t.transform.stage_variables
+                    body, params, self.template_context, t.transform.stage_variables
                 )
             except TemplateLimit as exc:
                 self.fail(500, f"response mapping template: {exc}", gw_type="API_CONFIGURATION_ERROR")

@@ -14,6 +14,7 @@ same output, a fraction of the cost.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 import time
@@ -306,7 +307,7 @@ class Transform:
         """Binary media types pass through untouched, whatever the templates say."""
         return media_type_matches(self.binary_media_types, content_type)
 
-    @property
+    @functools.cached_property
     def needs_request_body(self) -> bool:
         return bool(self.request_templates) or self.passthrough.upper() == "NEVER"
 
