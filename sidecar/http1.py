@@ -926,9 +926,7 @@ class Exchange:
                 return {"header": {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers}}
 
             try:
-                body = chosen.render(
-                    body, params, self.template_context, t.transform.stage_variables
-                )
+                body = chosen.render(body, params, self.template_context, t.transform.stage_variables)
             except TemplateLimit as exc:
                 self.fail(500, f"response mapping template: {exc}", gw_type="API_CONFIGURATION_ERROR")
                 return

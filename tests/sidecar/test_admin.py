@@ -242,7 +242,8 @@ def test_stats_config_dump_and_otlp_metrics_from_a_sidecar(tmp_path: Path, otlp:
         assert abs(prom_sum - latency.sum) < 1e-5 and 0 < latency.sum < 1
         resource = otlp.attrs(otlp.metric_exports[-1].resource_metrics[0].resource)
         assert resource == {"service.name": "meshgate-sidecar", "service.instance.id": "sc-stats"}
-        assert int(parse_stats(get(admin, "/stats")[1].decode())["otlp.metrics_exports"]) >= 1
+        # the collector records an export before the sidecar has read the reply and counted it
+        otlp.wait(lambda: int(parse_stats(get(admin, "/stats")[1].decode())["otlp.metrics_exports"]) >= 1)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     finally:
