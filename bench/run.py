@@ -273,6 +273,14 @@ def rss_kib(pid: int) -> int:
     return -1
 
 
+def huge_pages_kib(pid: int) -> int:
+    """Anonymous memory backed by transparent huge pages (counted in RSS whole)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+    return 0
+
+
 def meshgate_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "meshgate.control.cli", *args]
 
@@ -505,6 +513,7 @@ def idle_rss(work: Path) -> dict[str, float]:
             wait_http(f"http://127.0.0.1:{admin}/ready")
             time.sleep(1.0)
             results[f"rss_kib_{routes}_routes"] = float(rss_kib(proc.pid))
+            results[f"thp_kib_{routes}_routes"] = float(huge_pages_kib(proc.pid))
         finally:
             stop(proc)
     return results
@@ -569,6 +578,8 @@ def main() -> int:
         print(
             f"\nsidecar idle RSS: {rss['rss_kib_2_routes'] / 1024:.1f} MiB with 2 routes,"
             f" {rss['rss_kib_100_routes'] / 1024:.1f} MiB with 100 routes"
+            f" (transparent huge pages: {rss['thp_kib_2_routes'] / 1024:.1f}"
+            f" and {rss['thp_kib_100_routes'] / 1024:.1f} MiB of that)"
         )
     if "protocols" not in ns.skip:
         import protocols
