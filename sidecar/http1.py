@@ -1667,7 +1667,11 @@ class HttpServer:
     def flush_batch(self) -> None:
         batch, self.batch = self.batch, []
         for conn in batch:
-            conn.flush_now()
+            try:
+                conn.flush_now()
+            except Exception:  # one broken connection must not leave the others' output unsent
+                log.exception("flushing a connection failed; closing it")
+                conn.abort()
 
     async def sweep(self) -> None:
         """Fire connection deadlines (header, body-idle, keep-alive timeouts)."""

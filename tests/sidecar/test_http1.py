@@ -185,6 +185,41 @@ def test_writes_of_one_loop_iteration_go_out_together(gateway: Gateway, backends
             s.close()
 
 
+def test_a_connection_that_fails_to_flush_does_not_hold_up_the_batch(
+    gateway: Gateway, backends: Backends
+) -> None:
+    port = proxy_gateway(gateway, backends.start(echo))
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+    try:
+        for s in socks:
+            s.sendall(b"GET /prod/warm HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b"200 OK" in read_response(s)
+
+        async def one_iteration() -> int:
+            conns = sorted(gateway.http.conns, key=id)
+
+            def broken() -> None:
+                raise RuntimeError("unable to perform operation")
+
+            conns[0].flush_now = broken  # type: ignore[method-assign]
+            for c in conns:
+                c.data_received(b"GET /prod/b HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert conns[0].transport is not None
+            return int(conns[0].transport.get_extra_info("peername")[1])
+
+        broken_port = gateway.lt.run(one_iteration())
+        broken_sock = next(s for s in socks if s.getsockname()[1] == broken_port)
+        healthy = next(s for s in socks if s is not broken_sock)
+        assert b'"line": "GET /b HTTP/1.1"' in read_response(healthy)
+        try:  # aborted, not left hanging
+            assert broken_sock.recv(65536) == b""
+        except ConnectionResetError:
+            pass
+    finally:
+        for s in socks:
+            s.close()
+
+
 def test_chunked_request_and_chunked_response(gateway: Gateway, backends: Backends) -> None:
     async def chunked_backend(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         _, headers, body = await read_request(r)
