@@ -1119,12 +1119,18 @@ class Exchange:
                 cap.headers = tuple(
                     (n, v) for n, v in headers if n.lower() not in RESPONSE_OWN and n.lower() not in named
                 )
-        if self.is_head:  # httptools cannot frame a HEAD response: finish now, drop the connection
+        if self.is_head:  # a HEAD response ends at its head (httptools would wait for the announced body)
             up = self.upstream
             self.upstream = None
             if up is not None:
-                up.listener = None
-                up.close()
+                keep = b"close" not in tokens and (
+                    up.parser.get_http_version() == "1.1" or b"keep-alive" in tokens
+                )
+                if keep and self.body_complete and not self.discard_body:
+                    up.release()  # a new parser for the next response
+                else:
+                    up.listener = None
+                    up.close()
             self._cancel_timer()
             self.complete_response()
 

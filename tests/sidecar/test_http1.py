@@ -126,6 +126,49 @@ def test_upstream_keepalive_connections_are_reused(gateway: Gateway, backends: B
     assert backends.accepted == 1
 
 
+async def head_aware(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    """GET and HEAD of a 26-byte document; a path ending in /close answers with Connection: close."""
+    body = b"abcdefghijklmnopqrstuvwxyz"
+    while True:
+        line, _, _ = await read_request(r)
+        method, path, _ = line.split(b" ")
+        close = path.endswith(b"/close")
+        w.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%b\r\n%b"
+            % (len(body), b"Connection: close\r\n" if close else b"", b"" if method == b"HEAD" else body)
+        )
+        await w.drain()
+        if close:
+            w.close()
+            return
+
+
+def test_head_responses_keep_the_upstream_connection(gateway: Gateway, backends: Backends) -> None:
+    port = proxy_gateway(gateway, backends.start(head_aware))
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    for i in range(3):
+        conn.request("HEAD", f"/prod/doc/{i}")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("content-length") == "26" and resp.read() == b""
+        conn.request("GET", f"/prod/doc/{i}")  # framed by a fresh parser on the same upstream connection
+        assert conn.getresponse().read() == b"abcdefghijklmnopqrstuvwxyz"
+    assert backends.accepted == 1
+    conn.request("HEAD", "/prod/doc/close")  # the upstream says close: not pooled
+    assert conn.getresponse().read() == b""
+    conn.request("GET", "/prod/doc/after")
+    assert conn.getresponse().read() == b"abcdefghijklmnopqrstuvwxyz"
+    assert backends.accepted == 2
+    conn.close()
+    # pipelined HEAD then GET: the HEAD answer carries no body, the GET's body follows it
+    out = raw(
+        port,
+        b"HEAD /prod/a HTTP/1.1\r\nHost: x\r\n\r\nGET /prod/b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    first, _, rest = out.partition(b"\r\n\r\n")
+    assert b"content-length: 26" in first.lower() and rest.startswith(b"HTTP/1.1 200 OK")
+    assert rest.endswith(b"\r\n\r\nabcdefghijklmnopqrstuvwxyz")
+
+
 def test_pipelined_requests_answered_in_order(gateway: Gateway, backends: Backends) -> None:
     port = proxy_gateway(gateway, backends.start(echo))
     reqs = b"".join(b"GET /prod/p/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(3))
