@@ -28,8 +28,13 @@ resources whose object is gone (no finalizers needed: a delete made while no
 controller ran is caught up on start). Resources made with the CLI are never
 touched; an object naming one is refused (`Accepted` False).
 
-Only the Lease holder (`leader.py`) writes to etcd and to status; the others
-keep their caches warm and take over when the Lease expires.
+When a condition changes (status or reason), the controller also records a
+Kubernetes Event on the object, as controllers do for `kubectl describe`:
+Warning for a refusal or a NACK, Normal for Accepted and Applied. Events are
+best effort: one that cannot be written is logged and dropped.
+
+Only the Lease holder (`leader.py`) writes to etcd, to status and Events; the
+others keep their caches warm and take over when the Lease expires.
 """
 
 from __future__ import annotations
@@ -184,6 +189,7 @@ class Controller:
         # counters (tests, metrics)
         self.etcd_writes = 0
         self.status_writes = 0
+        self.events_written = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -801,10 +807,13 @@ class Controller:
             status = obj.get("status")
             current = status if isinstance(status, dict) else {}
         old_conditions = {c.get("type"): c for c in current.get("conditions") or [] if isinstance(c, dict)}
+        changed: list[JSON] = []
         for cond in desired["conditions"]:
             old = old_conditions.get(cond["type"])
             if old is not None and old.get("status") == cond["status"] and old.get("lastTransitionTime"):
                 cond["lastTransitionTime"] = old["lastTransitionTime"]
+            if old is None or (old.get("status"), old.get("reason")) != (cond["status"], cond["reason"]):
+                changed.append(cond)
         if desired == current:
             return
         self._may_write()
@@ -817,6 +826,47 @@ class Controller:
             raise
         self._written[key] = desired
         self.status_writes += 1
+        for cond in changed:
+            event = _event_for(cond)
+            if event is not None:
+                await self._record_event(kind, obj, *event)
+
+    async def _record_event(self, kind: str, obj: JSON, type_: str, reason: str, message: str) -> None:
+        """One core/v1 Event about `obj`, named as client-go's recorder names them; best effort."""
+        assert self.kube is not None
+        meta = _meta(obj)
+        ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+        stamp = _now()
+        body: JSON = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{name}.{time.time_ns():x}", "namespace": ns},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion", ""),
+                "kind": kind,
+                "namespace": ns,
+                "name": name,
+                "uid": meta.get("uid", ""),
+                "resourceVersion": meta.get("resourceVersion", ""),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "meshgate-controller"},
+            "reportingComponent": "meshgate.io/controller",
+            "reportingInstance": self.identity,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            await self.kube.create_event(ns, body)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("event %s on %s %s/%s not recorded: %s", reason, kind, ns, name, exc)
+            return
+        self.events_written += 1
 
 
 def _condition(type_: str, status: str, reason: str, message: str, generation: int) -> JSON:
@@ -828,6 +878,16 @@ def _condition(type_: str, status: str, reason: str, message: str, generation: i
         "observedGeneration": generation,
         "lastTransitionTime": _now(),
     }
+
+
+def _event_for(cond: JSON) -> tuple[str, str, str] | None:
+    """The Event a changed condition is worth: (type, reason, message), or None."""
+    status, reason = cond["status"], cond["reason"]
+    if cond["type"] == "Accepted":
+        return ("Normal" if status == "True" else "Warning", reason, cond["message"])
+    if status == "True" or reason == "Nacked":  # Applied; Applying and the no-sidecar reasons are not news
+        return ("Normal" if status == "True" else "Warning", reason, cond["message"])
+    return None
 
 
 def _strip_subject(message: str, kind: str, ns: str, name: str) -> str:

@@ -224,6 +224,13 @@ class KubeClient:
 
     # ------------------------------------------------------------------ core / coordination
 
+    async def create_event(self, namespace: str, body: JSON) -> JSON:
+        """POST a core/v1 Event (what `kubectl describe` and `kubectl get events` show)."""
+        resp = await self._core.create_namespaced_event(
+            namespace, body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S
+        )
+        return await _read_json(resp)
+
     async def get_secret(self, namespace: str, name: str) -> JSON | None:
         resp = await self._core.read_namespaced_secret(
             name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S

@@ -12,8 +12,8 @@ the real server does)/DELETE, the `/status` subresource (main-resource writes
 ignore status, status writes ignore everything else; `generation` bumps
 only on spec changes), optimistic concurrency on `metadata.resourceVersion`
 (409), `uid`/`creationTimestamp`/`managedFields`, for the meshgate.io
-kinds, coordination.k8s.io/v1 Leases, v1 Secrets (POST of an existing
-name: 409 AlreadyExists) and the cluster-scoped
+kinds, coordination.k8s.io/v1 Leases, v1 Events, v1 Secrets (POST of an
+existing name: 409 AlreadyExists) and the cluster-scoped
 admissionregistration.k8s.io/v1 MutatingWebhookConfigurations. Each
 request is logged with its answer's status code; `on_request` hooks can
 hold a request (to force a race). No auth, no admission, no schema
@@ -60,6 +60,7 @@ KINDS = [
     Kind("meshgate.io", "v1", "apikeys", "ApiKey", "apikey", ("mgkey",), status=True),
     Kind("coordination.k8s.io", "v1", "leases", "Lease", "lease"),
     Kind("", "v1", "secrets", "Secret", "secret"),
+    Kind("", "v1", "events", "Event", "event", ("ev",)),
     Kind("", "v1", "namespaces", "Namespace", "namespace", ("ns",), namespaced=False),
     Kind(
         "admissionregistration.k8s.io",

@@ -92,6 +92,20 @@ def condition(obj: JSON | None, type_: str) -> JSON:
     return {}
 
 
+def events(kube: KubeApi, kind: str, name: str) -> list[tuple[str, str, str]]:
+    """(type, reason, message) of the Events recorded about shop/NAME, oldest first."""
+    found = [
+        o
+        for (k, ns, _), o in kube.objects.items()
+        if k.kind == "Event"
+        and ns == "shop"
+        and o["involvedObject"]["kind"] == kind
+        and o["involvedObject"]["name"] == name
+    ]
+    found.sort(key=lambda o: int(o["metadata"]["resourceVersion"]))
+    return [(o["type"], o["reason"], o["message"]) for o in found]
+
+
 async def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -236,6 +250,20 @@ async def test_invalid_api_is_refused_with_the_field_path_and_nothing_is_stored(
     applied = condition(env.kube.get("Api", "shop", "broken"), "Applied")
     assert (applied["status"], applied["reason"]) == ("False", "NotAccepted")
     assert await env.store.get("Api", "shop") == []
+    refusal = ("Warning", "Invalid", accepted["message"])
+    await wait_for("a Warning Event", lambda: refusal in events(env.kube, "Api", "broken"))
+    obj = env.kube.get("Api", "shop", "broken")
+    assert obj is not None
+    (event,) = [o for (k, _, _), o in env.kube.objects.items() if k.kind == "Event"]
+    assert event["involvedObject"] == {
+        "apiVersion": "meshgate.io/v1",
+        "kind": "Api",
+        "namespace": "shop",
+        "name": "broken",
+        "uid": obj["metadata"]["uid"],
+        "resourceVersion": event["involvedObject"]["resourceVersion"],
+    }
+    assert event["metadata"]["name"].startswith("broken.") and event["count"] == 1
     # fixed with a merge patch (kubectl edit): accepted and stored
     async with (
         aiohttp.ClientSession() as session,
@@ -250,6 +278,8 @@ async def test_invalid_api_is_refused_with_the_field_path_and_nothing_is_stored(
         assert resp.status == 200
     await wait_condition(env.kube, "Api", "broken", "Accepted", "True", generation=2)
     assert [r.api.metadata.name for r in await env.store.get("Api", "shop")] == ["broken"]
+    await wait_for("a Normal Event", lambda: len(events(env.kube, "Api", "broken")) == 2)
+    assert events(env.kube, "Api", "broken")[1][:2] == ("Normal", "Stored")
 
 
 async def test_watch_410_gone_relists_and_catches_up(env: Env) -> None:
@@ -359,6 +389,12 @@ async def test_applied_follows_sidecar_acks_and_reports_nacks(etcd: LocalEtcd, k
         await store.client.delete(key)
         gone = await wait_condition(kube, "Stage", "prod", "Applied", "False", reason="NoSidecars")
         assert gone["message"].startswith("no connected sidecar is bound")
+        # Events for what changed that matters: accepted, the NACK, applied; not Applying or NoSidecars
+        assert events(kube, "Stage", "prod") == [
+            ("Normal", "Stored", "validated and stored; serving deployment 1 (the Api's current spec)"),
+            ("Warning", "Nacked", nacked["message"]),
+            ("Normal", "Applied", applied["message"]),
+        ]
     finally:
         await ctl.stop()
         await store.client.delete_prefix(store.prefix.encode())
