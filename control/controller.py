@@ -189,7 +189,6 @@ class Controller:
         # counters (tests, metrics)
         self.etcd_writes = 0
         self.status_writes = 0
-        self.events_written = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -865,8 +864,6 @@ class Controller:
             raise
         except Exception as exc:
             log.warning("event %s on %s %s/%s not recorded: %s", reason, kind, ns, name, exc)
-            return
-        self.events_written += 1
 
 
 def _condition(type_: str, status: str, reason: str, message: str, generation: int) -> JSON:
@@ -883,11 +880,9 @@ def _condition(type_: str, status: str, reason: str, message: str, generation: i
 def _event_for(cond: JSON) -> tuple[str, str, str] | None:
     """The Event a changed condition is worth: (type, reason, message), or None."""
     status, reason = cond["status"], cond["reason"]
-    if cond["type"] == "Accepted":
-        return ("Normal" if status == "True" else "Warning", reason, cond["message"])
-    if status == "True" or reason == "Nacked":  # Applied; Applying and the no-sidecar reasons are not news
-        return ("Normal" if status == "True" else "Warning", reason, cond["message"])
-    return None
+    if cond["type"] == "Applied" and status != "True" and reason != "Nacked":
+        return None  # Applying, NotAccepted and the no-sidecar reasons are states, not news
+    return ("Normal" if status == "True" else "Warning", reason, cond["message"])
 
 
 def _strip_subject(message: str, kind: str, ns: str, name: str) -> str:

@@ -1123,14 +1123,7 @@ class Exchange:
             up = self.upstream
             self.upstream = None
             if up is not None:
-                keep = b"close" not in tokens and (
-                    up.parser.get_http_version() == "1.1" or b"keep-alive" in tokens
-                )
-                if keep and self.body_complete and not self.discard_body:
-                    up.release()  # a new parser for the next response
-                else:
-                    up.listener = None
-                    up.close()
+                self._hand_back(up, up.parser.should_keep_alive())  # release: a new parser
             self._cancel_timer()
             self.complete_response()
 
@@ -1164,11 +1157,7 @@ class Exchange:
         if rbuf is not None:
             self.rbuf = None
             if up is not None:
-                if keep_alive and self.body_complete and not self.discard_body:
-                    up.release()
-                else:
-                    up.listener = None
-                    up.close()
+                self._hand_back(up, keep_alive)
             self.finish_transformed(rbuf)
             return
         if self.out_chunked:
@@ -1178,12 +1167,16 @@ class Exchange:
             self.capture = None
             cap.store()
         if up is not None:
-            if keep_alive and self.body_complete and not self.discard_body:
-                up.release()
-            else:
-                up.listener = None
-                up.close()
+            self._hand_back(up, keep_alive)
         self.complete_response()
+
+    def _hand_back(self, up: UpstreamConn, keep_alive: bool) -> None:
+        """The response is over: pool the upstream connection if both sides allow it, else close it."""
+        if keep_alive and self.body_complete and not self.discard_body:
+            up.release()
+        else:
+            up.listener = None
+            up.close()
 
     def on_upstream_error(self, reason: str, before_head: bool) -> None:
         up = self.upstream
