@@ -1,13 +1,24 @@
 """The etcd key layout and the in-memory view of everything stored under the prefix.
 
 One place says which key holds which resource and how values are encoded
-(binary protobuf of the resource message); the store writes with it and the
-config streamer rebuilds its `State` from a range read plus watch events.
+(binary protobuf of the resource message): every key and key range is built
+and parsed by the functions here, nowhere else. The store writes with them and
+the etcd mirror (`control/mirror.py`) keeps a `State` from a range read plus
+watch events.
+
+    {prefix}apis/{ns}/{name}                  Api
+    {prefix}stages/{ns}/{api}/{stage}         Stage
+    {prefix}deployments/{ns}/{api}/{id:010d}  Deployment (ids sort as numbers)
+    {prefix}usageplans/{ns}/{name}            UsagePlan
+    {prefix}apikeys/{ns}/{name}               ApiKey
+    {prefix}seq/deployments/{ns}/{api}        the last deployment id of an Api
+    {prefix}sidecars/{node id}                SidecarStatus, under a control replica's lease
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from meshgate.v1 import control_pb2, resources_pb2
 
@@ -30,7 +41,24 @@ KINDS: dict[str, tuple[str, type[ResourceMsg], str]] = {
 SEGMENT_TO_KIND = {seg: kind for kind, (seg, _, _) in KINDS.items()}
 ONEOF_TO_KIND = {oneof: kind for kind, (_, _, oneof) in KINDS.items()}
 
+# the words users type for a kind (CLI, admin RPCs) -> the kind
+KIND_WORDS = {
+    "api": "Api",
+    "apis": "Api",
+    "stage": "Stage",
+    "stages": "Stage",
+    "deployment": "Deployment",
+    "deployments": "Deployment",
+    "usageplan": "UsagePlan",
+    "usageplans": "UsagePlan",
+    "apikey": "ApiKey",
+    "apikeys": "ApiKey",
+}
+
 SidecarsSegment = "sidecars"
+SeqSegment = "seq"
+SIDECAR = "Sidecar"  # KeyParts.kind of a sidecar status key
+SEQ = "Seq"  # KeyParts.kind of a deployment sequence key
 
 
 def api_key(prefix: str, namespace: str, name: str) -> str:
@@ -54,11 +82,82 @@ def apikey_key(prefix: str, namespace: str, name: str) -> str:
 
 
 def deployment_seq_key(prefix: str, namespace: str, api: str) -> str:
-    return f"{prefix}seq/deployments/{namespace}/{api}"
+    return f"{prefix}{SeqSegment}/deployments/{namespace}/{api}"
 
 
 def sidecar_key(prefix: str, node_id: str) -> str:
     return f"{prefix}{SidecarsSegment}/{node_id}"
+
+
+def named_key(prefix: str, kind: str, namespace: str, name: str) -> str:
+    """The key of an Api, UsagePlan or ApiKey (the kinds named by namespace and name alone)."""
+    if kind not in ("Api", "UsagePlan", "ApiKey"):
+        raise ValueError(f"{kind} keys need more than a namespace and a name")
+    return f"{prefix}{KINDS[kind][0]}/{namespace}/{name}"
+
+
+def kind_prefix(prefix: str, kind: str, namespace: str = "", api: str = "") -> str:
+    """The key range of one kind, narrowed to a namespace and (stages, deployments) to an Api."""
+    out = f"{prefix}{KINDS[kind][0]}/"
+    if namespace:
+        out += namespace + "/"
+        if api and kind in ("Stage", "Deployment"):
+            out += api + "/"
+    return out
+
+
+def stages_prefix(prefix: str, namespace: str, api: str) -> str:
+    """The key range of an Api's stages."""
+    return kind_prefix(prefix, "Stage", namespace, api)
+
+
+def deployments_prefix(prefix: str, namespace: str, api: str) -> str:
+    """The key range of an Api's deployments."""
+    return kind_prefix(prefix, "Deployment", namespace, api)
+
+
+def sidecars_prefix(prefix: str) -> str:
+    """The key range of the sidecar status keys."""
+    return f"{prefix}{SidecarsSegment}/"
+
+
+def seq_prefix(prefix: str) -> str:
+    """The key range of the deployment sequence keys."""
+    return f"{prefix}{SeqSegment}/"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyParts:
+    """What a key under the prefix names: kind (a KINDS name, SIDECAR or SEQ) and its parts."""
+
+    kind: str
+    namespace: str = ""
+    api: str = ""  # Stage, Deployment, Seq
+    name: str = ""  # the resource's name, the stage's name, a sidecar's node id
+    deployment: int = 0  # Deployment
+
+
+def parse_key(prefix: str, key: str) -> KeyParts | None:
+    """The parts of a key under `prefix`; None for keys outside the layout."""
+    if not key.startswith(prefix):
+        return None
+    segment, _, rest = key[len(prefix) :].partition("/")
+    if segment == SidecarsSegment:
+        return KeyParts(SIDECAR, name=rest) if rest else None
+    parts = rest.split("/")
+    try:
+        if segment == SeqSegment:
+            return KeyParts(SEQ, namespace=parts[1], api=parts[2])
+        kind = SEGMENT_TO_KIND.get(segment)
+        if kind == "Stage":
+            return KeyParts(kind, namespace=parts[0], api=parts[1], name=parts[2])
+        if kind == "Deployment":
+            return KeyParts(kind, namespace=parts[0], api=parts[1], deployment=int(parts[2]))
+        if kind is not None:
+            return KeyParts(kind, namespace=parts[0], name=parts[1])
+    except (IndexError, ValueError):
+        return None
+    return None
 
 
 def key_for(prefix: str, res: resources_pb2.Resource) -> str:
@@ -124,20 +223,26 @@ class State:
     api_keys: dict[tuple[str, str], resources_pb2.ApiKey] = field(default_factory=dict)
     # connected sidecars (from their status keys): node id -> Node; only membership matters here
     sidecars: dict[str, control_pb2.Node] = field(default_factory=dict)
+    # the same keys' full status (ACKs, NACKs), for whoever reports what the sidecars applied
+    statuses: dict[str, control_pb2.SidecarStatus] = field(default_factory=dict)
+    # the etcd revision of the last change to the resources or the set of sidecars (or of the load)
     revision: int = 0
 
     def put(self, key: str, value: bytes) -> bool:
         """Apply a put event; returns True when it changed a resource or the set of sidecars."""
-        sc_prefix = self.prefix + SidecarsSegment + "/"
-        if key.startswith(sc_prefix):
+        parts = parse_key(self.prefix, key)
+        if parts is None or parts.kind == SEQ:
+            return False
+        if parts.kind == SIDECAR:
             try:
-                node = control_pb2.SidecarStatus.FromString(value).node
+                status = control_pb2.SidecarStatus.FromString(value)
             except Exception:
                 return False
-            old = self.sidecars.get(node.id)
+            self.statuses[parts.name] = status
+            node, old = status.node, self.sidecars.get(parts.name)
             if old is not None and old.namespace == node.namespace and dict(old.labels) == dict(node.labels):
                 return False
-            self.sidecars[node.id] = node
+            self.sidecars[parts.name] = node
             return True
         msg = decode(self.prefix, key, value)
         if msg is None:
@@ -146,27 +251,36 @@ class State:
         return True
 
     def delete(self, key: str) -> bool:
-        """Apply a delete event; returns True when it removed a resource."""
-        parts = key[len(self.prefix) :].split("/") if key.startswith(self.prefix) else []
-        if not parts:
+        """Apply a delete event; returns True when it removed a resource or a sidecar."""
+        parts = parse_key(self.prefix, key)
+        if parts is None or parts.kind == SEQ:
             return False
-        seg = parts[0]
-        try:
-            if seg == SidecarsSegment:
-                return self.sidecars.pop(key[len(self.prefix) + len(SidecarsSegment) + 1 :], None) is not None
-            if seg == "apis":
-                return self.apis.pop((parts[1], parts[2]), None) is not None
-            if seg == "stages":
-                return self.stages.pop((parts[1], parts[2], parts[3]), None) is not None
-            if seg == "deployments":
-                return self.deployments.pop((parts[1], parts[2], int(parts[3])), None) is not None
-            if seg == "usageplans":
-                return self.usage_plans.pop((parts[1], parts[2]), None) is not None
-            if seg == "apikeys":
-                return self.api_keys.pop((parts[1], parts[2]), None) is not None
-        except (IndexError, ValueError):
-            return False
-        return False
+        if parts.kind == SIDECAR:
+            self.statuses.pop(parts.name, None)
+            return self.sidecars.pop(parts.name, None) is not None
+        table, ident = self._slot(parts)
+        return table.pop(ident, None) is not None
+
+    def resource(self, key: str) -> ResourceMsg | None:
+        """The resource stored at an etcd key, if any."""
+        parts = parse_key(self.prefix, key)
+        if parts is None or parts.kind in (SIDECAR, SEQ):
+            return None
+        table, ident = self._slot(parts)
+        found: ResourceMsg | None = table.get(ident)
+        return found
+
+    def _slot(self, parts: KeyParts) -> tuple[dict[Any, Any], tuple[str | int, ...]]:
+        """The table and entry of a resource key."""
+        if parts.kind == "Api":
+            return self.apis, (parts.namespace, parts.name)
+        if parts.kind == "Stage":
+            return self.stages, (parts.namespace, parts.api, parts.name)
+        if parts.kind == "Deployment":
+            return self.deployments, (parts.namespace, parts.api, parts.deployment)
+        if parts.kind == "UsagePlan":
+            return self.usage_plans, (parts.namespace, parts.name)
+        return self.api_keys, (parts.namespace, parts.name)
 
     def _store(self, msg: ResourceMsg) -> None:
         ns = msg.metadata.namespace or "default"
