@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from meshgate.sidecar.grpc_proxy import GrpcProxy
     from meshgate.sidecar.http1 import HttpServer
     from meshgate.sidecar.otlp_metrics import OtlpMetricsExporter
-    from meshgate.sidecar.phase import Runtime
+    from meshgate.sidecar.runtime import Runtime
     from meshgate.sidecar.upstream import UpstreamPool
 
 Stat = tuple[str, int | float | str]

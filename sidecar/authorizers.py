@@ -13,10 +13,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import jwt
+
+if TYPE_CHECKING:
+    import aiohttp
+    from meshgate.sidecar.context import RequestContext
 
 log = logging.getLogger("meshgate.sidecar.auth")
 
@@ -35,7 +38,7 @@ class AuthResult:
     values: Mapping[str, str] = field(default_factory=dict)  # for context.authorizer.* mappings
 
 
-SessionFactory = Callable[[], aiohttp.ClientSession]
+SessionFactory = Callable[[], "aiohttp.ClientSession"]
 
 
 # ---------------------------------------------------------------------------- JWT
@@ -71,6 +74,8 @@ class JwksCache:
         if self._inflight is not None:
             await asyncio.shield(self._inflight)
             return
+        import aiohttp  # loaded with the first JWKS fetch, not with the sidecar
+
         loop = asyncio.get_running_loop()
         self._inflight = loop.create_future()
         self.last_attempt = time.monotonic()
@@ -284,7 +289,7 @@ class RequestAuthorizer:
     _cache: dict[tuple[str, ...], tuple[float, Policy | None]] = field(default_factory=dict)
     _inflight: dict[tuple[str, ...], asyncio.Future[Policy | None]] = field(default_factory=dict)
 
-    def identity(self, req: AuthRequest) -> tuple[str, ...] | None:
+    def identity(self, req: RequestContext) -> tuple[str, ...] | None:
         values = []
         for kind, name in self.sources:
             if kind == "header":
@@ -300,7 +305,7 @@ class RequestAuthorizer:
             values.append(v)
         return tuple(values)
 
-    def authorize(self, req: AuthRequest) -> AuthResult | Awaitable[AuthResult]:
+    def authorize(self, req: RequestContext) -> AuthResult | Awaitable[AuthResult]:
         ident = self.identity(req)
         if ident is None:
             what = ", ".join(f"{k} {n}" for k, n in self.sources)
@@ -311,7 +316,7 @@ class RequestAuthorizer:
                 return self._decide(hit[1], req)
         return self._call_shared(ident, req)
 
-    async def _call_shared(self, ident: tuple[str, ...], req: AuthRequest) -> AuthResult:
+    async def _call_shared(self, ident: tuple[str, ...], req: RequestContext) -> AuthResult:
         fut = self._inflight.get(ident)
         if fut is None:
             fut = asyncio.get_running_loop().create_future()
@@ -341,10 +346,12 @@ class RequestAuthorizer:
         for k in [k for k, (exp, _) in self._cache.items() if exp <= now]:
             del self._cache[k]
 
-    async def _call(self, ident: tuple[str, ...], req: AuthRequest) -> Policy | None:
+    async def _call(self, ident: tuple[str, ...], req: RequestContext) -> Policy | None:
         """None = the service said 401 Unauthorized."""
+        import aiohttp  # loaded with the first authorizer call, not with the sidecar
+
         self.calls += 1
-        event = req.event(self.kind, ident[0] if self.kind == "token" else "")
+        event = req.authorizer_event(self.kind, ident[0] if self.kind == "token" else "")
         try:
             async with self.session().post(
                 self.uri,
@@ -369,12 +376,12 @@ class RequestAuthorizer:
                 502, f"authorizer {self.name!r} returned an invalid document: {exc}"
             ) from None
 
-    def _decide(self, policy: Policy | None, req: AuthRequest) -> AuthResult:
+    def _decide(self, policy: Policy | None, req: RequestContext) -> AuthResult:
         if policy is None:
             return AuthResult(401, f"authorizer {self.name!r}: Unauthorized")
         if not policy.evaluate(req.arn):
             return AuthResult(
-                403, f"authorizer {self.name!r} denied {req.method} {req.path} for {policy.principal}"
+                403, f"authorizer {self.name!r} denied {req.method} {req.stage_path} for {policy.principal}"
             )
         hdrs = [(b"x-meshgate-principal", policy.principal.encode("utf-8", "replace"))]
         for k, v in policy.context:
@@ -393,55 +400,3 @@ class AuthorizerError(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
-
-
-@dataclass(slots=True)
-class AuthRequest:
-    """What an authorizer may look at."""
-
-    method: str
-    path: str  # stage-relative path
-    resource: str  # route template
-    stage: str
-    api: str  # namespace/name
-    headers: Mapping[str, str]
-    query: str
-    source_ip: str
-    request_id: str
-    path_params: Mapping[str, str]
-    stage_variables: Mapping[str, str]
-    _query: dict[str, str] | None = None
-    trace_headers: Mapping[str, str] | None = None  # traceparent/baggage for the authorizer call (sampled)
-
-    def query_params(self) -> dict[str, str]:
-        if self._query is None:
-            from urllib.parse import parse_qsl
-
-            self._query = dict(parse_qsl(self.query, keep_blank_values=True))
-        return self._query
-
-    @property
-    def arn(self) -> str:
-        ns, _, name = self.api.partition("/")
-        return f"arn:meshgate:execute-api:{ns}:{name}/{self.stage}/{self.method}{self.path}"
-
-    def event(self, kind: str, token: str) -> dict[str, Any]:
-        if kind == "token":
-            return {"type": "TOKEN", "authorizationToken": token, "methodArn": self.arn}
-        return {
-            "type": "REQUEST",
-            "methodArn": self.arn,
-            "resource": self.resource,
-            "path": self.path,
-            "httpMethod": self.method,
-            "headers": dict(self.headers),
-            "queryStringParameters": self.query_params(),
-            "pathParameters": dict(self.path_params),
-            "stageVariables": dict(self.stage_variables),
-            "requestContext": {
-                "stage": self.stage,
-                "requestId": self.request_id,
-                "httpMethod": self.method,
-                "identity": {"sourceIp": self.source_ip},
-            },
-        }

@@ -13,13 +13,16 @@ import base64
 import binascii
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-import aiohttp
 from meshgate.sidecar.transform import media_type_matches
+
+if TYPE_CHECKING:
+    import aiohttp
+    from meshgate.sidecar.context import RequestContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,20 +34,6 @@ class FunctionIntegration:
     stage: str
     stage_variables: Mapping[str, str]
     binary_media_types: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class FunctionRequest:
-    method: str
-    path: str  # stage-relative
-    full_path: str
-    query: str
-    headers: Sequence[tuple[str, str]]
-    path_params: Mapping[str, str]
-    body: bytes
-    source_ip: str
-    request_id: str
-    authorizer: Mapping[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,41 +57,42 @@ def _is_binary(fn: FunctionIntegration, content_type: str, body: bytes) -> bool:
     return False
 
 
-def build_event(fn: FunctionIntegration, req: FunctionRequest) -> dict[str, Any]:
+def build_event(fn: FunctionIntegration, req: RequestContext) -> dict[str, Any]:
+    """API Gateway's Lambda proxy event (1.0 or 2.0) for one request."""
     single: dict[str, str] = {}
     multi: dict[str, list[str]] = {}
-    for name, value in req.headers:
+    pairs_h = req.header_pairs()
+    for name, value in pairs_h:
         single[name] = value
         multi.setdefault(name, []).append(value)
-    ctype = next((v for k, v in req.headers if k.lower() == "content-type"), "")
-    binary = bool(req.body) and _is_binary(fn, ctype, req.body)
+    ctype = next((v for k, v in pairs_h if k.lower() == "content-type"), "")
+    raw = req.whole_body()
+    binary = bool(raw) and _is_binary(fn, ctype, raw)
     body: str | None = None
-    if req.body:
-        body = base64.b64encode(req.body).decode() if binary else req.body.decode("utf-8")
+    if raw:
+        body = base64.b64encode(raw).decode() if binary else raw.decode("utf-8")
     pairs = parse_qsl(req.query, keep_blank_values=True)
     now = time.time()
-    user_agent = next((v for k, v in req.headers if k.lower() == "user-agent"), "")
+    user_agent = next((v for k, v in pairs_h if k.lower() == "user-agent"), "")
     if fn.version == "2.0":
         qs: dict[str, str] = {}
         for k, v in pairs:
             qs[k] = f"{qs[k]},{v}" if k in qs else v
-        cookies = [
-            c.strip() for k, v in req.headers if k.lower() == "cookie" for c in v.split(";") if c.strip()
-        ]
+        cookies = [c.strip() for k, v in pairs_h if k.lower() == "cookie" for c in v.split(";") if c.strip()]
         return {
             "version": "2.0",
             "routeKey": fn.route_key,
-            "rawPath": req.full_path,
+            "rawPath": req.path,
             "rawQueryString": req.query,
             "cookies": cookies or None,
             "headers": {k.lower(): ",".join(v) for k, v in multi.items()},
             "queryStringParameters": qs or None,
-            "pathParameters": dict(req.path_params) or None,
+            "pathParameters": dict(req.params) or None,
             "stageVariables": dict(fn.stage_variables) or None,
             "requestContext": {
                 "http": {
                     "method": req.method,
-                    "path": req.full_path,
+                    "path": req.path,
                     "protocol": "HTTP/1.1",
                     "sourceIp": req.source_ip,
                     "userAgent": user_agent,
@@ -111,7 +101,7 @@ def build_event(fn: FunctionIntegration, req: FunctionRequest) -> dict[str, Any]
                 "routeKey": fn.route_key,
                 "stage": fn.stage,
                 "timeEpoch": int(now * 1000),
-                "authorizer": dict(req.authorizer) or None,
+                "authorizer": dict(req.auth_values) or None,
             },
             "body": body,
             "isBase64Encoded": binary,
@@ -121,23 +111,23 @@ def build_event(fn: FunctionIntegration, req: FunctionRequest) -> dict[str, Any]
         mq.setdefault(k, []).append(v)
     return {
         "resource": fn.resource,
-        "path": req.path,
+        "path": req.stage_path,
         "httpMethod": req.method,
         "headers": single or None,
         "multiValueHeaders": multi or None,
         "queryStringParameters": {k: v[-1] for k, v in mq.items()} or None,
         "multiValueQueryStringParameters": mq or None,
-        "pathParameters": dict(req.path_params) or None,
+        "pathParameters": dict(req.params) or None,
         "stageVariables": dict(fn.stage_variables) or None,
         "requestContext": {
             "resourcePath": fn.resource,
             "httpMethod": req.method,
-            "path": req.full_path,
+            "path": req.path,
             "stage": fn.stage,
             "requestId": req.request_id,
             "requestTimeEpoch": int(now * 1000),
             "identity": {"sourceIp": req.source_ip, "userAgent": user_agent},
-            "authorizer": dict(req.authorizer) or None,
+            "authorizer": dict(req.auth_values) or None,
         },
         "body": body,
         "isBase64Encoded": binary,
@@ -214,8 +204,10 @@ class FunctionError(Exception):
 
 
 async def invoke(
-    session: aiohttp.ClientSession, fn: FunctionIntegration, req: FunctionRequest, timeout_s: float
+    session: aiohttp.ClientSession, fn: FunctionIntegration, req: RequestContext, timeout_s: float
 ) -> FunctionResponse:
+    import aiohttp  # loaded with the first function call, not with the sidecar
+
     event = build_event(fn, req)
     try:
         async with session.post(fn.uri, json=event, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:

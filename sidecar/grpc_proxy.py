@@ -5,7 +5,8 @@ so one stream-stream handler with identity serializers carries unary,
 client-, server- and bidi-streaming calls alike. Metadata crosses both ways,
 deadlines are propagated (and capped by the integration timeout), status codes
 and trailers pass through, cancellation crosses in both directions, and the
-gateway's own refusals use the error table's gRPC codes.
+gateway's own refusals use the error table's gRPC codes. The route's filter chain
+(the HTTP listener's objects) runs before the upstream call.
 """
 
 from __future__ import annotations
@@ -17,24 +18,19 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from meshgate.sidecar.authorizers import AuthRequest
-from meshgate.sidecar.errors import GRPC_CODE
+from meshgate.sidecar.context import RequestContext
+from meshgate.sidecar.errors import HTTP_FOR_GRPC, GatewayError
+from meshgate.sidecar.filters import Answer
+from meshgate.sidecar.integrations.grpc import GrpcIntegration
 from meshgate.sidecar.metrics import Metrics
-from meshgate.sidecar.phase import PhaseResult
-from meshgate.sidecar.routing import Miss, TableHolder, Target
+from meshgate.sidecar.routing import Miss, Route, TableHolder
 from meshgate.sidecar.telemetry import TRACE_HEADERS, RequestSpan, Telemetry
-from meshgate.sidecar.transcode import HTTP_STATUS
 
 log = logging.getLogger("meshgate.sidecar.grpc")
 
 SKIP_METADATA = frozenset(
     {"user-agent", "te", "content-type", "grpc-timeout", "grpc-accept-encoding", "grpc-encoding"}
 )
-
-
-def _code(status: int) -> grpc.StatusCode:
-    number = GRPC_CODE.get(status, 2)
-    return next((c for c in grpc.StatusCode if c.value[0] == number), grpc.StatusCode.UNKNOWN)
 
 
 class _Channels:
@@ -83,167 +79,180 @@ class GrpcProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
             handler, request_deserializer=None, response_serializer=None
         )
 
+    def _context(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> RequestContext:
+        self.counter += 1
+        peer = context.peer() or ""
+        ip = peer.split(":")[1] if peer.startswith("ipv4:") else "127.0.0.1"
+        ctx = RequestContext(ip, f"grpc-{id(self):x}-{self.counter:x}")
+        md = {k.lower(): v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        ctx.headers = md
+        ctx.method = "POST"
+        ctx.host = md.get(":authority", "")
+        ctx.body_complete = True  # messages stream through; no filter waits for a body
+        stage = md.get("x-meshgate-stage", "")
+        ctx.set_target((f"/{stage}{method}" if stage else method).encode("latin-1", "replace"))
+        return ctx
+
+    def _route(self, ctx: RequestContext, method: str) -> Route | GatewayError:
+        found = self.holder.table.resolve(ctx)
+        if isinstance(found, Miss) and "x-meshgate-stage" not in ctx.headers:
+            ctx.set_target(method.encode("latin-1", "replace"))
+            found = self.holder.table.resolve_grpc(ctx)
+        if isinstance(found, Miss):
+            return GatewayError(found.status, found.reason)
+        if found.integration is None or found.integration.kind != "grpc":
+            return GatewayError(405, f"route for {method} is not a gRPC route")
+        ctx.route = found
+        return found
+
+    def _begin_span(self, ctx: RequestContext, route: Route, method: str) -> None:
+        tel = self.telemetry
+        if tel is not None and (parent := tel.sample(ctx.headers, route.trace_ratio)) is not None:
+            service, _, name = method.strip("/").rpartition("/")
+            ctx.trace = tel.begin(
+                parent,
+                f"{service}/{name}",
+                {
+                    "rpc.system": "grpc",
+                    "rpc.service": service,
+                    "rpc.method": name,
+                    "meshgate.api": route.api,
+                    "meshgate.stage": route.stage,
+                    "meshgate.route": route.resource,
+                    "meshgate.deployment": route.deployment_id,
+                    "meshgate.request_id": ctx.request_id,
+                },
+            )
+            route.chain.begin_span(ctx)
+
+    async def _request_phase(self, ctx: RequestContext, route: Route) -> GatewayError | None:
+        """The route's filter chain, the same objects the HTTP listener runs."""
+        decision = await route.chain.run_to_end(ctx)
+        route.chain.end_span(ctx, decision, self.metrics, (route.api, route.stage, route.resource))
+        if isinstance(decision, Answer):
+            return GatewayError(500, "a response made by the gateway cannot answer a gRPC call")
+        return decision
+
     async def call(
         self, method: str, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[bytes]:
-        self.counter += 1
-        request_id = f"grpc-{id(self):x}-{self.counter:x}"
-        md = {k.lower(): v for k, v in context.invocation_metadata() if isinstance(v, str)}
-        stage = md.get("x-meshgate-stage", "")
-        authority = md.get(":authority", "")
+        ctx = self._context(method, context)
         t0 = time.monotonic()
-        t_integration = 0.0
-        code = grpc.StatusCode.OK
-        details = ""
-        t: Target | None = None
-        span: RequestSpan | None = None
+        outcome = _Outcome()
+        route: Route | None = None
         try:
-            result = self.holder.table.resolve(
-                authority, "POST", f"/{stage}{method}" if stage else method, "", md, request_id
-            )
-            if isinstance(result, Miss) and not stage:
-                result = self.holder.table.resolve_grpc(method, md, request_id)
-            if isinstance(result, Miss):
-                code, details = _code(result.status), result.reason
-                await context.abort(code, details)
+            found = self._route(ctx, method)
+            if isinstance(found, GatewayError):
+                outcome.code, outcome.details = found.grpc_code, found.reason
+                await context.abort(outcome.code, outcome.details)
                 return
-            t = result
-            if t.kind != "grpc":
-                code, details = grpc.StatusCode.UNIMPLEMENTED, f"route for {method} is not a gRPC route"
-                await context.abort(code, details)
+            route = found
+            self._begin_span(ctx, route, method)
+            refusal = await self._request_phase(ctx, route)
+            if refusal is not None:
+                outcome.code, outcome.details = refusal.grpc_code, refusal.reason
+                await context.abort(outcome.code, outcome.details)
                 return
-            tel = self.telemetry
-            if tel is not None and (ctx := tel.sample(md, t.trace_ratio)) is not None:
-                service, _, name = method.strip("/").rpartition("/")
-                span = tel.begin(
-                    ctx,
-                    f"{service}/{name}",
-                    {
-                        "rpc.system": "grpc",
-                        "rpc.service": service,
-                        "rpc.method": name,
-                        "meshgate.api": t.api,
-                        "meshgate.stage": t.stage,
-                        "meshgate.route": t.phase.resource if t.phase else t.path,
-                        "meshgate.deployment": t.deployment_id,
-                        "meshgate.request_id": request_id,
-                    },
-                )
-            phase = t.phase
-            if phase is not None:
-                peer = context.peer() or ""
-                ip = peer.split(":")[1] if peer.startswith("ipv4:") else "127.0.0.1"
-                req = AuthRequest(
-                    "POST",
-                    method,
-                    phase.resource,
-                    t.stage,
-                    t.api,
-                    md,
-                    "",
-                    ip,
-                    request_id,
-                    t.params or {},
-                    phase.stage_variables,
-                )
-                if span is not None:
-                    span.start_child("request phase", **{"meshgate.authorizer": bool(phase.authorizer)})
-                outcome = phase.run(req, span)
-                if not isinstance(outcome, PhaseResult):
-                    outcome = await outcome
-                if span is not None:
-                    span.end_child(outcome.reason if outcome.status else "")
-                if outcome.authorizer_s and self.metrics is not None:
-                    self.metrics.authorizer_latency[t.api, t.stage, phase.resource].observe(
-                        outcome.authorizer_s
-                    )
-                if outcome.status:
-                    code, details = _code(outcome.status), outcome.reason
-                    await context.abort(code, details)
-                    return
-            timeout = t.timeout_s
-            remaining = context.time_remaining()
-            if remaining is not None:
-                timeout = min(timeout, max(0.0, remaining))
-            skip = SKIP_METADATA if span is None else SKIP_METADATA | TRACE_HEADERS
-            metadata = [
-                (k, v)
-                for k, v in context.invocation_metadata()
-                if k.lower() not in skip and not k.startswith(":")
-            ]
-            metadata.append(("x-meshgate-request-id", request_id))
-            if span is not None:
-                span.start_child("integration", **{"server.address": t.host, "server.port": t.port})
-                metadata += span.carrier().items()
-            t_integration = time.monotonic()
-            channel = self.channels.get(t.host, t.port)
-            upstream = channel.stream_stream(method, request_serializer=None, response_deserializer=None)
-            call = upstream(requests, timeout=timeout, metadata=metadata)
-            try:
-                initial = await call.initial_metadata()
-                if initial:
-                    await context.send_initial_metadata(
-                        tuple((k, v) for k, v in initial if k.lower() not in SKIP_METADATA)
-                    )
-                async for message in call:
-                    yield message
-                code = await call.code()
-                trailing = await call.trailing_metadata()
-                if trailing:
-                    context.set_trailing_metadata(
-                        tuple((k, v) for k, v in trailing if k.lower() not in SKIP_METADATA)
-                    )
-                if code != grpc.StatusCode.OK:
-                    details = await call.details() or ""
-                    context.set_code(code)
-                    context.set_details(details)
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code()
-                details = exc.details() or ""
-                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    details = f"integration timeout after {timeout:g}s"
-                elif code == grpc.StatusCode.UNAVAILABLE and "connect" in details.lower():
-                    details = f"upstream connect failed ({t.host}:{t.port}): {details}"
-                trailing = exc.trailing_metadata()
-                if trailing:
-                    context.set_trailing_metadata(
-                        tuple((k, v) for k, v in trailing if k.lower() not in SKIP_METADATA)
-                    )
-                context.set_code(code)
-                context.set_details(details)
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                call.cancel()  # the client went away: cancel the upstream call too
-                raise
+            async for message in self._relay(ctx, route, method, requests, context, outcome):
+                yield message
         except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+            outcome.code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            self._done(t, code, details, t0, t_integration, span)
+            self._done(route, outcome, t0, ctx.trace)
 
-    def _done(
+    async def _relay(
         self,
-        t: Target | None,
-        code: grpc.StatusCode,
-        details: str,
-        t0: float,
-        t_integration: float,
-        span: RequestSpan | None,
-    ) -> None:
+        ctx: RequestContext,
+        route: Route,
+        method: str,
+        requests: AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext[Any, Any],
+        outcome: _Outcome,
+    ) -> AsyncIterator[bytes]:
+        """The call to the upstream: metadata, deadline, messages, status and trailers both ways."""
+        integ = route.integration
+        assert isinstance(integ, GrpcIntegration)
+        timeout = integ.timeout_s
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout = min(timeout, max(0.0, remaining))
+        span = ctx.trace
+        skip = SKIP_METADATA if span is None else SKIP_METADATA | TRACE_HEADERS
+        metadata = [
+            (k, v)
+            for k, v in context.invocation_metadata()
+            if k.lower() not in skip and not k.startswith(":")
+        ]
+        metadata.append(("x-meshgate-request-id", ctx.request_id))
+        if span is not None:
+            span.start_child("integration", **{"server.address": integ.host, "server.port": integ.port})
+            metadata += span.carrier().items()
+        outcome.t_integration = time.monotonic()
+        upstream = self.channels.get(integ.host, integ.port).stream_stream(
+            method, request_serializer=None, response_deserializer=None
+        )
+        call = upstream(requests, timeout=timeout, metadata=metadata)
+        try:
+            initial = await call.initial_metadata()
+            if initial:
+                await context.send_initial_metadata(_passed(initial))
+            async for message in call:
+                yield message
+            outcome.code = await call.code()
+            trailing = await call.trailing_metadata()
+            if trailing:
+                context.set_trailing_metadata(_passed(trailing))
+            if outcome.code != grpc.StatusCode.OK:
+                outcome.details = await call.details() or ""
+                context.set_code(outcome.code)
+                context.set_details(outcome.details)
+        except grpc.aio.AioRpcError as exc:
+            code = outcome.code = exc.code()
+            details = exc.details() or ""
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                details = f"integration timeout after {timeout:g}s"
+            elif code == grpc.StatusCode.UNAVAILABLE and "connect" in details.lower():
+                details = f"upstream connect failed ({integ.host}:{integ.port}): {details}"
+            outcome.details = details
+            trailing = exc.trailing_metadata()
+            if trailing:
+                context.set_trailing_metadata(_passed(trailing))
+            context.set_code(code)
+            context.set_details(details)
+        except asyncio.CancelledError:
+            outcome.code = grpc.StatusCode.CANCELLED
+            call.cancel()  # the client went away: cancel the upstream call too
+            raise
+
+    def _done(self, route: Route | None, outcome: _Outcome, t0: float, span: RequestSpan | None) -> None:
         """Metrics (status class from the HTTP mapping of the gRPC code) and the span's end."""
-        status = HTTP_STATUS.get(code, 500)
+        code = outcome.code
+        status = HTTP_FOR_GRPC.get(code, 500)
         if self.metrics is not None:
             now = time.monotonic()
-            key = (
-                (t.api, t.stage, t.phase.resource if t.phase else t.path)
-                if t is not None
-                else ("-", "-", "-")
-            )
-            self.metrics.observe(key, status, now - t0, now - t_integration if t_integration else 0.0, b"")
+            key = (route.api, route.stage, route.resource) if route is not None else ("-", "-", "-")
+            integ = now - outcome.t_integration if outcome.t_integration else 0.0
+            self.metrics.observe(key, status, now - t0, integ, b"")
         if span is not None:
             if span.child is not None and code != grpc.StatusCode.OK:
                 span.child.set_attribute("rpc.grpc.status_code", code.value[0])
-            span.end(status, details, {"rpc.grpc.status_code": code.value[0]})
+            span.end(status, outcome.details, {"rpc.grpc.status_code": code.value[0]})
+
+
+class _Outcome:
+    """How a call ended, filled in as it goes."""
+
+    __slots__ = ("code", "details", "t_integration")
+
+    def __init__(self) -> None:
+        self.code = grpc.StatusCode.OK
+        self.details = ""
+        self.t_integration = 0.0
+
+
+def _passed(metadata: Any) -> tuple[tuple[str, Any], ...]:
+    return tuple((k, v) for k, v in metadata if k.lower() not in SKIP_METADATA)
 
 
 async def serve_grpc(

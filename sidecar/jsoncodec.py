@@ -33,3 +33,6 @@ def dumps_bytes(value: Any) -> bytes:
         return orjson.dumps(value)
     except TypeError:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+UNPARSED: Any = object()  # a body not parsed yet: a template parses it when it first asks

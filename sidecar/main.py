@@ -20,8 +20,8 @@ from meshgate.sidecar.cache import load_key
 from meshgate.sidecar.config_client import ConfigClient
 from meshgate.sidecar.http1 import HttpServer, Limits, serve_http
 from meshgate.sidecar.metrics import Metrics
-from meshgate.sidecar.phase import Runtime
 from meshgate.sidecar.routing import TableHolder, compile_snapshot
+from meshgate.sidecar.runtime import Runtime
 from meshgate.sidecar.telemetry import Telemetry
 from meshgate.sidecar.upstream import UpstreamPool
 from meshgate.sidecar.wsapi import Registry

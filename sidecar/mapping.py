@@ -10,7 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import quote
+
+if TYPE_CHECKING:
+    from meshgate.sidecar.context import RequestContext
 
 STAGE_VAR_RE = re.compile(r"\$\{stageVariables\.([A-Za-z0-9_]+)\}")
 PARAM_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\+?\}")
@@ -29,28 +33,22 @@ class Source:
     name: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class RequestValues:
-    method: str
-    path_params: Mapping[str, str]
-    query: Mapping[str, str]
-    headers: Mapping[str, str]
-    request_id: str
-
-    def get(self, src: Source) -> str | None:
-        if src.kind == "const":
-            return src.name
-        if src.kind == "path":
-            return self.path_params.get(src.name)
-        if src.kind == "query":
-            return self.query.get(src.name)
-        if src.kind == "header":
-            return self.headers.get(src.name)
-        if src.kind == "request_id":
-            return self.request_id
-        if src.kind == "authorizer":
-            return None  # filled in after the request phase (see RoutePlan.late_headers)
-        return self.method
+def value_of(src: Source, ctx: RequestContext) -> str | None:
+    """A mapped value for one request (authorizer values are read after the filters: late_headers)."""
+    kind = src.kind
+    if kind == "const":
+        return src.name
+    if kind == "path":
+        return ctx.params.get(src.name)
+    if kind == "query":
+        return ctx.query_params().get(src.name)
+    if kind == "header":
+        return ctx.headers.get(src.name)  # type: ignore[no-any-return]
+    if kind == "request_id":
+        return ctx.request_id
+    if kind == "authorizer":
+        return None
+    return ctx.method
 
 
 def substitute_stage_vars(text: str, variables: Mapping[str, str]) -> tuple[str, str | None]:

@@ -20,7 +20,7 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 Key = tuple[str, str, str]  # api, stage, route
 
 
-class _Histogram:
+class Histogram:
     __slots__ = ("counts", "sum")
 
     def __init__(self) -> None:
@@ -33,7 +33,7 @@ class _Histogram:
 
 
 Labels = tuple[tuple[str, str], ...]
-Value = int | float | _Histogram
+Value = int | float | Histogram
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +56,7 @@ Families = Iterable[tuple[Family, Iterable[tuple[Labels, Value]]]]
 
 
 def histogram_lines(
-    name: str, h: _Histogram, labels: Callable[[str], str] = lambda extra: "{" + extra.lstrip(",") + "}"
+    name: str, h: Histogram, labels: Callable[[str], str] = lambda extra: "{" + extra.lstrip(",") + "}"
 ) -> list[str]:
     """Prometheus text lines of one histogram; `labels(extra)` renders the label set."""
     out = []
@@ -88,7 +88,7 @@ def prometheus_text(families: Families) -> str:
         name = fam.prometheus_name
         out.append(f"# HELP {name} {fam.help}\n# TYPE {name} {fam.kind}")
         for labels, value in samples:
-            if isinstance(value, _Histogram):
+            if isinstance(value, Histogram):
                 out.extend(histogram_lines(name, value, functools.partial(_label_text, labels)))
             else:
                 text = _label_text(labels)
@@ -134,9 +134,9 @@ class Metrics:
         self.throttled: defaultdict[Key, int] = defaultdict(int)
         self.cache_hits: defaultdict[Key, int] = defaultdict(int)
         self.cache_misses: defaultdict[Key, int] = defaultdict(int)
-        self.latency: defaultdict[Key, _Histogram] = defaultdict(_Histogram)
-        self.integration_latency: defaultdict[Key, _Histogram] = defaultdict(_Histogram)
-        self.authorizer_latency: defaultdict[Key, _Histogram] = defaultdict(_Histogram)
+        self.latency: defaultdict[Key, Histogram] = defaultdict(Histogram)
+        self.integration_latency: defaultdict[Key, Histogram] = defaultdict(Histogram)
+        self.authorizer_latency: defaultdict[Key, Histogram] = defaultdict(Histogram)
         self.websockets: defaultdict[Key, int] = defaultdict(int)  # open now (a gauge)
         self.ws_messages: defaultdict[Key, int] = defaultdict(int)  # route = the message's route key
 

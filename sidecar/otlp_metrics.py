@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 import grpc
-from meshgate.sidecar.metrics import BUCKETS, Families, Labels, _Histogram
+from meshgate.sidecar.metrics import BUCKETS, Families, Histogram, Labels
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
@@ -37,7 +37,7 @@ def to_otlp(families: Families, start_ns: int, now_ns: int) -> list[metrics_pb2.
         m = metrics_pb2.Metric(name=fam.name, description=fam.help, unit=fam.unit)
         for labels, value in samples:
             attrs = _attributes(labels)
-            if isinstance(value, _Histogram):
+            if isinstance(value, Histogram):
                 m.histogram.aggregation_temporality = CUMULATIVE
                 m.histogram.data_points.append(
                     metrics_pb2.HistogramDataPoint(

@@ -2,75 +2,64 @@
 
 Stage by path prefix `/{stage}` (or `/{basePath}/{stage}`) or by a host
 mapping; then method + path template (literal > `{param}` > greedy
-`{proxy+}`, `ANY`). A miss is a value (404/405/500/503), not an exception.
+`{proxy+}`, `ANY`). Each route carries its filter chain and its integration;
+a miss is a value (404/405/500/503) carrying the Api's own miss chain.
 """
 
 from __future__ import annotations
 
 import functools
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from meshgate.sidecar.canary import CanaryChooser
-from meshgate.sidecar.function import FunctionIntegration
-from meshgate.sidecar.mapping import (
-    MappingError,
-    ParamMapping,
-    RequestValues,
-    compile_parameters,
-    quote_param,
-    substitute_stage_vars,
+from meshgate.sidecar.filters.policy import parse_networks
+from meshgate.sidecar.integrations import (
+    CompileError,
+    Integration,
+    RouteError,
+    RouteSpec,
+    compile_integration,
 )
-from meshgate.sidecar.phase import PhaseBuilder, PhaseFactory, RoutePhase, Runtime, parse_networks
+from meshgate.sidecar.pipeline import EMPTY_CHAIN, Chain, ChainBuilder, StageFilters
 from meshgate.sidecar.responses import ApiResponses, compile_responses
-from meshgate.sidecar.transcode import TranscodeError, Transcoder
-from meshgate.sidecar.transform import Transform, compile_transform
-from meshgate.sidecar.websocket import WebSocketIntegration
-from meshgate.sidecar.wsapi import WebSocketApi, WsRoute, compile_selection
+from meshgate.sidecar.runtime import Runtime
 from meshgate.v1 import control_pb2, resources_pb2
 
-_URI_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}")
+if TYPE_CHECKING:
+    from meshgate.sidecar.context import RequestContext
+
+__all__ = ["EMPTY_TABLE", "CompileError", "Miss", "Route", "RouteTable", "TableHolder", "compile_snapshot"]
 
 
-class CompileError(Exception):
-    """A snapshot this sidecar cannot serve (the reason is sent back as a NACK)."""
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One route of one deployment, compiled for one stage (stage variables substituted)."""
 
-
-@dataclass(slots=True)
-class Target:
-    """A fully resolved integration call for one request."""
-
-    kind: str  # "http" | "mock"
+    api: str  # namespace/name
     stage: str
-    api: str
     deployment_id: int
     canary: bool
-    method: bytes = b""
-    host: str = ""
-    port: int = 0
-    target: bytes = b""
-    set_headers: tuple[tuple[bytes, bytes], ...] = ()
-    timeout_s: float = 29.0
-    connect_timeout_s: float = 1.0
-    status: int = 200
-    headers: tuple[tuple[bytes, bytes], ...] = ()
-    body: bytes = b""
-    phase: RoutePhase | None = None  # request-phase steps for this route (None: nothing to check)
-    late_headers: tuple[tuple[bytes, str], ...] = ()  # header <- context.authorizer.KEY
-    responses: ApiResponses | None = None  # CORS and gateway-response overrides of the Api
-    function: FunctionIntegration | None = None
-    transform: Transform | None = None
-    ws: WebSocketIntegration | None = None
-    transcoder: Transcoder | None = None
-    wsapi: WebSocketApi | None = None
+    method: str
+    resource: str  # the path template, /pets/{id}
+    stage_variables: Mapping[str, str]
+    chain: Chain
+    integration: Integration | None  # None: `error` says why the route cannot be called
+    responses: ApiResponses | None = None  # the Api's gateway-response overrides
     trace_ratio: float = 0.0  # the stage's tracing sample ratio
     access_log: str = ""  # the stage's access log format ("" = off, "json" = JSON lines)
-    needs_body: bool = False  # validation, templates, functions, transcoding: the whole body first
-    params: dict[str, str] | None = None
-    path: str = ""  # stage-relative request path
+    error: str = ""
+    needs_body: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        integ = self.integration
+        object.__setattr__(self, "needs_body", integ is not None and integ.needs_body)
+
+    @property
+    def key(self) -> str:
+        return f"{self.method} {self.resource}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,184 +68,18 @@ class Miss:
     reason: str
     allow: str = ""
     responses: ApiResponses | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RoutePlan:
-    """One route of one deployment, compiled for one stage (stage variables already substituted)."""
-
-    kind: str
-    stage: str
-    api: str
-    deployment_id: int
-    canary: bool
-    resource_path: str
-    error: str = ""
-    method: bytes = b""
-    host: str = ""
-    port: int = 80
-    path_parts: tuple[tuple[int, str], ...] = ()  # (0 literal | 1 param | 2 greedy param, text)
-    uri_query: str = ""
-    mapping: ParamMapping = field(default_factory=ParamMapping)
-    timeout_s: float = 29.0
-    connect_timeout_s: float = 1.0
-    status: int = 200
-    headers: tuple[tuple[bytes, bytes], ...] = ()
-    body: bytes = b""
-    phase: RoutePhase | None = None
-    responses: ApiResponses | None = None
-    function: FunctionIntegration | None = None
-    transform: Transform | None = None
-    ws: WebSocketIntegration | None = None
-    transcoder: Transcoder | None = None
-    wsapi: WebSocketApi | None = None
-    trace_ratio: float = 0.0
-    access_log: str = ""
-    static_targets: dict[str, Target] = field(default_factory=dict)
-    static: bool = field(init=False, default=False)
-    needs_body: bool = field(init=False, default=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(
-            self,
-            "needs_body",
-            self.kind == "function"
-            or self.transcoder is not None
-            or (self.transform is not None and self.transform.needs_request_body)
-            or (self.phase is not None and self.phase.body_model is not None),
-        )
-        # No path parameters or mappings: without a query string the Target never varies (a transform
-        # is shared config; its query removal only applies when there is a query).
-        m = self.mapping
-        static = (
-            self.kind == "http"
-            and not self.error
-            and all(kind == 0 for kind, _ in self.path_parts)
-            and not (m.headers or m.query or m.path or m.late_headers)
-        )
-        object.__setattr__(self, "static", static)
-
-    def build(
-        self,
-        method: str,
-        params: dict[str, str],
-        query: str,
-        headers: Mapping[str, str],
-        request_id: str,
-        path: str = "",
-    ) -> Target | Miss:
-        if self.error:
-            return Miss(500, self.error, responses=self.responses)
-        if self.kind != "http":
-            # every kind but the HTTP proxy: the same target for every request but its params and path
-            return Target(
-                self.kind,
-                self.stage,
-                self.api,
-                self.deployment_id,
-                self.canary,
-                host=self.host,
-                port=self.port,
-                timeout_s=self.timeout_s,
-                connect_timeout_s=self.connect_timeout_s,
-                status=self.status,
-                headers=self.headers,
-                body=self.body,
-                phase=self.phase,
-                trace_ratio=self.trace_ratio,
-                access_log=self.access_log,
-                responses=self.responses,
-                function=self.function,
-                transcoder=self.transcoder,
-                ws=self.ws,
-                wsapi=self.wsapi,
-                needs_body=self.needs_body,
-                params=params,
-                path=path,
-            )
-        if not query and self.static:
-            cached = self.static_targets.get(method)
-            if cached is not None:
-                return cached
-        m = self.mapping
-        set_headers: tuple[tuple[bytes, bytes], ...] = ()
-        if m.headers or m.query or m.path:
-            values = RequestValues(
-                method, params, dict(parse_qsl(query, keep_blank_values=True)), headers, request_id
-            )
-            hs = []
-            for name, src in m.headers:
-                v = values.get(src)
-                if v is not None:
-                    hs.append((name, v.encode("latin-1", "replace")))
-            set_headers = tuple(hs)
-            if m.path:
-                params = dict(params)
-                for pname, src in m.path:
-                    v = values.get(src)
-                    if v is not None:
-                        params[pname] = v
-            if m.query:
-                extra = [(name, v) for name, src in m.query if (v := values.get(src)) is not None]
-                if extra:
-                    query = (query + "&" if query else "") + urlencode(extra)
-        parts = []
-        for kind, text in self.path_parts:
-            if kind == 0:
-                parts.append(text)
-            else:
-                parts.append(quote_param(params.get(text, ""), kind == 2))
-        path = "".join(parts) or "/"
-        tr = self.transform
-        if tr is not None and tr.remove_request_query and query:
-            query = urlencode(
-                [
-                    (k, v)
-                    for k, v in parse_qsl(query, keep_blank_values=True)
-                    if k not in tr.remove_request_query
-                ]
-            )
-        if self.uri_query:
-            query = self.uri_query + ("&" + query if query else "")
-        target = path + "?" + query if query else path
-        built = Target(
-            "http",
-            self.stage,
-            self.api,
-            self.deployment_id,
-            self.canary,
-            method=self.method or method.encode(),
-            host=self.host,
-            port=self.port,
-            target=target.encode("latin-1", "replace"),
-            set_headers=set_headers,
-            timeout_s=self.timeout_s,
-            connect_timeout_s=self.connect_timeout_s,
-            phase=self.phase,
-            trace_ratio=self.trace_ratio,
-            access_log=self.access_log,
-            late_headers=m.late_headers,
-            responses=self.responses,
-            transform=self.transform,
-            needs_body=self.needs_body,
-            params=params,
-            path=path,
-        )
-        if not query and self.static and len(self.static_targets) < 16:
-            self.static_targets[method] = built  # identical for every request: build once
-        return built
+    chain: Chain = EMPTY_CHAIN  # the Api's own steps (private endpoint, policy, CORS) when the Api is known
 
 
 @dataclass(slots=True)
 class _Node:
     literal: dict[str, _Node] = field(default_factory=dict)
-    responses: ApiResponses | None = None  # set on the root: the Api's response policy
     param: tuple[str, _Node] | None = None
-    greedy: tuple[str, dict[str, RoutePlan]] | None = None
-    methods: dict[str, RoutePlan] = field(default_factory=dict)
+    greedy: tuple[str, dict[str, Route]] | None = None
+    methods: dict[str, Route] = field(default_factory=dict)
 
 
-def _lookup(node: _Node, segs: list[str], i: int, params: dict[str, str]) -> dict[str, RoutePlan] | None:
+def _lookup(node: _Node, segs: list[str], i: int, params: dict[str, str]) -> dict[str, Route] | None:
     """Depth-first match with backtracking: literal, then {param}, then {proxy+}."""
     if i == len(segs):
         return node.methods or None
@@ -281,8 +104,13 @@ def _lookup(node: _Node, segs: list[str], i: int, params: dict[str, str]) -> dic
 
 @dataclass(slots=True)
 class _Side:
+    """One deployment of a stage (the base or the canary): its route trie and the Api's miss chains."""
+
     root: _Node
     deployment_id: int
+    responses: ApiResponses | None = None
+    not_found: Chain = EMPTY_CHAIN
+    not_allowed: Chain = EMPTY_CHAIN
 
 
 @dataclass(slots=True)
@@ -301,230 +129,93 @@ def _split_path(path: str) -> list[str]:
     return path.strip("/").split("/")
 
 
-def _compile_route(
-    route: resources_pb2.Route,
-    *,
-    stage: str,
-    api: str,
-    deployment_id: int,
-    canary: bool,
-    variables: Mapping[str, str],
-    phase: RoutePhase | None = None,
-    responses: ApiResponses | None = None,
-    binary_media_types: Sequence[str] = (),
-    trace_ratio: float = 0.0,
-    access_log: str = "",
-) -> RoutePlan:
-    integ = route.integration
-
-    def plan(kind: str, **kw: Any) -> RoutePlan:
-        return RoutePlan(
-            kind,
-            stage,
-            api,
-            deployment_id,
-            canary,
-            route.path,
-            phase=phase,
-            responses=responses,
-            trace_ratio=trace_ratio,
-            access_log=access_log,
-            **kw,
-        )
-
-    where = f"route {route.method} {route.path} of {api} (stage {stage!r})"
-    if integ.type == "mock":
-        mock = integ.mock
-        headers = tuple(
-            (k.lower().encode("latin-1"), v.encode("latin-1", "replace"))
-            for k, v in sorted(mock.headers.items())
-        )
-        if not any(k == b"content-type" for k, _ in headers) and mock.body:
-            headers = ((b"content-type", b"application/json"), *headers)
-        return plan("mock", status=mock.status or 200, headers=headers, body=mock.body.encode())
-    if integ.type == "websocket_api":
-        ws_routes: dict[str, WsRoute] = {}
-        for key, sub in sorted(integ.websocket_routes.items()):
-            sub_uri, missing_var = substitute_stage_vars(sub.uri, variables)
-            if missing_var is not None or not sub_uri.startswith("http://"):
-                raise CompileError(f"{where}: websocket route {key!r} needs an http:// uri (got {sub.uri!r})")
-            ws_routes[key] = WsRoute(sub_uri, (sub.timeout_ms or 29000) / 1000)
-        try:
-            selection = compile_selection(integ.route_selection_expression)
-        except ValueError as exc:
-            raise CompileError(f"{where}: {exc}") from None
-        return plan(
-            "websocket_api",
-            wsapi=WebSocketApi(selection, ws_routes, integ.max_message_bytes or 128 * 1024),
-        )
-    if integ.type not in ("http", "function", "websocket", "grpc"):
-        raise CompileError(f"{where}: unsupported integration type {integ.type!r}")
-    uri, missing = substitute_stage_vars(integ.uri, variables)
-    if missing is not None:
-        return plan(integ.type, error=f"integration uri references undefined stage variable {missing!r}")
-    if integ.type == "grpc":
-        target = uri.split("://", 1)[1] if "://" in uri else uri
-        host, _, port_s = target.rstrip("/").rpartition(":")
-        if not host or not port_s.isdigit():
-            raise CompileError(f"{where}: grpc integrations take grpc://HOST:PORT, got {integ.uri!r}")
-        transcoder = None
-        if integ.grpc_method:
-            try:
-                transcoder = Transcoder.compile(integ.grpc_method, integ.descriptor_set, integ.body)
-            except TranscodeError as exc:
-                raise CompileError(f"{where}: {exc}") from None
-        return plan(
-            "grpc",
-            transcoder=transcoder,
-            host=host.strip("[]"),
-            port=int(port_s),
-            timeout_s=(integ.timeout_ms or 29000) / 1000,
-            connect_timeout_s=(integ.connect_timeout_ms or 1000) / 1000,
-        )
-    if integ.type == "websocket":
-        if not uri.startswith("ws://"):
-            raise CompileError(f"{where}: websocket integrations take a ws:// URL, got {integ.uri!r}")
-        return plan(
-            "websocket",
-            ws=WebSocketIntegration(
-                uri,
-                (integ.idle_timeout_ms or 600_000) / 1000,
-                (integ.max_duration_ms or 7_200_000) / 1000,
-                integ.max_message_bytes or 128 * 1024,
-            ),
-            timeout_s=(integ.timeout_ms or 29000) / 1000,
-            connect_timeout_s=(integ.connect_timeout_ms or 1000) / 1000,
-        )
-    if integ.type == "function":
-        if not uri.startswith("http://"):
-            raise CompileError(f"{where}: function integrations take an http:// URL, got {integ.uri!r}")
-        version = integ.payload_format_version or "1.0"
-        if version not in ("1.0", "2.0"):
-            raise CompileError(f"{where}: payloadFormatVersion must be 1.0 or 2.0")
-        return plan(
-            "function",
-            function=FunctionIntegration(
-                uri,
-                version,
-                route.path,
-                f"{route.method.upper()} {route.path}",
-                stage,
-                dict(variables),
-                tuple(binary_media_types),
-            ),
-            timeout_s=(integ.timeout_ms or 29000) / 1000,
-        )
-    if not uri.startswith("http://"):
-        raise CompileError(f"{where}: only http:// integration URIs are supported, got {integ.uri!r}")
-    rest = uri[len("http://") :]
-    authority, slash, path_and_query = rest.partition("/")
-    path_template, _, uri_query = ("/" + path_and_query if slash else "/").partition("?")
-    host, colon, port_s = authority.rpartition(":")
-    if not colon:
-        host, port_s = authority, "80"
-    host = host.strip("[]")
-    if not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
-        return plan("http", error=f"integration uri has an invalid host or port: {uri!r}")
-    parts: list[tuple[int, str]] = []
-    pos = 0
-    for m in _URI_PARAM.finditer(path_template):
-        if m.start() > pos:
-            parts.append((0, path_template[pos : m.start()]))
-        name = m.group(1)
-        greedy = bool(m.group(2)) or (name == "proxy" and route.path.rstrip("/").endswith("+}"))
-        parts.append((2 if greedy else 1, name))
-        pos = m.end()
-    if pos < len(path_template):
-        parts.append((0, path_template[pos:]))
-    try:
-        mapping = compile_parameters(integ.request_parameters, stage, variables, route.path)
-    except MappingError as exc:
-        raise CompileError(f"{where}: requestParameters: {exc}") from None
-    try:
-        transform = compile_transform(integ, variables, tuple(binary_media_types))
-    except ValueError as exc:
-        raise CompileError(f"{where}: {exc}") from None
-    return plan(
-        "http",
-        method=integ.http_method.encode() if integ.http_method and integ.http_method != "ANY" else b"",
-        host=host,
-        port=int(port_s),
-        path_parts=tuple(parts),
-        uri_query=uri_query,
-        mapping=mapping,
-        timeout_s=(integ.timeout_ms or 29000) / 1000,
-        connect_timeout_s=(integ.connect_timeout_ms or 1000) / 1000,
-        transform=transform,
-    )
+def _insert(root: _Node, route: Route, api: str) -> None:
+    node = root
+    segs = _split_path(route.resource)
+    path = route.resource
+    for i, seg in enumerate(segs):
+        if seg.startswith("{") and seg.endswith("+}"):
+            if i != len(segs) - 1:
+                raise CompileError(f"route {path}: greedy parameter must be last")
+            name = seg[1:-2]
+            if node.greedy is None:
+                node.greedy = (name, {})
+            elif node.greedy[0] != name:
+                raise CompileError(f"route {path}: conflicting greedy parameter names")
+            methods = node.greedy[1]
+            break
+        if seg.startswith("{") and seg.endswith("}"):
+            name = seg[1:-1]
+            if node.param is None:
+                node.param = (name, _Node())
+            elif node.param[0] != name:
+                raise CompileError(
+                    f"route {path} of {api}: parameter {{{name}}} conflicts with "
+                    f"{{{node.param[0]}}} at the same position"
+                )
+            node = node.param[1]
+        else:
+            node = node.literal.setdefault(unquote(seg), _Node())
+    else:
+        methods = node.methods
+    if route.method in methods:
+        raise CompileError(f"route {route.method} {path} of {api} is defined twice")
+    methods[route.method] = route
 
 
-def _build_trie(
+def _build_side(
     deployment: resources_pb2.Deployment,
     *,
     stage: str,
     api: str,
     canary: bool,
     variables: Mapping[str, str],
-    phases: PhaseFactory | None = None,
+    filters: StageFilters,
     trace_ratio: float = 0.0,
     access_log: str = "",
-) -> _Node:
-    root = _Node()
+) -> _Side:
     spec = deployment.spec.api_spec
     responses = compile_responses(spec)
-    root.responses = responses
-    for route in spec.routes:
+    api_filters = filters.api_filters(spec, responses)
+    side = _Side(
+        _Node(),
+        deployment.id,
+        responses,
+        filters.miss_chain(api_filters, preflight=False),
+        filters.miss_chain(api_filters, preflight=True),
+    )
+    binary = tuple(spec.binary_media_types)
+    for r in spec.routes:
+        where = f"route {r.method} {r.path} of {api} (stage {stage!r})"
+        rspec = RouteSpec(r, stage, api, variables, binary, filters.runtime)
+        error = ""
+        integration: Integration | None = None
         try:
-            phase = phases(spec, route, variables) if phases is not None else None
+            integration = compile_integration(rspec)
+        except RouteError as exc:
+            error = str(exc)
+        transform = getattr(integration, "transform", None)
+        try:
+            chain = filters.route_chain(spec, r, api_filters, transform)
         except (ValueError, KeyError) as exc:
-            raise CompileError(
-                f"route {route.method} {route.path} of {api} (stage {stage!r}): {exc}"
-            ) from None
-        plan = _compile_route(
-            route,
-            stage=stage,
-            api=api,
-            deployment_id=deployment.id,
-            canary=canary,
-            variables=variables,
-            phase=phase,
-            responses=responses,
-            binary_media_types=spec.binary_media_types,
-            trace_ratio=trace_ratio,
-            access_log=access_log,
+            raise CompileError(f"{where}: {exc}") from None
+        route = Route(
+            api,
+            stage,
+            deployment.id,
+            canary,
+            r.method.upper(),
+            r.path,
+            variables,
+            chain,
+            integration,
+            responses,
+            trace_ratio,
+            access_log,
+            error,
         )
-        node = root
-        segs = _split_path(route.path)
-        method = route.method.upper()
-        for i, seg in enumerate(segs):
-            if seg.startswith("{") and seg.endswith("+}"):
-                if i != len(segs) - 1:
-                    raise CompileError(f"route {route.path}: greedy parameter must be last")
-                name = seg[1:-2]
-                if node.greedy is None:
-                    node.greedy = (name, {})
-                elif node.greedy[0] != name:
-                    raise CompileError(f"route {route.path}: conflicting greedy parameter names")
-                methods = node.greedy[1]
-                break
-            if seg.startswith("{") and seg.endswith("}"):
-                name = seg[1:-1]
-                if node.param is None:
-                    node.param = (name, _Node())
-                elif node.param[0] != name:
-                    raise CompileError(
-                        f"route {route.path} of {api}: parameter {{{name}}} conflicts with "
-                        f"{{{node.param[0]}}} at the same position"
-                    )
-                node = node.param[1]
-            else:
-                node = node.literal.setdefault(unquote(seg), _Node())
-        else:
-            methods = node.methods
-        if method in methods:
-            raise CompileError(f"route {method} {route.path} of {api} is defined twice")
-        methods[method] = plan
-    return root
+        _insert(side.root, route, api)
+    return side
 
 
 class RouteTable:
@@ -555,30 +246,33 @@ class RouteTable:
     def stage_count(self) -> int:
         return len({id(s) for s in self._prefixes.values()} | {id(s) for s in self._hosts.values()})
 
-    def resolve_grpc(self, method_path: str, headers: Mapping[str, str], request_id: str) -> Target | Miss:
+    def resolve_grpc(self, ctx: RequestContext) -> Route | Miss:
         """A gRPC call with neither a host mapping nor x-meshgate-stage: the one stage serving gRPC."""
+        method_path = ctx.path
         if len(self._grpc_stages) != 1:
             if not self._grpc_stages:
                 return Miss(404, f"no gRPC routes on this sidecar for {method_path}")
             names = ", ".join(sorted(s.name for s in self._grpc_stages))
             return Miss(404, f"several stages serve gRPC ({names}): send x-meshgate-stage metadata")
         st = self._grpc_stages[0]
-        segs = _split_path(method_path)
         params: dict[str, str] = {}
-        methods = _lookup(st.base.root, segs, 0, params)
-        plan = (methods or {}).get("POST") or (methods or {}).get("ANY")
-        if plan is None:
+        methods = _lookup(st.base.root, _split_path(method_path), 0, params) or {}
+        route = methods.get("POST") or methods.get("ANY")
+        if route is None:
             return Miss(404, f"no route for gRPC method {method_path} in stage {st.name!r}")
-        return plan.build("POST", params, "", headers, request_id, method_path)
+        ctx.params = params
+        ctx.stage_path = method_path
+        return route
 
-    def resolve(
-        self, host: str, method: str, path: str, query: str, headers: Mapping[str, str], request_id: str
-    ) -> Target | Miss:
+    def resolve(self, ctx: RequestContext) -> Route | Miss:
+        """Match the request; the route's parameters, stage-relative path and canary choice go into `ctx`."""
         if self._empty_reason:
             return Miss(503, self._empty_reason)
+        path = ctx.path
         stage: _Stage | None = None
         rest = path
         if self._hosts:
+            host = ctx.host
             stage = self._hosts.get(host.rsplit(":", 1)[0].lower() if host else "")
         if stage is None:
             first, _, tail = path[1:].partition("/")
@@ -594,7 +288,7 @@ class RouteTable:
         if (
             stage.canary is not None
             and stage.chooser is not None
-            and stage.chooser.is_canary(headers, request_id)
+            and stage.chooser.is_canary(ctx.headers, ctx.request_id)
         ):
             side = stage.canary
         segs = _split_path(rest)
@@ -602,32 +296,32 @@ class RouteTable:
             segs = [unquote(s) for s in segs]
         params: dict[str, str] = {}
         methods = _lookup(side.root, segs, 0, params)
+        ctx.stage_path = rest
+        method = ctx.method
         if methods is None:
-            return Miss(
-                404, f"no route for {method} {rest} in stage {stage.name!r}", responses=side.root.responses
-            )
-        plan = methods.get(method) or methods.get("ANY")
-        if plan is None:
+            reason = f"no route for {method} {rest} in stage {stage.name!r}"
+            return Miss(404, reason, responses=side.responses, chain=side.not_found)
+        route = methods.get(method) or methods.get("ANY")
+        if route is None:
             if method == "HEAD" and "GET" in methods:
-                plan = methods["GET"]
+                route = methods["GET"]
             else:
+                reason = f"method {method} not allowed for {rest} in stage {stage.name!r}"
                 allow = ", ".join(sorted(m for m in methods))
-                return Miss(
-                    405,
-                    f"method {method} not allowed for {rest} in stage {stage.name!r}",
-                    allow,
-                    responses=side.root.responses,
-                )
-        return plan.build(method, params, query, headers, request_id, rest)
+                return Miss(405, reason, allow, responses=side.responses, chain=side.not_allowed)
+        if route.error:
+            return Miss(500, route.error, responses=side.responses)
+        ctx.params = params
+        return route
 
 
 def compile_snapshot(snapshot: control_pb2.Snapshot, runtime: Runtime | None = None) -> RouteTable:
     """Build the route table for a snapshot, or raise CompileError naming the conflict.
 
-    With a `runtime`, routes get their request phase (policies, authorizers,
-    API keys, throttling, cache) bound to the runtime's long-lived state.
+    Filters bind to `runtime`'s long-lived state (buckets, caches, authorizers);
+    without one, a fresh Runtime (tests, control's validation).
     """
-    builder = PhaseBuilder(snapshot, runtime) if runtime is not None else None
+    builder = ChainBuilder(snapshot, runtime or Runtime())
     prefixes: dict[str, _Stage] = {}
     hosts: dict[str, _Stage] = {}
     owners: dict[str, str] = {}
@@ -638,25 +332,26 @@ def compile_snapshot(snapshot: control_pb2.Snapshot, runtime: Runtime | None = N
         api = f"{api_meta.namespace or 'default'}/{api_meta.name}"
         name = bundle.stage.metadata.name
         variables = dict(bundle.stage.spec.variables)
-        phases = builder.for_stage(bundle) if builder is not None else None
+        try:
+            filters = builder.for_stage(bundle)
+        except ValueError as exc:
+            raise CompileError(str(exc)) from None
         spec = bundle.stage.spec
         build = functools.partial(
-            _build_trie,
+            _build_side,
             stage=name,
             api=api,
-            phases=phases,
+            filters=filters,
             trace_ratio=spec.tracing_sample_ratio,
             access_log=spec.access_log_format,
         )
-        base = _Side(build(bundle.deployment, canary=False, variables=variables), bundle.deployment.id)
+        base = build(bundle.deployment, canary=False, variables=variables)
         canary_side = None
         chooser = None
         c = spec.canary
         if bundle.HasField("canary_deployment") and c.percent > 0:
             cvars = {**variables, **dict(c.variables)}
-            canary_side = _Side(
-                build(bundle.canary_deployment, canary=True, variables=cvars), bundle.canary_deployment.id
-            )
+            canary_side = build(bundle.canary_deployment, canary=True, variables=cvars)
             chooser = CanaryChooser(round(c.percent * 100), c.sticky_header.lower(), c.sticky_cookie)
         st = _Stage(name, api, base, canary_side, chooser)
         st.has_grpc = any(r.integration.type == "grpc" for r in bundle.deployment.spec.api_spec.routes)

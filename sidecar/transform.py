@@ -113,7 +113,7 @@ def _json_path(doc: Any, path: str) -> Any:
     return template_plan.walk(doc, steps)
 
 
-UNPARSED: Any = object()  # `doc` not given: parse the body when a template first asks for it
+UNPARSED = jsoncodec.UNPARSED  # `doc` not given: parse the body when a template first asks for it
 
 
 class TemplateInput:

@@ -197,6 +197,11 @@ class UpstreamConn(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def discard(self) -> None:
+        """Close the connection without telling its current owner (who is done with it)."""
+        self.listener = None
+        self.close()
+
     def release(self) -> None:
         """Give the connection back to the pool (response complete, keep-alive)."""
         self.listener = None

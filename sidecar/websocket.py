@@ -10,8 +10,6 @@ maximum-duration limits end the connection with 1001.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -27,8 +25,6 @@ from websockets.uri import parse_uri
 
 log = logging.getLogger("meshgate.sidecar.websocket")
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
 
 @dataclass(frozen=True, slots=True)
 class WebSocketIntegration:
@@ -36,10 +32,6 @@ class WebSocketIntegration:
     idle_timeout_s: float = 600.0
     max_duration_s: float = 7200.0
     max_message_bytes: int = 128 * 1024
-
-
-def accept_key(key: bytes) -> bytes:
-    return base64.b64encode(hashlib.sha1(key.strip() + GUID).digest())
 
 
 class _Upstream(asyncio.Protocol):
@@ -245,6 +237,21 @@ class WsRelay:
             self._flush_client()
             self._flush_upstream()
 
+    # ------------------------------------------------------------------ Tunnel (the client connection's side)
+    def data(self, data: bytes) -> None:
+        self.client_data(data)
+
+    def eof(self) -> bool | None:
+        self.client_eof()
+        return True  # half-closed: the upstream may still send its close
+
+    def lost(self) -> None:
+        self.client_lost()
+
+    def pause(self, paused: bool) -> None:
+        """The client's write buffer is full (or drained): stop (or resume) reading the upstream."""
+        self.upstream_pause(paused)
+
     def client_lost(self) -> None:
         self.closed = True
         if self.upstream is not None and self.upstream.transport is not None:
@@ -270,23 +277,3 @@ def _forward(frame: Frame, to: ServerProtocol | ClientProtocol) -> None:
         # 1005/1006/1015 are never sent on the wire: a close without a code becomes a normal close
         to.send_close(close.code if close.code not in (1005, 1006, 1015) else 1000, close.reason)
     # pings and pongs are answered by each side's protocol itself
-
-
-def handshake_response(
-    key: bytes, subprotocol: str | None, request_id: str, connection_id: str = ""
-) -> bytes:
-    out = [
-        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n",
-        b"sec-websocket-accept: ",
-        accept_key(key),
-        b"\r\n",
-        b"x-meshgate-request-id: ",
-        request_id.encode(),
-        b"\r\n",
-    ]
-    if subprotocol:
-        out += (b"sec-websocket-protocol: ", subprotocol.encode("latin-1"), b"\r\n")
-    if connection_id:
-        out += (b"x-meshgate-connection-id: ", connection_id.encode(), b"\r\n")
-    out.append(b"\r\n")
-    return b"".join(out)

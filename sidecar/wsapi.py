@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 from meshgate.sidecar.metrics import Metrics
 from meshgate.sidecar.telemetry import RequestSpan, Telemetry
 from opentelemetry.trace import Link, SpanContext
@@ -222,6 +221,8 @@ class WsApiConnection:
                 "integration", **{"server.address": up.hostname or "", "server.port": up.port or 80}
             )
             headers.update(trace.carrier())
+        import aiohttp  # loaded with the first WebSocket API message, not with the sidecar
+
         uri = route.uri
         if query:
             uri += ("&" if "?" in uri else "?") + query
@@ -237,6 +238,16 @@ class WsApiConnection:
                 trace.child.set_attribute("http.response.status_code", result[0])
             trace.end_child("" if result[0] else result[1].decode())
         return result
+
+    # ------------------------------------------------------------------ Tunnel (the client connection's side)
+    def eof(self) -> bool | None:
+        return None  # the client is gone: close
+
+    def pause(self, paused: bool) -> None:
+        """Replies are small and few: no backpressure towards the integrations."""
+
+    def check(self, now: float) -> None:
+        """No idle limit on WebSocket API connections (API Gateway's is 10 minutes; not enforced)."""
 
     def lost(self) -> None:
         if self.closed:
@@ -276,6 +287,8 @@ class Registry:
 
     async def manage(self, method: str, conn_id: str, body: bytes, session: Any) -> tuple[int, bytes]:
         """POST (send), GET (info), DELETE (disconnect) a connection held here or by another sidecar."""
+        import aiohttp
+
         conn = self.conns.get(conn_id)
         if conn is None:
             owner = owner_of(conn_id)

@@ -13,6 +13,7 @@ import pytest
 from google.protobuf import json_format
 from meshgate.sidecar.http1 import HttpServer, Limits, serve_http
 from meshgate.sidecar.routing import TableHolder, compile_snapshot
+from meshgate.sidecar.runtime import Runtime
 from meshgate.sidecar.upstream import UpstreamPool
 from meshgate.v1 import control_pb2
 
@@ -121,8 +122,10 @@ class Gateway:
         self.port = 0
         self.on_stop: list[Callable[[], Awaitable[None]]] = []
 
-    def start(self, snap: control_pb2.Snapshot, limits: Limits = Limits()) -> Gateway:
-        self.holder.table = compile_snapshot(snap)
+    def start(
+        self, snap: control_pb2.Snapshot, limits: Limits = Limits(), runtime: Runtime | None = None
+    ) -> Gateway:
+        self.holder.table = compile_snapshot(snap, runtime)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]

@@ -2,7 +2,8 @@
 
 import json
 
-from meshgate.sidecar.errors import GRPC_CODE, error_body, render_http_error
+from meshgate.sidecar.errors import GRPC_CODE
+from meshgate.sidecar.respond import error_body, render_http_error
 
 
 def test_grpc_codes_follow_the_table() -> None:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from meshgate.sidecar.phase import Runtime
 from meshgate.sidecar.routing import compile_snapshot
+from meshgate.sidecar.runtime import Runtime
 
 from .conftest import Gateway, LoopThread, bundle, snapshot
 

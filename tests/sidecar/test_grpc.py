@@ -12,8 +12,8 @@ from typing import Any
 import grpc
 import pytest
 from meshgate.sidecar.grpc_proxy import serve_grpc
-from meshgate.sidecar.phase import Runtime
 from meshgate.sidecar.routing import TableHolder, compile_snapshot
+from meshgate.sidecar.runtime import Runtime
 
 from .conftest import LoopThread, bundle, snapshot
 

@@ -211,7 +211,8 @@ def test_writes_of_one_loop_iteration_go_out_together(gateway: Gateway, backends
             for i, c in enumerate(conns):  # as if the three sockets were readable in the same poll
                 c.data_received(b"GET /prod/b/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
                 c.data_received(b"")  # a second callback on the same connection: still one flush
-            first = conns[0].queue[0].upstream
+            call = conns[0].queue[0].call
+            first = call.up if call is not None else None
             unsent = b"".join(first._out) if first is not None else b""
             ports = [c.transport.get_extra_info("peername")[1] for c in conns if c.transport is not None]
             return list(gateway.http.batch), list(conns), unsent, ports

@@ -1,12 +1,13 @@
 """request_parameters and URI template compilation."""
 
 import pytest
+from meshgate.sidecar.context import LazyHeaders, RequestContext
 from meshgate.sidecar.mapping import (
     MappingError,
-    RequestValues,
     compile_parameters,
     quote_param,
     substitute_stage_vars,
+    value_of,
 )
 
 
@@ -27,10 +28,13 @@ def test_parameters_compile_and_evaluate() -> None:
         {},
         "/pets/{id}",
     )
-    values = RequestValues("GET", {"id": "7"}, {"search": "cat"}, {}, "rid-9")
-    got = {name: values.get(src) for name, src in plan.headers}
+    ctx = RequestContext("10.0.0.1", "rid-9")
+    ctx.set_target(b"/pets/7?search=cat")
+    ctx.params = {"id": "7"}
+    got = {name: value_of(src, ctx) for name, src in plan.headers}
     assert got == {b"x-id": "7", b"x-const": "hello", b"x-rid": "rid-9"}
-    assert [(n, values.get(s)) for n, s in plan.query] == [("q", "cat")]
+    assert [(n, value_of(s, ctx)) for n, s in plan.query] == [("q", "cat")]
+    assert isinstance(ctx.headers, LazyHeaders)
 
 
 def test_bad_mapping_key_or_value_refused() -> None:

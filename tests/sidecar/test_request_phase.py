@@ -15,8 +15,9 @@ import jwt
 import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from meshgate.sidecar.phase import Runtime
+from meshgate.sidecar.filters.authorizer import AuthorizerFilter
 from meshgate.sidecar.routing import compile_snapshot
+from meshgate.sidecar.runtime import Runtime
 
 from .conftest import Backends, Gateway, LoopThread, bundle, call, http_route, mock_route, read_request
 from .conftest import snapshot as make_snapshot
@@ -71,8 +72,7 @@ def rt(gateway: Gateway, **kw: Any) -> Runtime:
 
 def start(gateway: Gateway, snap: Any, runtime: Runtime | None = None) -> Runtime:
     runtime = runtime or rt(gateway)
-    gateway.start(snap)
-    gateway.holder.table = compile_snapshot(snap, runtime)
+    gateway.start(snap, runtime=runtime)
     return runtime
 
 
@@ -609,12 +609,8 @@ def test_authorizer_values_reach_mappings_and_verified_tokens_are_cached(
     token = idp.token(tenant="acme")
     seen = json.loads(call(gateway.port, "/prod/me", headers={"Authorization": token})[2])
     assert seen["x-sub"] == "user-1" and seen["x-tenant"] == "acme"
-    auth = (
-        next(iter(gateway.holder.table._prefixes.values()))
-        .base.root.literal["me"]
-        .methods["GET"]
-        .phase.authorizer
-    )  # type: ignore[union-attr]
+    chain = next(iter(gateway.holder.table._prefixes.values())).base.root.literal["me"].methods["GET"].chain
+    auth = next(f for f in chain.filters if isinstance(f, AuthorizerFilter)).authorizer
     assert token in auth._verified  # the signature is checked once per token, not per request
     assert runtime is not None
 

@@ -6,8 +6,8 @@ import asyncio
 import json
 from typing import Any
 
-from meshgate.sidecar.phase import Runtime
 from meshgate.sidecar.routing import compile_snapshot
+from meshgate.sidecar.runtime import Runtime
 
 from .conftest import Backends, Gateway, bundle, call, http_route, mock_route, read_request, snapshot
 

@@ -6,8 +6,11 @@ import uuid
 
 import pytest
 from meshgate.sidecar.canary import bucket, cookie_value
-from meshgate.sidecar.errors import error_body, render_http_error
-from meshgate.sidecar.routing import EMPTY_TABLE, CompileError, Miss, Target, compile_snapshot
+from meshgate.sidecar.context import LazyHeaders, RequestContext
+from meshgate.sidecar.integrations.http import HttpIntegration
+from meshgate.sidecar.integrations.mock import MockIntegration
+from meshgate.sidecar.respond import error_body, render_http_error
+from meshgate.sidecar.routing import EMPTY_TABLE, CompileError, Miss, Route, compile_snapshot
 
 from .conftest import bundle, http_route, mock_route, snapshot
 
@@ -21,10 +24,37 @@ ROUTES = [
 ]
 
 
+class Target:
+    """What a matched route sends upstream for one request (the test's view of route + context)."""
+
+    def __init__(self, route: Route, ctx: RequestContext) -> None:
+        self.route = route
+        self.stage, self.canary, self.deployment_id = route.stage, route.canary, route.deployment_id
+        integ = route.integration
+        self.kind = integ.kind if integ is not None else ""
+        self.host, self.port, self.target, self.set_headers, self.body = "", 0, b"", (), b""
+        self.timeout_s = 0.0
+        if isinstance(integ, HttpIntegration):
+            self.host, self.port, self.timeout_s = integ.host, integ.port, integ.timeout_s
+            self.target, self.set_headers = integ.request_target(ctx)
+        elif isinstance(integ, MockIntegration):
+            self.body = integ.body
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Target) and (self.route, self.target) == (other.route, other.target)
+
+
 def resolve(
     table, path: str, method: str = "GET", query: str = "", headers=None, rid: str = "r1", host: str = ""
 ):  # type: ignore[no-untyped-def]
-    return table.resolve(host, method, path, query, headers or {}, rid)
+    ctx = RequestContext("10.0.0.9", rid)
+    ctx.method = method
+    ctx.host = host
+    ctx.set_target((path + ("?" + query if query else "")).encode())
+    raw = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    ctx.raw_headers, ctx.headers = raw, LazyHeaders(raw)
+    found = table.resolve(ctx)
+    return found if isinstance(found, Miss) else Target(found, ctx)
 
 
 def test_stage_prefix_and_template_priority() -> None:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from meshgate.sidecar.otlp_metrics import otlp_target
-from meshgate.sidecar.phase import Runtime
 from meshgate.sidecar.routing import compile_snapshot
+from meshgate.sidecar.runtime import Runtime
 from meshgate.sidecar.telemetry import Telemetry
 
 from .conftest import Backends, Gateway, bundle, http_route, read_request, snapshot
@@ -96,11 +96,11 @@ def test_stage_ratio_samples_without_a_parent(gateway: Gateway, backends: Backen
     assert conn.getresponse().status == 503
     telemetry.flush()
     deadline = time.monotonic() + 10
-    while not any(s.name == "GET /prod/x" for s in rec.spans) and time.monotonic() < deadline:
+    while not any(s.name == "GET /x" for s in rec.spans) and time.monotonic() < deadline:
         time.sleep(0.05)
     telemetry.shutdown()
     assert rec.spans, "no spans exported"
-    server = next(s for s in rec.spans if s.name == "GET /prod/x")
+    server = next(s for s in rec.spans if s.name == "GET /x")
     assert (
         otlp.attrs(server)["http.response.status_code"] == 503 and server.status.code == 2
     )  # STATUS_CODE_ERROR

@@ -12,8 +12,8 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from meshgate.sidecar.phase import Runtime
 from meshgate.sidecar.routing import CompileError, compile_snapshot
+from meshgate.sidecar.runtime import Runtime
 
 from .conftest import Gateway, LoopThread, bundle, snapshot
 

@@ -9,8 +9,8 @@ import json
 from typing import Any
 
 import pytest
-from meshgate.sidecar.phase import Runtime
 from meshgate.sidecar.routing import CompileError, compile_snapshot
+from meshgate.sidecar.runtime import Runtime
 from meshgate.sidecar.transform import BodyTemplate, TemplateLimit
 
 from .conftest import Backends, Gateway, bundle, http_route, read_request, snapshot

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from meshgate.sidecar.phase import Runtime
 from meshgate.sidecar.routing import compile_snapshot
+from meshgate.sidecar.runtime import Runtime
 from meshgate.sidecar.wsapi import Registry, owner_of
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect

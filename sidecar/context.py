@@ -1,0 +1,242 @@
+"""The one typed request context every step reads: what the listener parsed, what routing matched,
+and what the request filters decided (principal, headers for the integration, cache, CORS).
+
+The HTTP/1.1 listener and the gRPC listener each fill one per request; filters,
+integrations, templates, authorizer events, access logs and spans all read it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from meshgate.sidecar.jsoncodec import UNPARSED
+
+if TYPE_CHECKING:
+    from meshgate.sidecar.cache import ResponseCache
+    from meshgate.sidecar.filters.api_key import KeyInfo
+    from meshgate.sidecar.filters.cache import Capture
+    from meshgate.sidecar.routing import Route
+    from meshgate.sidecar.telemetry import RequestSpan
+
+Headers = tuple[tuple[bytes, bytes], ...]
+
+
+class _RequestIds:
+    def __init__(self) -> None:
+        self.prefix = os.urandom(4).hex()
+        self.n = 0
+
+    def next(self) -> str:
+        self.n += 1
+        return f"{self.prefix}{self.n:012x}"
+
+
+REQUEST_IDS = _RequestIds()
+
+
+class LazyHeaders(Mapping[str, str]):
+    """Request headers as a lowercase-name mapping, built only if a step needs one."""
+
+    __slots__ = ("_d", "_raw")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+        self._d: dict[str, str] | None = None
+
+    def _dict(self) -> dict[str, str]:
+        if self._d is None:
+            self._d = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self._raw}
+        return self._d
+
+    def __getitem__(self, key: str) -> str:
+        return self._dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        if self._d is not None:
+            return self._d.get(key, default)
+        want = key.encode("latin-1")
+        for k, v in self._raw:  # a handful of headers: a scan beats building the dict
+            if len(k) == len(want) and k.lower() == want:
+                return v.decode("latin-1")
+        return default
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+
+class RequestContext:
+    """One request, in one shape, from the listener to the access log."""
+
+    __slots__ = (
+        "_query_params",
+        "auth_values",
+        "authorized",
+        "authorizer_s",
+        "body_chunks",
+        "body_complete",
+        "body_doc",
+        "body_received",
+        "cache",
+        "cache_header",
+        "cache_key",
+        "canary",
+        "capture",
+        "chunked",
+        "content_length",
+        "content_type",
+        "cors_headers",
+        "headers",
+        "host",
+        "method",
+        "params",
+        "path",
+        "principal",
+        "query",
+        "raw_headers",
+        "request_id",
+        "route",
+        "source_ip",
+        "stage_path",
+        "target",
+        "trace",
+        "trace_headers",
+        "upstream_headers",
+        "usage_key",
+    )
+
+    def __init__(self, source_ip: str, request_id: str = "") -> None:
+        self.source_ip = source_ip
+        self.request_id = request_id or REQUEST_IDS.next()
+        self.method = "GET"
+        self.target = b""  # the request target as received (path?query)
+        self.path = ""  # the path part, as received
+        self.query = ""
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.headers: Mapping[str, str] = LazyHeaders(self.raw_headers)
+        self.host = ""
+        self.content_length = -1
+        self.content_type = b""
+        self.chunked = False
+        self.body_chunks: list[bytes] | None = []  # held until the integration takes the body
+        self.body_complete = False
+        self.body_received = 0
+        self.body_doc: object = UNPARSED  # the JSON body once validation parsed it
+        # routing
+        self.route: Route | None = None
+        self.params: dict[str, str] = {}
+        self.stage_path = ""  # the stage-relative request path (/pets/7), as the route matched it
+        self.canary = False
+        # request filters
+        self.authorized = False  # an authorizer allowed the request
+        self.authorizer_s = 0.0  # how long it took
+        self.principal = ""
+        self.auth_values: Mapping[str, str] = {}
+        self.usage_key: KeyInfo | None = None  # the API key's usage plan
+        self.upstream_headers: Headers = ()  # headers the filters add to the integration request
+        self.cors_headers = b""  # CORS response headers for this request's origin
+        self.cache: ResponseCache | None = None  # where the response goes once it is complete
+        self.cache_key: bytes | None = None
+        self.cache_header = b""
+        self.capture: Capture | None = None  # the response being stored in the cache as it streams
+        self.trace: RequestSpan | None = None
+        self.trace_headers: Mapping[str, str] | None = None  # traceparent for an authorizer call
+        self._query_params: dict[str, str] | None = None
+
+    def set_target(self, target: bytes) -> None:
+        self.target = target
+        path, _, query = target.decode("latin-1").partition("?")
+        self.path = path
+        self.query = query
+
+    def query_params(self) -> dict[str, str]:
+        if self._query_params is None:
+            self._query_params = dict(parse_qsl(self.query, keep_blank_values=True))
+        return self._query_params
+
+    @property
+    def stage(self) -> str:
+        return self.route.stage if self.route is not None else ""
+
+    @property
+    def api(self) -> str:
+        return self.route.api if self.route is not None else ""
+
+    @property
+    def resource(self) -> str:
+        """The route template (/pets/{id}); the matched path when no route matched."""
+        return self.route.resource if self.route is not None else self.stage_path
+
+    @property
+    def stage_variables(self) -> Mapping[str, str]:
+        return self.route.stage_variables if self.route is not None else {}
+
+    def header_pairs(self) -> list[tuple[str, str]]:
+        return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.raw_headers]
+
+    def header_dict(self) -> dict[str, str]:
+        return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.raw_headers}
+
+    def whole_body(self) -> bytes:
+        """The held request body as one bytes object, joined at most once."""
+        chunks = self.body_chunks
+        if not chunks:
+            return b""
+        if len(chunks) == 1:
+            return chunks[0]
+        body = b"".join(chunks)
+        self.body_chunks = [body]
+        return body
+
+    @property
+    def arn(self) -> str:
+        ns, _, name = self.api.partition("/")
+        return f"arn:meshgate:execute-api:{ns}:{name}/{self.stage}/{self.method}{self.stage_path}"
+
+    def template_params(self) -> dict[str, dict[str, str]]:
+        return {
+            "path": dict(self.params),
+            "querystring": dict(self.query_params()),
+            "header": self.header_dict(),
+        }
+
+    def template_context(self) -> dict[str, object]:
+        return {
+            "requestId": self.request_id,
+            "stage": self.stage,
+            "httpMethod": self.method,
+            "resourcePath": self.route.resource if self.route is not None else "",
+            "path": self.path,
+            "sourceIp": self.source_ip,
+            "authorizer": dict(self.auth_values),
+        }
+
+    def authorizer_event(self, kind: str, token: str) -> dict[str, Any]:
+        """What a request/token authorizer service receives (API Gateway's Lambda authorizer input)."""
+        if kind == "token":
+            return {"type": "TOKEN", "authorizationToken": token, "methodArn": self.arn}
+        return {
+            "type": "REQUEST",
+            "methodArn": self.arn,
+            "resource": self.resource,
+            "path": self.stage_path,
+            "httpMethod": self.method,
+            "headers": dict(self.headers),
+            "queryStringParameters": self.query_params(),
+            "pathParameters": dict(self.params),
+            "stageVariables": dict(self.stage_variables),
+            "requestContext": {
+                "stage": self.stage,
+                "requestId": self.request_id,
+                "httpMethod": self.method,
+                "identity": {"sourceIp": self.source_ip},
+            },
+        }

@@ -1,0 +1,556 @@
+"""The exchange: one request's lifecycle, from its parsed head to its recorded response.
+
+An explicit state machine (`State`, transitions in `_NEXT`, as h11 does) over
+one `RequestContext`: route match -> the route's filter chain -> its
+integration -> the response, written only through `respond`. The listener
+talks to it through `Connection`; integrations through `start`, `respond_full`,
+`send_head`, `finish`, `fail` and `upgraded`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Protocol
+
+from meshgate.sidecar import respond
+from meshgate.sidecar.accesslog import context as access_context
+from meshgate.sidecar.context import RequestContext
+from meshgate.sidecar.errors import GatewayError, internal
+from meshgate.sidecar.filters import Answer, Decision, Pending
+from meshgate.sidecar.filters.cache import Capture
+from meshgate.sidecar.filters.policy import in_networks
+from meshgate.sidecar.pipeline import WAIT_BODY, Chain
+from meshgate.sidecar.routing import Miss, Route
+
+if TYPE_CHECKING:
+    from meshgate.sidecar.filters.transform import TransformFilter
+    from meshgate.sidecar.http1 import HttpServer
+    from meshgate.sidecar.routing import TableHolder
+    from meshgate.sidecar.upstream import UpstreamPool
+
+log = logging.getLogger("meshgate.sidecar.http")
+
+
+class State(enum.Enum):
+    QUEUED = "queued"  # parsed, waiting for the requests before it on the connection
+    FILTERING = "filtering"  # route match and request filters (may wait for I/O or the body)
+    INTEGRATING = "integrating"  # the integration is called; no response head sent yet
+    STREAMING = "streaming"  # the response head is sent, its body flows
+    RESPONDED = "responded"  # the response is complete (the request body may still arrive)
+    UPGRADED = "upgraded"  # 101 sent: the connection carries WebSocket frames now
+    DONE = "done"  # out of the connection's pipeline
+
+
+_NEXT: dict[State, frozenset[State]] = {
+    State.QUEUED: frozenset({State.FILTERING, State.DONE}),
+    State.FILTERING: frozenset({State.INTEGRATING, State.RESPONDED, State.DONE}),
+    State.INTEGRATING: frozenset({State.STREAMING, State.RESPONDED, State.UPGRADED, State.DONE}),
+    State.STREAMING: frozenset({State.RESPONDED, State.DONE}),
+    State.RESPONDED: frozenset({State.DONE}),
+    State.UPGRADED: frozenset({State.DONE}),
+    State.DONE: frozenset(),
+}
+_AWAITING = frozenset({State.FILTERING, State.INTEGRATING})
+
+
+class InvalidTransition(RuntimeError):
+    """A bug: the exchange was driven out of order."""
+
+
+class Tunnel(Protocol):
+    """What takes over a connection after a 101 (a WebSocket relay or a WebSocket API connection)."""
+
+    def data(self, data: bytes) -> None: ...
+    def eof(self) -> bool | None: ...
+    def lost(self) -> None: ...
+    def pause(self, paused: bool) -> None: ...
+    def check(self, now: float) -> None: ...
+
+
+class Connection(Protocol):
+    """What an exchange needs from the client connection that carries it."""
+
+    loop: asyncio.AbstractEventLoop
+    server: HttpServer
+    holder: TableHolder
+    pool: UpstreamPool
+    transport: asyncio.Transport | None
+    closed: bool
+    batching: int
+
+    @property
+    def paused_by_upstream(self) -> bool: ...
+
+    def write(self, data: bytes) -> None: ...
+    def flush_all(self) -> None: ...
+    def abort(self) -> None: ...
+    def pause_reading_from(self, why: str) -> None: ...
+    def resume_reading_from(self, why: str) -> None: ...
+    def exchange_done(self, ex: Exchange) -> None: ...
+    def take_over(self, ex: Exchange, handshake: bytes, tunnel: Tunnel, lost: Callable[[], None]) -> None: ...
+
+
+class Call(Protocol):
+    """An integration call in flight, as the exchange may need to stop or pace it."""
+
+    def cancel(self) -> None: ...
+    def pause(self, paused: bool) -> None: ...
+    def flush(self) -> None: ...
+
+
+class BodySink(Protocol):
+    """Where the rest of the request body goes once the integration request is written."""
+
+    def body(self, chunk: bytes) -> None: ...
+    def body_end(self) -> None: ...
+
+
+class Exchange:
+    """One client request and its response."""
+
+    __slots__ = (
+        "call",
+        "chain_pos",
+        "conn",
+        "ctx",
+        "deadline",
+        "discard_body",
+        "error",
+        "http10",
+        "is_head",
+        "keep_alive",
+        "pending_manage",
+        "route",
+        "route_transform",
+        "sink",
+        "state",
+        "status_code",
+        "t0",
+        "t_head",
+        "t_integration",
+        "timer",
+        "upgrade",
+    )
+
+    def __init__(self, conn: Connection, ctx: RequestContext) -> None:
+        self.conn = conn
+        self.ctx = ctx
+        self.state = State.QUEUED
+        self.is_head = False
+        self.keep_alive = True
+        self.http10 = False
+        self.upgrade = False
+        self.discard_body = False  # the rest of the request body is read and dropped
+        self.error: GatewayError | None = None  # set by the listener: a request it cannot parse
+        self.route: Route | None = None
+        self.route_transform: TransformFilter | None = None
+        self.chain_pos = -1  # >= 0: the chain waits at this filter for the whole body
+        self.pending_manage: str | None = None
+        self.call: Call | None = None
+        self.sink: BodySink | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
+        self.status_code = 0
+        self.t0 = perf_counter()  # latencies: uvloop's loop.time() only has millisecond resolution
+        self.t_head = 0.0
+        self.t_integration = 0.0
+
+    def _to(self, new: State) -> None:
+        if new not in _NEXT[self.state]:
+            raise InvalidTransition(f"exchange {self.ctx.request_id}: {self.state.value} -> {new.value}")
+        self.state = new
+
+    @property
+    def awaiting_response(self) -> bool:
+        """Still waiting for its response head (filters or integration), on a live connection."""
+        return self.state in _AWAITING and not self.conn.closed
+
+    # ------------------------------------------------------------------ request body (from the listener)
+    def feed_body(self, chunk: bytes) -> None:
+        if self.discard_body:
+            return
+        sink = self.sink
+        if sink is not None:
+            sink.body(chunk)
+        elif self.ctx.body_chunks is not None:
+            self.ctx.body_chunks.append(chunk)
+
+    def end_body(self) -> None:
+        ctx = self.ctx
+        ctx.body_complete = True
+        sink = self.sink  # a sink set by what resumes below has the whole body already
+        if self.pending_manage is not None:
+            conn_id, self.pending_manage = self.pending_manage, None
+            self.conn.loop.create_task(self._manage(conn_id))
+        elif self.chain_pos >= 0 and self.state is State.FILTERING:
+            pos, self.chain_pos = self.chain_pos, -1
+            self._run_chain(pos)
+        if sink is not None and not self.discard_body:
+            sink.body_end()
+        if self.state is State.RESPONDED:
+            self.conn.exchange_done(self)
+
+    # ------------------------------------------------------------------ request phase
+    def start(self) -> None:
+        self._to(State.FILTERING)
+        if self.error is not None:
+            self.fail(self.error)
+            return
+        ctx = self.ctx
+        if not ctx.path.startswith("/"):
+            self.fail(
+                GatewayError(
+                    400,
+                    f"malformed HTTP request: request target {ctx.path[:100]!r} is not an origin-form path",
+                )
+            )
+            return
+        if ctx.path.startswith("/@connections/"):
+            self._manage_connection(ctx.path[len("/@connections/") :])
+            return
+        try:
+            found = self.conn.holder.table.resolve(ctx)
+        except Exception:
+            log.exception("route resolution failed (request %s)", ctx.request_id)
+            self.fail(internal())
+            return
+        if isinstance(found, Miss):
+            self._miss(found)
+            return
+        self.route = route = found
+        ctx.route = route
+        self.route_transform = route.chain.transform
+        tel = self.conn.server.telemetry
+        if tel is not None and (parent := tel.sample(ctx.headers, route.trace_ratio)) is not None:
+            # sampled: only now is anything built for the span
+            ctx.trace = tel.begin(
+                parent,
+                f"{ctx.method} {route.resource}",
+                {
+                    "http.request.method": ctx.method,
+                    "url.path": ctx.path,
+                    "meshgate.api": route.api,
+                    "meshgate.stage": route.stage,
+                    "meshgate.deployment": route.deployment_id,
+                    "meshgate.request_id": ctx.request_id,
+                    "client.address": ctx.source_ip,
+                },
+            )
+            route.chain.begin_span(ctx)
+        self._run_chain(0)
+
+    def _miss(self, miss: Miss) -> None:
+        """No route: the Api's own steps still run (a private Api refuses outsiders, CORS answers
+        preflights and decorates the error), then the miss is the answer."""
+        if miss.chain.filters:
+            _, decision = miss.chain.run(self.ctx)
+            if isinstance(decision, (GatewayError, Answer)):
+                self._decided(decision, miss.responses)
+                return
+        extra = ((b"allow", miss.allow.encode()),) if miss.allow else ()
+        self.fail(GatewayError(miss.status, miss.reason, headers=extra), miss.responses)
+
+    def _run_chain(self, start: int) -> None:
+        route = self.route
+        assert route is not None
+        chain = route.chain
+        try:
+            pos, decision = chain.run(self.ctx, start)
+        except Exception:
+            log.exception("request phase failed (request %s)", self.ctx.request_id)
+            decision, pos = internal(), len(chain.filters)
+        if decision is WAIT_BODY:
+            self.chain_pos = pos  # end_body resumes here
+        elif isinstance(decision, Pending):
+            self.conn.loop.create_task(self._await(chain, pos, decision.awaitable))
+        elif decision is None:
+            self._phase_over(None)
+            if route.needs_body and not self.ctx.body_complete:
+                self.chain_pos = len(chain.filters)  # the integration wants the whole body
+                return
+            self._integrate(route)
+        else:
+            assert isinstance(decision, (GatewayError, Answer))
+            self._phase_over(decision)
+            self._decided(decision, route.responses)
+
+    async def _await(self, chain: Chain, pos: int, pending: Awaitable[Decision]) -> None:
+        try:
+            decision = await pending
+        except Exception:
+            log.exception("request phase failed (request %s)", self.ctx.request_id)
+            decision = internal()
+        if not self.awaiting_response:
+            return
+        if decision is None:
+            self._run_chain(pos + 1)
+            return
+        assert isinstance(decision, (GatewayError, Answer))
+        self._phase_over(decision)
+        self._decided(decision, self.route.responses if self.route is not None else None)
+
+    def _phase_over(self, decision: Decision) -> None:
+        """The request phase ended: its span and the authorizer's latency."""
+        route = self.route
+        assert route is not None
+        route.chain.end_span(self.ctx, decision, self.conn.server.metrics, self.metrics_key())
+
+    def _decided(self, decision: GatewayError | Answer, responses: Any) -> None:
+        if isinstance(decision, GatewayError):
+            self.fail(decision, responses)
+            return
+        self.respond_full(decision.status, decision.headers, decision.body, cors=decision.cors)
+
+    def _integrate(self, route: Route) -> None:
+        integ = route.integration
+        assert integ is not None
+        if integ.upgrade and not self.upgrade:
+            what = "WebSocket API" if integ.kind == "websocket_api" else "WebSocket"
+            self.fail(
+                GatewayError(
+                    426,
+                    f"this route is a {what}: send an Upgrade: websocket request",
+                    headers=((b"upgrade", b"websocket"),),
+                )
+            )
+            return
+        if self.upgrade and not integ.upgrade:
+            self.fail(
+                GatewayError(400, "WebSocket upgrade on a route that is not a WebSocket route", close=True)
+            )
+            return
+        self._to(State.INTEGRATING)
+        integ.start(self)
+
+    # ------------------------------------------------------------------ @connections
+    def _manage_connection(self, conn_id: str) -> None:
+        server = self.conn.server
+        if server.registry is None or server.session is None:
+            self.fail(GatewayError(404, "this sidecar serves no WebSocket APIs"))
+            return
+        ip = self.ctx.source_ip
+        if not in_networks(ip, self.conn.holder.table.cluster_nets):
+            self.fail(
+                GatewayError(
+                    403, f"@connections is reachable only from inside the cluster networks (source {ip})"
+                )
+            )
+            return
+        if not self.ctx.body_complete:
+            self.pending_manage = conn_id
+            return
+        self.conn.loop.create_task(self._manage(conn_id))
+
+    async def _manage(self, conn_id: str) -> None:
+        server = self.conn.server
+        assert server.registry is not None
+        ctx = self.ctx
+        status, body = await server.registry.manage(
+            ctx.method, conn_id.strip("/"), ctx.whole_body(), server.session
+        )
+        headers = ((b"content-type", b"application/json"),) if body else ()
+        self.respond_full(status, headers, body)
+
+    # ------------------------------------------------------------------ responses (from integrations)
+    def tail(self) -> bytes:
+        route, ctx = self.route, self.ctx
+        return respond.tail(
+            ctx.request_id,
+            route.deployment_id if route is not None else 0,
+            route is not None and route.canary,
+            ctx.cache_header,
+            ctx.cors_headers,
+            not self.keep_alive,
+        )
+
+    def respond_full(
+        self,
+        status: int,
+        headers: Iterable[tuple[bytes, bytes]],
+        body: bytes,
+        reason: bytes = b"",
+        cors: bool = True,
+    ) -> None:
+        """A complete response made here (mock, cache, function, transcoded, templated): one write."""
+        if not self.awaiting_response:
+            return
+        self.status_code = status
+        if not cors:
+            self.ctx.cors_headers = b""
+        headers = headers if isinstance(headers, (list, tuple)) else tuple(headers)
+        self.conn.write(respond.full(status, headers, body, self.tail(), reason=reason, is_head=self.is_head))
+        self._complete()
+
+    def respond_transformed(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        """An integration response held for its response template: render it, then answer."""
+        tf = self.route_transform
+        assert tf is not None
+        out = tf.render_response(self.ctx, headers, body)
+        if isinstance(out, GatewayError):
+            self.fail(out)
+            return
+        self.respond_full(status, out[0], out[1], reason)
+
+    def send_head(self, status: int, head: respond.ProxiedHead) -> None:
+        """A proxied response's head; its body follows through conn.write."""
+        if head.close_delimited:
+            self.keep_alive = False  # HTTP/1.0 client, unknown length: close-delimited
+        self.conn.write(head.head + self.tail())
+        self._to(State.STREAMING)
+        ctx = self.ctx
+        if ctx.cache is not None:
+            ctx.capture = Capture.begin(ctx, status, head.headers, self.is_head)
+
+    def finish(self) -> None:
+        """The response is complete."""
+        self._complete()
+
+    def fail(self, err: GatewayError, responses: Any = None) -> None:
+        """Answer with a gateway error (or abort the client if the response already started)."""
+        ctx = self.ctx
+        state = self.state
+        if state is State.QUEUED:  # not its turn yet: answered in order, when it starts
+            self.error = self.error or err
+            return
+        if state in _AWAITING:
+            self.status_code = err.status
+            if ctx.trace is not None:
+                ctx.trace.span.set_attribute("meshgate.reason", err.reason)
+        if state not in _AWAITING and state is not State.STREAMING:
+            return
+        self._cancel_timer()
+        call, self.call = self.call, None
+        if call is not None:
+            call.cancel()
+        if state is State.STREAMING:
+            log.warning(
+                "request %s: %s after the response started; aborting the client", ctx.request_id, err.reason
+            )
+            self.conn.abort()
+            self._to(State.DONE)
+            return
+        close = (
+            err.close or not self.keep_alive or (not ctx.body_complete and err.status in (413, 400, 431, 408))
+        )
+        if err.status >= 500:
+            log.info(
+                "request %s %s %s -> %d: %s",
+                ctx.request_id,
+                ctx.method,
+                ctx.target[:200],
+                err.status,
+                err.reason,
+            )
+        if responses is None and self.route is not None:
+            responses = self.route.responses
+        self.conn.write(
+            respond.error(err, ctx.request_id, responses=responses, cors=ctx.cors_headers, close=close)
+        )
+        if close:
+            self.keep_alive = False
+        if not ctx.body_complete:
+            self.discard_body = True
+            ctx.body_chunks = None
+        self._complete()
+
+    def upgraded(self, handshake: bytes, tunnel: Tunnel) -> None:
+        """The WebSocket handshake is answered (101): the exchange ends here and the connection
+        counts as an open WebSocket until it is lost."""
+        self.status_code = 101
+        self.record()
+        self._to(State.UPGRADED)
+        metrics = self.conn.server.metrics
+        lost: Callable[[], None] = _nothing
+        if metrics is not None:
+            key = self.metrics_key()
+            metrics.websockets[key] += 1
+
+            def lost() -> None:
+                metrics.websockets[key] -= 1
+
+        self.conn.take_over(self, handshake, tunnel, lost)
+
+    def _complete(self) -> None:
+        if self.state in _AWAITING or self.state is State.STREAMING:
+            self.record()
+            self._to(State.RESPONDED)
+        self._cancel_timer()
+        if self.ctx.body_complete or self.discard_body:
+            self.conn.exchange_done(self)
+
+    def done(self) -> None:
+        """Out of the pipeline: answered and its body read, or its connection lost."""
+        if self.state is State.DONE:
+            return
+        self._to(State.DONE)
+        self._cancel_timer()
+        call, self.call = self.call, None
+        if call is not None:
+            call.cancel()
+
+    # ------------------------------------------------------------------ timeouts
+    def arm_timeout(self, timeout_s: float) -> None:
+        loop = self.conn.loop
+        if timeout_s >= 1.0:  # coarse timeouts ride the connection sweep: no timer handle per request
+            self.deadline = loop.time() + timeout_s
+        else:
+            self.timer = loop.call_later(timeout_s, self.on_timeout)
+
+    def on_timeout(self) -> None:
+        self.timer = None
+        integ = self.route.integration if self.route is not None else None
+        self.fail(GatewayError(504, f"integration timeout after {getattr(integ, 'timeout_s', 0):g}s"))
+
+    def _cancel_timer(self) -> None:
+        self.deadline = 0.0
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    # ------------------------------------------------------------------ telemetry (response side, last)
+    def metrics_key(self) -> tuple[str, str, str]:
+        r = self.route
+        return (r.api, r.stage, r.resource) if r is not None else ("-", "-", "-")
+
+    def record(self) -> None:
+        """Telemetry of the exchange just answered: metrics, the access log line, the span's end."""
+        server = self.conn.server
+        metrics = server.metrics
+        ctx = self.ctx
+        if metrics is not None:
+            route = self.route
+            key = self.metrics_key()
+            now = perf_counter()
+            integ = (self.t_head or now) - self.t_integration if self.t_integration else 0.0
+            metrics.observe(key, self.status_code, now - self.t0, integ, ctx.cache_header)
+            if route is not None and route.access_log and server.access_log is not None:
+                server.access_log.write(
+                    route.access_log,
+                    access_context(
+                        request_id=ctx.request_id,
+                        source_ip=ctx.source_ip,
+                        method=ctx.method,
+                        path=ctx.path,
+                        stage=route.stage,
+                        api=route.api,
+                        route=key[2],
+                        status=self.status_code,
+                        latency_ms=(now - self.t0) * 1000,
+                        integration_latency_ms=integ * 1000,
+                        principal=str(ctx.auth_values.get("principalId", "")),
+                        deployment=route.deployment_id,
+                    ),
+                )
+        if ctx.trace is not None:
+            ctx.trace.end(self.status_code)
+            ctx.trace = None
+
+
+def _nothing() -> None:
+    return None

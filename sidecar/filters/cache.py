@@ -1,0 +1,134 @@
+"""Filter: the stage response cache. The request side looks up (keyed by method, Api, stage,
+stage-relative path and the route's cache key parameters) and honours `Cache-Control: max-age=0`
+per the stage's invalidation setting; the response side (`Capture`) stores a cacheable response
+as it streams to the client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from meshgate.sidecar.cache import CachedResponse, ResponseCache
+from meshgate.sidecar.errors import GatewayError
+from meshgate.sidecar.filters import Answer
+from meshgate.sidecar.telemetry import RequestSpan
+
+if TYPE_CHECKING:
+    from meshgate.sidecar.context import RequestContext
+    from meshgate.sidecar.filters import Decision
+
+
+@dataclass(frozen=True, slots=True)
+class CacheFilter:
+    name = "cache"
+    needs_body = False
+
+    cache: ResponseCache
+    api: str
+    stage: str
+    methods: frozenset[str] = frozenset({"GET"})
+    params: tuple[tuple[str, str], ...] = ()  # (query|header, name) in the key
+    invalidation: str = "require_authorization"  # | "fail" | "ignore"
+
+    def key(self, ctx: RequestContext) -> bytes:
+        parts = [ctx.method, self.api, self.stage, ctx.stage_path]
+        for kind, name in self.params:
+            if kind == "query":
+                parts.append(f"q:{name}={ctx.query_params().get(name, '')}")
+            else:
+                parts.append(f"h:{name}={ctx.headers.get(name, '')}")
+        return "\n".join(parts).encode("utf-8", "replace")
+
+    def request(self, ctx: RequestContext) -> Decision:
+        if ctx.method not in self.methods:
+            return None
+        ckey = self.key(ctx)
+        if (
+            "max-age=0" in ctx.headers.get("cache-control", "").replace(" ", "")
+            and self.invalidation != "ignore"
+        ):
+            if ctx.authorized:
+                self.cache.invalidate(ckey)
+                if ctx.trace is not None:
+                    RequestSpan.end_sub(ctx.trace.start_sub("cache", self._attrs(ctx, "invalidated")))
+                return self._miss(ctx, ckey, b"invalidated")
+            if self.invalidation == "fail":
+                return GatewayError(403, "cache invalidation needs an authorized request")
+            hit = self._lookup(ctx, ckey)
+            if hit is not None:
+                ctx.cache_header = b"ignored-invalidation"
+                return _answer(hit)
+            return self._miss(ctx, ckey, b"ignored-invalidation")
+        hit = self._lookup(ctx, ckey)
+        if hit is not None:
+            ctx.cache_header = b"hit"
+            return _answer(hit)
+        return self._miss(ctx, ckey, b"miss")
+
+    def _miss(self, ctx: RequestContext, ckey: bytes, header: bytes) -> Decision:
+        ctx.cache = self.cache
+        ctx.cache_key = ckey
+        ctx.cache_header = header
+        return None
+
+    def _lookup(self, ctx: RequestContext, ckey: bytes) -> CachedResponse | None:
+        if ctx.trace is None:
+            return self.cache.get(ckey)
+        span = ctx.trace.start_sub("cache", self._attrs(ctx, ""))
+        hit = self.cache.get(ckey)
+        RequestSpan.end_sub(span, attrs={"meshgate.cache.result": "miss" if hit is None else "hit"})
+        return hit
+
+    def _attrs(self, ctx: RequestContext, result: str) -> dict[str, Any]:
+        attrs: dict[str, Any] = {
+            "meshgate.cache.encrypted": self.cache.encrypted,
+            "meshgate.cache.ttl_s": self.cache.ttl_s,
+            "meshgate.cache.entries": len(self.cache),
+        }
+        if result:
+            attrs["meshgate.cache.result"] = result
+        return attrs
+
+
+def _answer(hit: CachedResponse) -> Answer:
+    return Answer(hit.status, hit.headers, hit.body)
+
+
+class Capture:
+    """A response being copied into the stage cache as it streams to the client (response side)."""
+
+    __slots__ = ("body", "cache", "headers", "key", "size", "status")
+
+    def __init__(self, cache: ResponseCache, key: bytes) -> None:
+        self.cache = cache
+        self.key = key
+        self.status = 0
+        self.headers: tuple[tuple[bytes, bytes], ...] = ()
+        self.body: list[bytes] = []
+        self.size = 0
+
+    @classmethod
+    def begin(
+        cls, ctx: RequestContext, status: int, headers: tuple[tuple[bytes, bytes], ...], is_head: bool
+    ) -> Capture | None:
+        """A capture when the response may be stored: a 200 to a GET-like request without no-store/private."""
+        if ctx.cache is None or ctx.cache_key is None or status != 200 or is_head:
+            return None
+        for n, v in headers:
+            if n.lower() == b"cache-control" and (b"no-store" in v or b"private" in v):
+                return None
+        cap = cls(ctx.cache, ctx.cache_key)
+        cap.status = status
+        cap.headers = headers
+        return cap
+
+    def add(self, chunk: bytes) -> bool:
+        self.size += len(chunk)
+        if self.size > self.cache.capacity:
+            return False
+        self.body.append(chunk)
+        return True
+
+    def store(self) -> None:
+        if self.status:
+            self.cache.put(self.key, CachedResponse(self.status, self.headers, b"".join(self.body)))

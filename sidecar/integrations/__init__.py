@@ -1,0 +1,105 @@
+"""Integrations: one module per type, each compiling its own frozen config from a route.
+
+`compile_integration` picks the module by `integration.type`; an integration's
+`start(exchange)` calls the backend and answers through the exchange (which
+writes through `respond`). `upgrade` marks the WebSocket kinds, reached only
+by an `Upgrade: websocket` request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from meshgate.v1 import resources_pb2
+
+if TYPE_CHECKING:
+    from meshgate.sidecar.exchange import Exchange
+    from meshgate.sidecar.runtime import Runtime
+
+
+class CompileError(Exception):
+    """A snapshot this sidecar cannot serve (the reason is sent back as a NACK)."""
+
+
+class RouteError(Exception):
+    """A route that compiles but cannot be called (an undefined stage variable, a bad host): it
+    answers 500 with this reason, and the rest of the snapshot serves."""
+
+
+class Integration(Protocol):
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def needs_body(self) -> bool: ...  # the whole request body before the call
+
+    @property
+    def upgrade(self) -> bool: ...  # a WebSocket route
+
+    def start(self, ex: Exchange) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """What an integration compiler gets: the route, where it is served, the stage's variables."""
+
+    route: resources_pb2.Route
+    stage: str
+    api: str
+    variables: Mapping[str, str]
+    binary_media_types: tuple[str, ...]
+    runtime: Runtime | None = None
+
+    @property
+    def integ(self) -> resources_pb2.Integration:
+        return self.route.integration
+
+    @property
+    def where(self) -> str:
+        return f"route {self.route.method} {self.route.path} of {self.api} (stage {self.stage!r})"
+
+    def timeout_s(self) -> float:
+        return (self.integ.timeout_ms or 29000) / 1000
+
+    def connect_timeout_s(self) -> float:
+        return (self.integ.connect_timeout_ms or 1000) / 1000
+
+    def uri(self) -> str:
+        """The integration URI with stage variables substituted (RouteError when one is undefined)."""
+        from meshgate.sidecar.mapping import substitute_stage_vars
+
+        uri, missing = substitute_stage_vars(self.integ.uri, self.variables)
+        if missing is not None:
+            raise RouteError(f"integration uri references undefined stage variable {missing!r}")
+        return uri
+
+
+def compile_integration(spec: RouteSpec) -> Integration:
+    kind = spec.integ.type
+    if kind == "mock":
+        from meshgate.sidecar.integrations.mock import compile_mock
+
+        return compile_mock(spec)
+    if kind == "http":
+        from meshgate.sidecar.integrations.http import compile_http
+
+        return compile_http(spec)
+    if kind == "function":
+        from meshgate.sidecar.integrations.function import compile_function
+
+        return compile_function(spec)
+    if kind == "grpc":
+        from meshgate.sidecar.integrations.grpc import compile_grpc
+
+        return compile_grpc(spec)
+    if kind == "websocket":
+        from meshgate.sidecar.integrations.websocket import compile_websocket
+
+        return compile_websocket(spec)
+    if kind == "websocket_api":
+        from meshgate.sidecar.integrations.websocket_api import compile_websocket_api
+
+        return compile_websocket_api(spec)
+    raise CompileError(f"{spec.where}: unsupported integration type {kind!r}")

@@ -1,0 +1,410 @@
+"""Integration `http`: the HTTP/1.1 proxy over pooled keep-alive upstream connections.
+
+Compiled per route: upstream address, URI template, parameter mapping, timeouts.
+Per request `HttpCall` writes the integration request (head and streamed
+body), receives the response as `UpstreamListener` events and streams it back
+through the exchange; a response template holds it until it is complete.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass
+from time import perf_counter
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlencode
+
+from meshgate.sidecar.errors import GatewayError
+from meshgate.sidecar.integrations import CompileError, RouteError, RouteSpec
+from meshgate.sidecar.mapping import MappingError, ParamMapping, compile_parameters, quote_param, value_of
+from meshgate.sidecar.respond import HOP_BY_HOP, proxied
+from meshgate.sidecar.transform import MAX_INPUT as TEMPLATE_MAX_INPUT
+from meshgate.sidecar.transform import Transform, compile_transform
+from meshgate.sidecar.upstream import UpstreamConn
+
+if TYPE_CHECKING:
+    from meshgate.sidecar.context import RequestContext
+    from meshgate.sidecar.exchange import Exchange
+
+_URI_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}")
+# Request headers the sidecar sets itself.
+REQUEST_OWN = HOP_BY_HOP | {b"host", b"content-length", b"x-forwarded-proto", b"x-meshgate-request-id"}
+
+
+@dataclass(frozen=True, slots=True)
+class HttpIntegration:
+    kind = "http"
+    upgrade = False
+
+    method: bytes  # b"" = the request's method
+    host: str
+    port: int
+    path_parts: tuple[tuple[int, str], ...]  # (0 literal | 1 param | 2 greedy param, text)
+    uri_query: str
+    mapping: ParamMapping
+    timeout_s: float
+    connect_timeout_s: float
+    transform: Transform | None
+    host_header: bytes
+    static_path: str | None  # the upstream path when it never varies (no parameters in the URI)
+
+    @property
+    def needs_body(self) -> bool:
+        return self.transform is not None and self.transform.needs_request_body
+
+    def request_target(self, ctx: RequestContext) -> tuple[bytes, tuple[tuple[bytes, bytes], ...]]:
+        """The upstream request target (path?query) and the headers the parameter mapping sets."""
+        m = self.mapping
+        query = ctx.query
+        set_headers: tuple[tuple[bytes, bytes], ...] = ()
+        params = ctx.params
+        if m.headers or m.query or m.path:
+            hs = []
+            for name, src in m.headers:
+                v = value_of(src, ctx)
+                if v is not None:
+                    hs.append((name, v.encode("latin-1", "replace")))
+            set_headers = tuple(hs)
+            if m.path:
+                params = dict(params)
+                for pname, src in m.path:
+                    v = value_of(src, ctx)
+                    if v is not None:
+                        params[pname] = v
+            if m.query:
+                extra = [(name, v) for name, src in m.query if (v := value_of(src, ctx)) is not None]
+                if extra:
+                    query = (query + "&" if query else "") + urlencode(extra)
+        if m.late_headers:
+            set_headers += tuple(
+                (name, v.encode("utf-8", "replace"))
+                for name, key in m.late_headers
+                if (v := ctx.auth_values.get(key)) is not None
+            )
+        path = self.static_path
+        if path is None:
+            path = "".join(
+                text if kind == 0 else quote_param(params.get(text, ""), kind == 2)
+                for kind, text in self.path_parts
+            )
+            path = path or "/"
+        tr = self.transform
+        if tr is not None and tr.remove_request_query and query:
+            query = urlencode(
+                [
+                    (k, v)
+                    for k, v in parse_qsl(query, keep_blank_values=True)
+                    if k not in tr.remove_request_query
+                ]
+            )
+        if self.uri_query:
+            query = self.uri_query + ("&" + query if query else "")
+        target = path + "?" + query if query else path
+        return target.encode("latin-1", "replace"), set_headers
+
+    def start(self, ex: Exchange) -> None:
+        call = HttpCall(ex, self)
+        ex.call = call
+        ex.arm_timeout(self.timeout_s)
+        up = ex.conn.pool.take_idle(self.host, self.port)
+        if up is not None:
+            call.attach(up)
+        else:
+            ex.conn.loop.create_task(call.connect())
+
+
+def compile_http(spec: RouteSpec) -> HttpIntegration:
+    uri = spec.uri()
+    if not uri.startswith("http://"):
+        raise CompileError(
+            f"{spec.where}: only http:// integration URIs are supported, got {spec.integ.uri!r}"
+        )
+    authority, slash, path_and_query = uri[len("http://") :].partition("/")
+    path_template, _, uri_query = ("/" + path_and_query if slash else "/").partition("?")
+    host, colon, port_s = authority.rpartition(":")
+    if not colon:
+        host, port_s = authority, "80"
+    host = host.strip("[]")
+    if not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise RouteError(f"integration uri has an invalid host or port: {uri!r}")
+    parts: list[tuple[int, str]] = []
+    pos = 0
+    for m in _URI_PARAM.finditer(path_template):
+        if m.start() > pos:
+            parts.append((0, path_template[pos : m.start()]))
+        name = m.group(1)
+        greedy = bool(m.group(2)) or (name == "proxy" and spec.route.path.rstrip("/").endswith("+}"))
+        parts.append((2 if greedy else 1, name))
+        pos = m.end()
+    if pos < len(path_template):
+        parts.append((0, path_template[pos:]))
+    integ = spec.integ
+    try:
+        mapping = compile_parameters(integ.request_parameters, spec.stage, spec.variables, spec.route.path)
+    except MappingError as exc:
+        raise CompileError(f"{spec.where}: requestParameters: {exc}") from None
+    try:
+        transform = compile_transform(integ, spec.variables, spec.binary_media_types)
+    except ValueError as exc:
+        raise CompileError(f"{spec.where}: {exc}") from None
+    port = int(port_s)
+    static = "".join(t for _, t in parts) or "/" if all(k == 0 for k, _ in parts) else None
+    return HttpIntegration(
+        method=integ.http_method.encode() if integ.http_method and integ.http_method != "ANY" else b"",
+        host=host,
+        port=port,
+        path_parts=tuple(parts),
+        uri_query=uri_query,
+        mapping=mapping,
+        timeout_s=spec.timeout_s(),
+        connect_timeout_s=spec.connect_timeout_s(),
+        transform=transform,
+        host_header=f"{host}:{port}".encode() if port != 80 else host.encode(),
+        static_path=static,
+    )
+
+
+class _Held:
+    """An integration response held back until its mapping template has run."""
+
+    __slots__ = ("body", "headers", "reason", "size", "status")
+
+    def __init__(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body: list[bytes] = []
+        self.size = 0
+
+
+class HttpCall:
+    """One proxied request: implements UpstreamListener for the upstream connection it holds."""
+
+    __slots__ = ("chunked_out", "ex", "held", "integ", "retry_ok", "up")
+
+    def __init__(self, ex: Exchange, integ: HttpIntegration) -> None:
+        self.ex = ex
+        self.integ = integ
+        self.up: UpstreamConn | None = None
+        self.chunked_out = False
+        self.held: _Held | None = None
+        ctx = ex.ctx
+        self.retry_ok = ctx.content_length <= 0 and not ctx.chunked
+
+    async def connect(self) -> None:
+        integ, ex = self.integ, self.ex
+        where = f"{integ.host}:{integ.port}"
+        try:
+            up = await ex.conn.pool.connect(integ.host, integ.port, integ.connect_timeout_s)
+        except ConnectionRefusedError:
+            ex.fail(GatewayError(503, f"upstream connect refused ({where})"))
+            return
+        except TimeoutError:
+            ex.fail(
+                GatewayError(503, f"upstream connect timeout after {integ.connect_timeout_s:g}s ({where})")
+            )
+            return
+        except socket.gaierror as exc:
+            ex.fail(GatewayError(503, f"upstream DNS resolution failed for {integ.host}: {exc.strerror}"))
+            return
+        except OSError as exc:
+            ex.fail(GatewayError(503, f"upstream connect failed ({where}): {exc.strerror or exc}"))
+            return
+        if not ex.awaiting_response:
+            up.release()
+            return
+        self.attach(up)
+
+    def attach(self, up: UpstreamConn) -> None:
+        ex, integ = self.ex, self.integ
+        ctx = ex.ctx
+        span = ctx.trace
+        if span is not None and span.child is None:
+            span.start_child("integration", **{"server.address": integ.host, "server.port": integ.port})
+        ex.t_integration = perf_counter()
+        self.up = up
+        up.attach(self)
+        conn = ex.conn
+        target, set_headers = integ.request_target(ctx)
+        lines = [
+            integ.method or ctx.method.encode(),
+            b" ",
+            target,
+            b" HTTP/1.1\r\nhost: ",
+            integ.host_header,
+            b"\r\n",
+        ]
+        peer = ctx.source_ip.encode()
+        xff = peer
+        drop = REQUEST_OWN
+        added = set_headers + ctx.upstream_headers if ctx.upstream_headers else set_headers
+        if span is not None:
+            added = added + tuple(span.inject())
+        if added:
+            names = {n for n, _ in added if not n.startswith(b"x-meshgate-")}
+            if names:
+                drop = drop | names
+        tr = integ.transform
+        if tr is not None and tr.remove_request_headers:
+            drop = drop | tr.remove_request_headers
+        raw = ctx.raw_headers
+        for name, value in raw:
+            if len(name) == 10 and name.lower() == b"connection":
+                drop = drop | {v.strip().lower() for v in value.split(b",")}
+        for name, value in raw:
+            low = name.lower()
+            if low in drop or low.startswith(b"x-meshgate-"):  # the gateway's own headers are never spoofed
+                continue
+            if low == b"x-forwarded-for":
+                xff = value + b", " + peer
+                continue
+            lines += (name, b": ", value, b"\r\n")
+        lines += (
+            b"x-forwarded-for: ",
+            xff,
+            b"\r\nx-forwarded-proto: http\r\nx-meshgate-request-id: ",
+            ctx.request_id.encode(),
+            b"\r\n",
+        )
+        for name, value in added:
+            lines += (name, b": ", value, b"\r\n")
+        if ctx.chunked:
+            lines.append(b"transfer-encoding: chunked\r\n")
+        elif ctx.content_length >= 0 and (ctx.content_length > 0 or ctx.method in ("POST", "PUT", "PATCH")):
+            lines.append(b"content-length: %d\r\n" % ctx.content_length)
+        lines.append(b"\r\n")
+        chunks = ctx.body_chunks or ()
+        ctx.body_chunks = None
+        if ctx.chunked:
+            for chunk in chunks:
+                lines.append(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            if ctx.body_complete:
+                lines.append(b"0\r\n\r\n")
+        else:
+            lines.extend(chunks)
+        ex.sink = self
+        up.write(b"".join(lines), conn.batching > 0)
+        if conn.paused_by_upstream:
+            conn.resume_reading_from("upstream")
+
+    # ------------------------------------------------------------------ the request body, streamed
+    def body(self, chunk: bytes) -> None:
+        up = self.up
+        if up is not None:
+            up.write(
+                b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.ex.ctx.chunked else chunk,
+                self.ex.conn.batching > 0,
+            )
+
+    def body_end(self) -> None:
+        up = self.up
+        if up is not None and self.ex.ctx.chunked:
+            up.write(b"0\r\n\r\n", self.ex.conn.batching > 0)
+
+    # ------------------------------------------------------------------ Call (the exchange's handle)
+    def cancel(self) -> None:
+        up, self.up = self.up, None
+        if up is not None:
+            up.discard()
+
+    def pause(self, paused: bool) -> None:
+        if self.up is not None:
+            if paused:
+                self.up.pause_reading()
+            else:
+                self.up.resume_reading()
+
+    def flush(self) -> None:
+        if self.up is not None:
+            self.up.flush()
+
+    # ------------------------------------------------------------------ UpstreamListener
+    def cork(self) -> None:
+        self.ex.conn.batching += 1
+
+    def uncork(self) -> None:
+        c = self.ex.conn
+        c.batching -= 1
+        if not c.batching:
+            c.flush_all()
+
+    def on_upstream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        ex = self.ex
+        ex.status_code = status
+        ex.t_head = perf_counter()
+        self.retry_ok = False
+        tf = ex.route_transform
+        if tf is not None:
+            headers = tf.response_head(ex.ctx, headers)
+            if tf.holds_response(ex.is_head):  # rendered at the end (on_upstream_end)
+                self.held = _Held(status, reason, headers)
+                return
+        head = proxied(status, reason, headers, is_head=ex.is_head, http10=ex.http10)
+        if isinstance(head, GatewayError):
+            ex.fail(head)
+            return
+        self.chunked_out = head.chunked
+        ex.send_head(status, head)
+        if ex.is_head:  # a HEAD response ends at its head (httptools would wait for the announced body)
+            up, self.up = self.up, None
+            if up is not None:
+                self._hand_back(up, up.parser.should_keep_alive())  # release: a new parser
+            ex.finish()
+
+    def on_upstream_body(self, chunk: bytes) -> None:
+        held = self.held
+        ex = self.ex
+        if held is not None:
+            held.body.append(chunk)
+            held.size += len(chunk)
+            if held.size > TEMPLATE_MAX_INPUT:
+                self.held = None
+                ex.fail(
+                    GatewayError(
+                        502, "integration response too large for its mapping template", "INTEGRATION_FAILURE"
+                    )
+                )
+            return
+        cap = ex.ctx.capture
+        if cap is not None and not cap.add(chunk):
+            ex.ctx.capture = None
+        ex.conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.chunked_out else chunk)
+
+    def on_upstream_end(self, keep_alive: bool) -> None:
+        ex = self.ex
+        up, self.up = self.up, None
+        held, self.held = self.held, None
+        if up is not None:
+            self._hand_back(up, keep_alive)
+        if held is not None:
+            ex.respond_transformed(held.status, held.reason, held.headers, b"".join(held.body))
+            return
+        if self.chunked_out:
+            ex.conn.write(b"0\r\n\r\n")
+        cap = ex.ctx.capture
+        if cap is not None:
+            ex.ctx.capture = None
+            cap.store()
+        ex.finish()
+
+    def _hand_back(self, up: UpstreamConn, keep_alive: bool) -> None:
+        """The response is over: pool the upstream connection if both sides allow it, else close it."""
+        if keep_alive and self.ex.ctx.body_complete and not self.ex.discard_body:
+            up.release()
+        else:
+            up.discard()
+
+    def on_upstream_error(self, reason: str, before_head: bool) -> None:
+        up, self.up = self.up, None
+        if before_head and self.retry_ok and up is not None and up.reused and not up.got_bytes:
+            self.retry_ok = False  # a pooled connection the upstream had closed: retry once on a fresh one
+            self.ex.conn.loop.create_task(self.connect())
+            return
+        self.ex.fail(GatewayError(502, reason))
+
+    def on_upstream_writable(self, writable: bool) -> None:
+        if writable:
+            self.ex.conn.resume_reading_from("upstream")
+        else:
+            self.ex.conn.pause_reading_from("upstream")

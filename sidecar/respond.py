@@ -1,0 +1,211 @@
+"""Respond: the only code that writes a response head the gateway sends on HTTP/1.1.
+
+Errors (the table's defaults or the Api's gateway responses), mocks, cached,
+function, transcoded and templated responses, proxied heads, CORS preflights,
+@connections answers and the WebSocket 101 all come out of here, so every
+header the gateway writes passes one place.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from meshgate.sidecar.errors import STATUS_LINES, GatewayError, kind_of, phrase
+from meshgate.sidecar.responses import ApiResponses
+
+Headers = Sequence[tuple[bytes, bytes]]
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    }
+)
+# Response headers the gateway sets itself: never copied from an integration.
+RESPONSE_OWN = HOP_BY_HOP | {b"content-length", b"x-meshgate-request-id"}
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def status_line(status: int, reason: bytes = b"") -> bytes:
+    if reason:
+        return b"HTTP/1.1 %d %s\r\n" % (status, reason)
+    return STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, phrase(status))
+
+
+def _lines(headers: Iterable[tuple[bytes, bytes]], out: list[bytes]) -> None:
+    for name, value in headers:
+        out += (name, b": ", value, b"\r\n")
+
+
+def bodiless(status: int, is_head: bool = False) -> bool:
+    """A response that carries no body (and, but for HEAD, no Content-Length): 1xx, 204, 304."""
+    return is_head or status in (204, 304) or 100 <= status < 200
+
+
+def tail(
+    request_id: str,
+    deployment_id: int = 0,
+    canary: bool = False,
+    cache_header: bytes = b"",
+    cors: bytes = b"",
+    close: bool = False,
+) -> bytes:
+    """The gateway's own response headers for one request, and the blank line that ends the head."""
+    out = b"x-meshgate-request-id: %s\r\n" % request_id.encode()
+    if deployment_id:
+        out += b"x-meshgate-deployment: %d\r\n" % deployment_id
+    if canary:
+        out += b"x-meshgate-canary: 1\r\n"
+    if cache_header:
+        out += b"x-meshgate-cache: %s\r\n" % cache_header
+    if cors:
+        out += cors
+    if close:
+        out += b"connection: close\r\n"
+    return out + b"\r\n"
+
+
+def full(
+    status: int, headers: Headers, body: bytes, tail: bytes, *, reason: bytes = b"", is_head: bool = False
+) -> bytes:
+    """A complete response made by the gateway (mock, cache, function, transcoded, templated, preflight)."""
+    head = [status_line(status, reason)]
+    _lines(((n, v) for n, v in headers if n.lower() not in RESPONSE_OWN), head)
+    no_body = bodiless(status)
+    if not no_body:
+        head.append(b"content-length: %d\r\n" % len(body))  # a HEAD answer announces the GET's length
+    head.append(tail)
+    if not (no_body or is_head):
+        head.append(body)
+    return b"".join(head)
+
+
+@dataclass(slots=True)
+class ProxiedHead:
+    """An integration's response head as the client gets it, and how its body is framed."""
+
+    head: bytes  # status line and headers, without the gateway's tail
+    headers: tuple[tuple[bytes, bytes], ...]  # what was kept (a cached copy stores these)
+    chunked: bool  # the body is re-chunked to the client
+    close_delimited: bool  # an HTTP/1.0 client and no length: the body ends with the connection
+
+
+def proxied(
+    status: int, reason: bytes, headers: Headers, *, is_head: bool, http10: bool
+) -> ProxiedHead | GatewayError:
+    """The client's head for a proxied response: hop-by-hop headers (and those `Connection` names)
+    dropped, framing decided here."""
+    length = -1
+    tokens: list[bytes] = []
+    for name, value in headers:
+        low = name.lower()
+        if low == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                return GatewayError(502, "invalid upstream response: bad content-length")
+        elif low == b"connection":
+            tokens += [v.strip().lower() for v in value.split(b",")]
+    named = {t for t in tokens if t not in (b"keep-alive", b"close")}
+    kept = tuple((n, v) for n, v in headers if n.lower() not in RESPONSE_OWN and n.lower() not in named)
+    out = [status_line(status, reason)]
+    _lines(kept, out)
+    chunked = close_delimited = False
+    if length >= 0:
+        out.append(b"content-length: %d\r\n" % length)
+    elif bodiless(status, is_head):
+        pass
+    elif not http10:
+        chunked = True
+        out.append(b"transfer-encoding: chunked\r\n")
+    else:
+        close_delimited = True
+    return ProxiedHead(b"".join(out), kept, chunked, close_delimited)
+
+
+def error_body(
+    status: int, reason: str, request_id: str, message: str | None = None, details: Sequence[object] = ()
+) -> bytes:
+    doc: dict[str, object] = {
+        "message": message or kind_of(status).message,
+        "reason": reason,
+        "requestId": request_id,
+    }
+    if details:
+        doc["errors"] = list(details)
+    return json.dumps(doc).encode()
+
+
+def error(
+    err: GatewayError,
+    request_id: str,
+    *,
+    responses: ApiResponses | None = None,
+    cors: bytes = b"",
+    close: bool = False,
+) -> bytes:
+    """A gateway error: the Api's gateway response when it overrides this type, else the table's
+    JSON body `{message, reason, requestId[, errors]}`."""
+    over = responses.override(err, request_id) if responses is not None else None
+    if over is not None:
+        status, headers, body, kind = over
+    else:
+        status = err.status
+        headers = ((b"content-type", b"application/json"),)
+        body = error_body(err.status, err.reason, request_id, details=err.details)
+        kind = err.kind.error_type
+    head = [status_line(status)]
+    _lines(headers, head)
+    head.append(b"content-length: %d\r\nx-meshgate-request-id: %s\r\n" % (len(body), request_id.encode()))
+    head.append(b"x-meshgate-error-type: %s\r\n" % kind.encode())
+    _lines(err.headers, head)
+    if cors:
+        head.append(cors)
+    if close or err.close:
+        head.append(b"connection: close\r\n")
+    head.append(b"\r\n")
+    return b"".join(head) + body
+
+
+def render_http_error(
+    status: int,
+    reason: str,
+    request_id: str,
+    *,
+    close: bool = False,
+    extra_headers: Sequence[tuple[bytes, bytes]] = (),
+    details: Sequence[dict[str, str]] = (),
+) -> bytes:
+    """A complete HTTP/1.1 error response with the table's default rendering."""
+    return error(
+        GatewayError(status, reason, headers=tuple(extra_headers), details=tuple(details)),
+        request_id,
+        close=close,
+    )
+
+
+def switching_protocols(
+    key: bytes, subprotocol: str | None, request_id: str, connection_id: str = ""
+) -> bytes:
+    """The 101 that completes a client's WebSocket handshake."""
+    accept = base64.b64encode(hashlib.sha1(key.strip() + _WS_GUID).digest())
+    head = [b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"]
+    headers = [(b"sec-websocket-accept", accept), (b"x-meshgate-request-id", request_id.encode())]
+    if subprotocol:
+        headers.append((b"sec-websocket-protocol", subprotocol.encode("latin-1")))
+    if connection_id:
+        headers.append((b"x-meshgate-connection-id", connection_id.encode()))
+    _lines(headers, head)
+    head.append(b"\r\n")
+    return b"".join(head)
