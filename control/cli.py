@@ -20,7 +20,7 @@ import yaml
 from google.protobuf import json_format
 from meshgate.control.errors import ControlError
 from meshgate.control.resources import load_documents, to_document
-from meshgate.control.store import KIND_WORDS
+from meshgate.control.state import KIND_WORDS
 from meshgate.v1 import control_pb2, control_pb2_grpc, resources_pb2
 
 DEFAULT_CONTROL = "127.0.0.1:7070"

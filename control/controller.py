@@ -9,11 +9,12 @@ conditions on the object's `/status`:
   field path of the validation error); a refused generation writes nothing.
 - `Applied`: how many of the sidecars that receive this resource have ACKed
   a snapshot holding its current content, with NACK errors. The controller
-  keeps its own etcd watch (resources and sidecar status keys) and rebuilds
-  the per-sidecar snapshots the config stream builds, remembering which
-  resource content each snapshot version holds; a sidecar counts as applied
-  when its ACKed version holds the resource exactly as etcd has it now.
-  Re-evaluated on every etcd change, sidecar ACKs included.
+  follows etcd through the process's etcd mirror (`control/mirror.py`, the
+  same load and watch the config stream uses: resources and sidecar status
+  keys) and rebuilds the per-sidecar snapshots the config stream builds,
+  remembering which resource content each snapshot version holds; a sidecar
+  counts as applied when its ACKed version holds the resource exactly as
+  etcd has it now. Re-evaluated on every etcd change, sidecar ACKs included.
 
 Stages are GitOps-style: a Stage object without `spec.deployment` follows
 its Api: whenever the Api's spec differs from the deployment the stage
@@ -57,6 +58,7 @@ from meshgate.control.coalesce import Coalescer
 from meshgate.control.errors import ControlError, FailedPrecondition, InvalidConfig, NotFound
 from meshgate.control.kube import BY_KIND, JSON, RESOURCES, Gone, KubeClient, KubeError, KubeOptions, Resource
 from meshgate.control.leader import LeaderElector
+from meshgate.control.mirror import EtcdMirror, MirrorEvent, Subscription
 from meshgate.control.resources import parse_document
 from meshgate.control.snapshots import bind_key, build_snapshot
 from meshgate.control.state import ResourceMsg, State, unwrap
@@ -157,6 +159,7 @@ class Controller:
         identity: str,
         cluster_cidrs: tuple[str, ...] = (),
         kube: KubeClient | None = None,
+        mirror: EtcdMirror | None = None,
     ) -> None:
         self.store = store
         self.options = options
@@ -176,11 +179,10 @@ class Controller:
         self._leading = asyncio.Event()
         self._status_pending: set[ObjKey] = set()
         self._status_wake = asyncio.Event()
-        # etcd side
-        self.state = State(store.prefix)
-        self.by_key: dict[str, ResourceMsg] = {}
-        self.sidecars: dict[str, control_pb2.SidecarStatus] = {}
-        self.seen_revision = 0
+        # etcd side: the mirror's State (resources and sidecar statuses), shared with the config stream
+        self.mirror = mirror or EtcdMirror(store)
+        self._own_mirror = mirror is None  # a shared mirror is stopped by whoever made it
+        self._subscription: Subscription | None = None
         self._contents: OrderedDict[str, dict[str, str]] = OrderedDict()  # version -> {etcd key: digest}
         self._expected: dict[str, str] = {}  # node id -> version of its current snapshot
         self._digests: dict[str, str] = {}  # etcd key -> digest of its current content in snapshots
@@ -190,12 +192,28 @@ class Controller:
         self.etcd_writes = 0
         self.status_writes = 0
 
+    @property
+    def state(self) -> State:
+        """Everything under the prefix, as the etcd mirror has it now."""
+        return self.mirror.state
+
+    @property
+    def sidecars(self) -> dict[str, control_pb2.SidecarStatus]:
+        """The status of every sidecar with a status key: node id -> SidecarStatus."""
+        return self.mirror.state.statuses
+
+    @property
+    def seen_revision(self) -> int:
+        """The newest etcd revision the mirror has seen."""
+        return self.mirror.revision
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         if self.kube is None:
             self.kube = await KubeClient.connect(self.options.kube, f"meshgate-controller/{self.identity}")
-        await self._load_etcd()
+        await self.mirror.start()
+        self._subscription = self.mirror.subscribe(self._on_etcd, "controller")
         self._rebuild()
         self.elector = LeaderElector(
             self.kube,
@@ -209,7 +227,6 @@ class Controller:
         )
         self._tasks = [
             *(asyncio.create_task(self._informer(r), name=f"informer-{r.plural}") for r in RESOURCES),
-            asyncio.create_task(self._etcd_watch(), name="controller-etcd-watch"),
             asyncio.create_task(self._etcd_flush(), name="controller-flush"),
             asyncio.create_task(self._worker(), name="controller-worker"),
             asyncio.create_task(self._status_loop(), name="controller-status"),
@@ -223,6 +240,11 @@ class Controller:
             await self.elector.stop(release=release)
         await cancel_and_wait(self._tasks)
         self._tasks = []
+        if self._subscription is not None:
+            self._subscription.close()
+            self._subscription = None
+        if self._own_mirror:
+            await self.mirror.stop()
         if self.kube is not None:
             await self.kube.close()
 
@@ -473,15 +495,12 @@ class Controller:
                 with contextlib.suppress(NotFound):
                     await self.store.delete(keys.ref_of(old))
                     self.etcd_writes += 1
-        stored = await self.store.client.get(key.encode())
-        revision = int(stored.mod_revision) if stored is not None else 0
+        stored = await self.store.resource_at(key)
+        revision = stored.metadata.revision if stored is not None else 0
         return Outcome(generation, True, "Stored", message, etcd_key=key, revision=revision, api=api)
 
     async def _get(self, key: str) -> ResourceMsg | None:
-        got = await self.store.client.get(key.encode())
-        if got is None:
-            return None
-        return keys.decode(self.store.prefix, key, bytes(got.value))
+        return await self.store.resource_at(key)
 
     async def _prepare_stage(
         self, stage: resources_pb2.Stage, current: ResourceMsg | None
@@ -556,12 +575,7 @@ class Controller:
                 if (ns, api) not in self.cache["Api"]:
                     self.enqueue(("Api", ns, api))  # its deletion may have waited for this stage
             return
-        key = {
-            "Api": keys.api_key,
-            "UsagePlan": keys.usage_plan_key,
-            "ApiKey": keys.apikey_key,
-        }[kind](self.store.prefix, ns, name)
-        current = await self._get(key)
+        current = await self._get(keys.named_key(self.store.prefix, kind, ns, name))
         if current is None or not is_managed(current):
             return
         self._may_write()
@@ -586,56 +600,9 @@ class Controller:
 
     # ------------------------------------------------------------------ etcd: what the sidecars applied
 
-    async def _load_etcd(self) -> None:
-        rng = await self.store.client.get_prefix(self.store.prefix.encode())
-        self.state = State(self.store.prefix)
-        self.by_key.clear()
-        self.sidecars.clear()
-        for kv in rng:
-            self._put(kv.key.decode(), bytes(kv.value))
-        self.seen_revision = max(self.seen_revision, int(rng.header.revision))
-
-    def _put(self, key: str, value: bytes) -> None:
-        if key.startswith(self.store.prefix + keys.SidecarsSegment + "/"):
-            with contextlib.suppress(Exception):
-                self.sidecars[key.rsplit("/", 1)[1]] = control_pb2.SidecarStatus.FromString(value)
-        else:
-            msg = keys.decode(self.store.prefix, key, value)
-            if msg is not None:
-                self.by_key[key] = msg
-        self.state.put(key, value)
-
-    def _delete(self, key: str) -> None:
-        if key.startswith(self.store.prefix + keys.SidecarsSegment + "/"):
-            self.sidecars.pop(key.rsplit("/", 1)[1], None)
-        self.by_key.pop(key, None)
-        self.state.delete(key)
-
-    async def _etcd_watch(self) -> None:
-        backoff = 0.1
-        while True:
-            try:
-                watch = await self.store.client.watch_prefix(
-                    self.store.prefix.encode(), start_revision=self.seen_revision + 1
-                )
-                backoff = 0.1
-                async for event in watch:
-                    key = event.kv.key.decode()
-                    if event.kind == "PUT":
-                        self._put(key, bytes(event.kv.value))
-                    else:
-                        self._delete(key)
-                    self.seen_revision = max(self.seen_revision, int(event.kv.mod_revision))
-                    self._changes.mark()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("controller etcd watch failed (%s); reloading in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                with contextlib.suppress(Exception):
-                    await self._load_etcd()
-                    self._changes.mark()
+    def _on_etcd(self, event: MirrorEvent) -> None:
+        """Any change (a sidecar's ACK included) or a reload: re-evaluate once the burst settles."""
+        self._changes.mark()
 
     async def _etcd_flush(self) -> None:
         while True:
@@ -736,11 +703,14 @@ class Controller:
         return cond, len(bound), len(acked)
 
     def _stages_of(self, api_key: str) -> list[resources_pb2.Stage]:
-        ns, api = api_key[len(self.store.prefix) :].split("/")[1:3]
+        parts = keys.parse_key(self.store.prefix, api_key)
+        if parts is None:
+            return []
+        ns, api = parts.namespace, parts.name
         return [s for (sns, sapi, _), s in self.state.stages.items() if sns == ns and sapi == api]
 
     def _what(self, key: str, kind: str) -> str:
-        msg = self.by_key.get(key)
+        msg = self.state.resource(key)
         if isinstance(msg, resources_pb2.Stage):
             c = msg.spec.canary
             canary = (
@@ -773,7 +743,7 @@ class Controller:
             "boundSidecars": bound,
             "ackedSidecars": acked,
         }
-        stored = self.by_key.get(out.etcd_key) if out.accepted else None
+        stored = self.state.resource(out.etcd_key) if out.accepted else None
         if isinstance(stored, resources_pb2.Stage) and stored.spec.deployment:
             status["deployment"] = stored.spec.deployment
         return status

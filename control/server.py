@@ -1,4 +1,5 @@
-"""Running the control service: the gRPC server, its store and streamer, and `meshgate control`."""
+"""Running the control service: the gRPC server, its store, etcd mirror, streamer and controller, and
+`meshgate control`."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import grpc
 from meshgate.control.controller import Controller, ControllerOptions
 from meshgate.control.etcd_local import EtcdNotFound, LocalEtcd
 from meshgate.control.kube import KubeOptions, in_cluster_namespace
+from meshgate.control.mirror import EtcdMirror
 from meshgate.control.service import ControlServicer
 from meshgate.control.store import Store
 from meshgate.control.stream import ConfigStreamer
@@ -35,6 +37,7 @@ class ControlServer:
     streamer: ConfigStreamer
     port: int
     control_id: str
+    mirror: EtcdMirror
     controller: Controller | None = None
 
     async def stop(self, grace: float = 1.0) -> None:
@@ -42,6 +45,7 @@ class ControlServer:
             await self.controller.stop()
         await self.streamer.stop()
         await self.server.stop(grace)
+        await self.mirror.stop()
         await self.store.close()
 
 
@@ -60,13 +64,20 @@ async def start_control(
     control_id = control_id or f"{socket.gethostname()}-{os.getpid()}"
     store = Store(etcd_endpoint, prefix, cluster_cidrs=cluster_cidrs)
     await store.open()
+    mirror = EtcdMirror(store)  # one load and one watch of the prefix, for the streamer and the controller
     try:
-        await asyncio.wait_for(store.load_state(), 10)
+        await asyncio.wait_for(mirror.start(), 10)
     except Exception as exc:
+        await mirror.stop()
         await store.close()
         raise ConnectionError(f"etcd at {etcd_endpoint} unreachable: {type(exc).__name__}") from None
     streamer = ConfigStreamer(
-        store, control_id, debounce_s=debounce_s, max_delay_s=max_delay_s, cluster_cidrs=cluster_cidrs
+        store,
+        control_id,
+        debounce_s=debounce_s,
+        max_delay_s=max_delay_s,
+        cluster_cidrs=cluster_cidrs,
+        mirror=mirror,
     )
     await streamer.start()
     server = grpc.aio.server(
@@ -83,20 +94,24 @@ async def start_control(
     bound = server.add_insecure_port(f"{host}:{port}")
     if not bound:
         await streamer.stop()
+        await mirror.stop()
         await store.close()
         raise OSError(f"cannot listen on {host}:{port}")
     await server.start()
     controller = None
     if kubernetes is not None:
-        controller = Controller(store, kubernetes, identity=control_id, cluster_cidrs=cluster_cidrs)
+        controller = Controller(
+            store, kubernetes, identity=control_id, cluster_cidrs=cluster_cidrs, mirror=mirror
+        )
         try:
             await controller.start()
         except Exception as exc:
             await server.stop(0)
             await streamer.stop()
+            await mirror.stop()
             await store.close()
             raise ConnectionError(f"Kubernetes API: {type(exc).__name__}: {exc}") from None
-    return ControlServer(server, store, streamer, bound, control_id, controller)
+    return ControlServer(server, store, streamer, bound, control_id, mirror, controller)
 
 
 def _split(address: str) -> tuple[str, int]:

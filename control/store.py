@@ -3,23 +3,27 @@
 Every write is one etcd transaction guarded by the mod revisions of the keys
 it read, so concurrent writers (several control replicas, CLI users) never
 lose updates and refused config never reaches etcd, not even partly.
+
+The store is the only user of the etcd client (aetcd, through its public API
+only): the watch of the prefix (`watch`, read by the etcd mirror alone) and
+the sidecar status keys under a lease go through it too. Keys come from
+`control/state.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aetcd
-from aetcd import rpc
-from aetcd import transactions as txmod
 from aetcd.utils import prefix_range_end
 from meshgate.control import state as keys
 from meshgate.control.errors import Conflict, FailedPrecondition, InvalidConfig, NotFound
-from meshgate.control.state import State, unwrap, wrap
+from meshgate.control.state import KIND_WORDS, ResourceMsg, State, unwrap, wrap
 from meshgate.control.validation import check_private_targets, validate
 from meshgate.v1 import control_pb2, resources_pb2
 
@@ -31,6 +35,24 @@ class _Read:
     key: str
     value: bytes | None
     mod_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One change under the prefix, in etcd's order."""
+
+    key: str
+    value: bytes  # b"" for a delete
+    deleted: bool
+    mod_revision: int  # the revision of the change (of the delete, for a delete)
+
+
+class Compacted(Exception):
+    """The watch's start revision is compacted away: only a new range read can catch up."""
+
+    def __init__(self, compacted_revision: int) -> None:
+        super().__init__(f"revision compacted below {compacted_revision}")
+        self.compacted_revision = compacted_revision
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
@@ -51,10 +73,6 @@ class Store:
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         host, port = parse_endpoint(etcd_endpoint)
         self._client = aetcd.Client(host=host, port=port, timeout=10)
-
-    @property
-    def client(self) -> aetcd.Client:
-        return self._client
 
     async def open(self) -> None:
         await self._client.connect()
@@ -82,21 +100,21 @@ class Store:
         """One etcd transaction: all puts/deletes if every guard holds. Returns the new revision or None."""
         tx = self._client.transactions
         ops: list[Any] = [tx.put(k.encode(), v) for k, v in puts]
-        ops += [txmod.Delete(k.encode()) for k in deletes]
-        request = rpc.TxnRequest(
-            compare=[g.build_message() for g in guards],
-            success=self._client._ops_to_requests(ops),
-            failure=[],
-        )
-        response = await self._client.kvstub.Txn(request, timeout=10, metadata=self._client.metadata)
-        return int(response.header.revision) if response.succeeded else None
+        ops += [tx.delete(k.encode()) for k in deletes]
+        succeeded, responses = await self._client.transaction(compare=guards, success=ops, failure=[])
+        if not succeeded:
+            return None
+        # aetcd's transaction() returns the operations' responses, not the txn header: each write's
+        # header carries the revision it made (one txn is one revision), a delete of nothing the one before
+        revisions = [int(getattr(r, r.WhichOneof("response")).header.revision) for r in responses]
+        return max(revisions) if revisions else await self._revision()
 
     async def _revision(self) -> int:
-        rng = await self._client.get_prefix((self.prefix + "seq/").encode(), keys_only=True)
+        rng = await self._client.get_prefix(keys.seq_prefix(self.prefix).encode(), keys_only=True)
         return int(rng.header.revision)
 
-    async def _range(self, segment: str) -> list[tuple[str, bytes, int]]:
-        rng = await self._client.get_prefix((self.prefix + segment).encode())
+    async def _range(self, key_prefix: str) -> list[tuple[str, bytes, int]]:
+        rng = await self._client.get_prefix(key_prefix.encode())
         return [(kv.key.decode(), bytes(kv.value), int(kv.mod_revision)) for kv in rng]
 
     async def load_state(self) -> State:
@@ -106,6 +124,72 @@ class Store:
             st.put(kv.key.decode(), bytes(kv.value))
         st.revision = int(rng.header.revision)
         return st
+
+    async def watch(self, start_revision: int) -> AsyncIterator[WatchEvent]:
+        """Every change under the prefix from `start_revision` on, until the watch fails.
+
+        Raises `Compacted` when etcd no longer has `start_revision`; the etcd
+        mirror (`control/mirror.py`) is the one caller.
+        """
+        try:
+            watch = await self._client.watch_prefix(self.prefix.encode(), start_revision=start_revision)
+        except aetcd.RevisionCompactedError as exc:
+            raise Compacted(exc.compacted_revision) from None
+        try:
+            async for event in watch:
+                kv = event.kv
+                deleted = event.kind != "PUT"
+                yield WatchEvent(
+                    kv.key.decode(), b"" if deleted else bytes(kv.value), deleted, int(kv.mod_revision)
+                )
+        except aetcd.RevisionCompactedError as exc:
+            raise Compacted(exc.compacted_revision) from None
+        finally:
+            with contextlib.suppress(Exception):
+                await watch.cancel()
+
+    async def resource_at(self, key: str) -> ResourceMsg | None:
+        """The resource stored at `key` (a `control/state.py` key), `metadata.revision` = its mod revision."""
+        read = await self._read(key)
+        msg = keys.decode(self.prefix, key, read.value) if read.value is not None else None
+        if msg is not None:
+            msg.metadata.revision = read.mod_revision
+        return msg
+
+    # ------------------------------------------------------------------ sidecar status keys
+
+    async def grant_lease(self, ttl_s: int) -> int:
+        """A new lease; keys written with it go away when it is revoked or not refreshed for `ttl_s`."""
+        lease = await self._client.lease(ttl_s)
+        return int(lease.id)
+
+    async def refresh_lease(self, lease_id: int) -> None:
+        await self._client.refresh_lease(lease_id)
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        await self._client.revoke_lease(lease_id)
+
+    async def put_status(self, status: control_pb2.SidecarStatus, lease_id: int = 0) -> bytes:
+        """Write a sidecar's status key (under `lease_id`, 0 = none); returns the bytes written."""
+        value: bytes = status.SerializeToString()
+        await self._client.put(keys.sidecar_key(self.prefix, status.node.id).encode(), value, lease=lease_id)
+        return value
+
+    async def forget_status(self, node_id: str, written: bytes) -> bool:
+        """Delete a sidecar's status key if it still holds `written` (no other replica rewrote it)."""
+        key = keys.sidecar_key(self.prefix, node_id).encode()
+        tx = self._client.transactions
+        succeeded, _ = await self._client.transaction(
+            compare=[tx.value(key) == written], success=[tx.delete(key)], failure=[]
+        )
+        return bool(succeeded)
+
+    async def list_statuses(self) -> list[control_pb2.SidecarStatus]:
+        """Every sidecar status key, whichever replica wrote it."""
+        return [
+            control_pb2.SidecarStatus.FromString(value)
+            for _, value, _ in await self._range(keys.sidecars_prefix(self.prefix))
+        ]
 
     # ------------------------------------------------------------------ apply
 
@@ -218,7 +302,7 @@ class Store:
             if msg.spec.endpoint_type == "private":
                 stages: list[dict[str, str]] = [
                     dict(resources_pb2.Stage.FromString(v).spec.variables)
-                    for _, v, _ in await self._range(f"stages/{ns}/{msg.metadata.name}/")
+                    for _, v, _ in await self._range(keys.stages_prefix(self.prefix, ns, msg.metadata.name))
                 ]
                 check_private_targets(msg, stages or [{}], self.cluster_cidrs)
             return
@@ -249,13 +333,8 @@ class Store:
         self, kind: str, namespace: str = "", name: str = "", api: str = ""
     ) -> list[resources_pb2.Resource]:
         canonical = _canonical_kind(kind)
-        segment = keys.KINDS[canonical][0] + "/"
-        if namespace:
-            segment += namespace + "/"
-            if api and canonical in ("Stage", "Deployment"):
-                segment += api + "/"
         out = []
-        for key, value, mod in await self._range(segment):
+        for key, value, mod in await self._range(keys.kind_prefix(self.prefix, canonical, namespace, api)):
             msg = keys.decode(self.prefix, key, value)
             if msg is None:
                 continue
@@ -278,7 +357,7 @@ class Store:
         what = f"{kind} {ns}/{ref.name}"
         api = ref.api
         if kind == "Api":
-            key = keys.api_key(self.prefix, ns, ref.name)
+            key = keys.named_key(self.prefix, kind, ns, ref.name)
             api = ref.name
         elif kind == "Stage":
             if not ref.api:
@@ -290,28 +369,27 @@ class Store:
             if not dep.isdigit() or not api:
                 raise InvalidConfig(f"{what}: deployment name must be <api>-<id>")
             key = keys.deployment_key(self.prefix, ns, api, int(dep))
-        elif kind == "UsagePlan":
-            key = keys.usage_plan_key(self.prefix, ns, ref.name)
         else:
-            key = keys.apikey_key(self.prefix, ns, ref.name)
-        stages_prefix = f"{self.prefix}stages/{ns}/{api}/"
+            key = keys.named_key(self.prefix, kind, ns, ref.name)
+        stages_prefix = keys.stages_prefix(self.prefix, ns, api)
+        tx = self._client.transactions
         for _ in range(RETRIES):
             read = await self._read(key)
             if read.value is None:
                 raise NotFound(f"{what} not found")
             guards = [self._guard(read)]
             if kind == "Api":
-                stages = await self._range(f"stages/{ns}/{api}/")
+                stages = await self._range(stages_prefix)
                 if stages:
-                    names = ", ".join(k.rsplit("/", 1)[1] for k, _, _ in stages)
+                    names = ", ".join(_parsed(self.prefix, k).name for k, _, _ in stages)
                     raise FailedPrecondition(f"{what}: still has stages ({names}); delete them first")
                 # no stage may appear under this Api between the check and the delete
                 guards.append(
-                    txmod.Create(stages_prefix.encode(), prefix_range_end(stages_prefix.encode())) == 0
+                    tx.create(stages_prefix.encode(), prefix_range_end(stages_prefix.encode())) == 0
                 )
             elif kind == "Deployment":
                 dep_id = resources_pb2.Deployment.FromString(read.value).id
-                for skey, value, mod in await self._range(f"stages/{ns}/{api}/"):
+                for skey, value, mod in await self._range(stages_prefix):
                     st = resources_pb2.Stage.FromString(value)
                     if dep_id in (st.spec.deployment, st.spec.canary.deployment):
                         raise FailedPrecondition(f"{what}: stage {st.metadata.name} still serves it")
@@ -391,7 +469,8 @@ class Store:
             if read.value is None:
                 raise NotFound(f"stage {stage} of Api {ns}/{api} does not exist")
             st = resources_pb2.Stage.FromString(read.value)
-            dep_ids = [int(k.rsplit("/", 1)[1]) for k, _, _ in await self._range(f"deployments/{ns}/{api}/")]
+            found = await self._range(keys.deployments_prefix(self.prefix, ns, api))
+            dep_ids = [_parsed(self.prefix, k).deployment for k, _, _ in found]
             mutate(st, sorted(dep_ids))
             st.metadata.update_time_unix_nano = time.time_ns()
             st.metadata.generation += 1
@@ -476,18 +555,11 @@ class Store:
         return control_pb2.CanaryResponse(stage=st, revision=revision)
 
 
-KIND_WORDS = {
-    "api": "Api",
-    "apis": "Api",
-    "stage": "Stage",
-    "stages": "Stage",
-    "deployment": "Deployment",
-    "deployments": "Deployment",
-    "usageplan": "UsagePlan",
-    "usageplans": "UsagePlan",
-    "apikey": "ApiKey",
-    "apikeys": "ApiKey",
-}
+def _parsed(prefix: str, key: str) -> keys.KeyParts:
+    parts = keys.parse_key(prefix, key)
+    if parts is None:
+        raise ValueError(f"unexpected key {key!r} under {prefix!r}")
+    return parts
 
 
 def _canonical_kind(kind: str) -> str:

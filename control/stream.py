@@ -1,10 +1,11 @@
-"""The config stream (ADS-like): watch etcd, coalesce changes, push versioned snapshots, track ACK/NACK.
+"""The config stream (ADS-like): follow etcd, coalesce changes, push versioned snapshots, track ACK/NACK.
 
-One watch per control replica keeps an in-memory `State`; after a change
-burst settles (debounce, bounded by a maximum delay so steady writes are not
-starved) every connected sidecar whose snapshot version changed gets it with
-a fresh nonce. Per-sidecar status lives in etcd under this replica's lease,
-so any replica can list every sidecar.
+The process's etcd mirror (`control/mirror.py`, one watch per control
+replica, shared with the controller) keeps the in-memory `State`; after a
+change burst settles (debounce, bounded by a maximum delay so steady writes
+are not starved) every connected sidecar whose snapshot version changed gets
+it with a fresh nonce. Per-sidecar status lives in etcd under this replica's
+lease, so any replica can list every sidecar.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from meshgate.control import state as keys
 from meshgate.control.coalesce import Coalescer
+from meshgate.control.mirror import EtcdMirror, MirrorEvent, Reloaded, Subscription
 from meshgate.control.snapshots import SnapshotCache
 from meshgate.control.state import State
 from meshgate.control.store import Store
@@ -75,13 +76,16 @@ class ConfigStreamer:
         max_delay_s: float = 0.05,
         status_ttl_s: int = 15,
         cluster_cidrs: tuple[str, ...] = (),
+        mirror: EtcdMirror | None = None,
     ) -> None:
         self.store = store
         self.control_id = control_id
         self.debounce_s = debounce_s
         self.max_delay_s = max_delay_s
         self.status_ttl_s = status_ttl_s
-        self.state = State(store.prefix)
+        self.mirror = mirror or EtcdMirror(store)
+        self._own_mirror = mirror is None  # a shared mirror is stopped by whoever made it
+        self._subscription: Subscription | None = None
         self.cache = SnapshotCache(cluster_cidrs)
         self.pushes = 0
         self.nacks = 0
@@ -91,16 +95,20 @@ class ConfigStreamer:
         self._changes = Coalescer(debounce_s, max_delay_s)
         self._delete_time_ns = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self._lease: Any = None
-        self._ignored = (store.prefix + "seq/",)
+        self._lease = 0  # etcd lease id of this replica's status keys; 0 = none yet
+
+    @property
+    def state(self) -> State:
+        """Everything under the prefix, as the mirror has it now."""
+        return self.mirror.state
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self.state = await self.store.load_state()
-        self._lease = await self.store.client.lease(self.status_ttl_s)
+        await self.mirror.start()
+        self._subscription = self.mirror.subscribe(self._on_etcd, "config stream")
+        self._lease = await self.store.grant_lease(self.status_ttl_s)
         self._tasks = [
-            asyncio.create_task(self._watch_loop(), name="etcd-watch"),
             asyncio.create_task(self._flush_loop(), name="push"),
             asyncio.create_task(self._lease_loop(), name="lease"),
         ]
@@ -110,45 +118,26 @@ class ConfigStreamer:
             conn.closed = True
             conn.wake.set()
         await cancel_and_wait(self._tasks)
-        if self._lease is not None:
+        if self._subscription is not None:
+            self._subscription.close()
+        if self._own_mirror:
+            await self.mirror.stop()
+        if self._lease:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._lease.revoke(), 2)
+                await asyncio.wait_for(self.store.revoke_lease(self._lease), 2)
 
     # ------------------------------------------------------------------ etcd side
 
-    async def _watch_loop(self) -> None:
-        backoff = 0.1
-        while True:
-            try:
-                watch = await self.store.client.watch_prefix(
-                    self.store.prefix.encode(), start_revision=self.state.revision + 1
-                )
-                backoff = 0.1
-                async for event in watch:
-                    self._on_event(event)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # etcd restart, compaction: reload everything
-                log.warning("etcd watch failed (%s); reloading state in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                with contextlib.suppress(Exception):
-                    self.state = await self.store.load_state()
-                    self._changes.mark()
-
-    def _on_event(self, event: Any) -> None:
-        key = event.kv.key.decode()
-        if key.startswith(self._ignored):
-            return
-        if event.kind == "PUT":
-            changed = self.state.put(key, bytes(event.kv.value))
-        else:
-            changed = self.state.delete(key)
-            if changed:
-                self._delete_time_ns = time.time_ns()
-        if changed:
-            self.state.revision = max(self.state.revision, int(event.kv.mod_revision))
+    def _on_etcd(self, event: MirrorEvent) -> None:
+        """A change the mirror applied: push when the burst settles (a reload may have changed anything)."""
+        if isinstance(event, Reloaded):
             self._changes.mark()
+            return
+        if not event.changed:
+            return  # a sidecar's status (its ACKs) or a sequence key: no snapshot depends on it
+        if event.deleted:
+            self._delete_time_ns = time.time_ns()
+        self._changes.mark()
 
     async def _flush_loop(self) -> None:
         while True:
@@ -172,25 +161,22 @@ class ConfigStreamer:
         while True:
             await asyncio.sleep(max(1.0, self.status_ttl_s / 3))
             try:
-                await self._lease.refresh()
+                await self.store.refresh_lease(self._lease)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("status lease refresh failed (%s); taking a new lease", exc)
                 with contextlib.suppress(Exception):
-                    self._lease = await self.store.client.lease(self.status_ttl_s)
+                    self._lease = await self.store.grant_lease(self.status_ttl_s)
                     for conn in self._conns:
                         conn.status_dirty.set()
 
     async def _status_writer(self, conn: _Conn) -> None:
-        key = keys.sidecar_key(self.store.prefix, conn.node.id).encode()
         while True:
             await conn.status_dirty.wait()
             conn.status_dirty.clear()
             try:
-                value = conn.status.SerializeToString()
-                await self.store.client.put(key, value, lease=self._lease)
-                conn.written = value
+                conn.written = await self.store.put_status(conn.status, self._lease)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -245,12 +231,8 @@ class ConfigStreamer:
 
     async def _forget(self, conn: _Conn) -> None:
         """Delete the status key unless another replica has rewritten it since (a reconnect)."""
-        key = keys.sidecar_key(self.store.prefix, conn.node.id).encode()
-        tx = self.store.client.transactions
         if conn.written:
-            await self.store.client.transaction(
-                compare=[tx.value(key) == conn.written], success=[tx.delete(key)], failure=[]
-            )
+            await self.store.forget_status(conn.node.id, conn.written)
 
     async def _read_acks(
         self, request_iterator: AsyncIterator[control_pb2.StreamRequest], conn: _Conn
@@ -301,8 +283,6 @@ class ConfigStreamer:
         return prometheus_text(self.metrics())
 
     async def list_sidecars(self) -> control_pb2.ListSidecarsResponse:
-        prefix = (self.store.prefix + keys.SidecarsSegment + "/").encode()
-        rng = await self.store.client.get_prefix(prefix)
-        out = [control_pb2.SidecarStatus.FromString(bytes(kv.value)) for kv in rng]
+        out = await self.store.list_statuses()
         out.sort(key=lambda s: s.node.id)
         return control_pb2.ListSidecarsResponse(sidecars=out)

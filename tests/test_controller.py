@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aetcd
 import aiohttp
 import pytest
 from e2e.harness import Mesh, Sidecar
@@ -30,7 +31,6 @@ from meshgate.control.kube import KubeOptions
 from meshgate.control.resources import load_documents
 from meshgate.control.server import ControlServer, start_control
 from meshgate.control.snapshots import build_snapshot
-from meshgate.control.state import sidecar_key
 from meshgate.control.store import Store
 from meshgate.v1 import control_pb2
 
@@ -132,6 +132,19 @@ async def wait_condition(
     return result
 
 
+async def etcd_values(store: Store) -> list[bytes]:
+    """Every value under the store's prefix, read with a client of its own (the Store exposes none)."""
+    host, _, port = store.endpoint.rpartition(":")
+    async with aetcd.Client(host=host, port=int(port)) as client:
+        return [bytes(kv.value) for kv in await client.get_prefix(store.prefix.encode())]
+
+
+async def wipe(store: Store) -> None:
+    host, _, port = store.endpoint.rpartition(":")
+    async with aetcd.Client(host=host, port=int(port)) as client:
+        await client.delete_prefix(store.prefix.encode())
+
+
 def http_get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
@@ -199,11 +212,13 @@ async def env(etcd: LocalEtcd, kube: KubeApi, tmp_path: Path) -> AsyncIterator[E
         yield Env(kube, control, sidecar)
     finally:
         await asyncio.to_thread(mesh.stop_all)
-        await control.store.client.delete_prefix(prefix.encode())
+        await wipe(control.store)
         await control.stop()
 
 
 async def test_kubectl_apply_is_served_and_applied_then_modified_then_deleted(env: Env) -> None:
+    # the config stream and the controller follow one etcd mirror: one load, one watch
+    assert env.control.streamer.mirror is env.controller.mirror is env.control.mirror
     await replay(env.kube, "pets")
     stage_applied = await wait_condition(
         env.kube, "Stage", "prod", "Applied", "True", message="1/1 sidecars applied deployment 1"
@@ -240,6 +255,7 @@ async def test_kubectl_apply_is_served_and_applied_then_modified_then_deleted(en
     await wait_for("etcd empty", lambda: not env.controller.state.apis and not env.controller.state.stages)
     assert await env.store.get("Api", "shop") == [] and await env.store.get("Stage", "shop") == []
     await env.serves("/prod/pets", 404)
+    assert env.control.mirror.watches == 1 and env.control.mirror.reloads == 0
 
 
 async def test_invalid_api_is_refused_with_the_field_path_and_nothing_is_stored(env: Env) -> None:
@@ -355,8 +371,7 @@ async def test_api_key_from_a_secret_opens_a_keyed_route(env: Env) -> None:
     assert (await env.get("/live/orders", {"x-api-key": key[:-1] + "4"}))[0] == 403
     [stored] = await env.store.get("ApiKey", "shop", "partner")
     assert stored.api_key.spec.value_sha256 == hashlib.sha256(key.encode()).hexdigest()
-    rng = await env.store.client.get_prefix(env.store.prefix.encode())
-    assert not any(key.encode() in bytes(kv.value) for kv in rng)  # only the hash reaches etcd
+    assert not any(key.encode() in v for v in await etcd_values(env.store))  # only the hash reaches etcd
 
 
 async def test_applied_follows_sidecar_acks_and_reports_nacks(etcd: LocalEtcd, kube: KubeApi) -> None:
@@ -364,8 +379,7 @@ async def test_applied_follows_sidecar_acks_and_reports_nacks(etcd: LocalEtcd, k
     store = Store(etcd.endpoint, f"/k8s-{uuid.uuid4().hex[:8]}/")
     await store.open()
     node = control_pb2.Node(id="fake-1", namespace="shop", labels={"app": "pets"})
-    key = sidecar_key(store.prefix, node.id).encode()
-    await store.client.put(key, control_pb2.SidecarStatus(node=node).SerializeToString())
+    await store.put_status(control_pb2.SidecarStatus(node=node))
     ctl = Controller(store, options(kube), identity="ctl-a", cluster_cidrs=CIDRS)
     await ctl.start()
     try:
@@ -376,17 +390,15 @@ async def test_applied_follows_sidecar_acks_and_reports_nacks(etcd: LocalEtcd, k
         nack = control_pb2.SidecarStatus(
             node=node, last_nack_version=version, last_nack_error="route table: boom"
         )
-        await store.client.put(key, nack.SerializeToString())
+        await store.put_status(nack)
         nacked = await wait_condition(kube, "Stage", "prod", "Applied", "False", reason="Nacked")
         assert nacked["message"] == "0/1 sidecars applied deployment 1; NACK from fake-1: route table: boom"
-        await store.client.put(
-            key, control_pb2.SidecarStatus(node=node, acked_version=version).SerializeToString()
-        )
+        written = await store.put_status(control_pb2.SidecarStatus(node=node, acked_version=version))
         applied = await wait_condition(kube, "Stage", "prod", "Applied", "True")
         assert applied["message"] == "1/1 sidecars applied deployment 1"
         assert applied["lastTransitionTime"] >= nacked["lastTransitionTime"]
         # the sidecar goes away: nothing is bound any more
-        await store.client.delete(key)
+        assert await store.forget_status(node.id, written)
         gone = await wait_condition(kube, "Stage", "prod", "Applied", "False", reason="NoSidecars")
         assert gone["message"].startswith("no connected sidecar is bound")
         # Events for what changed that matters: accepted, the NACK, applied; not Applying or NoSidecars
@@ -397,7 +409,7 @@ async def test_applied_follows_sidecar_acks_and_reports_nacks(etcd: LocalEtcd, k
         ]
     finally:
         await ctl.stop()
-        await store.client.delete_prefix(store.prefix.encode())
+        await wipe(store)
         await store.close()
 
 
@@ -418,7 +430,7 @@ async def two_controllers(
     finally:
         await b.stop()
         await a.stop()
-        await store.client.delete_prefix(store.prefix.encode())
+        await wipe(store)
         await store.close()
 
 
@@ -491,7 +503,7 @@ async def test_a_leader_that_loses_its_lease_stops_writing_at_once(etcd: LocalEt
         assert time.monotonic() - lost > 1.5
     finally:
         await a.stop()
-        await store.client.delete_prefix(store.prefix.encode())
+        await wipe(store)
         await store.close()
 
 
