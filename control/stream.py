@@ -25,7 +25,7 @@ from meshgate.control.snapshots import SnapshotCache
 from meshgate.control.state import State
 from meshgate.control.store import Store
 from meshgate.control.tasks import cancel_and_wait
-from meshgate.sidecar.metrics import Family, Labels, Value, _Histogram, prometheus_text
+from meshgate.sidecar.metrics import Family, Histogram, Labels, Value, prometheus_text
 from meshgate.v1 import control_pb2
 
 log = logging.getLogger("meshgate.control.stream")
@@ -90,7 +90,7 @@ class ConfigStreamer:
         self.pushes = 0
         self.nacks = 0
         self.acks = 0
-        self.apply_latency = _Histogram()  # etcd change -> ACK, seconds
+        self.apply_latency = Histogram()  # etcd change -> ACK, seconds
         self._conns: set[_Conn] = set()
         self._changes = Coalescer(debounce_s, max_delay_s)
         self._delete_time_ns = 0
