@@ -1,0 +1,464 @@
+"""The admin subcommands of `meshgate` (apply, get, deploy, canary, import, export, inject, ...):
+gRPC calls to a control service, tables and documents out, every failure one line on stderr.
+
+Imported by `control/cli.py` only when an admin subcommand runs, so process commands such as
+`meshgate sidecar` never load what these need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from google.protobuf import json_format
+from meshgate.control.errors import ControlError
+from meshgate.control.resources import load_documents, to_document
+from meshgate.control.state import KIND_WORDS
+from meshgate.v1 import control_pb2, control_pb2_grpc, resources_pb2
+
+KIND_ALIASES = {**KIND_WORDS, "dep": "Deployment"}
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit code 1."""
+
+
+def _kv(items: Sequence[str] | None, flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _stub(args: argparse.Namespace) -> control_pb2_grpc.ControlServiceStub:
+    channel = grpc.insecure_channel(args.control)
+    return control_pb2_grpc.ControlServiceStub(channel)
+
+
+def _call(args: argparse.Namespace, method: str, request: Any) -> Any:
+    """Call one admin RPC; turn gRPC failures into one-line CliErrors."""
+    stub = _stub(args)
+    try:
+        return getattr(stub, method)(request, timeout=args.timeout)
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise CliError(
+                f"control service at {args.control} unreachable ({code.name.lower()}): "
+                f"{(details or '').splitlines()[0] if details else 'no answer'}"
+            ) from None
+        name = code.name if code is not None else "ERROR"
+        raise CliError(f"{name.lower()}: {details}") from None
+
+
+# ---------------------------------------------------------------- apply / delete
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    resources: list[resources_pb2.Resource] = []
+    namespace = args.namespace or "default"
+    for source in args.filename:
+        if source == "-":
+            resources += load_documents(sys.stdin.read(), namespace)
+        else:
+            path = Path(source)
+            if not path.exists():
+                raise CliError(f"{source}: no such file or directory")
+            resources += load_documents(path, namespace)
+    if not resources:
+        raise CliError("no documents found")
+    resp = _call(args, "Apply", control_pb2.ApplyRequest(resources=resources, dry_run=args.dry_run))
+    suffix = " (dry run)" if args.dry_run else ""
+    for r in resp.results:
+        print(f"{r.kind.lower()}/{r.name} {r.action}{suffix}")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    kind = _kind(args.kind)
+    if kind in ("Stage", "Deployment") and not args.api:
+        raise CliError(f"delete {args.kind}: --api is required")
+    ref = control_pb2.ObjectRef(
+        kind=kind, namespace=args.namespace or "default", name=args.name, api=args.api
+    )
+    _call(args, "Delete", control_pb2.DeleteRequest(ref=ref))
+    print(f"{kind.lower()}/{args.name} deleted")
+    return 0
+
+
+# ---------------------------------------------------------------- deploy / rollback / canary
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    resp = _call(
+        args,
+        "Deploy",
+        control_pb2.DeployRequest(
+            namespace=args.namespace or "default",
+            api=args.api,
+            stage=args.stage,
+            description=args.description,
+            skip_canary=args.skip_canary,
+        ),
+    )
+    where = "canary of stage" if resp.to_canary else "stage"
+    print(f"deployment {resp.deployment} of {args.api} now serves {where} {args.stage}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    resp = _call(
+        args,
+        "Rollback",
+        control_pb2.RollbackRequest(
+            namespace=args.namespace or "default", api=args.api, stage=args.stage, deployment=args.to
+        ),
+    )
+    print(f"stage {args.stage} of {args.api} rolled back to deployment {resp.deployment}")
+    return 0
+
+
+def cmd_canary(args: argparse.Namespace) -> int:
+    req = control_pb2.CanaryRequest(namespace=args.namespace or "default", api=args.api, stage=args.stage)
+    if args.action == "set":
+        if args.percent is None:
+            raise CliError("canary set: --percent is required")
+        req.canary.CopyFrom(
+            resources_pb2.CanarySettings(
+                deployment=args.deployment,
+                percent=args.percent,
+                variables=_kv(args.var, "--var"),
+                sticky_header=args.sticky_header,
+                sticky_cookie=args.sticky_cookie,
+            )
+        )
+        resp = _call(args, "SetCanary", req)
+        c = resp.stage.spec.canary
+        print(f"stage {args.stage}: {c.percent:g}% of requests to canary deployment {c.deployment}")
+    elif args.action == "promote":
+        resp = _call(args, "PromoteCanary", req)
+        print(f"stage {args.stage}: canary promoted, deployment {resp.stage.spec.deployment} serves 100%")
+    else:
+        resp = _call(args, "RemoveCanary", req)
+        print(f"stage {args.stage}: canary removed, deployment {resp.stage.spec.deployment} serves 100%")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from meshgate.control.openapi import OpenApiError, import_openapi
+
+    path = Path(args.file)
+    if not path.exists():
+        raise CliError(f"{args.file}: no such file or directory")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise CliError(f"{args.file}: invalid YAML/JSON: {str(exc).splitlines()[0]}") from None
+    try:
+        result = import_openapi(doc, args.api, args.namespace or "default")
+    except OpenApiError as exc:
+        raise CliError(f"{args.file}: {exc}") from None
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if result.warnings and args.fail_on_warnings:
+        raise CliError(f"{len(result.warnings)} warning(s) and --fail-on-warnings: nothing applied")
+    res = resources_pb2.Resource(api=result.api)
+    if args.show:
+        print(yaml.safe_dump(to_document(res), sort_keys=False), end="")
+        return 0
+    resp = _call(args, "Apply", control_pb2.ApplyRequest(resources=[res], dry_run=args.dry_run))
+    suffix = " (dry run)" if args.dry_run else ""
+    for r in resp.results:
+        print(
+            f"{r.kind.lower()}/{r.name} {r.action}{suffix} ({len(result.api.spec.routes)} routes, {len(result.warnings)} warnings)"
+        )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from meshgate.control.openapi import export_openapi
+
+    ns = args.namespace or "default"
+    version = "live"
+    if args.stage:
+        stages = _call(
+            args, "Get", control_pb2.GetRequest(kind="Stage", namespace=ns, name=args.stage, api=args.api)
+        )
+        if not stages.resources:
+            raise CliError(f"stage {args.stage} of Api {ns}/{args.api} not found")
+        dep_id = stages.resources[0].stage.spec.deployment
+        if not dep_id:
+            raise CliError(f"stage {args.stage} is not deployed yet")
+        deps = _call(
+            args,
+            "Get",
+            control_pb2.GetRequest(
+                kind="Deployment", namespace=ns, name=f"{args.api}-{dep_id}", api=args.api
+            ),
+        )
+        if not deps.resources:
+            raise CliError(f"deployment {dep_id} of Api {ns}/{args.api} not found")
+        spec = deps.resources[0].deployment.spec.api_spec
+        version = str(dep_id)
+    else:
+        apis = _call(args, "Get", control_pb2.GetRequest(kind="Api", namespace=ns, name=args.api))
+        if not apis.resources:
+            raise CliError(f"Api {ns}/{args.api} not found")
+        spec = apis.resources[0].api.spec
+    doc = export_openapi(args.api, spec, stage=args.stage or "", version=version)
+    text = json.dumps(doc, indent=2) + "\n" if args.format == "json" else yaml.safe_dump(doc, sort_keys=False)
+    if args.output and args.output != "-":
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output} ({len(doc['paths'])} paths)")
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_inject(args: argparse.Namespace) -> int:
+    from meshgate.control.inject import InjectConfig, inject_object
+
+    path = Path(args.filename)
+    if args.filename != "-" and not path.exists():
+        raise CliError(f"{args.filename}: no such file or directory")
+    text = sys.stdin.read() if args.filename == "-" else path.read_text()
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise CliError(f"{args.filename}: invalid YAML: {str(exc).splitlines()[0]}") from None
+    cfg = InjectConfig(
+        image=args.image, control=args.control_address, otlp_endpoint=args.otlp_endpoint, legacy=args.legacy
+    )
+    out = []
+    for doc in docs:
+        if not isinstance(doc, dict):
+            raise CliError(f"{args.filename}: every document must be a Kubernetes object")
+        injected, what = inject_object(doc, cfg)
+        name = (doc.get("metadata") or {}).get("name", "?")
+        print(f"{doc.get('kind', '?')}/{name}: {what}", file=sys.stderr)
+        out.append(injected)
+    print(yaml.safe_dump_all(out, sort_keys=False), end="")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    resp = _call(
+        args,
+        "FlushStageCache",
+        control_pb2.FlushStageCacheRequest(
+            namespace=args.namespace or "default", api=args.api, stage=args.stage
+        ),
+    )
+    print(f"stage {args.stage}: cache flushed on every sidecar (epoch {resp.stage.spec.cache.flush_epoch})")
+    return 0
+
+
+# ---------------------------------------------------------------- get
+
+
+def _kind(word: str) -> str:
+    kind = KIND_ALIASES.get(word.lower())
+    if kind is None:
+        raise CliError(f"unknown kind {word!r} (apis, stages, deployments, usageplans, apikeys, sidecars)")
+    return kind
+
+
+def _age(unix_nano: int) -> str:
+    if not unix_nano:
+        return "-"
+    secs = max(0, int(time.time() - unix_nano / 1e9))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit}"
+    return f"{secs}s"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    lines = [
+        "   ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip()
+        for row in [header, *rows]
+    ]
+    return "\n".join(lines)
+
+
+def _rows(kind: str, resources: Sequence[resources_pb2.Resource]) -> tuple[list[str], list[list[str]]]:
+    if kind == "Api":
+        return ["NAMESPACE", "NAME", "ROUTES", "ENDPOINT", "SELECTOR", "AGE"], [
+            [
+                r.api.metadata.namespace,
+                r.api.metadata.name,
+                str(len(r.api.spec.routes)),
+                r.api.spec.endpoint_type or "cluster",
+                ",".join(f"{k}={v}" for k, v in sorted(r.api.spec.selector.match_labels.items())) or "*",
+                _age(r.api.metadata.update_time_unix_nano),
+            ]
+            for r in resources
+        ]
+    if kind == "Stage":
+        rows = []
+        for r in resources:
+            s = r.stage
+            canary = (
+                f"{s.spec.canary.percent:g}%->{s.spec.canary.deployment}" if s.spec.canary.percent else "-"
+            )
+            rows.append(
+                [
+                    s.metadata.namespace,
+                    s.spec.api,
+                    s.metadata.name,
+                    str(s.spec.deployment or "-"),
+                    canary,
+                    ",".join(f"{k}={v}" for k, v in sorted(s.spec.variables.items())) or "-",
+                    _age(s.metadata.update_time_unix_nano),
+                ]
+            )
+        return ["NAMESPACE", "API", "STAGE", "DEPLOYMENT", "CANARY", "VARIABLES", "AGE"], rows
+    if kind == "Deployment":
+        return ["NAMESPACE", "API", "ID", "ROUTES", "DESCRIPTION", "AGE"], [
+            [
+                r.deployment.metadata.namespace,
+                r.deployment.spec.api,
+                str(r.deployment.id),
+                str(len(r.deployment.spec.api_spec.routes)),
+                r.deployment.spec.description or "-",
+                _age(r.deployment.spec.created_unix_nano or r.deployment.metadata.update_time_unix_nano),
+            ]
+            for r in resources
+        ]
+    if kind == "UsagePlan":
+        return ["NAMESPACE", "NAME", "APIS", "RATE", "BURST", "QUOTA"], [
+            [
+                r.usage_plan.metadata.namespace,
+                r.usage_plan.metadata.name,
+                ",".join(r.usage_plan.spec.apis) or "-",
+                f"{r.usage_plan.spec.throttle.rate_limit:g}",
+                str(r.usage_plan.spec.throttle.burst_limit),
+                (
+                    f"{r.usage_plan.spec.quota.limit}/{r.usage_plan.spec.quota.period}"
+                    if r.usage_plan.spec.quota.limit
+                    else "-"
+                ),
+            ]
+            for r in resources
+        ]
+    return ["NAMESPACE", "NAME", "USAGE PLAN", "ENABLED"], [
+        [
+            r.api_key.metadata.namespace,
+            r.api_key.metadata.name,
+            r.api_key.spec.usage_plan or "-",
+            str(r.api_key.spec.enabled).lower(),
+        ]
+        for r in resources
+    ]
+
+
+def _emit(docs: list[dict[str, Any]], output: str) -> None:
+    if output == "json":
+        print(json.dumps(docs[0] if len(docs) == 1 else {"items": docs}, indent=2))
+    else:
+        print(yaml.safe_dump_all(docs, sort_keys=False), end="")
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    if args.kind.lower() in ("sidecar", "sidecars"):
+        return _get_sidecars(args)
+    kind = _kind(args.kind)
+    req = control_pb2.GetRequest(
+        kind=kind, namespace=args.namespace or "", name=args.name or "", api=args.api
+    )
+    resp = _call(args, "Get", req)
+    resources = list(resp.resources)
+    if args.name and not resources:
+        raise CliError(f"{kind.lower()} {args.name!r} not found")
+    if args.output in ("yaml", "json"):
+        _emit([to_document(r) for r in resources], args.output)
+        return 0
+    if not resources:
+        print(f"no {kind.lower()}s found", file=sys.stderr)
+        return 0
+    header, rows = _rows(kind, resources)
+    print(_table(header, rows))
+    return 0
+
+
+def _get_sidecars(args: argparse.Namespace) -> int:
+    resp = _call(args, "ListSidecars", control_pb2.ListSidecarsRequest())
+    if args.output in ("yaml", "json"):
+        docs = [json_format.MessageToDict(s) for s in resp.sidecars]
+        _emit(docs, args.output)
+        return 0
+    rows = []
+    for s in resp.sidecars:
+        in_sync = "yes" if s.acked_version and s.acked_version == s.sent_version else "no"
+        rows.append(
+            [
+                s.node.id,
+                s.node.namespace,
+                ",".join(f"{k}={v}" for k, v in sorted(s.node.labels.items())) or "-",
+                s.control_id,
+                s.acked_version or "-",
+                in_sync,
+                f"{s.last_apply_latency_ms:.1f}ms" if s.last_ack_unix_nano else "-",
+                str(s.nack_count),
+                (s.last_nack_error.splitlines()[0][:80] if s.last_nack_error else "-"),
+            ]
+        )
+    if not rows:
+        print("no sidecars connected", file=sys.stderr)
+        return 0
+    header = [
+        "NODE",
+        "NAMESPACE",
+        "LABELS",
+        "CONTROL",
+        "ACKED",
+        "SYNCED",
+        "APPLY LATENCY",
+        "NACKS",
+        "LAST NACK",
+    ]
+    print(_table(header, rows))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "apply": cmd_apply,
+    "deploy": cmd_deploy,
+    "rollback": cmd_rollback,
+    "canary": cmd_canary,
+    "import": cmd_import,
+    "export": cmd_export,
+    "inject": cmd_inject,
+    "cache": cmd_cache,
+    "get": cmd_get,
+    "delete": cmd_delete,
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the admin subcommand `args.command` (parsed by cli.build_parser); errors as one line."""
+    try:
+        return COMMANDS[args.command](args)
+    except (CliError, ControlError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(
+            f"error: {exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}".rstrip(": "),
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:
+        return 130
