@@ -1,15 +1,20 @@
-"""The sidecar's admin port (aiohttp): /ready once a snapshot is applied, /live, /config_dump (the
+"""The sidecar's admin port (asyncio + httptools, no framework: aiohttp stays unloaded): /ready once a snapshot is applied, /live, /config_dump (the
 applied snapshot with secrets redacted), /stats (Envoy-style `name: value` counters and gauges, or
 ?format=json) and /metrics (Prometheus text)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
+from urllib.parse import parse_qsl
 
-from aiohttp import web
+import httptools
 from google.protobuf import json_format
+from meshgate.sidecar import respond
 from meshgate.sidecar.config_client import ConfigClient
 from meshgate.sidecar.metrics import Metrics
 from meshgate.sidecar.redact import redact
@@ -23,6 +28,7 @@ if TYPE_CHECKING:
     from meshgate.sidecar.upstream import UpstreamPool
 
 Stat = tuple[str, int | float | str]
+Answer = tuple[int, tuple[tuple[bytes, bytes], ...], bytes]  # status, headers, body
 
 
 @dataclass
@@ -111,15 +117,21 @@ def config_dump(state: AdminState) -> dict[str, object] | None:
     }
 
 
-def build_app(state: AdminState) -> web.Application:
-    async def ready(request: web.Request) -> web.Response:
+def _json(status: int, doc: object) -> Answer:
+    return status, ((b"content-type", b"application/json; charset=utf-8"),), json.dumps(doc).encode()
+
+
+def routes(state: AdminState) -> dict[str, Callable[[dict[str, str]], Answer]]:
+    """Path -> handler(query) -> (status, content type, body)."""
+
+    def ready(query: dict[str, str]) -> Answer:
         c = state.client
         if c.applied is None:
-            return web.json_response(
-                {"ready": False, "reason": "no configuration applied yet", "lastError": c.last_error},
-                status=503,
+            return _json(
+                503, {"ready": False, "reason": "no configuration applied yet", "lastError": c.last_error}
             )
-        return web.json_response(
+        return _json(
+            200,
             {
                 "ready": True,
                 "version": c.applied_version,
@@ -129,42 +141,108 @@ def build_app(state: AdminState) -> web.Application:
                 "nacks": c.nacks,
                 "lastError": c.last_error,
                 "node": state.node_id,
-            }
+            },
         )
 
-    async def live(request: web.Request) -> web.Response:
-        return web.json_response({"live": True})
-
-    async def dump(request: web.Request) -> web.Response:
+    def dump(query: dict[str, str]) -> Answer:
         doc = config_dump(state)
         if doc is None:
-            return web.json_response({"reason": "no configuration applied yet"}, status=404)
-        return web.json_response(doc)
+            return _json(404, {"reason": "no configuration applied yet"})
+        return _json(200, doc)
 
-    async def stats_page(request: web.Request) -> web.Response:
+    def stats_page(query: dict[str, str]) -> Answer:
         values = stats(state)
-        if request.query.get("format") == "json":
-            return web.json_response({"stats": [{"name": n, "value": v} for n, v in values]})
-        return web.Response(text="".join(f"{n}: {v}\n" for n, v in values), content_type="text/plain")
+        if query.get("format") == "json":
+            return _json(200, {"stats": [{"name": n, "value": v} for n, v in values]})
+        return 200, _TEXT, "".join(f"{n}: {v}\n" for n, v in values).encode()
 
-    async def metrics(request: web.Request) -> web.Response:
+    def metrics(query: dict[str, str]) -> Answer:
         text = state.metrics.render() if state.metrics is not None else ""
-        return web.Response(
-            text=text, content_type="text/plain", charset="utf-8", headers={"X-Prometheus": "0.0.4"}
+        return 200, (*_TEXT, (b"x-prometheus", b"0.0.4")), text.encode()
+
+    return {
+        "/metrics": metrics,
+        "/ready": ready,
+        "/live": lambda query: _json(200, {"live": True}),
+        "/config_dump": dump,
+        "/stats": stats_page,
+    }
+
+
+_TEXT = ((b"content-type", b"text/plain; charset=utf-8"),)
+
+
+class _AdminConn(asyncio.Protocol):
+    """One admin connection: GET requests, keep-alive, answered in order (httptools, like the listener)."""
+
+    def __init__(self, handlers: dict[str, Callable[[dict[str, str]], Answer]]) -> None:
+        self.handlers = handlers
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.url = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._send(400, _TEXT, b"malformed request\n", close=True)
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > 8192:
+            raise ValueError("request line too long")
+
+    def on_message_complete(self) -> None:
+        method = self.parser.get_method()
+        path, _, query = self.url.decode("latin-1").partition("?")
+        handler = self.handlers.get(path)
+        if method not in (b"GET", b"HEAD"):
+            answer: Answer = 405, _TEXT, b"method not allowed\n"
+        elif handler is None:
+            answer = 404, _TEXT, b"not found\n"
+        else:
+            answer = handler(dict(parse_qsl(query)))
+        self._send(*answer, close=not self.parser.should_keep_alive(), head=method == b"HEAD")
+
+    def _send(
+        self,
+        status: int,
+        headers: tuple[tuple[bytes, bytes], ...],
+        body: bytes,
+        close: bool = False,
+        head: bool = False,
+    ) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        t.write(
+            respond.full(
+                status, headers, body, b"connection: close\r\n\r\n" if close else b"\r\n", is_head=head
+            )
         )
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/ready", ready)
-    app.router.add_get("/live", live)
-    app.router.add_get("/config_dump", dump)
-    app.router.add_get("/stats", stats_page)
-    return app
+        if close:
+            t.close()
 
 
-async def start_admin(state: AdminState, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(build_app(state), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    return runner
+class AdminServer:
+    """The admin listener; `cleanup()` stops it."""
+
+    def __init__(self, server: asyncio.Server) -> None:
+        self.server = server
+
+    async def cleanup(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def start_admin(state: AdminState, host: str, port: int) -> AdminServer:
+    handlers = routes(state)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _AdminConn(handlers), host, port, reuse_address=True)
+    return AdminServer(server)

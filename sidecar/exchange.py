@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
 from meshgate.sidecar import respond
-from meshgate.sidecar.accesslog import context as access_context
 from meshgate.sidecar.context import RequestContext
 from meshgate.sidecar.errors import GatewayError, internal
 from meshgate.sidecar.filters import Answer, Decision, Pending
 from meshgate.sidecar.filters.cache import Capture
-from meshgate.sidecar.filters.policy import in_networks
-from meshgate.sidecar.pipeline import WAIT_BODY, Chain
+from meshgate.sidecar.integrations.websocket_api import manage_connection
+from meshgate.sidecar.observe import record
+from meshgate.sidecar.pipeline import WAIT_BODY
 from meshgate.sidecar.routing import Miss, Route
 
 if TYPE_CHECKING:
@@ -114,7 +115,6 @@ class Exchange:
 
     __slots__ = (
         "call",
-        "chain_pos",
         "conn",
         "ctx",
         "deadline",
@@ -123,7 +123,7 @@ class Exchange:
         "http10",
         "is_head",
         "keep_alive",
-        "pending_manage",
+        "on_body",
         "route",
         "route_transform",
         "sink",
@@ -148,8 +148,7 @@ class Exchange:
         self.error: GatewayError | None = None  # set by the listener: a request it cannot parse
         self.route: Route | None = None
         self.route_transform: TransformFilter | None = None
-        self.chain_pos = -1  # >= 0: the chain waits at this filter for the whole body
-        self.pending_manage: str | None = None
+        self.on_body: Callable[[], None] | None = None  # what waits for the whole request body
         self.call: Call | None = None
         self.sink: BodySink | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -183,12 +182,9 @@ class Exchange:
         ctx = self.ctx
         ctx.body_complete = True
         sink = self.sink  # a sink set by what resumes below has the whole body already
-        if self.pending_manage is not None:
-            conn_id, self.pending_manage = self.pending_manage, None
-            self.conn.loop.create_task(self._manage(conn_id))
-        elif self.chain_pos >= 0 and self.state is State.FILTERING:
-            pos, self.chain_pos = self.chain_pos, -1
-            self._run_chain(pos)
+        resume, self.on_body = self.on_body, None
+        if resume is not None and self.state is State.FILTERING:
+            resume()
         if sink is not None and not self.discard_body:
             sink.body_end()
         if self.state is State.RESPONDED:
@@ -210,7 +206,7 @@ class Exchange:
             )
             return
         if ctx.path.startswith("/@connections/"):
-            self._manage_connection(ctx.path[len("/@connections/") :])
+            manage_connection(self, ctx.path[len("/@connections/") :])
             return
         try:
             found = self.conn.holder.table.resolve(ctx)
@@ -225,22 +221,8 @@ class Exchange:
         ctx.route = route
         self.route_transform = route.chain.transform
         tel = self.conn.server.telemetry
-        if tel is not None and (parent := tel.sample(ctx.headers, route.trace_ratio)) is not None:
-            # sampled: only now is anything built for the span
-            ctx.trace = tel.begin(
-                parent,
-                f"{ctx.method} {route.resource}",
-                {
-                    "http.request.method": ctx.method,
-                    "url.path": ctx.path,
-                    "meshgate.api": route.api,
-                    "meshgate.stage": route.stage,
-                    "meshgate.deployment": route.deployment_id,
-                    "meshgate.request_id": ctx.request_id,
-                    "client.address": ctx.source_ip,
-                },
-            )
-            route.chain.begin_span(ctx)
+        if tel is not None:
+            tel.trace_request(ctx, route)
         self._run_chain(0)
 
     def _miss(self, miss: Miss) -> None:
@@ -264,13 +246,13 @@ class Exchange:
             log.exception("request phase failed (request %s)", self.ctx.request_id)
             decision, pos = internal(), len(chain.filters)
         if decision is WAIT_BODY:
-            self.chain_pos = pos  # end_body resumes here
+            self.on_body = functools.partial(self._run_chain, pos)
         elif isinstance(decision, Pending):
-            self.conn.loop.create_task(self._await(chain, pos, decision.awaitable))
+            self.conn.loop.create_task(self._await(pos, decision.awaitable))
         elif decision is None:
             self._phase_over(None)
             if route.needs_body and not self.ctx.body_complete:
-                self.chain_pos = len(chain.filters)  # the integration wants the whole body
+                self.on_body = functools.partial(self._integrate, route)  # it wants the whole body
                 return
             self._integrate(route)
         else:
@@ -278,7 +260,7 @@ class Exchange:
             self._phase_over(decision)
             self._decided(decision, route.responses)
 
-    async def _await(self, chain: Chain, pos: int, pending: Awaitable[Decision]) -> None:
+    async def _await(self, pos: int, pending: Awaitable[Decision]) -> None:
         try:
             decision = await pending
         except Exception:
@@ -323,37 +305,12 @@ class Exchange:
                 GatewayError(400, "WebSocket upgrade on a route that is not a WebSocket route", close=True)
             )
             return
-        self._to(State.INTEGRATING)
+        self.integrating()
         integ.start(self)
 
-    # ------------------------------------------------------------------ @connections
-    def _manage_connection(self, conn_id: str) -> None:
-        server = self.conn.server
-        if server.registry is None or server.session is None:
-            self.fail(GatewayError(404, "this sidecar serves no WebSocket APIs"))
-            return
-        ip = self.ctx.source_ip
-        if not in_networks(ip, self.conn.holder.table.cluster_nets):
-            self.fail(
-                GatewayError(
-                    403, f"@connections is reachable only from inside the cluster networks (source {ip})"
-                )
-            )
-            return
-        if not self.ctx.body_complete:
-            self.pending_manage = conn_id
-            return
-        self.conn.loop.create_task(self._manage(conn_id))
-
-    async def _manage(self, conn_id: str) -> None:
-        server = self.conn.server
-        assert server.registry is not None
-        ctx = self.ctx
-        status, body = await server.registry.manage(
-            ctx.method, conn_id.strip("/"), ctx.whole_body(), server.session
-        )
-        headers = ((b"content-type", b"application/json"),) if body else ()
-        self.respond_full(status, headers, body)
+    def integrating(self) -> None:
+        """The request phase is over: the backend is called now."""
+        self._to(State.INTEGRATING)
 
     # ------------------------------------------------------------------ responses (from integrations)
     def tail(self) -> bytes:
@@ -468,12 +425,7 @@ class Exchange:
         metrics = self.conn.server.metrics
         lost: Callable[[], None] = _nothing
         if metrics is not None:
-            key = self.metrics_key()
-            metrics.websockets[key] += 1
-
-            def lost() -> None:
-                metrics.websockets[key] -= 1
-
+            lost = metrics.open_websocket(self.metrics_key())
         self.conn.take_over(self, handshake, tunnel, lost)
 
     def _complete(self) -> None:
@@ -519,37 +471,7 @@ class Exchange:
         return (r.api, r.stage, r.resource) if r is not None else ("-", "-", "-")
 
     def record(self) -> None:
-        """Telemetry of the exchange just answered: metrics, the access log line, the span's end."""
-        server = self.conn.server
-        metrics = server.metrics
-        ctx = self.ctx
-        if metrics is not None:
-            route = self.route
-            key = self.metrics_key()
-            now = perf_counter()
-            integ = (self.t_head or now) - self.t_integration if self.t_integration else 0.0
-            metrics.observe(key, self.status_code, now - self.t0, integ, ctx.cache_header)
-            if route is not None and route.access_log and server.access_log is not None:
-                server.access_log.write(
-                    route.access_log,
-                    access_context(
-                        request_id=ctx.request_id,
-                        source_ip=ctx.source_ip,
-                        method=ctx.method,
-                        path=ctx.path,
-                        stage=route.stage,
-                        api=route.api,
-                        route=key[2],
-                        status=self.status_code,
-                        latency_ms=(now - self.t0) * 1000,
-                        integration_latency_ms=integ * 1000,
-                        principal=str(ctx.auth_values.get("principalId", "")),
-                        deployment=route.deployment_id,
-                    ),
-                )
-        if ctx.trace is not None:
-            ctx.trace.end(self.status_code)
-            ctx.trace = None
+        record(self)
 
 
 def _nothing() -> None:

@@ -51,29 +51,95 @@ class _Abort(Exception):
         self.reason = reason
 
 
-class ClientConn(asyncio.Protocol):
-    """One client connection."""
+class _Wire(asyncio.Protocol):
+    """A connection's output side: writes corked per callback and flushed once per loop iteration,
+    reading paused for named reasons, and one deadline checked by the server's sweep."""
 
-    def __init__(self, holder: TableHolder, pool: UpstreamPool, limits: Limits, server: HttpServer) -> None:
-        self.holder = holder
-        self.pool = pool
-        self.limits = limits
+    def __init__(self, server: HttpServer) -> None:
         self.server = server
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
-        self.queue: deque[Exchange] = deque()
-        self.current: Exchange | None = None  # the request being parsed
-        self.peer_ip = "unknown"
         self.closed = False
-        self.header_bytes = 0
-        self.deadline = 0.0  # loop time; checked by the server's sweep (no timer handle per request)
-        self.deadline_cb: Callable[[], None] | None = None
         self.out: list[bytes] = []
         self.batching = 0
         self.flush_scheduled = False
         self.flush_pending = False  # in the server's batch of connections to flush
         self.paused: set[str] = set()
+        self.deadline = 0.0  # loop time; checked by the server's sweep (no timer handle per request)
+        self.deadline_cb: Callable[[], None] | None = None
+
+    def write(self, data: bytes) -> None:
+        """Corked write: joined with what else this callback writes, one syscall per batch."""
+        if self.closed:
+            return
+        self.out.append(data)
+        if not self.batching and not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        out = self.out
+        if out and self.transport is not None and not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+
+    def flush_all(self) -> None:
+        """At the end of a callback: send what it wrote, once this event-loop iteration's callbacks are done.
+
+        Every connection that wrote in one iteration is flushed back to back
+        (HttpServer.flush_batch), like Redis's writes before the loop sleeps:
+        a peer that slept is woken once for the batch, not once per request.
+        """
+        if not self.flush_pending:
+            self.flush_pending = True
+            self.server.flush_later(self)
+
+    def flush_now(self) -> None:
+        self.flush_pending = False
+        self.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause_reading_from(self, why: str) -> None:
+        if not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+        self.paused.add(why)
+
+    def resume_reading_from(self, why: str) -> None:
+        if why in self.paused:
+            self.paused.discard(why)
+            if not self.paused and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    def _arm(self, delay: float, cb: Callable[[], None]) -> None:
+        self.deadline = self.loop.time() + delay
+        self.deadline_cb = cb
+
+    def _disarm(self) -> None:
+        self.deadline = 0.0
+
+
+class ClientConn(_Wire):
+    """One client connection."""
+
+    def __init__(self, holder: TableHolder, pool: UpstreamPool, limits: Limits, server: HttpServer) -> None:
+        super().__init__(server)
+        self.holder = holder
+        self.pool = pool
+        self.limits = limits
+        self.parser = httptools.HttpRequestParser(self)
+        self.queue: deque[Exchange] = deque()
+        self.current: Exchange | None = None  # the request being parsed
+        self.peer_ip = "unknown"
+        self.header_bytes = 0
         self.draining = False
         self.drain_left = 0
         self.in_headers = False
@@ -129,61 +195,13 @@ class ClientConn(asyncio.Protocol):
             if ex.call is not None:
                 ex.call.pause(paused)
 
-    def write(self, data: bytes) -> None:
-        """Corked write: joined with what else this callback writes, one syscall per batch."""
-        if self.closed:
-            return
-        self.out.append(data)
-        if not self.batching and not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        self.flush_scheduled = False
-        out = self.out
-        if out and self.transport is not None and not self.closed:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-        out.clear()
-
-    def flush_all(self) -> None:
-        """At the end of a callback: send what it wrote, once this event-loop iteration's callbacks are done.
-
-        Every connection that wrote in one iteration is flushed back to back
-        (HttpServer.flush_batch), like Redis's writes before the loop sleeps:
-        a peer that slept is woken once for the batch, not once per request.
-        """
-        if not self.flush_pending:
-            self.flush_pending = True
-            self.server.flush_later(self)
-
     def flush_now(self) -> None:
         """Flush the client side and the integration call of the exchange at the head of the pipeline."""
-        self.flush_pending = False
-        self.flush()
+        super().flush_now()
         if self.queue:
             call = self.queue[0].call
             if call is not None:
                 call.flush()
-
-    def close(self) -> None:
-        self.flush()
-        if self.transport is not None:
-            self.transport.close()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-    def pause_reading_from(self, why: str) -> None:
-        if not self.paused and self.transport is not None:
-            self.transport.pause_reading()
-        self.paused.add(why)
-
-    def resume_reading_from(self, why: str) -> None:
-        if why in self.paused:
-            self.paused.discard(why)
-            if not self.paused and self.transport is not None and not self.closed:
-                self.transport.resume_reading()
 
     def take_over(self, ex: Exchange, handshake: bytes, tunnel: Tunnel, lost: Callable[[], None]) -> None:
         """After a 101: the connection's bytes, those already read included, now belong to `tunnel`."""
@@ -200,13 +218,6 @@ class ClientConn(asyncio.Protocol):
                 tunnel.data(data)
 
     # ------------------------------------------------------------------ timers
-    def _arm(self, delay: float, cb: Callable[[], None]) -> None:
-        self.deadline = self.loop.time() + delay
-        self.deadline_cb = cb
-
-    def _disarm(self) -> None:
-        self.deadline = 0.0
-
     def check_deadline(self, now: float) -> None:
         if self.tunnel is not None:
             self.tunnel.check(now)
@@ -461,9 +472,9 @@ class HttpServer:
         self.metrics: Metrics | None = None
         self.access_log: AccessLog | None = None
         self.session: Callable[[], Any] | None = None  # outbound HTTP for WebSocket API integrations
-        self.batch: list[ClientConn] = []  # connections that wrote in this loop iteration
+        self.batch: list[_Wire] = []  # connections that wrote in this loop iteration
 
-    def flush_later(self, conn: ClientConn) -> None:
+    def flush_later(self, conn: _Wire) -> None:
         self.batch.append(conn)
         if len(self.batch) == 1:
             conn.loop.call_soon(self.flush_batch)

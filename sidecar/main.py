@@ -12,10 +12,11 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from google.protobuf import json_format
 from meshgate.sidecar.accesslog import AccessLog
-from meshgate.sidecar.admin import AdminState, start_admin
+from meshgate.sidecar.admin import AdminServer, AdminState, start_admin
 from meshgate.sidecar.cache import load_key
 from meshgate.sidecar.config_client import ConfigClient
 from meshgate.sidecar.http1 import HttpServer, Limits, serve_http
@@ -26,6 +27,10 @@ from meshgate.sidecar.telemetry import Telemetry
 from meshgate.sidecar.upstream import UpstreamPool
 from meshgate.sidecar.wsapi import Registry
 from meshgate.v1 import control_pb2
+
+if TYPE_CHECKING:
+    import grpc
+    from meshgate.sidecar.otlp_metrics import OtlpMetricsExporter
 
 log = logging.getLogger("meshgate.sidecar")
 
@@ -107,104 +112,157 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-async def run(args: argparse.Namespace) -> int:
-    holder = TableHolder()
-    try:
-        cache_key = load_key(args.cache_key_file)
-    except (OSError, ValueError) as exc:
-        print(f"error: cache key: {exc}", file=sys.stderr)
-        return 1
-    runtime = Runtime(state_dir=args.state_dir, cache_key=cache_key)
-
-    def apply(snap: control_pb2.Snapshot) -> None:
-        holder.table = compile_snapshot(snap, runtime)  # build first; assignment is the atomic swap
-
-    node = control_pb2.Node(
-        id=args.node_id, pod=args.pod or args.node_id, namespace=args.namespace, labels=_labels(args.label)
-    )
-    client = ConfigClient(args.control, node, apply, state_dir=args.state_dir)
-    listen_host, listen_port = args.listen if isinstance(args.listen, tuple) else _address(args.listen)
-    admin_host, admin_port = args.admin if isinstance(args.admin, tuple) else _address(args.admin)
-    pool = UpstreamPool()
-    http_server = HttpServer()
-    metrics = http_server.metrics = Metrics()
-    http_server.access_log = AccessLog()
-    admin = AdminState(client, holder, args.node_id, metrics, http_server, pool, runtime)
-    try:
-        runner = await start_admin(admin, admin_host, admin_port)
-    except OSError as exc:
-        print(f"error: cannot listen on admin {admin_host}:{admin_port}: {exc.strerror}", file=sys.stderr)
-        return 1
+def _load_initial(client: ConfigClient, args: argparse.Namespace) -> bool:
+    """Serve the snapshot file, or the persisted snapshot until control answers; False: a bad file."""
     if args.snapshot_file is not None:
         try:
             snap = json_format.Parse(args.snapshot_file.read_text(), control_pb2.Snapshot())
             client.apply_local(snap, "file")
         except Exception as exc:
             print(f"error: {args.snapshot_file}: {exc}", file=sys.stderr)
-            await runner.cleanup()
-            return 1
-    else:
-        persisted = client.load_persisted()
-        if persisted is not None:
-            try:
-                client.apply_local(persisted, "persisted")
-                log.info("serving persisted snapshot %s until control answers", persisted.version)
-            except Exception as exc:
-                log.warning("persisted snapshot cannot be applied: %s", exc)
-    advertise = (
-        args.advertise
-        or f"{listen_host if listen_host not in ('0.0.0.0', '::', '') else socket.gethostbyname(socket.gethostname())}:{listen_port}"
+            return False
+        return True
+    persisted = client.load_persisted()
+    if persisted is not None:
+        try:
+            client.apply_local(persisted, "persisted")
+            log.info("serving persisted snapshot %s until control answers", persisted.version)
+        except Exception as exc:
+            log.warning("persisted snapshot cannot be applied: %s", exc)
+    return True
+
+
+def _advertise(args: argparse.Namespace, host: str, port: int) -> str:
+    if args.advertise:
+        return str(args.advertise)
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostbyname(socket.gethostname())
+    return f"{host}:{port}"
+
+
+def _metrics_exporter(args: argparse.Namespace, metrics: Metrics) -> OtlpMetricsExporter | None:
+    endpoint = args.otlp_metrics_endpoint or args.otlp_endpoint
+    if not endpoint or args.otlp_metrics_interval <= 0:
+        return None
+    from meshgate.sidecar.otlp_metrics import OtlpMetricsExporter
+
+    exporter = OtlpMetricsExporter(
+        endpoint, "meshgate-sidecar", args.node_id, metrics.families, interval_s=args.otlp_metrics_interval
     )
-    http_server.registry = Registry(advertise)
-    http_server.telemetry = Telemetry(args.otlp_endpoint, args.node_id) if args.otlp_endpoint else None
-    http_server.session = runtime.session
-    try:
-        await serve_http(
-            holder,
-            listen_host,
-            listen_port,
-            limits=Limits(max_body_bytes=args.max_body_bytes),
-            pool=pool,
-            http_server=http_server,
+    exporter.start()
+    return exporter
+
+
+class _Sidecar:
+    """The running parts, started in order and stopped in reverse."""
+
+    def __init__(self, args: argparse.Namespace, runtime: Runtime) -> None:
+        self.args = args
+        self.runtime = runtime
+        self.holder = TableHolder()
+        node = control_pb2.Node(
+            id=args.node_id,
+            pod=args.pod or args.node_id,
+            namespace=args.namespace,
+            labels=_labels(args.label),
         )
-    except OSError as exc:
-        print(f"error: cannot listen on {listen_host}:{listen_port}: {exc.strerror}", file=sys.stderr)
-        await runner.cleanup()
-        return 1
-    grpc_server = None
-    if args.grpc_listen:
+        self.client = ConfigClient(args.control, node, self.apply, state_dir=args.state_dir)
+        self.pool = UpstreamPool()
+        self.http = HttpServer()
+        self.metrics = self.http.metrics = Metrics()
+        self.http.access_log = AccessLog()
+        self.admin = AdminState(
+            self.client, self.holder, args.node_id, self.metrics, self.http, self.pool, runtime
+        )
+        self.admin_server: AdminServer | None = None
+        self.grpc_server: grpc.aio.Server | None = None
+        self.exporter: OtlpMetricsExporter | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def apply(self, snap: control_pb2.Snapshot) -> None:
+        self.holder.table = compile_snapshot(snap, self.runtime)  # build first; assignment is the atomic swap
+
+    async def start(self) -> bool:
+        args = self.args
+        listen_host, listen_port = args.listen if isinstance(args.listen, tuple) else _address(args.listen)
+        admin_host, admin_port = args.admin if isinstance(args.admin, tuple) else _address(args.admin)
+        try:
+            self.admin_server = await start_admin(self.admin, admin_host, admin_port)
+        except OSError as exc:
+            print(f"error: cannot listen on admin {admin_host}:{admin_port}: {exc.strerror}", file=sys.stderr)
+            return False
+        if not _load_initial(self.client, args):
+            return False
+        self.http.registry = Registry(_advertise(args, listen_host, listen_port))
+        self.http.telemetry = Telemetry(args.otlp_endpoint, args.node_id) if args.otlp_endpoint else None
+        self.http.session = self.runtime.session
+        try:
+            await serve_http(
+                self.holder,
+                listen_host,
+                listen_port,
+                limits=Limits(max_body_bytes=args.max_body_bytes),
+                pool=self.pool,
+                http_server=self.http,
+            )
+        except OSError as exc:
+            print(f"error: cannot listen on {listen_host}:{listen_port}: {exc.strerror}", file=sys.stderr)
+            return False
+        if args.grpc_listen and not await self._start_grpc():
+            return False
+        self.exporter = self.admin.otlp_metrics = _metrics_exporter(args, self.metrics)
+        self.task = None if args.snapshot_file is not None else asyncio.create_task(self.client.run())
+        source = f"snapshot file {args.snapshot_file}" if args.snapshot_file else f"control {args.control}"
+        print(
+            f"meshgate sidecar {args.node_id} listening on {listen_host}:{listen_port} "
+            f"(admin {admin_host}:{admin_port}, {source})",
+            flush=True,
+        )
+        return True
+
+    async def _start_grpc(self) -> bool:
         from meshgate.sidecar.grpc_proxy import serve_grpc
 
-        ghost, gport = args.grpc_listen
-        grpc_server, grpc_proxy, bound = await serve_grpc(
-            holder, ghost, gport, http_server.telemetry, metrics
+        ghost, gport = self.args.grpc_listen
+        self.grpc_server, self.admin.grpc, bound = await serve_grpc(
+            self.holder, ghost, gport, self.http.telemetry, self.metrics
         )
-        admin.grpc = grpc_proxy
         if not bound:
             print(f"error: cannot listen for gRPC on {ghost}:{gport}", file=sys.stderr)
-            await runner.cleanup()
-            return 1
-    metrics_endpoint = args.otlp_metrics_endpoint or args.otlp_endpoint
-    exporter = None
-    if metrics_endpoint and args.otlp_metrics_interval > 0:
-        from meshgate.sidecar.otlp_metrics import OtlpMetricsExporter
+        return bool(bound)
 
-        exporter = OtlpMetricsExporter(
-            metrics_endpoint,
-            "meshgate-sidecar",
-            args.node_id,
-            metrics.families,
-            interval_s=args.otlp_metrics_interval,
-        )
-        exporter.start()
-        admin.otlp_metrics = exporter
-    task = None if args.snapshot_file is not None else asyncio.create_task(client.run())
-    source = f"snapshot file {args.snapshot_file}" if args.snapshot_file else f"control {args.control}"
-    print(
-        f"meshgate sidecar {args.node_id} listening on {listen_host}:{listen_port} "
-        f"(admin {admin_host}:{admin_port}, {source})",
-        flush=True,
-    )
+    async def stop(self) -> None:
+        drain = self.args.drain_seconds
+        self.client.stop()
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        await self.http.drain(drain)
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(min(drain, 2.0))
+            if self.admin.grpc is not None:
+                await self.admin.grpc.channels.close()
+        self.pool.close()
+        await self.runtime.close()
+        if self.http.telemetry is not None:
+            self.http.telemetry.shutdown()
+        if self.exporter is not None:
+            await self.exporter.stop()  # one last export: what happened while draining counts too
+        if self.admin_server is not None:
+            await self.admin_server.cleanup()
+
+
+async def run(args: argparse.Namespace) -> int:
+    try:
+        cache_key = load_key(args.cache_key_file)
+    except (OSError, ValueError) as exc:
+        print(f"error: cache key: {exc}", file=sys.stderr)
+        return 1
+    sidecar = _Sidecar(args, Runtime(state_dir=args.state_dir, cache_key=cache_key))
+    if not await sidecar.start():
+        if sidecar.admin_server is not None:
+            await sidecar.admin_server.cleanup()
+        return 1
     # Everything allocated so far lives as long as the process: keep the GC from re-scanning it
     # on every collection of the per-request garbage.
     gc.collect()
@@ -215,21 +273,7 @@ async def run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("draining (up to %.1fs)", args.drain_seconds)
-    client.stop()
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    await http_server.drain(args.drain_seconds)
-    if grpc_server is not None:
-        await grpc_server.stop(min(args.drain_seconds, 2.0))
-        await grpc_proxy.channels.close()
-    pool.close()
-    await runtime.close()
-    if http_server.telemetry is not None:
-        http_server.telemetry.shutdown()
-    if exporter is not None:
-        await exporter.stop()  # one last export: what happened while draining counts too
-    await runner.cleanup()
+    await sidecar.stop()
     return 0
 
 

@@ -140,6 +140,15 @@ class Metrics:
         self.websockets: defaultdict[Key, int] = defaultdict(int)  # open now (a gauge)
         self.ws_messages: defaultdict[Key, int] = defaultdict(int)  # route = the message's route key
 
+    def open_websocket(self, key: Key) -> Callable[[], None]:
+        """Count an open WebSocket; the returned callable counts it closed."""
+        self.websockets[key] += 1
+
+        def closed() -> None:
+            self.websockets[key] -= 1
+
+        return closed
+
     def observe(self, key: Key, status: int, seconds: float, integration_s: float, cache: bytes) -> None:
         self.count[key] += 1
         if status >= 500:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshgate.sidecar.otlp_metrics import otlp_target
 from opentelemetry import trace
@@ -24,6 +24,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+if TYPE_CHECKING:
+    from meshgate.sidecar.context import RequestContext
+    from meshgate.sidecar.routing import Route
 
 _TRACECONTEXT = TraceContextTextMapPropagator()
 _BAGGAGE = W3CBaggagePropagator()
@@ -148,6 +152,26 @@ class Telemetry:
         if ratio <= 0 or random.random() >= ratio:
             return None
         return _ROOT
+
+    def trace_request(self, req: RequestContext, route: Route) -> None:
+        """Sample an HTTP request; a sampled one gets its server span (and request-phase span) now."""
+        parent = self.sample(req.headers, route.trace_ratio)
+        if parent is None:
+            return
+        req.trace = self.begin(
+            parent,
+            f"{req.method} {route.resource}",
+            {
+                "http.request.method": req.method,
+                "url.path": req.path,
+                "meshgate.api": route.api,
+                "meshgate.stage": route.stage,
+                "meshgate.deployment": route.deployment_id,
+                "meshgate.request_id": req.request_id,
+                "client.address": req.source_ip,
+            },
+        )
+        route.chain.begin_span(req)
 
     def begin(
         self, ctx: Context, name: str, attrs: Mapping[str, Any], links: Sequence[Link] = ()

@@ -12,10 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import jsonschema
-import jsonschema_rs
 import orjson
-from jsonschema.exceptions import SchemaError
 
 MAX_ERRORS = 10
 MAX_DEPTH = 64
@@ -46,6 +43,10 @@ class BodyModel:
 
     @classmethod
     def compile(cls, name: str, content_type: str, schema_json: str) -> BodyModel:
+        import jsonschema  # both load with the first model a snapshot has, not with the sidecar
+        import jsonschema_rs
+        from jsonschema.exceptions import SchemaError
+
         try:
             schema = json.loads(schema_json or "{}")
             vcls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)

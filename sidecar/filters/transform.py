@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from meshgate.sidecar.errors import GatewayError
-from meshgate.sidecar.transform import BodyTemplate, TemplateLimit, Transform, select
+from meshgate.sidecar.transform import TemplateLimit, Transform, select
 
 if TYPE_CHECKING:
     from meshgate.sidecar.context import RequestContext
@@ -77,7 +77,7 @@ class TransformFilter:
         tr = self.transform
         ctype = next((v for n, v in headers if n.lower() == b"content-type"), b"").decode("latin-1")
         chosen = None if tr.is_binary(ctype) else select(tr.response_templates, ctype, "WHEN_NO_MATCH")
-        if not isinstance(chosen, BodyTemplate):
+        if chosen is None or isinstance(chosen, bool):
             return headers, body
 
         def params() -> dict[str, dict[str, str]]:

@@ -1,13 +1,16 @@
 """Integration `websocket_api`: API Gateway's WebSocket APIs. `$connect` may refuse the upgrade;
 after the 101 every message is routed by the selection expression to an HTTP integration
-(`sidecar/wsapi.py`), and the connection is registered for `@connections`."""
+(`sidecar/wsapi.py`), and the connection is registered for `@connections`, whose management
+requests are answered here too."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from meshgate.sidecar.errors import GatewayError
+from meshgate.sidecar.filters.policy import in_networks
 from meshgate.sidecar.integrations import CompileError, RouteSpec
 from meshgate.sidecar.integrations.websocket import client_key
 from meshgate.sidecar.mapping import substitute_stage_vars
@@ -96,3 +99,36 @@ def compile_websocket_api(spec: RouteSpec) -> WebSocketApiIntegration:
     except ValueError as exc:
         raise CompileError(f"{spec.where}: {exc}") from None
     return WebSocketApiIntegration(WebSocketApi(selection, routes, integ.max_message_bytes or 128 * 1024))
+
+
+def manage_connection(ex: Exchange, conn_id: str) -> None:
+    """`/@connections/{id}`: POST a message to, GET, or DELETE a connection of this Api (held here or
+    by the sidecar its id names); reachable only from inside the cluster networks."""
+    server = ex.conn.server
+    if server.registry is None or server.session is None:
+        ex.fail(GatewayError(404, "this sidecar serves no WebSocket APIs"))
+        return
+    ip = ex.ctx.source_ip
+    if not in_networks(ip, ex.conn.holder.table.cluster_nets):
+        ex.fail(
+            GatewayError(
+                403, f"@connections is reachable only from inside the cluster networks (source {ip})"
+            )
+        )
+        return
+    if not ex.ctx.body_complete:
+        ex.on_body = functools.partial(manage_connection, ex, conn_id)
+        return
+    ex.integrating()
+    ex.conn.loop.create_task(_manage(ex, conn_id))
+
+
+async def _manage(ex: Exchange, conn_id: str) -> None:
+    server = ex.conn.server
+    assert server.registry is not None
+    ctx = ex.ctx
+    status, body = await server.registry.manage(
+        ctx.method, conn_id.strip("/"), ctx.whole_body(), server.session
+    )
+    headers = ((b"content-type", b"application/json"),) if body else ()
+    ex.respond_full(status, headers, body)

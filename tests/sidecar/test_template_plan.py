@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from meshgate.sidecar import jsoncodec
-from meshgate.sidecar.transform import UTIL, BodyTemplate, TemplateInput, TemplateLimit
+from meshgate.sidecar.templates import UTIL, BodyTemplate, TemplateInput, TemplateLimit
 from meshgate.sidecar.validation import BodyModel, Invalid, Valid
 
 BODY = json.dumps(

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from meshgate.sidecar.routing import CompileError, compile_snapshot
 from meshgate.sidecar.runtime import Runtime
-from meshgate.sidecar.transform import BodyTemplate, TemplateLimit
+from meshgate.sidecar.templates import BodyTemplate, TemplateLimit
 
 from .conftest import Backends, Gateway, bundle, http_route, read_request, snapshot
 
