@@ -643,3 +643,49 @@ def test_disabled_api_key_is_refused(gateway: Gateway) -> None:
 
 def _api_bundle(routes: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
     return bundle(routes, api_spec=spec)
+
+
+def test_route_path_not_the_integration_path_names_the_request(
+    gateway: Gateway, backends: Backends, aux: Aux
+) -> None:
+    """A route /items/{id} whose integration URI is http://b/items (the id goes in a header): the
+    authorizer's methodArn and event path, the deny message and the cache key all use the request's
+    stage-relative path, never the upstream path (every id used to share one cache entry)."""
+    events: list[dict[str, Any]] = []
+
+    async def authorizer(request: web.Request) -> web.Response:
+        event = await request.json()
+        events.append(event)
+        allowed = "arn:meshgate:execute-api:default:pets/prod/GET/items/*"
+        effect = "Deny" if event["path"] == "/items/secret" else "Allow"
+        doc = {"Version": "2012-10-17", "Statement": [{"Action": "*", "Effect": effect, "Resource": allowed}]}
+        return web.json_response({"principalId": "ann", "policyDocument": doc})
+
+    auth_port = aux.serve({"/authorize": authorizer})
+    n: dict[str, int] = {}
+    route = http_route(
+        "GET",
+        "/items/{id}",
+        f"http://127.0.0.1:{counting_backend(backends, n)}/items",
+        requestParameters={"integration.request.header.x-item": "method.request.path.id"},
+    )
+    route["authorizer"] = "custom"
+    conf = {
+        "name": "custom",
+        "type": "request",
+        "uri": f"http://127.0.0.1:{auth_port}/authorize",
+        "identitySources": ["method.request.header.X-Token"],
+        "resultTtlSeconds": 0,
+    }
+    snap = make_snapshot(_api_bundle([route], authorizers=[conf]))
+    snap.stages[0].stage.spec.cache.enabled = True
+    start(gateway, snap)
+    token = {"X-Token": "t"}
+    s1, h1, b1 = call(gateway.port, "/prod/items/7", headers=token)
+    s2, h2, b2 = call(gateway.port, "/prod/items/8", headers=token)
+    assert (s1, s2) == (200, 200) and h2["x-meshgate-cache"] == "miss" and b1 != b2 and n["n"] == 2
+    assert call(gateway.port, "/prod/items/8", headers=token)[1]["x-meshgate-cache"] == "hit"
+    assert events[0]["methodArn"] == "arn:meshgate:execute-api:default:pets/prod/GET/items/7"
+    assert (events[0]["path"], events[0]["resource"]) == ("/items/7", "/items/{id}")
+    status, _, body = call(gateway.port, "/prod/items/secret", headers=token)
+    assert status == 403 and "denied GET /items/secret for ann" in json.loads(body)["reason"]
