@@ -189,3 +189,34 @@ def test_access_log_lines_per_stage(tmp_path: Path) -> None:
         {"requestId": "r1", "httpMethod": "GET", "status": 200},
     )
     assert line == "r1 GET 200 -"
+
+
+LAZY = """
+import json, sys
+from google.protobuf import json_format
+from meshgate.sidecar.routing import compile_snapshot
+from meshgate.v1 import control_pb2
+libs = ("jinja2", "jsonschema", "aiohttp")
+seen = []
+for doc in json.loads(sys.argv[1]):
+    compile_snapshot(json_format.ParseDict(doc, control_pb2.Snapshot()))
+    seen.append([lib for lib in libs if lib in sys.modules])
+print(json.dumps(seen))
+"""
+
+
+def test_template_and_model_libraries_load_with_the_first_snapshot_that_uses_them() -> None:
+    plain = snapshot(bundle([mock_route("GET", "/x", '"x"')]))
+    route = mock_route("POST", "/y", '"y"')
+    route["requestModel"] = "Pet"
+    route["integration"] = {
+        "type": "http",
+        "uri": "http://127.0.0.1:9/y",
+        "requestTemplates": {"application/json": '{"n": {{ input.json("$.n") }}}'},
+    }
+    spec = {"models": [{"name": "Pet", "schemaJson": '{"type": "object"}'}]}
+    rich = snapshot(bundle([route], api_spec=spec))
+    docs = json.dumps([json_format.MessageToDict(plain), json_format.MessageToDict(rich)])
+    done = subprocess.run([sys.executable, "-c", LAZY, docs], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [[], ["jinja2", "jsonschema"]]  # aiohttp: only with a first call
