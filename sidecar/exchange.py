@@ -277,9 +277,10 @@ class Exchange:
 
     def _phase_over(self, decision: Decision) -> None:
         """The request phase ended: its span and the authorizer's latency."""
+        ctx = self.ctx
         route = self.route
-        assert route is not None
-        route.chain.end_span(self.ctx, decision, self.conn.server.metrics, self.metrics_key())
+        if route is not None and (ctx.trace is not None or ctx.authorizer_s):
+            route.chain.end_span(ctx, decision, self.conn.server.metrics, self.metrics_key())
 
     def _decided(self, decision: GatewayError | Answer, responses: Any) -> None:
         if isinstance(decision, GatewayError):

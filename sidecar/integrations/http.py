@@ -48,6 +48,7 @@ class HttpIntegration:
     transform: Transform | None
     host_header: bytes
     static_path: str | None  # the upstream path when it never varies (no parameters in the URI)
+    static_target: bytes | None  # the whole request target, for a request without a query string
 
     @property
     def needs_body(self) -> bool:
@@ -55,8 +56,10 @@ class HttpIntegration:
 
     def request_target(self, ctx: RequestContext) -> tuple[bytes, tuple[tuple[bytes, bytes], ...]]:
         """The upstream request target (path?query) and the headers the parameter mapping sets."""
-        m = self.mapping
         query = ctx.query
+        if not query and self.static_target is not None:
+            return self.static_target, ()
+        m = self.mapping
         set_headers: tuple[tuple[bytes, bytes], ...] = ()
         params = ctx.params
         if m.headers or m.query or m.path:
@@ -162,6 +165,14 @@ def compile_http(spec: RouteSpec) -> HttpIntegration:
         transform=transform,
         host_header=f"{host}:{port}".encode() if port != 80 else host.encode(),
         static_path=static,
+        static_target=(
+            static.encode("latin-1", "replace")
+            if static is not None
+            and not uri_query
+            and not (mapping.headers or mapping.query or mapping.path)
+            and not mapping.late_headers
+            else None
+        ),
     )
 
 
