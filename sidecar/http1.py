@@ -21,7 +21,7 @@ import httptools
 from meshgate.sidecar.accesslog import AccessLog
 from meshgate.sidecar.context import RequestContext
 from meshgate.sidecar.errors import GatewayError
-from meshgate.sidecar.exchange import Exchange, State, Tunnel
+from meshgate.sidecar.exchange import DONE, QUEUED, STREAMING, Exchange, Tunnel
 from meshgate.sidecar.metrics import Metrics
 from meshgate.sidecar.routing import TableHolder
 from meshgate.sidecar.telemetry import Telemetry
@@ -197,7 +197,8 @@ class ClientConn(_Wire):
 
     def flush_now(self) -> None:
         """Flush the client side and the integration call of the exchange at the head of the pipeline."""
-        super().flush_now()
+        self.flush_pending = False
+        self.flush()
         if self.queue:
             call = self.queue[0].call
             if call is not None:
@@ -250,7 +251,7 @@ class ClientConn(_Wire):
     def _body_timeout(self) -> None:
         ex = self.current
         if ex is not None and not ex.ctx.body_complete:
-            if ex.state is State.STREAMING:
+            if ex.state == STREAMING:
                 self.abort()
             else:
                 ex.fail(
@@ -318,7 +319,7 @@ class ClientConn(_Wire):
         self.drain_left = 1 << 62
         self.loop.call_later(self.limits.lingering_s if linger else 0.05, self._close_now)
         if self.queue[0] is ex:
-            if ex.state is State.QUEUED:
+            if ex.state == QUEUED:
                 ex.start()
             elif ex.awaiting_response:  # already started (e.g. its body outgrew the limit): answer now
                 ex.fail(ex.error)
@@ -367,7 +368,23 @@ class ClientConn(_Wire):
         ex.http10 = p.get_http_version() != "1.1"
         ex.keep_alive = p.should_keep_alive()
         ex.is_head = ctx.method == "HEAD"
-        self._read_head(ex)
+        for name, value in ctx.raw_headers:  # what the headers say about routing and framing
+            low = name.lower()
+            if low == b"host":
+                ctx.host = value.decode("latin-1")
+            elif low == b"content-length":
+                try:
+                    ctx.content_length = int(value)
+                except ValueError:
+                    raise _Abort(400, "malformed HTTP request: invalid content-length") from None
+            elif low == b"content-type" and not ctx.content_type:
+                ctx.content_type = value
+            elif low == b"upgrade" and value.lower() == b"websocket":
+                ex.upgrade = True
+            elif low == b"transfer-encoding" and b"chunked" in value.lower():
+                ctx.chunked = True
+        if ctx.chunked:
+            ctx.content_length = -1
         if ctx.content_length > self.limits.max_body_bytes:
             limit = self.limits.max_body_bytes
             ex.error = GatewayError(
@@ -387,28 +404,6 @@ class ClientConn(_Wire):
             self.pause_reading_from("pipeline")
         if self.current is ex and not ctx.body_complete and (ctx.content_length > 0 or ctx.chunked):
             self._arm(self.limits.body_idle_timeout_s, self._body_timeout)
-
-    @staticmethod
-    def _read_head(ex: Exchange) -> None:
-        """What the request's headers say about routing and framing."""
-        ctx = ex.ctx
-        for name, value in ctx.raw_headers:
-            low = name.lower()
-            if low == b"host":
-                ctx.host = value.decode("latin-1")
-            elif low == b"content-length":
-                try:
-                    ctx.content_length = int(value)
-                except ValueError:
-                    raise _Abort(400, "malformed HTTP request: invalid content-length") from None
-            elif low == b"content-type" and not ctx.content_type:
-                ctx.content_type = value
-            elif low == b"upgrade" and value.lower() == b"websocket":
-                ex.upgrade = True
-            elif low == b"transfer-encoding" and b"chunked" in value.lower():
-                ctx.chunked = True
-        if ctx.chunked:
-            ctx.content_length = -1
 
     def _start_rejected_body(self, ex: Exchange) -> None:
         """413 by Content-Length: answer now, then read and drop the body for a while (lingering close)."""
@@ -439,7 +434,7 @@ class ClientConn(_Wire):
 
     # ------------------------------------------------------------------ pipeline
     def exchange_done(self, ex: Exchange) -> None:
-        if ex.state is State.DONE:
+        if ex.state == DONE:
             return
         ex.done()
         if self.queue and self.queue[0] is ex:

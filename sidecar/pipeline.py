@@ -11,7 +11,7 @@ gRPC listener all run the same `Chain` objects.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -42,13 +42,15 @@ ORDER = ("policy", "cors", "authorizer", "api_key", "throttle", "validation", "c
 _RANK = {name: i for i, name in enumerate(ORDER)}
 
 
-class _WaitBody:
-    """The next filter needs the whole request body: resume the chain once it is here."""
+class Suspend:
+    """The chain stopped before filter `pos`: it needs the whole request body (`awaitable` None), or
+    filter `pos` must await I/O (its Pending's awaitable) before its decision is known."""
 
-    __slots__ = ()
+    __slots__ = ("awaitable", "pos")
 
-
-WAIT_BODY = _WaitBody()
+    def __init__(self, pos: int, awaitable: Awaitable[Decision] | None) -> None:
+        self.pos = pos
+        self.awaitable = awaitable
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,33 +75,32 @@ class Chain:
     def needs_body(self) -> bool:
         return any(f.needs_body for f in self.filters)
 
-    def run(self, ctx: RequestContext, start: int = 0) -> tuple[int, Decision | _WaitBody]:
-        """Run filters from `start` until one decides; returns (its index, the decision), or
-        (len, None) when every filter let the request through."""
-        filters = self.filters
-        for i in range(start, len(filters)):
-            f = filters[i]
+    def run(self, ctx: RequestContext, start: int = 0) -> GatewayError | Answer | Suspend | None:
+        """Run filters from `start` until one decides: its refusal or answer, a `Suspend` (wait for the
+        body, or for I/O), or None when every filter let the request through."""
+        pos = start
+        for f in self.filters[start:] if start else self.filters:
             if f.needs_body and not ctx.body_complete:
-                return i, WAIT_BODY
+                return Suspend(pos, None)
             decision = f.request(ctx)
             if decision is not None:
-                return i, decision
-        return len(filters), None
+                if isinstance(decision, Pending):
+                    return Suspend(pos, decision.awaitable)
+                return decision
+            pos += 1
+        return None
 
     async def run_to_end(self, ctx: RequestContext) -> GatewayError | Answer | None:
         """The whole chain for a caller that may await (the gRPC listener): its final decision.
         The body is never waited for here: the caller has it (or it is a stream of messages)."""
-        pos = 0
-        while True:
-            pos, decision = self.run(ctx, pos)
-            if isinstance(decision, Pending):
-                decision = await decision.awaitable
-                if decision is None:
-                    pos += 1
-                    continue
-            if isinstance(decision, (GatewayError, Answer)):
-                return decision
-            return None  # a body wait: not on this path
+        decision = self.run(ctx)
+        while isinstance(decision, Suspend):
+            if decision.awaitable is None:
+                return None  # a body wait: not on this path
+            pos = decision.pos
+            decided = await decision.awaitable
+            decision = self.run(ctx, pos + 1) if decided is None else decided  # type: ignore[assignment]
+        return decision
 
     def begin_span(self, ctx: RequestContext) -> None:
         """The "request phase" span, for a sampled request whose chain does more than a bucket."""

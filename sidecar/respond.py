@@ -12,7 +12,6 @@ import base64
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from meshgate.sidecar.errors import STATUS_LINES, GatewayError, kind_of, phrase
 from meshgate.sidecar.responses import ApiResponses
@@ -34,11 +33,12 @@ HOP_BY_HOP = frozenset(
 )
 # Response headers the gateway sets itself: never copied from an integration.
 RESPONSE_OWN = HOP_BY_HOP | {b"content-length", b"x-meshgate-request-id"}
+_PHRASES = {status: phrase(status) for status in range(100, 600)}
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 def status_line(status: int, reason: bytes = b"") -> bytes:
-    if reason:
+    if reason and reason != _PHRASES.get(status):
         return b"HTTP/1.1 %d %s\r\n" % (status, reason)
     return STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, phrase(status))
 
@@ -53,20 +53,22 @@ def bodiless(status: int, is_head: bool = False) -> bool:
     return is_head or status in (204, 304) or 100 <= status < 200
 
 
+def route_headers(deployment_id: int, canary: bool) -> bytes:
+    """The gateway's own response headers that are the same for every request of a route (built
+    once per snapshot)."""
+    out = b"x-meshgate-deployment: %d\r\n" % deployment_id if deployment_id else b""
+    return out + b"x-meshgate-canary: 1\r\n" if canary else out
+
+
 def tail(
     request_id: str,
-    deployment_id: int = 0,
-    canary: bool = False,
+    route_headers: bytes = b"",
     cache_header: bytes = b"",
     cors: bytes = b"",
     close: bool = False,
 ) -> bytes:
     """The gateway's own response headers for one request, and the blank line that ends the head."""
-    out = b"x-meshgate-request-id: %s\r\n" % request_id.encode()
-    if deployment_id:
-        out += b"x-meshgate-deployment: %d\r\n" % deployment_id
-    if canary:
-        out += b"x-meshgate-canary: 1\r\n"
+    out = b"x-meshgate-request-id: " + request_id.encode() + b"\r\n" + route_headers
     if cache_header:
         out += b"x-meshgate-cache: %s\r\n" % cache_header
     if cors:
@@ -91,36 +93,40 @@ def full(
     return b"".join(head)
 
 
-@dataclass(slots=True)
-class ProxiedHead:
-    """An integration's response head as the client gets it, and how its body is framed."""
-
-    head: bytes  # status line and headers, without the gateway's tail
-    headers: tuple[tuple[bytes, bytes], ...]  # what was kept (a cached copy stores these)
-    chunked: bool  # the body is re-chunked to the client
-    close_delimited: bool  # an HTTP/1.0 client and no length: the body ends with the connection
+# A proxied response's head for the client: (status line and headers without the gateway's tail,
+# the headers kept when asked for (a cached copy stores these), re-chunked to the client?,
+# close-delimited (an HTTP/1.0 client and no length)?)
+ProxiedHead = tuple[bytes, list[tuple[bytes, bytes]], bool, bool]
 
 
 def proxied(
-    status: int, reason: bytes, headers: Headers, *, is_head: bool, http10: bool
+    status: int, reason: bytes, headers: Headers, *, is_head: bool, http10: bool, keep: bool = False
 ) -> ProxiedHead | GatewayError:
     """The client's head for a proxied response: hop-by-hop headers (and those `Connection` names)
-    dropped, framing decided here."""
+    dropped, framing decided here. One pass over the headers: this runs for every proxied response."""
     length = -1
-    tokens: list[bytes] = []
+    named: list[bytes] | None = None
+    kept: list[tuple[bytes, bytes]] = []
+    out = [status_line(status, reason)]
     for name, value in headers:
         low = name.lower()
-        if low == b"content-length":
-            try:
-                length = int(value)
-            except ValueError:
-                return GatewayError(502, "invalid upstream response: bad content-length")
-        elif low == b"connection":
-            tokens += [v.strip().lower() for v in value.split(b",")]
-    named = {t for t in tokens if t not in (b"keep-alive", b"close")}
-    kept = tuple((n, v) for n, v in headers if n.lower() not in RESPONSE_OWN and n.lower() not in named)
-    out = [status_line(status, reason)]
-    _lines(kept, out)
+        if low in RESPONSE_OWN:
+            if low == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    return GatewayError(502, "invalid upstream response: bad content-length")
+            elif low == b"connection" and value.lower() not in (b"keep-alive", b"close"):
+                tokens = [t.strip().lower() for t in value.split(b",")]
+                named = (named or []) + [t for t in tokens if t not in (b"keep-alive", b"close")]
+            continue
+        if keep:
+            kept.append((name, value))
+        out += (name, b": ", value, b"\r\n")
+    if named:  # headers listed in Connection are hop-by-hop too (rare): build again without them
+        kept = [(n, v) for n, v in headers if n.lower() not in RESPONSE_OWN and n.lower() not in named]
+        out = [out[0]]
+        _lines(kept, out)
     chunked = close_delimited = False
     if length >= 0:
         out.append(b"content-length: %d\r\n" % length)
@@ -131,7 +137,7 @@ def proxied(
         out.append(b"transfer-encoding: chunked\r\n")
     else:
         close_delimited = True
-    return ProxiedHead(b"".join(out), kept, chunked, close_delimited)
+    return b"".join(out), kept, chunked, close_delimited
 
 
 def error_body(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+from meshgate.sidecar import respond
 from meshgate.sidecar.canary import CanaryChooser
 from meshgate.sidecar.filters.policy import parse_networks
 from meshgate.sidecar.integrations import (
@@ -52,10 +53,12 @@ class Route:
     access_log: str = ""  # the stage's access log format ("" = off, "json" = JSON lines)
     error: str = ""
     needs_body: bool = field(init=False, default=False)
+    headers: bytes = field(init=False, default=b"")  # the gateway's own response headers for this route
 
     def __post_init__(self) -> None:
         integ = self.integration
         object.__setattr__(self, "needs_body", integ is not None and integ.needs_body)
+        object.__setattr__(self, "headers", respond.route_headers(self.deployment_id, self.canary))
 
     @property
     def key(self) -> str:

@@ -5,6 +5,7 @@ as it streams to the client."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -109,7 +110,7 @@ class Capture:
 
     @classmethod
     def begin(
-        cls, ctx: RequestContext, status: int, headers: tuple[tuple[bytes, bytes], ...], is_head: bool
+        cls, ctx: RequestContext, status: int, headers: Sequence[tuple[bytes, bytes]], is_head: bool
     ) -> Capture | None:
         """A capture when the response may be stored: a 200 to a GET-like request without no-store/private."""
         if ctx.cache is None or ctx.cache_key is None or status != 200 or is_head:
@@ -119,7 +120,7 @@ class Capture:
                 return None
         cap = cls(ctx.cache, ctx.cache_key)
         cap.status = status
-        cap.headers = headers
+        cap.headers = tuple(headers)
         return cap
 
     def add(self, chunk: bytes) -> bool:

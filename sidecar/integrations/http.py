@@ -58,7 +58,7 @@ class HttpIntegration:
         """The upstream request target (path?query) and the headers the parameter mapping sets."""
         query = ctx.query
         if not query and self.static_target is not None:
-            return self.static_target, ()
+            return self.static_target, ()  # (attach checks this first, without the call)
         m = self.mapping
         set_headers: tuple[tuple[bytes, bytes], ...] = ()
         params = ctx.params
@@ -109,12 +109,16 @@ class HttpIntegration:
     def start(self, ex: Exchange) -> None:
         call = HttpCall(ex, self)
         ex.call = call
-        ex.arm_timeout(self.timeout_s)
-        up = ex.conn.pool.take_idle(self.host, self.port)
+        conn = ex.conn
+        if self.timeout_s >= 1.0:  # coarse timeouts ride the connection sweep: no timer handle per request
+            ex.deadline = conn.loop.time() + self.timeout_s
+        else:
+            ex.arm_timeout(self.timeout_s)
+        up = conn.pool.take_idle(self.host, self.port)
         if up is not None:
             call.attach(up)
         else:
-            ex.conn.loop.create_task(call.connect())
+            conn.loop.create_task(call.connect())
 
 
 def compile_http(spec: RouteSpec) -> HttpIntegration:
@@ -192,10 +196,11 @@ class _Held:
 class HttpCall:
     """One proxied request: implements UpstreamListener for the upstream connection it holds."""
 
-    __slots__ = ("chunked_out", "ex", "held", "integ", "retry_ok", "up")
+    __slots__ = ("chunked_out", "conn", "ex", "held", "integ", "retry_ok", "up")
 
     def __init__(self, ex: Exchange, integ: HttpIntegration) -> None:
         self.ex = ex
+        self.conn = ex.conn
         self.integ = integ
         self.up: UpstreamConn | None = None
         self.chunked_out = False
@@ -237,7 +242,10 @@ class HttpCall:
         self.up = up
         up.attach(self)
         conn = ex.conn
-        target, set_headers = integ.request_target(ctx)
+        if ctx.query or integ.static_target is None:
+            target, set_headers = integ.request_target(ctx)
+        else:
+            target, set_headers = integ.static_target, ()
         lines = [
             integ.method or ctx.method.encode(),
             b" ",
@@ -309,9 +317,10 @@ class HttpCall:
             )
 
     def body_end(self) -> None:
+        """The end of a chunked request body."""
         up = self.up
-        if up is not None and self.ex.ctx.chunked:
-            up.write(b"0\r\n\r\n", self.ex.conn.batching > 0)
+        if up is not None:
+            up.write(b"0\r\n\r\n", self.conn.batching > 0)
 
     # ------------------------------------------------------------------ Call (the exchange's handle)
     def cancel(self) -> None:
@@ -332,10 +341,10 @@ class HttpCall:
 
     # ------------------------------------------------------------------ UpstreamListener
     def cork(self) -> None:
-        self.ex.conn.batching += 1
+        self.conn.batching += 1
 
     def uncork(self) -> None:
-        c = self.ex.conn
+        c = self.conn
         c.batching -= 1
         if not c.batching:
             c.flush_all()
@@ -351,16 +360,19 @@ class HttpCall:
             if tf.holds_response(ex.is_head):  # rendered at the end (on_upstream_end)
                 self.held = _Held(status, reason, headers)
                 return
-        head = proxied(status, reason, headers, is_head=ex.is_head, http10=ex.http10)
+        head = proxied(
+            status, reason, headers, is_head=ex.is_head, http10=ex.http10, keep=ex.ctx.cache is not None
+        )
         if isinstance(head, GatewayError):
             ex.fail(head)
             return
-        self.chunked_out = head.chunked
-        ex.send_head(status, head)
+        data, kept, self.chunked_out, close_delimited = head
+        ex.send_head(status, data, kept, close_delimited)
         if ex.is_head:  # a HEAD response ends at its head (httptools would wait for the announced body)
             up, self.up = self.up, None
             if up is not None:
                 self._hand_back(up, up.parser.should_keep_alive())  # release: a new parser
+            ex.call = None
             ex.finish()
 
     def on_upstream_body(self, chunk: bytes) -> None:
@@ -380,7 +392,7 @@ class HttpCall:
         cap = ex.ctx.capture
         if cap is not None and not cap.add(chunk):
             ex.ctx.capture = None
-        ex.conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.chunked_out else chunk)
+        self.conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.chunked_out else chunk)
 
     def on_upstream_end(self, keep_alive: bool) -> None:
         ex = self.ex
@@ -392,11 +404,12 @@ class HttpCall:
             ex.respond_transformed(held.status, held.reason, held.headers, b"".join(held.body))
             return
         if self.chunked_out:
-            ex.conn.write(b"0\r\n\r\n")
+            self.conn.write(b"0\r\n\r\n")
         cap = ex.ctx.capture
         if cap is not None:
             ex.ctx.capture = None
             cap.store()
+        ex.call = None  # done: nothing to cancel, pause or flush any more
         ex.finish()
 
     def _hand_back(self, up: UpstreamConn, keep_alive: bool) -> None:
