@@ -77,43 +77,44 @@ class LazyHeaders(Mapping[str, str]):
 
 
 class RequestContext:
-    """One request, in one shape, from the listener to the access log.
+    """One request, in one shape, from the listener to the access log."""
 
-    Per-request: most fields keep their class-level default, so a request
-    pays only for what it sets (a slotted class would assign every field).
-    """
-
-    # the wire (the listener)
-    method = "GET"
-    target = b""  # the request target as received (path?query)
-    path = ""  # the path part, as received
-    query = ""
-    host = ""
-    content_length = -1
-    content_type = b""
-    chunked = False
-    body_complete = False
-    body_received = 0
-    body_doc: object = UNPARSED  # the JSON body once validation parsed it
-    # routing
-    route: Route | None = None
-    stage_path = ""  # the stage-relative request path (/pets/7), as the route matched it
-    canary = False
-    # request filters
-    authorized = False  # an authorizer allowed the request
-    authorizer_s = 0.0  # how long it took
-    principal = ""
-    auth_values: Mapping[str, str] = _NO_VALUES
-    usage_key: KeyInfo | None = None  # the API key's usage plan
-    upstream_headers: Headers = ()  # headers the filters add to the integration request
-    cors_headers = b""  # CORS response headers for this request's origin
-    cache: ResponseCache | None = None  # where the response goes once it is complete
-    cache_key: bytes | None = None
-    cache_header = b""
-    capture: Capture | None = None  # the response being stored in the cache as it streams
-    trace: RequestSpan | None = None
-    trace_headers: Mapping[str, str] | None = None  # traceparent for an authorizer call
-    _query_params: dict[str, str] | None = None
+    __slots__ = (
+        "__dict__",
+        "_query_params",
+        "auth_values",
+        "authorized",
+        "authorizer_s",
+        "body_chunks",
+        "body_complete",
+        "body_doc",
+        "body_received",
+        "cache",
+        "cache_header",
+        "cache_key",
+        "canary",
+        "capture",
+        "chunked",
+        "content_length",
+        "content_type",
+        "cors_headers",
+        "host",
+        "method",
+        "params",
+        "path",
+        "principal",
+        "query",
+        "raw_headers",
+        "request_id",
+        "route",
+        "source_ip",
+        "stage_path",
+        "target",
+        "trace",
+        "trace_headers",
+        "upstream_headers",
+        "usage_key",
+    )
 
     def __init__(self, source_ip: str, request_id: str = "") -> None:
         self.source_ip = source_ip
@@ -121,6 +122,34 @@ class RequestContext:
         self.raw_headers: list[tuple[bytes, bytes]] = []
         self.body_chunks: list[bytes] | None = []  # held until the integration takes the body
         self.params: dict[str, str] = {}
+        self.method = "GET"
+        self.target = b""  # the request target as received (path?query)
+        self.path = ""  # the path part, as received
+        self.query = ""
+        self.host = ""
+        self.content_length = -1
+        self.content_type = b""
+        self.chunked = False
+        self.body_complete = False
+        self.body_received = 0
+        self.body_doc: object = UNPARSED  # the JSON body once validation parsed it
+        self.route: Route | None = None
+        self.stage_path = ""  # the stage-relative request path (/pets/7), as the route matched it
+        self.canary = False
+        self.authorized = False  # an authorizer allowed the request
+        self.authorizer_s = 0.0  # how long it took
+        self.principal = ""
+        self.auth_values: Mapping[str, str] = _NO_VALUES
+        self.usage_key: KeyInfo | None = None  # the API key's usage plan
+        self.upstream_headers: Headers = ()  # headers the filters add to the integration request
+        self.cors_headers = b""  # CORS response headers for this request's origin
+        self.cache: ResponseCache | None = None  # where the response goes once it is complete
+        self.cache_key: bytes | None = None
+        self.cache_header = b""
+        self.capture: Capture | None = None  # the response being stored in the cache as it streams
+        self.trace: RequestSpan | None = None
+        self.trace_headers: Mapping[str, str] | None = None  # traceparent for an authorizer call
+        self._query_params: dict[str, str] | None = None
 
     @functools.cached_property
     def headers(self) -> Mapping[str, str]:

@@ -313,7 +313,7 @@ class HttpCall:
         if up is not None:
             up.write(
                 b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.ex.ctx.chunked else chunk,
-                self.ex.conn.batching > 0,
+                self.conn.batching > 0,
             )
 
     def body_end(self) -> None:
