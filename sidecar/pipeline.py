@@ -58,14 +58,15 @@ class Chain:
     """One route's filters, in ORDER, built once per snapshot."""
 
     filters: tuple[Filter, ...]
-    transform: TransformFilter | None = None  # the response side of the transform filter
+    transform: TransformFilter | None = None  # the transform filter, when it has a response side
     spanned: bool = False  # more than a token bucket: traced as a "request phase" span
     has_authorizer: bool = False
 
     @classmethod
     def of(cls, filters: list[Filter]) -> Chain:
         ordered = tuple(sorted(filters, key=lambda f: _RANK[f.name]))  # stable: same-step filters keep order
-        transform = next((f for f in ordered if isinstance(f, TransformFilter)), None)
+        # the response side only where there is response work (header mapping, a response template)
+        transform = next((f for f in ordered if isinstance(f, TransformFilter) and f.on_response), None)
         # the old "fast path": a bucket, CORS, a body model or a transform alone get no phase span
         spanned = any(not isinstance(f, _UNSPANNED) for f in ordered)
         authorizer = any(f.name == "authorizer" for f in ordered)

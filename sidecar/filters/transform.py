@@ -64,6 +64,12 @@ class TransformFilter:
         return None
 
     # ------------------------------------------------------------------ response side
+    @property
+    def on_response(self) -> bool:
+        """Whether it changes integration responses at all."""
+        tr = self.transform
+        return bool(tr.response_templates or tr.response_headers or tr.remove_response_headers)
+
     def response_head(self, ctx: RequestContext, headers: HeaderList) -> HeaderList:
         return self.transform.map_response_headers(headers, ctx.request_id, ctx.stage)
 
