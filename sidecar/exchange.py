@@ -3,8 +3,8 @@
 An explicit state machine (`State`, transitions in `_NEXT`, as h11 does) over
 one `RequestContext`: route match -> the route's filter chain -> its
 integration -> the response, written only through `respond`. The listener
-talks to it through `Connection`; integrations through `start`, `respond_full`,
-`send_head`, `finish`, `fail` and `upgraded`.
+talks to it through `Connection`; integrations through `respond_full`, `send_head`,
+`finish`, `fail` and `upgraded`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from meshgate.sidecar.context import RequestContext
 from meshgate.sidecar.errors import GatewayError, internal
 from meshgate.sidecar.filters import Answer, Decision
 from meshgate.sidecar.filters.cache import Capture
+from meshgate.sidecar.integrations import protocol_mismatch
 from meshgate.sidecar.integrations.websocket_api import manage_connection
 from meshgate.sidecar.observe import record
 from meshgate.sidecar.pipeline import Suspend
@@ -302,20 +303,8 @@ class Exchange:
     def _integrate(self, route: Route) -> None:
         integ = route.integration
         assert integ is not None
-        if integ.upgrade and not self.upgrade:
-            what = "WebSocket API" if integ.kind == "websocket_api" else "WebSocket"
-            self.fail(
-                GatewayError(
-                    426,
-                    f"this route is a {what}: send an Upgrade: websocket request",
-                    headers=((b"upgrade", b"websocket"),),
-                )
-            )
-            return
-        if self.upgrade and not integ.upgrade:
-            self.fail(
-                GatewayError(400, "WebSocket upgrade on a route that is not a WebSocket route", close=True)
-            )
+        if integ.upgrade != self.upgrade:
+            self.fail(protocol_mismatch(integ))
             return
         if not _NEXT[self.state] >> INTEGRATING & 1:  # self._to(INTEGRATING), inlined: the hot path
             self._to(INTEGRATING)  # raises
@@ -354,18 +343,6 @@ class Exchange:
         headers = headers if isinstance(headers, (list, tuple)) else tuple(headers)
         self.conn.write(respond.full(status, headers, body, self.tail(), reason=reason, is_head=self.is_head))
         self.finish()
-
-    def respond_transformed(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> None:
-        """An integration response held for its response template: render it, then answer."""
-        tf = self.route_transform
-        assert tf is not None
-        out = tf.render_response(self.ctx, headers, body)
-        if isinstance(out, GatewayError):
-            self.fail(out)
-            return
-        self.respond_full(status, out[0], out[1], reason)
 
     def send_head(
         self, status: int, head: bytes, kept: list[tuple[bytes, bytes]], close_delimited: bool
@@ -433,7 +410,7 @@ class Exchange:
         """The WebSocket handshake is answered (101): the exchange ends here and the connection
         counts as an open WebSocket until it is lost."""
         self.status_code = 101
-        self.record()
+        record(self)
         self._to(UPGRADED)
         metrics = self.conn.server.metrics
         lost: Callable[[], None] = _nothing
@@ -490,9 +467,6 @@ class Exchange:
     def metrics_key(self) -> tuple[str, str, str]:
         r = self.route
         return (r.api, r.stage, r.resource) if r is not None else ("-", "-", "-")
-
-    def record(self) -> None:
-        record(self)
 
 
 def _nothing() -> None:

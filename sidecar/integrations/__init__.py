@@ -8,10 +8,12 @@ by an `Upgrade: websocket` request.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from meshgate.sidecar.errors import GatewayError
 from meshgate.v1 import resources_pb2
 
 if TYPE_CHECKING:
@@ -76,30 +78,35 @@ class RouteSpec:
         return uri
 
 
+_MODULES = {  # integration type -> its module and compiler, imported when a snapshot first uses it
+    "mock": ("mock", "compile_mock"),
+    "http": ("http", "compile_http"),
+    "function": ("function", "compile_function"),
+    "grpc": ("grpc", "compile_grpc"),
+    "websocket": ("websocket", "compile_websocket"),
+    "websocket_api": ("websocket_api", "compile_websocket_api"),
+}
+
+
 def compile_integration(spec: RouteSpec) -> Integration:
     kind = spec.integ.type
-    if kind == "mock":
-        from meshgate.sidecar.integrations.mock import compile_mock
+    if kind not in _MODULES:
+        raise CompileError(f"{spec.where}: unsupported integration type {kind!r}")
+    module, compiler = _MODULES[kind]
+    compile_one: Callable[[RouteSpec], Integration] = getattr(
+        importlib.import_module(f"meshgate.sidecar.integrations.{module}"), compiler
+    )
+    return compile_one(spec)
 
-        return compile_mock(spec)
-    if kind == "http":
-        from meshgate.sidecar.integrations.http import compile_http
 
-        return compile_http(spec)
-    if kind == "function":
-        from meshgate.sidecar.integrations.function import compile_function
-
-        return compile_function(spec)
-    if kind == "grpc":
-        from meshgate.sidecar.integrations.grpc import compile_grpc
-
-        return compile_grpc(spec)
-    if kind == "websocket":
-        from meshgate.sidecar.integrations.websocket import compile_websocket
-
-        return compile_websocket(spec)
-    if kind == "websocket_api":
-        from meshgate.sidecar.integrations.websocket_api import compile_websocket_api
-
-        return compile_websocket_api(spec)
-    raise CompileError(f"{spec.where}: unsupported integration type {kind!r}")
+def protocol_mismatch(integ: Integration) -> GatewayError:
+    """The refusal of a request whose protocol is not its route's: a plain request on a WebSocket
+    route (426, as API Gateway's WebSocket APIs answer), an Upgrade on any other route (400)."""
+    if integ.upgrade:
+        what = "WebSocket API" if integ.kind == "websocket_api" else "WebSocket"
+        return GatewayError(
+            426,
+            f"this route is a {what}: send an Upgrade: websocket request",
+            headers=((b"upgrade", b"websocket"),),
+        )
+    return GatewayError(400, "WebSocket upgrade on a route that is not a WebSocket route", close=True)

@@ -400,8 +400,14 @@ class HttpCall:
         held, self.held = self.held, None
         if up is not None:
             self._hand_back(up, keep_alive)
-        if held is not None:
-            ex.respond_transformed(held.status, held.reason, held.headers, b"".join(held.body))
+        if held is not None:  # the response template runs now, on the whole body
+            tf = ex.route_transform
+            assert tf is not None
+            out = tf.render_response(ex.ctx, held.headers, b"".join(held.body))
+            if isinstance(out, GatewayError):
+                ex.fail(out)
+            else:
+                ex.respond_full(held.status, out[0], out[1], held.reason)
             return
         if self.chunked_out:
             self.conn.write(b"0\r\n\r\n")
