@@ -341,7 +341,12 @@ class Exchange:
         if not cors:
             self.ctx.cors_headers = b""
         headers = headers if isinstance(headers, (list, tuple)) else tuple(headers)
-        self.conn.write(respond.full(status, headers, body, self.tail(), reason=reason, is_head=self.is_head))
+        try:
+            data = respond.full(status, headers, body, self.tail(), reason=reason, is_head=self.is_head)
+        except respond.InvalidHeader as exc:  # from a function, a template, a mock: the message stays whole
+            self.fail(GatewayError(502, f"invalid integration response: {exc}", "INTEGRATION_FAILURE"))
+            return
+        self.conn.write(data)
         self.finish()
 
     def send_head(

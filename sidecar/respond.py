@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Sequence
 
 from meshgate.sidecar.errors import STATUS_LINES, GatewayError, kind_of, phrase
@@ -43,8 +44,30 @@ def status_line(status: int, reason: bytes = b"") -> bytes:
     return STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, phrase(status))
 
 
+# RFC 9110 §5.5 / §5.6.2: a field name is a token; a value never holds CR, LF or NUL (one C-level
+# scan each). Every header the gateway makes or relays from a source that is not llhttp-parsed
+# (mappings, authorizer context, claims, function and mock responses, templates) passes here.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BREAKS = re.compile(rb"[\r\n\x00]")
+
+
+class InvalidHeader(ValueError):
+    """A header that would split or corrupt the message it is written into."""
+
+
+def check_headers(headers: Iterable[tuple[bytes, bytes]]) -> None:
+    """Raise InvalidHeader for the first header with a bad name or a value holding CR, LF or NUL."""
+    for name, value in headers:
+        if _TOKEN.fullmatch(name) is None:
+            raise InvalidHeader(f"header name {name[:60]!r} is not a token")
+        if _BREAKS.search(value) is not None:
+            raise InvalidHeader(f"header {name[:60].decode('latin-1')} holds CR, LF or NUL")
+
+
 def _lines(headers: Iterable[tuple[bytes, bytes]], out: list[bytes]) -> None:
     for name, value in headers:
+        if _TOKEN.fullmatch(name) is None or _BREAKS.search(value) is not None:
+            check_headers(((name, value),))  # raises, saying which
         out += (name, b": ", value, b"\r\n")
 
 

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, urlencode
 from meshgate.sidecar.errors import GatewayError
 from meshgate.sidecar.integrations import CompileError, RouteError, RouteSpec
 from meshgate.sidecar.mapping import MappingError, ParamMapping, compile_parameters, quote_param, value_of
-from meshgate.sidecar.respond import HOP_BY_HOP, proxied
+from meshgate.sidecar.respond import HOP_BY_HOP, InvalidHeader, check_headers, proxied
 from meshgate.sidecar.transform import MAX_INPUT as TEMPLATE_MAX_INPUT
 from meshgate.sidecar.transform import Transform, compile_transform
 from meshgate.sidecar.upstream import UpstreamConn
@@ -107,7 +107,18 @@ class HttpIntegration:
         return target.encode("latin-1", "replace"), set_headers
 
     def start(self, ex: Exchange) -> None:
-        call = HttpCall(ex, self)
+        ctx = ex.ctx
+        if ctx.query or self.static_target is None:
+            target, set_headers = self.request_target(ctx)
+        else:
+            target, set_headers = self.static_target, ()
+        if set_headers or ctx.upstream_headers:  # values from the request, claims, an authorizer
+            try:
+                check_headers(set_headers + ctx.upstream_headers)
+            except InvalidHeader as exc:
+                ex.fail(GatewayError(400, f"invalid integration request: {exc}", "BAD_REQUEST_PARAMETERS"))
+                return
+        call = HttpCall(ex, self, target, set_headers)
         ex.call = call
         conn = ex.conn
         if self.timeout_s >= 1.0:  # coarse timeouts ride the connection sweep: no timer handle per request
@@ -196,10 +207,18 @@ class _Held:
 class HttpCall:
     """One proxied request: implements UpstreamListener for the upstream connection it holds."""
 
-    __slots__ = ("chunked_out", "conn", "ex", "held", "integ", "retry_ok", "up")
+    __slots__ = ("chunked_out", "conn", "ex", "held", "integ", "retry_ok", "set_headers", "target", "up")
 
-    def __init__(self, ex: Exchange, integ: HttpIntegration) -> None:
+    def __init__(
+        self,
+        ex: Exchange,
+        integ: HttpIntegration,
+        target: bytes,
+        set_headers: tuple[tuple[bytes, bytes], ...],
+    ) -> None:
         self.ex = ex
+        self.target = target  # the upstream request target and the mapping's headers, checked in start
+        self.set_headers = set_headers
         self.conn = ex.conn
         self.integ = integ
         self.up: UpstreamConn | None = None
@@ -242,10 +261,7 @@ class HttpCall:
         self.up = up
         up.attach(self)
         conn = ex.conn
-        if ctx.query or integ.static_target is None:
-            target, set_headers = integ.request_target(ctx)
-        else:
-            target, set_headers = integ.static_target, ()
+        target, set_headers = self.target, self.set_headers
         lines = [
             integ.method or ctx.method.encode(),
             b" ",
