@@ -216,8 +216,17 @@ class StageFilters:
             )
         if self.cache is not None:
             params = tuple(identity_source(p) for p in route.cache_key_parameters)
+            per_caller = bool(route.authorizer) or route.api_key_required
             filters.append(
-                CacheFilter(self.cache, self.api, self.stage, self.cache_methods, params, self.invalidation)
+                CacheFilter(
+                    self.cache,
+                    self.api,
+                    self.stage,
+                    self.cache_methods,
+                    params,
+                    self.invalidation,
+                    per_caller,
+                )
             )
         if transform is not None:
             filters.append(TransformFilter.of(transform))

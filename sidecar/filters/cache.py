@@ -1,5 +1,5 @@
 """Filter: the stage response cache. The request side looks up (keyed by method, Api, stage,
-stage-relative path and the route's cache key parameters) and honours `Cache-Control: max-age=0`
+stage-relative path, the route's cache key parameters and, on an authorized route, the caller) and honours `Cache-Control: max-age=0`
 per the stage's invalidation setting; the response side (`Capture`) stores a cacheable response
 as it streams to the client."""
 
@@ -30,9 +30,14 @@ class CacheFilter:
     methods: frozenset[str] = frozenset({"GET"})
     params: tuple[tuple[str, str], ...] = ()  # (query|header, name) in the key
     invalidation: str = "require_authorization"  # | "fail" | "ignore"
+    per_caller: bool = False  # an authorized route: the principal / API key joins the key (RFC 9111 §3.5)
 
     def key(self, ctx: RequestContext) -> bytes:
         parts = [ctx.method, self.api, self.stage, ctx.stage_path]
+        if self.per_caller:
+            parts.append(f"p:{ctx.principal}")
+            if ctx.usage_key is not None:
+                parts.append(f"k:{ctx.usage_key.name}")
         for kind, name in self.params:
             if kind == "query":
                 parts.append(f"q:{name}={ctx.query_params().get(name, '')}")

@@ -9,9 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Iterator
 
-from .conftest import Backends, Gateway, bundle, http_route, read_request, snapshot
-from .test_function import Function, fn, start  # noqa: F401  (the fixture)
+import pytest
+
+from .conftest import Backends, Gateway, LoopThread, bundle, http_route, read_request, snapshot
+from .test_function import Function, start
+
+
+@pytest.fixture
+def fn(lt: LoopThread) -> Iterator[Function]:
+    f = Function(lt)
+    yield f
+    f.stop()
 
 
 def raw_get(port: int, target: str) -> bytes:
@@ -55,7 +65,7 @@ def test_a_mapped_value_with_cr_lf_is_400_and_nothing_reaches_the_backend(
 
 def test_a_function_response_header_with_cr_lf_is_502_and_never_written(
     gateway: Gateway, fn: Function
-) -> None:  # noqa: F811
+) -> None:
     start(gateway, fn.port)
     fn.behaviour = {"statusCode": 200, "headers": {"x-a": "a\r\nSet-Cookie: pwned=1"}, "body": "hi"}
     answer = raw_get(gateway.port, "/prod/pets/1")

@@ -690,3 +690,20 @@ def test_route_path_not_the_integration_path_names_the_request(
     assert (events[0]["path"], events[0]["resource"]) == ("/items/7", "/items/{id}")
     status, _, body = call(gateway.port, "/prod/items/secret", headers=token)
     assert status == 403 and "denied GET /items/secret for ann" in json.loads(body)["reason"]
+
+
+def test_cached_responses_of_an_authorized_route_are_per_principal(
+    gateway: Gateway, backends: Backends, aux: Aux
+) -> None:
+    """RFC 9111 §3.5: a shared cache must not hand one user's response to another."""
+    idp = Idp(aux)
+    snap = jwt_snapshot(idp, backends.start(echo_headers))
+    snap.stages[0].stage.spec.cache.enabled = True
+    start(gateway, snap)
+    alice, bob = idp.token(sub="alice"), idp.token(sub="bob")
+    s1, h1, b1 = call(gateway.port, "/prod/pets", headers={"Authorization": alice})
+    s2, h2, b2 = call(gateway.port, "/prod/pets", headers={"Authorization": bob})
+    assert (s1, s2) == (200, 200) and h1["x-meshgate-cache"] == h2["x-meshgate-cache"] == "miss"
+    assert json.loads(b1)["x-user-sub"] == "alice" and json.loads(b2)["x-user-sub"] == "bob"
+    s3, h3, b3 = call(gateway.port, "/prod/pets", headers={"Authorization": alice})
+    assert s3 == 200 and h3["x-meshgate-cache"] == "hit" and json.loads(b3)["x-user-sub"] == "alice"
