@@ -15,7 +15,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from meshgate.sidecar import respond
 from meshgate.sidecar.context import RequestContext
@@ -119,7 +119,55 @@ class BodySink(Protocol):
     def body_end(self) -> None: ...
 
 
-class Exchange:
+class _RequestBody:
+    """The exchange's request-body side: what the listener feeds in, who waits for the whole body,
+    and the 100 Continue a client that expects one is owed before it sends it."""
+
+    __slots__ = ("discard_body", "expect_continue", "on_body", "sink")  # set up by Exchange.__init__
+    discard_body: bool  # the rest of the request body is read and dropped
+    expect_continue: bool  # the client waits for 100 Continue before sending its body
+    on_body: Callable[[], None] | None  # what waits for the whole request body
+    sink: BodySink | None  # where the body goes once the integration request is written
+    conn: Connection
+    ctx: RequestContext
+    state: int
+
+    # ------------------------------------------------------------------ request body (from the listener)
+    def feed_body(self, chunk: bytes) -> None:
+        if self.discard_body:
+            return
+        sink = self.sink
+        if sink is not None:
+            sink.body(chunk)
+        elif self.ctx.body_chunks is not None:
+            self.ctx.body_chunks.append(chunk)
+
+    def end_body(self) -> None:
+        ctx = self.ctx
+        ctx.body_complete = True
+        sink = self.sink  # a sink set by what resumes below has the whole body already
+        resume, self.on_body = self.on_body, None
+        if resume is not None and self.state == FILTERING:
+            resume()
+        if sink is not None and ctx.chunked and not self.discard_body:
+            sink.body_end()
+        if self.state == RESPONDED:
+            self.conn.exchange_done(cast("Exchange", self))
+
+    def wait_for_body(self, resume: Callable[[], None]) -> None:
+        """Resume once the whole request body is here (asking a client that expects it for it)."""
+        self.on_body = resume
+        if self.expect_continue:
+            self.send_continue()
+
+    def send_continue(self) -> None:
+        """RFC 9110 §10.1.1: the request got past everything that could refuse it without its body."""
+        self.expect_continue = False
+        if not self.ctx.body_complete:
+            self.conn.write(respond.CONTINUE)
+
+
+class Exchange(_RequestBody):
     """One client request and its response."""
 
     __slots__ = (
@@ -127,15 +175,12 @@ class Exchange:
         "conn",
         "ctx",
         "deadline",
-        "discard_body",
         "error",
         "http10",
         "is_head",
         "keep_alive",
-        "on_body",
         "route",
         "route_transform",
-        "sink",
         "state",
         "status_code",
         "t0",
@@ -153,6 +198,7 @@ class Exchange:
         self.is_head = False
         self.keep_alive = True
         self.http10 = False
+        self.expect_continue = False  # the client waits for 100 Continue before sending its body
         self.upgrade = False
         self.discard_body = False  # the rest of the request body is read and dropped
         self.error: GatewayError | None = None  # set by the listener: a request it cannot parse
@@ -177,28 +223,6 @@ class Exchange:
     def awaiting_response(self) -> bool:
         """Still waiting for its response head (filters or integration), on a live connection."""
         return FILTERING <= self.state <= INTEGRATING and not self.conn.closed
-
-    # ------------------------------------------------------------------ request body (from the listener)
-    def feed_body(self, chunk: bytes) -> None:
-        if self.discard_body:
-            return
-        sink = self.sink
-        if sink is not None:
-            sink.body(chunk)
-        elif self.ctx.body_chunks is not None:
-            self.ctx.body_chunks.append(chunk)
-
-    def end_body(self) -> None:
-        ctx = self.ctx
-        ctx.body_complete = True
-        sink = self.sink  # a sink set by what resumes below has the whole body already
-        resume, self.on_body = self.on_body, None
-        if resume is not None and self.state == FILTERING:
-            resume()
-        if sink is not None and ctx.chunked and not self.discard_body:
-            sink.body_end()
-        if self.state == RESPONDED:
-            self.conn.exchange_done(self)
 
     # ------------------------------------------------------------------ request phase
     def start(self) -> None:
@@ -260,12 +284,12 @@ class Exchange:
             if self.ctx.trace is not None or self.ctx.authorizer_s:
                 self._phase_over(None)
             if route.needs_body and not self.ctx.body_complete:
-                self.on_body = functools.partial(self._integrate, route)  # it wants the whole body
+                self.wait_for_body(functools.partial(self._integrate, route))  # it wants the whole body
                 return
             self._integrate(route)
         elif isinstance(decision, Suspend):
             if decision.awaitable is None:
-                self.on_body = functools.partial(self._run_chain, decision.pos)
+                self.wait_for_body(functools.partial(self._run_chain, decision.pos))
             else:
                 self.conn.loop.create_task(self._await(decision.pos, decision.awaitable))
         else:
@@ -309,6 +333,8 @@ class Exchange:
         if not _NEXT[self.state] >> INTEGRATING & 1:  # self._to(INTEGRATING), inlined: the hot path
             self._to(INTEGRATING)  # raises
         self.state = INTEGRATING
+        if self.expect_continue:
+            self.send_continue()
         integ.start(self)
 
     def integrating(self) -> None:
@@ -340,6 +366,8 @@ class Exchange:
         self.status_code = status
         if not cors:
             self.ctx.cors_headers = b""
+        if self.expect_continue and not self.ctx.body_complete:
+            self.keep_alive = False  # answered before the body the client holds back: close after
         headers = headers if isinstance(headers, (list, tuple)) else tuple(headers)
         try:
             data = respond.full(status, headers, body, self.tail(), reason=reason, is_head=self.is_head)
@@ -388,8 +416,10 @@ class Exchange:
             self._to(DONE)
             return
         close = (
-            err.close or not self.keep_alive or (not ctx.body_complete and err.status in (413, 400, 431, 408))
-        )
+            err.close
+            or not self.keep_alive
+            or (not ctx.body_complete and (err.status in (413, 400, 431, 408) or self.expect_continue))
+        )  # a client told to wait for 100 Continue never sends the body we would have to read
         if err.status >= 500:
             log.info(
                 "request %s %s %s -> %d: %s",

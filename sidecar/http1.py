@@ -368,10 +368,12 @@ class ClientConn(_Wire):
         ex.http10 = p.get_http_version() != "1.1"
         ex.keep_alive = p.should_keep_alive()
         ex.is_head = ctx.method == "HEAD"
+        hosts = 0
         for name, value in ctx.raw_headers:  # what the headers say about routing and framing
             low = name.lower()
             if low == b"host":
                 ctx.host = value.decode("latin-1")
+                hosts += 1
             elif low == b"content-length":
                 try:
                     ctx.content_length = int(value)
@@ -383,6 +385,11 @@ class ClientConn(_Wire):
                 ex.upgrade = True
             elif low == b"transfer-encoding" and b"chunked" in value.lower():
                 ctx.chunked = True
+            elif low == b"expect" and value.lower() == b"100-continue":
+                ex.expect_continue = True
+        if hosts != 1 and (hosts or not ex.http10):  # RFC 9112 §3.2: exactly one (HTTP/1.0: at most one)
+            why = "more than one Host header" if hosts else "no Host header"
+            ex.error = GatewayError(400, f"malformed HTTP request: {why}", close=True)
         if ctx.chunked:
             ctx.content_length = -1
         if ctx.content_length > self.limits.max_body_bytes:
@@ -394,10 +401,10 @@ class ClientConn(_Wire):
         self.queue.append(ex)
         if len(self.queue) == 1:
             self._disarm()
-            if ex.error is not None:
-                self._start_rejected_body(ex)
+            if ex.error is not None and ex.error.status == 413:
+                self._start_rejected_body(ex)  # answer, then read and drop the body a while
                 return
-            ex.start()
+            ex.start()  # (a request refused by its head alone is answered and closed by start)
         else:
             if ex.error is not None:
                 raise _Abort(ex.error.status, ex.error.reason)

@@ -34,6 +34,7 @@ HOP_BY_HOP = frozenset(
 )
 # Response headers the gateway sets itself: never copied from an integration.
 RESPONSE_OWN = HOP_BY_HOP | {b"content-length", b"x-meshgate-request-id"}
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _PHRASES = {status: phrase(status) for status in range(100, 600)}
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 

@@ -28,8 +28,14 @@ if TYPE_CHECKING:
     from meshgate.sidecar.exchange import Exchange
 
 _URI_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}")
-# Request headers the sidecar sets itself.
-REQUEST_OWN = HOP_BY_HOP | {b"host", b"content-length", b"x-forwarded-proto", b"x-meshgate-request-id"}
+# Request headers the sidecar sets itself (an Expect it has met itself: 100 Continue is its answer).
+REQUEST_OWN = HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"x-forwarded-proto",
+    b"x-meshgate-request-id",
+    b"expect",
+}
 
 
 @dataclass(frozen=True, slots=True)

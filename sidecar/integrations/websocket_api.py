@@ -117,7 +117,7 @@ def manage_connection(ex: Exchange, conn_id: str) -> None:
         )
         return
     if not ex.ctx.body_complete:
-        ex.on_body = functools.partial(manage_connection, ex, conn_id)
+        ex.wait_for_body(functools.partial(manage_connection, ex, conn_id))
         return
     ex.integrating()
     ex.conn.loop.create_task(_manage(ex, conn_id))
