@@ -5,6 +5,7 @@ as it streams to the client."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -100,6 +101,23 @@ def _answer(hit: CachedResponse) -> Answer:
     return Answer(hit.status, hit.headers, hit.body)
 
 
+_UNSHARED = re.compile(rb"\b(private|no-store|no-cache)\b")
+# Request headers that change what a backend answers but are not in the cache key: on a cached route
+# the client's are never forwarded (a cached answer would carry whatever one client sent).
+UNKEYED_REQUEST_HEADERS = frozenset(
+    {
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-forwarded-server",
+        b"forwarded",
+        b"x-original-url",
+        b"x-rewrite-url",
+        b"x-http-method-override",
+        b"x-host",
+    }
+)
+
+
 class Capture:
     """A response being copied into the stage cache as it streams to the client (response side)."""
 
@@ -117,11 +135,15 @@ class Capture:
     def begin(
         cls, ctx: RequestContext, status: int, headers: Sequence[tuple[bytes, bytes]], is_head: bool
     ) -> Capture | None:
-        """A capture when the response may be stored: a 200 to a GET-like request without no-store/private."""
+        """A capture when a shared cache may store the response (RFC 9111 §3): a 200, not to HEAD,
+        without Set-Cookie, `Cache-Control: private | no-store | no-cache` or `Vary: *`."""
         if ctx.cache is None or ctx.cache_key is None or status != 200 or is_head:
             return None
         for n, v in headers:
-            if n.lower() == b"cache-control" and (b"no-store" in v or b"private" in v):
+            low = n.lower()
+            if low == b"set-cookie" or (low == b"vary" and v.strip() == b"*"):
+                return None
+            if low == b"cache-control" and _UNSHARED.search(v.lower()) is not None:
                 return None
         cap = cls(ctx.cache, ctx.cache_key)
         cap.status = status

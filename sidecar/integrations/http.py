@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode
 
 from meshgate.sidecar.errors import GatewayError
+from meshgate.sidecar.filters.cache import UNKEYED_REQUEST_HEADERS
 from meshgate.sidecar.integrations import CompileError, RouteError, RouteSpec
 from meshgate.sidecar.mapping import MappingError, ParamMapping, compile_parameters, quote_param, value_of
 from meshgate.sidecar.respond import HOP_BY_HOP, InvalidHeader, check_headers, proxied
@@ -289,6 +290,8 @@ class HttpCall:
         tr = integ.transform
         if tr is not None and tr.remove_request_headers:
             drop = drop | tr.remove_request_headers
+        if ctx.cache_key is not None:  # a cached route: nothing unkeyed from the client reaches the backend
+            drop = drop | UNKEYED_REQUEST_HEADERS
         raw = ctx.raw_headers
         for name, value in raw:
             if len(name) == 10 and name.lower() == b"connection":

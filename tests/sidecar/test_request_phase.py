@@ -707,3 +707,31 @@ def test_cached_responses_of_an_authorized_route_are_per_principal(
     assert json.loads(b1)["x-user-sub"] == "alice" and json.loads(b2)["x-user-sub"] == "bob"
     s3, h3, b3 = call(gateway.port, "/prod/pets", headers={"Authorization": alice})
     assert s3 == 200 and h3["x-meshgate-cache"] == "hit" and json.loads(b3)["x-user-sub"] == "alice"
+
+
+def test_responses_a_shared_cache_must_not_store_are_not_stored(gateway: Gateway, backends: Backends) -> None:
+    """Set-Cookie, Cache-Control private/no-store/no-cache and Vary: * keep a response out of the cache;
+    client-sent X-Forwarded-Host (and kin) never reach the backend of a cached route."""
+    answers = {
+        b"/items/1": b"Set-Cookie: sid=alice\r\n",
+        b"/items/2": b"Cache-Control: no-cache\r\n",
+        b"/items/3": b"Vary: *\r\n",
+        b"/items/4": b"Cache-Control: Private\r\n",
+        b"/items/5": b"",
+    }
+    seen: list[dict[bytes, bytes]] = []
+
+    async def backend(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            line, headers, _ = await read_request(r)
+            seen.append(headers)
+            extra = answers[line.split()[1]]
+            w.write(b"HTTP/1.1 200 OK\r\n%bContent-Length: 2\r\n\r\nok" % extra)
+            await w.drain()
+
+    start(gateway, cache_snapshot(backends.start(backend)))
+    for i in range(1, 6):
+        call(gateway.port, f"/prod/items/{i}")
+        _, headers, _ = call(gateway.port, f"/prod/items/{i}", headers={"X-Forwarded-Host": "evil.example"})
+        assert headers["x-meshgate-cache"] == ("hit" if i == 5 else "miss"), i
+    assert len(seen) == 9 and all(b"x-forwarded-host" not in h for h in seen)
