@@ -350,6 +350,7 @@ class Exchange(_RequestBody):
             ctx.cache_header,
             ctx.cors_headers,
             not self.keep_alive,
+            self.http10,
         )
 
     def respond_full(

@@ -90,6 +90,7 @@ def tail(
     cache_header: bytes = b"",
     cors: bytes = b"",
     close: bool = False,
+    http10_keep_alive: bool = False,
 ) -> bytes:
     """The gateway's own response headers for one request, and the blank line that ends the head."""
     out = b"x-meshgate-request-id: " + request_id.encode() + b"\r\n" + route_headers
@@ -99,6 +100,8 @@ def tail(
         out += cors
     if close:
         out += b"connection: close\r\n"
+    elif http10_keep_alive:  # an HTTP/1.0 client keeps the connection only when told so
+        out += b"connection: keep-alive\r\n"
     return out + b"\r\n"
 
 

@@ -56,3 +56,17 @@ def test_expect_100_continue(gateway: Gateway, backends: Backends) -> None:
     assert b"expect" not in {k.lower() for k in seen[0]}  # the sidecar met the expectation itself
     refused = exchange(gateway.port, head.replace(b"/prod/up", b"/prod/nothing"), timeout=2)
     assert refused.startswith(b"HTTP/1.1 404 ") and b"100 Continue" not in refused  # at once, no body read
+
+
+def test_http10_keep_alive_is_said_back(gateway: Gateway) -> None:
+    """RFC 9112 §9.3 / RFC 1945: an HTTP/1.0 client keeps the connection only if told so."""
+    gateway.start(snapshot(bundle([mock_route("GET", "/m", '"m"')])))
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=2) as s:
+        for _ in range(2):  # the same connection serves both
+            s.sendall(b"GET /prod/m HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += s.recv(65536)
+            assert head.startswith(b"HTTP/1.1 200 ") and b"connection: keep-alive" in head.lower()
+    plain = exchange(gateway.port, b"GET /prod/m HTTP/1.0\r\n\r\n")
+    assert plain.startswith(b"HTTP/1.1 200 ") and b"keep-alive" not in plain.lower()
