@@ -24,6 +24,7 @@ from meshgate.sidecar.integrations import (
     RouteSpec,
     compile_integration,
 )
+from meshgate.sidecar.integrations.http import HttpIntegration  # (the one type with a transform)
 from meshgate.sidecar.pipeline import EMPTY_CHAIN, Chain, ChainBuilder, StageFilters
 from meshgate.sidecar.responses import ApiResponses, compile_responses
 from meshgate.sidecar.runtime import Runtime
@@ -197,7 +198,7 @@ def _build_side(
             integration = compile_integration(rspec)
         except RouteError as exc:
             error = str(exc)
-        transform = getattr(integration, "transform", None)
+        transform = integration.transform if isinstance(integration, HttpIntegration) else None
         try:
             chain = filters.route_chain(spec, r, api_filters, transform)
         except (ValueError, KeyError) as exc:
