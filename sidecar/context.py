@@ -40,6 +40,50 @@ class _RequestIds:
 REQUEST_IDS = _RequestIds()
 
 
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def normalize_path(path: str) -> str | None:
+    """The one normalised form of a request path (RFC 3986 §6.2.2, §5.2.4), or None to refuse it (400).
+
+    Percent-escapes of unreserved characters are decoded (`%7E` -> `~`, `%2e` -> `.`), others keep
+    their encoding with upper-case hex (an encoded `/` stays `%2F`); an escaped control character
+    (`%00`-`%1F`, `%7F`) is refused; `.` and `..` segments are removed, and a `..` that would climb
+    above the first segment (the stage root, or the path's root on a host-mapped stage) is refused.
+    A path with neither `%` nor `/.` is already normal: that check is all most requests pay.
+    """
+    if "%" not in path and "/." not in path:
+        return path
+    if "%" in path:
+        parts = path.split("%")
+        out = [parts[0]]
+        for part in parts[1:]:
+            hx = part[:2]
+            if len(hx) < 2 or hx[0] not in _HEX or hx[1] not in _HEX:
+                out.append("%" + part)  # not an escape: left as it is
+                continue
+            code = int(hx, 16)
+            if code < 0x20 or code == 0x7F:
+                return None
+            ch = chr(code)
+            out.append((ch if ch in _UNRESERVED else "%" + hx.upper()) + part[2:])
+        path = "".join(out)
+    segs = path.split("/")
+    kept: list[str] = []
+    for seg in segs[1:]:
+        if seg == ".":
+            continue
+        if seg == "..":
+            if len(kept) <= 1:
+                return None
+            kept.pop()
+            continue
+        kept.append(seg)
+    normal = "/" + "/".join(kept)
+    return normal + "/" if segs[-1] in (".", "..") and not normal.endswith("/") else normal
+
+
 class LazyHeaders(Mapping[str, str]):
     """Request headers as a lowercase-name mapping, built only if a step needs one."""
 

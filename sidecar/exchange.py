@@ -18,7 +18,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from meshgate.sidecar import respond
-from meshgate.sidecar.context import RequestContext
+from meshgate.sidecar.context import RequestContext, normalize_path
 from meshgate.sidecar.errors import GatewayError, internal
 from meshgate.sidecar.filters import Answer, Decision
 from meshgate.sidecar.filters.cache import Capture
@@ -241,6 +241,15 @@ class Exchange(_RequestBody):
                 )
             )
             return
+        normal = normalize_path(ctx.path)  # the one path routes, authorizers, caches and backends see
+        if normal is None:
+            self.fail(
+                GatewayError(
+                    400, "malformed HTTP request: the path climbs above its root or holds a control character"
+                )
+            )
+            return
+        ctx.path = normal
         if ctx.path.startswith("/@connections/"):
             manage_connection(self, ctx.path[len("/@connections/") :])
             return
