@@ -38,6 +38,8 @@ class Limits:
     max_body_bytes: int = 10 * 1024 * 1024
     header_timeout_s: float = 10.0
     body_idle_timeout_s: float = 30.0
+    min_body_rate_bps: float = 1024.0  # after the grace period a body must average this (0: no minimum)
+    body_rate_grace_s: float = 10.0
     keepalive_timeout_s: float = 75.0
     lingering_s: float = 2.0
 
@@ -140,6 +142,8 @@ class ClientConn(_Wire):
         self.current: Exchange | None = None  # the request being parsed
         self.peer_ip = "unknown"
         self.header_bytes = 0
+        self.body_since = 0.0  # when the body now being read started
+        self.body_last = 0.0  # when its last bytes came
         self.draining = False
         self.drain_left = 0
         self.in_headers = False
@@ -253,12 +257,12 @@ class ClientConn(_Wire):
         if ex is not None and not ex.ctx.body_complete:
             if ex.state == STREAMING:
                 self.abort()
+            elif self.loop.time() - self.body_last < self.limits.body_idle_timeout_s:
+                rate = self.limits.min_body_rate_bps
+                ex.fail(GatewayError(408, f"client body slower than {rate:g} bytes/s", close=True))
             else:
-                ex.fail(
-                    GatewayError(
-                        408, f"client body stalled for {self.limits.body_idle_timeout_s:g}s", close=True
-                    )
-                )
+                idle = self.limits.body_idle_timeout_s
+                ex.fail(GatewayError(408, f"client body stalled for {idle:g}s", close=True))
 
     # ------------------------------------------------------------------ parsing
     def data_received(self, data: bytes) -> None:
@@ -410,7 +414,8 @@ class ClientConn(_Wire):
                 raise _Abort(ex.error.status, ex.error.reason)
             self.pause_reading_from("pipeline")
         if self.current is ex and not ctx.body_complete and (ctx.content_length > 0 or ctx.chunked):
-            self._arm(self.limits.body_idle_timeout_s, self._body_timeout)
+            self.body_since = self.body_last = self.loop.time()
+            self._arm(self._body_allowance(0), self._body_timeout)
 
     def _start_rejected_body(self, ex: Exchange) -> None:
         """413 by Content-Length: answer now, then read and drop the body for a while (lingering close)."""
@@ -427,8 +432,21 @@ class ClientConn(_Wire):
         if ctx.body_received > self.limits.max_body_bytes:
             raise _Abort(413, f"request body exceeds the {self.limits.max_body_bytes}-byte limit")
         if self.deadline:
-            self.deadline = self.loop.time() + self.limits.body_idle_timeout_s
+            self.body_last = now = self.loop.time()
+            self.deadline = now + self._body_allowance(ctx.body_received)
         ex.feed_body(body)
+
+    def _body_allowance(self, received: int) -> float:
+        """Seconds from now the rest of the body may take to show progress: the idle timeout, or
+        less when the body is behind the minimum rate (grace period + one second per `rate` bytes)."""
+        lim = self.limits
+        now = self.loop.time()
+        allowance = lim.body_idle_timeout_s
+        if lim.min_body_rate_bps > 0:
+            allowance = min(
+                allowance, self.body_since + lim.body_rate_grace_s + received / lim.min_body_rate_bps - now
+            )
+        return max(allowance, 0.0)
 
     def on_message_complete(self) -> None:
         ex = self.current

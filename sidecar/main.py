@@ -107,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="32-byte key for encrypted stage caches (raw, hex or base64; or env MESHGATE_CACHE_KEY)",
     )
     p.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes)
+    p.add_argument(
+        "--min-body-rate",
+        type=float,
+        default=Limits.min_body_rate_bps,
+        help="bytes/s a request body must average once it has taken 10 s; slower is a 408 "
+        "(0: no minimum; default %(default)s)",
+    )
     p.add_argument("--drain-seconds", type=float, default=5.0)
     p.add_argument("--log-level", default="info")
     return p
@@ -201,7 +208,7 @@ class _Sidecar:
                 self.holder,
                 listen_host,
                 listen_port,
-                limits=Limits(max_body_bytes=args.max_body_bytes),
+                limits=Limits(max_body_bytes=args.max_body_bytes, min_body_rate_bps=args.min_body_rate),
                 pool=self.pool,
                 http_server=self.http,
             )

@@ -70,3 +70,36 @@ def test_http10_keep_alive_is_said_back(gateway: Gateway) -> None:
             assert head.startswith(b"HTTP/1.1 200 ") and b"connection: keep-alive" in head.lower()
     plain = exchange(gateway.port, b"GET /prod/m HTTP/1.0\r\n\r\n")
     assert plain.startswith(b"HTTP/1.1 200 ") and b"keep-alive" not in plain.lower()
+
+
+def test_a_trickled_body_is_cut_off_at_the_minimum_rate(gateway: Gateway, backends: Backends) -> None:
+    """Each byte arriving within the idle timeout is not enough: below the minimum rate (after a
+    grace period) the request gets 408 and the connection closes."""
+    import time
+
+    from meshgate.sidecar.http1 import Limits
+
+    async def backend(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r)  # waits for the whole body, which never comes
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    port = backends.start(backend)
+    gateway.start(
+        snapshot(bundle([http_route("POST", "/up", f"http://127.0.0.1:{port}/up")])),
+        Limits(body_idle_timeout_s=5, min_body_rate_bps=100, body_rate_grace_s=0.5),
+    )
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as s:
+        s.sendall(b"POST /prod/up HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n")
+        t0 = time.monotonic()
+        answer = b""
+        s.settimeout(0.2)
+        while time.monotonic() - t0 < 4 and not answer:
+            try:
+                s.sendall(b"x")  # 5 bytes/s: never idle for 5 s, far below 100 bytes/s
+                answer = s.recv(65536)
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                break
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"slower than 100 bytes/s" in answer
+    assert time.monotonic() - t0 < 3
