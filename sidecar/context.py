@@ -149,6 +149,7 @@ class RequestContext:
         "principal",
         "query",
         "raw_headers",
+        "raw_tail",
         "request_id",
         "route",
         "source_ip",
@@ -179,6 +180,7 @@ class RequestContext:
         self.body_doc: object = UNPARSED  # the JSON body once validation parsed it
         self.route: Route | None = None
         self.stage_path = ""  # the stage-relative request path (/pets/7), as the route matched it
+        self.raw_tail = ""  # a greedy {proxy+} value still percent-encoded, when the path had escapes
         self.canary = False
         self.authorized = False  # an authorizer allowed the request
         self.authorizer_s = 0.0  # how long it took

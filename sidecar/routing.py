@@ -83,25 +83,30 @@ class _Node:
     methods: dict[str, Route] = field(default_factory=dict)
 
 
-def _lookup(node: _Node, segs: list[str], i: int, params: dict[str, str]) -> dict[str, Route] | None:
-    """Depth-first match with backtracking: literal, then {param}, then {proxy+}."""
+def _lookup(
+    node: _Node, segs: list[str], i: int, params: dict[str, str], tail_at: list[int] | None = None
+) -> dict[str, Route] | None:
+    """Depth-first match with backtracking: literal, then {param}, then {proxy+} (whose first segment's
+    index goes into `tail_at`)."""
     if i == len(segs):
         return node.methods or None
     seg = segs[i]
     child = node.literal.get(seg)
     if child is not None:
-        found = _lookup(child, segs, i + 1, params)
+        found = _lookup(child, segs, i + 1, params, tail_at)
         if found is not None:
             return found
     if node.param is not None and seg:
         name, child = node.param
-        found = _lookup(child, segs, i + 1, params)
+        found = _lookup(child, segs, i + 1, params, tail_at)
         if found is not None:
             params[name] = seg
             return found
     if node.greedy is not None:
         name, methods = node.greedy
         params[name] = "/".join(segs[i:])
+        if tail_at is not None:
+            tail_at.append(i)
         return methods
     return None
 
@@ -296,10 +301,16 @@ class RouteTable:
         ):
             side = stage.canary
         segs = _split_path(rest)
-        if "%" in rest:
-            segs = [unquote(s) for s in segs]
         params: dict[str, str] = {}
-        methods = _lookup(side.root, segs, 0, params)
+        if "%" in rest:
+            raw = segs
+            segs = [unquote(s) for s in segs]
+            tail_at: list[int] = []
+            methods = _lookup(side.root, segs, 0, params, tail_at)
+            if tail_at:  # a greedy value is forwarded as it came (normalised): %2F stays one segment
+                ctx.raw_tail = "/".join(raw[tail_at[0] :])
+        else:
+            methods = _lookup(side.root, segs, 0, params)
         ctx.stage_path = rest
         method = ctx.method
         if methods is None:

@@ -94,11 +94,7 @@ class HttpIntegration:
             )
         path = self.static_path
         if path is None:
-            path = "".join(
-                text if kind == 0 else quote_param(params.get(text, ""), kind == 2)
-                for kind, text in self.path_parts
-            )
-            path = path or "/"
+            path = "".join(self._part(kind, text, params, ctx) for kind, text in self.path_parts) or "/"
         tr = self.transform
         if tr is not None and tr.remove_request_query and query:
             query = urlencode(
@@ -112,6 +108,15 @@ class HttpIntegration:
             query = self.uri_query + ("&" + query if query else "")
         target = path + "?" + query if query else path
         return target.encode("latin-1", "replace"), set_headers
+
+    @staticmethod
+    def _part(kind: int, text: str, params: dict[str, str], ctx: RequestContext) -> str:
+        if kind == 0:
+            return text
+        value = params.get(text, "")
+        if kind == 2 and ctx.raw_tail and value == ctx.params.get(text):
+            return ctx.raw_tail  # the request's own encoding: an encoded / is not a segment boundary
+        return quote_param(value, kind == 2)
 
     def start(self, ex: Exchange) -> None:
         ctx = ex.ctx

@@ -65,3 +65,26 @@ def test_dot_segments_cannot_walk_around_a_check(gateway: Gateway, backends: Bac
     assert get(p, b"/prod/./open").endswith(b'"open"')
     assert get(p, b"/prod/files/a/./b/../c").startswith(b"HTTP/1.1 200 ")
     assert seen == [b"/a/c"]
+
+
+def test_an_encoded_slash_in_a_greedy_value_is_forwarded_encoded(
+    gateway: Gateway, backends: Backends
+) -> None:
+    """As API Gateway and Envoy's default do: `%2F` in a {proxy+} value is part of one segment, so
+    `..%2f..%2f` never becomes `../../` at the backend."""
+    seen: list[bytes] = []
+
+    async def backend(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            line, _, _ = await read_request(r)
+            seen.append(line.split()[1])
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await w.drain()
+
+    port = backends.start(backend)
+    gateway.start(
+        snapshot(bundle([http_route("GET", "/files/{proxy+}", f"http://127.0.0.1:{port}/objects/{{proxy}}")]))
+    )
+    for target in (b"/prod/files/a%2Fb/c", b"/prod/files/..%2f..%2fx", b"/prod/files/%7Euser/a%20b"):
+        assert get(gateway.port, target).startswith(b"HTTP/1.1 200 ")
+    assert seen == [b"/objects/a%2Fb/c", b"/objects/..%2F..%2Fx", b"/objects/~user/a%20b"]
