@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import jsonschema
 from meshgate.control.errors import InvalidConfig
 from meshgate.control.state import unwrap
+from meshgate.sidecar.respond import InvalidHeader, check_headers
 from meshgate.sidecar.transcode import TranscodeError, Transcoder
 from meshgate.sidecar.transform import compile_transform
 from meshgate.v1 import resources_pb2
@@ -92,7 +93,29 @@ def _meta(meta: resources_pb2.ObjectMeta, where: str) -> None:
             _fail(f"{where}.labels.{k}", f"invalid label value {v!r}")
 
 
+def _header_constants(headers: Mapping[str, str], where: str) -> None:
+    """Header names and constant values a sidecar would write: refused here if they could split a
+    message (the sidecar's own writer check, `respond.check_headers`)."""
+    for name, value in headers.items():
+        try:
+            check_headers(((name.encode("latin-1", "replace"), value.encode("latin-1", "replace")),))
+        except InvalidHeader as exc:
+            _fail(f"{where}.{name}", str(exc))
+
+
+def _constants(params: Mapping[str, str], prefix: str, where: str) -> None:
+    """The quoted constants ('value') among mapped header parameters."""
+    for key, value in params.items():
+        if key.startswith(prefix) and len(value) >= 2 and value[0] == value[-1] == "'":
+            try:
+                check_headers(((b"x", value[1:-1].encode("latin-1", "replace")),))
+            except InvalidHeader:
+                _fail(f"{where}.{key}", "the constant holds CR, LF or NUL")
+
+
 def _integration(integ: resources_pb2.Integration, params: list[str], where: str, has_greedy: bool) -> None:
+    _constants(integ.request_parameters, "integration.request.header.", f"{where}.requestParameters")
+    _constants(integ.response_parameters, "method.response.header.", f"{where}.responseParameters")
     if integ.type not in ("http", "mock", "function", "websocket", "grpc"):
         _fail(
             f"{where}.type", f'must be "http", "function", "websocket", "grpc" or "mock", got {integ.type!r}'
@@ -173,6 +196,7 @@ def _integration(integ: resources_pb2.Integration, params: list[str], where: str
         status = integ.mock.status or 200
         if not 100 <= status <= 599:
             _fail(f"{where}.mock.status", f"must be between 100 and 599, got {status}")
+        _header_constants(integ.mock.headers, f"{where}.mock.headers")
 
 
 class _AnyVariables(dict[str, str]):
@@ -188,6 +212,8 @@ class _AnyVariables(dict[str, str]):
 def validate_api(api: resources_pb2.Api) -> None:
     _meta(api.metadata, "metadata")
     spec = api.spec
+    for i, g in enumerate(spec.gateway_responses):
+        _header_constants(g.headers, f"spec.gatewayResponses[{i}].headers")
     if spec.endpoint_type not in ("", "cluster", "private"):
         _fail("spec.endpointType", f'must be "cluster" or "private", got {spec.endpoint_type!r}')
     if spec.base_path:

@@ -132,3 +132,27 @@ def test_usage_plan_and_key_rules() -> None:
         )
     with pytest.raises(InvalidConfig, match="spec.valueSha256"):
         check("apiVersion: meshgate.io/v1\nkind: ApiKey\nmetadata: {name: k}\nspec: {valueSha256: abc}")
+
+
+@pytest.mark.parametrize(
+    ("fragment", "field"),
+    [
+        ('{type: mock, mock: {headers: {x-a: "a\\r\\nSet-Cookie: x=1"}}}', "mock.headers.x-a"),
+        ('{type: mock, mock: {headers: {"bad name": v}}}', "mock.headers.bad name"),
+        (
+            "{type: http, uri: 'http://b/x', requestParameters: {integration.request.header.x-c: \"'a\\nb'\"}}",
+            "requestParameters.integration.request.header.x-c",
+        ),
+        (
+            "{type: http, uri: 'http://b/x', responseParameters: {method.response.header.x-r: \"'a\\u0000b'\"}}",
+            "responseParameters.method.response.header.x-r",
+        ),
+    ],
+)
+def test_header_constants_that_would_split_a_message_are_refused(fragment: str, field: str) -> None:
+    doc = f"apiVersion: meshgate.io/v1\nkind: Api\nmetadata: {{name: pets}}\nspec:\n  routes:\n    - {{method: GET, path: /x, integration: {fragment}}}\n"
+    with pytest.raises(InvalidConfig, match=f"integration.{field}"):
+        check(doc)
+    gw = 'apiVersion: meshgate.io/v1\nkind: Api\nmetadata: {name: pets}\nspec:\n  routes: [{method: GET, path: /x, integration: {type: mock}}]\n  gatewayResponses: [{type: THROTTLED, headers: {x-g: "a\\rb"}}]\n'
+    with pytest.raises(InvalidConfig, match="gatewayResponses"):
+        check(gw)
