@@ -339,6 +339,10 @@ class Exchange(_RequestBody):
         if integ.upgrade != self.upgrade:
             self.fail(protocol_mismatch(integ))
             return
+        added = self.ctx.upstream_headers  # from claims or an authorizer's context: every integration
+        if added and (refusal := respond.refuse_request_headers(added)) is not None:
+            self.fail(refusal)
+            return
         if not _NEXT[self.state] >> INTEGRATING & 1:  # self._to(INTEGRATING), inlined: the hot path
             self._to(INTEGRATING)  # raises
         self.state = INTEGRATING

@@ -65,6 +65,15 @@ def check_headers(headers: Iterable[tuple[bytes, bytes]]) -> None:
             raise InvalidHeader(f"header {name[:60].decode('latin-1')} holds CR, LF or NUL")
 
 
+def refuse_request_headers(headers: Iterable[tuple[bytes, bytes]]) -> GatewayError | None:
+    """The 400 for headers the gateway would add to an integration request but must not write."""
+    try:
+        check_headers(headers)
+    except InvalidHeader as exc:
+        return GatewayError(400, f"invalid integration request: {exc}", "BAD_REQUEST_PARAMETERS")
+    return None
+
+
 def _lines(headers: Iterable[tuple[bytes, bytes]], out: list[bytes]) -> None:
     for name, value in headers:
         if _TOKEN.fullmatch(name) is None or _BREAKS.search(value) is not None:

@@ -19,7 +19,7 @@ from meshgate.sidecar.errors import GatewayError
 from meshgate.sidecar.filters.cache import UNKEYED_REQUEST_HEADERS
 from meshgate.sidecar.integrations import CompileError, RouteError, RouteSpec
 from meshgate.sidecar.mapping import MappingError, ParamMapping, compile_parameters, quote_param, value_of
-from meshgate.sidecar.respond import HOP_BY_HOP, InvalidHeader, check_headers, proxied
+from meshgate.sidecar.respond import HOP_BY_HOP, proxied, refuse_request_headers
 from meshgate.sidecar.transform import MAX_INPUT as TEMPLATE_MAX_INPUT
 from meshgate.sidecar.transform import Transform, compile_transform
 from meshgate.sidecar.upstream import UpstreamConn
@@ -124,12 +124,9 @@ class HttpIntegration:
             target, set_headers = self.request_target(ctx)
         else:
             target, set_headers = self.static_target, ()
-        if set_headers or ctx.upstream_headers:  # values from the request, claims, an authorizer
-            try:
-                check_headers(set_headers + ctx.upstream_headers)
-            except InvalidHeader as exc:
-                ex.fail(GatewayError(400, f"invalid integration request: {exc}", "BAD_REQUEST_PARAMETERS"))
-                return
+        if set_headers and (refusal := refuse_request_headers(set_headers)) is not None:
+            ex.fail(refusal)  # a value mapped from the request would split the message: nothing goes out
+            return
         call = HttpCall(ex, self, target, set_headers)
         ex.call = call
         conn = ex.conn

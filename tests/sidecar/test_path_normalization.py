@@ -20,6 +20,19 @@ def get(port: int, target: bytes) -> bytes:
     return out
 
 
+def recording_backend(backends: Backends, seen: list[bytes]) -> int:
+    """A backend that answers 200 and records each request target it receives."""
+
+    async def backend(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            line, _, _ = await read_request(r)
+            seen.append(line.split()[1])
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await w.drain()
+
+    return backends.start(backend)
+
+
 def test_normalize_path() -> None:
     assert normalize_path("/prod/a/./b/../c") == "/prod/a/c"
     assert normalize_path("/prod/a/%2e%2E/c") == "/prod/c"
@@ -39,15 +52,7 @@ def test_normalize_path() -> None:
 
 def test_dot_segments_cannot_walk_around_a_check(gateway: Gateway, backends: Backends) -> None:
     seen: list[bytes] = []
-
-    async def backend(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        while True:
-            line, _, _ = await read_request(r)
-            seen.append(line.split()[1])
-            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            await w.drain()
-
-    port = backends.start(backend)
+    port = recording_backend(backends, seen)
     secret = {**mock_route("GET", "/keys/secret", '"secret"'), "apiKeyRequired": True}
     routes = [
         mock_route("GET", "/open", '"open"'),
@@ -73,15 +78,7 @@ def test_an_encoded_slash_in_a_greedy_value_is_forwarded_encoded(
     """As API Gateway and Envoy's default do: `%2F` in a {proxy+} value is part of one segment, so
     `..%2f..%2f` never becomes `../../` at the backend."""
     seen: list[bytes] = []
-
-    async def backend(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        while True:
-            line, _, _ = await read_request(r)
-            seen.append(line.split()[1])
-            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            await w.drain()
-
-    port = backends.start(backend)
+    port = recording_backend(backends, seen)
     gateway.start(
         snapshot(bundle([http_route("GET", "/files/{proxy+}", f"http://127.0.0.1:{port}/objects/{{proxy}}")]))
     )

@@ -735,3 +735,45 @@ def test_responses_a_shared_cache_must_not_store_are_not_stored(gateway: Gateway
         _, headers, _ = call(gateway.port, f"/prod/items/{i}", headers={"X-Forwarded-Host": "evil.example"})
         assert headers["x-meshgate-cache"] == ("hit" if i == 5 else "miss"), i
     assert len(seen) == 9 and all(b"x-forwarded-host" not in h for h in seen)
+
+
+def test_an_authorizer_context_value_with_cr_lf_reaches_no_backend(
+    gateway: Gateway, backends: Backends, aux: Aux
+) -> None:
+    """An authorizer's context becomes x-meshgate-authorizer-* headers: a value that would split the
+    integration request is a 400, for HTTP and WebSocket routes alike, and nothing goes upstream."""
+    hits: list[int] = []
+
+    async def authorizer(request: web.Request) -> web.Response:
+        doc = {"Version": "2012-10-17", "Statement": [{"Action": "*", "Effect": "Allow", "Resource": "*"}]}
+        context = {"tier": "gold\r\nX-Admin: yes"}
+        return web.json_response({"principalId": "ann", "policyDocument": doc, "context": context})
+
+    async def backend(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        hits.append(1)
+        w.close()
+
+    auth_port = aux.serve({"/authorize": authorizer})
+    port = backends.start(backend)
+    conf = {"name": "custom", "type": "token", "uri": f"http://127.0.0.1:{auth_port}/authorize"}
+    routes = [
+        {**http_route("GET", "/pets", f"http://127.0.0.1:{port}/pets"), "authorizer": "custom"},
+        {
+            "method": "GET",
+            "path": "/chat",
+            "authorizer": "custom",
+            "integration": {"type": "websocket", "uri": f"ws://127.0.0.1:{port}/chat"},
+        },
+    ]
+    start(gateway, make_snapshot(_api_bundle(routes, authorizers=[conf])))
+    status, _, body = call(gateway.port, "/prod/pets", headers={"Authorization": "t"})
+    assert status == 400 and "invalid integration request" in json.loads(body)["reason"]
+    upgrade = {
+        "Authorization": "t",
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    assert call(gateway.port, "/prod/chat", headers=upgrade)[0] == 400
+    assert hits == []
