@@ -415,7 +415,9 @@ class ClientConn(_Wire):
             self.pause_reading_from("pipeline")
         if self.current is ex and not ctx.body_complete and (ctx.content_length > 0 or ctx.chunked):
             self.body_since = self.body_last = self.loop.time()
-            self._arm(self._body_allowance(0), self._body_timeout)
+            lim = self.limits
+            first = min(lim.body_idle_timeout_s, lim.body_rate_grace_s) if lim.min_body_rate_bps > 0 else None
+            self._arm(first or lim.body_idle_timeout_s, self._body_timeout)
 
     def _start_rejected_body(self, ex: Exchange) -> None:
         """413 by Content-Length: answer now, then read and drop the body for a while (lingering close)."""
@@ -431,22 +433,17 @@ class ClientConn(_Wire):
         ctx.body_received += len(body)
         if ctx.body_received > self.limits.max_body_bytes:
             raise _Abort(413, f"request body exceeds the {self.limits.max_body_bytes}-byte limit")
-        if self.deadline:
+        if self.deadline:  # the body's deadline moves on: idle timeout, capped by the minimum rate
+            lim = self.limits
             self.body_last = now = self.loop.time()
-            self.deadline = now + self._body_allowance(ctx.body_received)
+            deadline = now + lim.body_idle_timeout_s
+            if lim.min_body_rate_bps > 0:
+                deadline = min(
+                    deadline,
+                    self.body_since + lim.body_rate_grace_s + ctx.body_received / lim.min_body_rate_bps,
+                )
+            self.deadline = deadline
         ex.feed_body(body)
-
-    def _body_allowance(self, received: int) -> float:
-        """Seconds from now the rest of the body may take to show progress: the idle timeout, or
-        less when the body is behind the minimum rate (grace period + one second per `rate` bytes)."""
-        lim = self.limits
-        now = self.loop.time()
-        allowance = lim.body_idle_timeout_s
-        if lim.min_body_rate_bps > 0:
-            allowance = min(
-                allowance, self.body_since + lim.body_rate_grace_s + received / lim.min_body_rate_bps - now
-            )
-        return max(allowance, 0.0)
 
     def on_message_complete(self) -> None:
         ex = self.current
