@@ -216,6 +216,11 @@ def validate_api(api: resources_pb2.Api) -> None:
         _header_constants(g.headers, f"spec.gatewayResponses[{i}].headers")
     if spec.endpoint_type not in ("", "cluster", "private"):
         _fail("spec.endpointType", f'must be "cluster" or "private", got {spec.endpoint_type!r}')
+    if spec.escaped_slashes_action not in ("", "KEEP_UNCHANGED", "REJECT_REQUEST"):
+        _fail(
+            "spec.escapedSlashesAction",
+            f'must be "KEEP_UNCHANGED" or "REJECT_REQUEST", got {spec.escaped_slashes_action!r}',
+        )
     if spec.base_path:
         path_params("/" + spec.base_path.strip("/"), "spec.basePath")
         if "{" in spec.base_path:

@@ -90,6 +90,7 @@ def test_valid_documents_pass() -> None:
         ("method.request.path.id", "context.user", "spec.routes[0].integration.requestParameters"),
         ("spec:\n", "spec:\n  endpointType: public\n", "spec.endpointType"),
         ("spec:\n", "spec:\n  basePath: /v1/{x}\n", "spec.basePath"),
+        ("spec:\n", "spec:\n  escapedSlashesAction: DECODE\n", "spec.escapedSlashesAction"),
     ],
 )
 def test_api_errors_name_the_field(old: str, new: str, field: str) -> None:

@@ -162,7 +162,7 @@ class RouteThrottle(_message.Message):
     def __init__(self, rate_limit: _Optional[float] = ..., burst_limit: _Optional[int] = ...) -> None: ...
 
 class Route(_message.Message):
-    __slots__ = ("method", "path", "integration", "authorizer", "api_key_required", "throttling", "request_model", "cache_key_parameters", "operation_name", "authorization_scopes", "required_parameters")
+    __slots__ = ("method", "path", "integration", "authorizer", "api_key_required", "throttling", "request_model", "cache_key_parameters", "operation_name", "authorization_scopes", "required_parameters", "cache_shared")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     INTEGRATION_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +174,7 @@ class Route(_message.Message):
     OPERATION_NAME_FIELD_NUMBER: _ClassVar[int]
     AUTHORIZATION_SCOPES_FIELD_NUMBER: _ClassVar[int]
     REQUIRED_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SHARED_FIELD_NUMBER: _ClassVar[int]
     method: str
     path: str
     integration: Integration
@@ -185,7 +186,8 @@ class Route(_message.Message):
     operation_name: str
     authorization_scopes: _containers.RepeatedScalarFieldContainer[str]
     required_parameters: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., integration: _Optional[_Union[Integration, _Mapping]] = ..., authorizer: _Optional[str] = ..., api_key_required: _Optional[bool] = ..., throttling: _Optional[_Union[RouteThrottle, _Mapping]] = ..., request_model: _Optional[str] = ..., cache_key_parameters: _Optional[_Iterable[str]] = ..., operation_name: _Optional[str] = ..., authorization_scopes: _Optional[_Iterable[str]] = ..., required_parameters: _Optional[_Iterable[str]] = ...) -> None: ...
+    cache_shared: bool
+    def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., integration: _Optional[_Union[Integration, _Mapping]] = ..., authorizer: _Optional[str] = ..., api_key_required: _Optional[bool] = ..., throttling: _Optional[_Union[RouteThrottle, _Mapping]] = ..., request_model: _Optional[str] = ..., cache_key_parameters: _Optional[_Iterable[str]] = ..., operation_name: _Optional[str] = ..., authorization_scopes: _Optional[_Iterable[str]] = ..., required_parameters: _Optional[_Iterable[str]] = ..., cache_shared: _Optional[bool] = ...) -> None: ...
 
 class Authorizer(_message.Message):
     __slots__ = ("name", "type", "issuer", "audiences", "jwks_uri", "uri", "identity_sources", "result_ttl_seconds", "claims_to_headers", "clock_skew_seconds", "timeout_ms", "algorithms")
@@ -233,7 +235,7 @@ class Model(_message.Message):
     def __init__(self, name: _Optional[str] = ..., content_type: _Optional[str] = ..., schema_json: _Optional[str] = ...) -> None: ...
 
 class ApiSpec(_message.Message):
-    __slots__ = ("description", "endpoint_type", "selector", "base_path", "routes", "authorizers", "models", "binary_media_types", "resource_policy", "cors", "gateway_responses")
+    __slots__ = ("description", "endpoint_type", "selector", "base_path", "routes", "authorizers", "models", "binary_media_types", "resource_policy", "cors", "gateway_responses", "escaped_slashes_action")
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_TYPE_FIELD_NUMBER: _ClassVar[int]
     SELECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -245,6 +247,7 @@ class ApiSpec(_message.Message):
     RESOURCE_POLICY_FIELD_NUMBER: _ClassVar[int]
     CORS_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    ESCAPED_SLASHES_ACTION_FIELD_NUMBER: _ClassVar[int]
     description: str
     endpoint_type: str
     selector: Selector
@@ -256,7 +259,8 @@ class ApiSpec(_message.Message):
     resource_policy: ResourcePolicy
     cors: Cors
     gateway_responses: _containers.RepeatedCompositeFieldContainer[GatewayResponse]
-    def __init__(self, description: _Optional[str] = ..., endpoint_type: _Optional[str] = ..., selector: _Optional[_Union[Selector, _Mapping]] = ..., base_path: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., authorizers: _Optional[_Iterable[_Union[Authorizer, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., binary_media_types: _Optional[_Iterable[str]] = ..., resource_policy: _Optional[_Union[ResourcePolicy, _Mapping]] = ..., cors: _Optional[_Union[Cors, _Mapping]] = ..., gateway_responses: _Optional[_Iterable[_Union[GatewayResponse, _Mapping]]] = ...) -> None: ...
+    escaped_slashes_action: str
+    def __init__(self, description: _Optional[str] = ..., endpoint_type: _Optional[str] = ..., selector: _Optional[_Union[Selector, _Mapping]] = ..., base_path: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., authorizers: _Optional[_Iterable[_Union[Authorizer, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., binary_media_types: _Optional[_Iterable[str]] = ..., resource_policy: _Optional[_Union[ResourcePolicy, _Mapping]] = ..., cors: _Optional[_Union[Cors, _Mapping]] = ..., gateway_responses: _Optional[_Iterable[_Union[GatewayResponse, _Mapping]]] = ..., escaped_slashes_action: _Optional[str] = ...) -> None: ...
 
 class Cors(_message.Message):
     __slots__ = ("allow_origins", "allow_methods", "allow_headers", "expose_headers", "allow_credentials", "max_age_seconds")
@@ -387,7 +391,7 @@ class StageCache(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., capacity_bytes: _Optional[int] = ..., ttl_seconds: _Optional[int] = ..., encrypted: _Optional[bool] = ..., invalidation: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., flush_epoch: _Optional[int] = ...) -> None: ...
 
 class StageSpec(_message.Message):
-    __slots__ = ("api", "deployment", "variables", "hosts", "canary", "throttling", "cache", "access_log_format", "tracing_sample_ratio", "description")
+    __slots__ = ("api", "deployment", "variables", "hosts", "canary", "throttling", "cache", "access_log_format", "tracing_sample_ratio", "description", "error_detail")
     class VariablesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -405,6 +409,7 @@ class StageSpec(_message.Message):
     ACCESS_LOG_FORMAT_FIELD_NUMBER: _ClassVar[int]
     TRACING_SAMPLE_RATIO_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_DETAIL_FIELD_NUMBER: _ClassVar[int]
     api: str
     deployment: int
     variables: _containers.ScalarMap[str, str]
@@ -415,7 +420,8 @@ class StageSpec(_message.Message):
     access_log_format: str
     tracing_sample_ratio: float
     description: str
-    def __init__(self, api: _Optional[str] = ..., deployment: _Optional[int] = ..., variables: _Optional[_Mapping[str, str]] = ..., hosts: _Optional[_Iterable[str]] = ..., canary: _Optional[_Union[CanarySettings, _Mapping]] = ..., throttling: _Optional[_Union[StageThrottle, _Mapping]] = ..., cache: _Optional[_Union[StageCache, _Mapping]] = ..., access_log_format: _Optional[str] = ..., tracing_sample_ratio: _Optional[float] = ..., description: _Optional[str] = ...) -> None: ...
+    error_detail: bool
+    def __init__(self, api: _Optional[str] = ..., deployment: _Optional[int] = ..., variables: _Optional[_Mapping[str, str]] = ..., hosts: _Optional[_Iterable[str]] = ..., canary: _Optional[_Union[CanarySettings, _Mapping]] = ..., throttling: _Optional[_Union[StageThrottle, _Mapping]] = ..., cache: _Optional[_Union[StageCache, _Mapping]] = ..., access_log_format: _Optional[str] = ..., tracing_sample_ratio: _Optional[float] = ..., description: _Optional[str] = ..., error_detail: _Optional[bool] = ...) -> None: ...
 
 class Stage(_message.Message):
     __slots__ = ("api_version", "kind", "metadata", "spec")
