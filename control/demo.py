@@ -128,8 +128,18 @@ def run(args: argparse.Namespace) -> int:
                 f"etcd            {etcd_endpoint}"
                 + ("" if args.etcd else f"  (private, data in {work}/etcd)")
             )
+            # One machine is the demo's cluster: loopback callers are inside its networks (they see
+            # error reasons and reach private Apis, as a pod in the mesh would).
             children.start(
-                "control", "meshgate.control.cli", "control", "--etcd", etcd_endpoint, "--listen", control
+                "control",
+                "meshgate.control.cli",
+                "control",
+                "--etcd",
+                etcd_endpoint,
+                "--listen",
+                control,
+                "--cluster-cidr",
+                "127.0.0.0/8",
             )
             apps = []
             for name, port in (("v1", args.app_port), ("v2", args.app_port + 1)):

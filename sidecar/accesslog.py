@@ -9,6 +9,8 @@ import time
 from collections.abc import Mapping
 from typing import TextIO
 
+from meshgate.sidecar.errors import GatewayError
+
 _VAR = re.compile(r"\$context\.([A-Za-z.]+)")
 
 
@@ -25,6 +27,15 @@ class AccessLog:
 
     def write(self, fmt: str, ctx: Mapping[str, object]) -> None:
         self.stream.write(access_line(fmt, ctx) + "\n")
+
+
+def error_fields(err: GatewayError) -> dict[str, object]:
+    """API Gateway's `$context.error.*` for a refused or failed request, with the full reason."""
+    return {
+        "error.message": err.kind.message,
+        "error.responseType": err.response_type,
+        "error.reason": err.reason,
+    }
 
 
 def context(

@@ -22,6 +22,7 @@ from meshgate.sidecar.context import RequestContext, normalize_path
 from meshgate.sidecar.errors import GatewayError, internal
 from meshgate.sidecar.filters import Answer, Decision
 from meshgate.sidecar.filters.cache import Capture
+from meshgate.sidecar.filters.policy import in_networks
 from meshgate.sidecar.integrations import protocol_mismatch
 from meshgate.sidecar.integrations.websocket_api import manage_connection
 from meshgate.sidecar.observe import record
@@ -414,6 +415,7 @@ class Exchange(_RequestBody):
             return
         if state <= INTEGRATING:
             self.status_code = err.status
+            self.error = err  # the access log's error fields
             if ctx.trace is not None:
                 ctx.trace.span.set_attribute("meshgate.reason", err.reason)
         if state > STREAMING:
@@ -443,10 +445,16 @@ class Exchange(_RequestBody):
                 err.status,
                 err.reason,
             )
-        if responses is None and self.route is not None:
-            responses = self.route.responses
+        route = self.route
+        if responses is None and route is not None:
+            responses = route.responses
+        detail = (route is not None and route.error_detail) or in_networks(
+            ctx.source_ip, self.conn.holder.table.cluster_nets
+        )  # the reason (upstream address, failing step) is for the mesh, not for outsiders
         self.conn.write(
-            respond.error(err, ctx.request_id, responses=responses, cors=ctx.cors_headers, close=close)
+            respond.error(
+                err, ctx.request_id, responses=responses, cors=ctx.cors_headers, close=close, detail=detail
+            )
         )
         if close:
             self.keep_alive = False

@@ -7,6 +7,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING
 
 from meshgate.sidecar.accesslog import context as access_context
+from meshgate.sidecar.accesslog import error_fields
 
 if TYPE_CHECKING:
     from meshgate.sidecar.exchange import Exchange
@@ -23,23 +24,23 @@ def record(ex: Exchange) -> None:
         integ = (ex.t_head or now) - ex.t_integration if ex.t_integration else 0.0
         metrics.observe(key, ex.status_code, now - ex.t0, integ, ctx.cache_header)
         if route is not None and route.access_log and server.access_log is not None:
-            server.access_log.write(
-                route.access_log,
-                access_context(
-                    request_id=ctx.request_id,
-                    source_ip=ctx.source_ip,
-                    method=ctx.method,
-                    path=ctx.path,
-                    stage=route.stage,
-                    api=route.api,
-                    route=key[2],
-                    status=ex.status_code,
-                    latency_ms=(now - ex.t0) * 1000,
-                    integration_latency_ms=integ * 1000,
-                    principal=str(ctx.auth_values.get("principalId", "")),
-                    deployment=route.deployment_id,
-                ),
+            line = access_context(
+                request_id=ctx.request_id,
+                source_ip=ctx.source_ip,
+                method=ctx.method,
+                path=ctx.path,
+                stage=route.stage,
+                api=route.api,
+                route=key[2],
+                status=ex.status_code,
+                latency_ms=(now - ex.t0) * 1000,
+                integration_latency_ms=integ * 1000,
+                principal=str(ctx.auth_values.get("principalId", "")),
+                deployment=route.deployment_id,
             )
+            if ex.error is not None:  # what the client was not told goes here (and to the span)
+                line.update(error_fields(ex.error))
+            server.access_log.write(route.access_log, line)
     if ctx.trace is not None:
-        ctx.trace.end(ex.status_code)
+        ctx.trace.end(ex.status_code, ex.error.reason if ex.error is not None else "")
         ctx.trace = None

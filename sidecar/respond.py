@@ -179,11 +179,11 @@ def proxied(
 def error_body(
     status: int, reason: str, request_id: str, message: str | None = None, details: Sequence[object] = ()
 ) -> bytes:
-    doc: dict[str, object] = {
-        "message": message or kind_of(status).message,
-        "reason": reason,
-        "requestId": request_id,
-    }
+    """`{message[, reason], requestId[, errors]}`: an empty reason is left out."""
+    doc: dict[str, object] = {"message": message or kind_of(status).message}
+    if reason:
+        doc["reason"] = reason
+    doc["requestId"] = request_id
     if details:
         doc["errors"] = list(details)
     return json.dumps(doc).encode()
@@ -196,16 +196,19 @@ def error(
     responses: ApiResponses | None = None,
     cors: bytes = b"",
     close: bool = False,
+    detail: bool = True,
 ) -> bytes:
     """A gateway error: the Api's gateway response when it overrides this type, else the table's
-    JSON body `{message, reason, requestId[, errors]}`."""
-    over = responses.override(err, request_id) if responses is not None else None
+    JSON body `{message, reason, requestId[, errors]}`. Without `detail` (a caller outside the
+    cluster networks) the reason is left out: API Gateway's message and the request id only."""
+    reason = err.reason if detail else ""
+    over = responses.override(err, request_id, reason) if responses is not None else None
     if over is not None:
         status, headers, body, kind = over
     else:
         status = err.status
         headers = ((b"content-type", b"application/json"),)
-        body = error_body(err.status, err.reason, request_id, details=err.details)
+        body = error_body(err.status, reason, request_id, details=err.details)
         kind = err.kind.error_type
     head = [status_line(status)]
     _lines(headers, head)
@@ -228,12 +231,14 @@ def render_http_error(
     close: bool = False,
     extra_headers: Sequence[tuple[bytes, bytes]] = (),
     details: Sequence[dict[str, str]] = (),
+    detail: bool = True,
 ) -> bytes:
     """A complete HTTP/1.1 error response with the table's default rendering."""
     return error(
         GatewayError(status, reason, headers=tuple(extra_headers), details=tuple(details)),
         request_id,
         close=close,
+        detail=detail,
     )
 
 

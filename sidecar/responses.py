@@ -55,9 +55,10 @@ class ApiResponses:
     overrides: dict[str, GatewayResponse] = field(default_factory=dict)
 
     def override(
-        self, err: GatewayError, request_id: str
+        self, err: GatewayError, request_id: str, reason: str
     ) -> tuple[int, tuple[tuple[bytes, bytes], ...], bytes, str] | None:
-        """The Api's gateway response for this error (status, headers, body, type), or None: the default."""
+        """The Api's gateway response for this error (status, headers, body, type), or None: the
+        default. `reason` is the error's reason, or "" for a caller who may not see it."""
         kind = err.response_type
         over = self.overrides.get(kind) or self.overrides.get(
             "DEFAULT_5XX" if err.status >= 500 else "DEFAULT_4XX"
@@ -69,9 +70,9 @@ class ApiResponses:
             "$context.requestId": request_id,
             "$context.error.messageString": json.dumps(message),
             "$context.error.message": message,
-            "$context.error.reasonString": json.dumps(err.reason),
+            "$context.error.reasonString": json.dumps(reason),
             "$context.error.validationErrorString": json.dumps(list(err.details)),
-            "$context.error.reason": err.reason,
+            "$context.error.reason": reason,
             "$context.error.responseType": kind,
         }
         body = over.template

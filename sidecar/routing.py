@@ -53,6 +53,7 @@ class Route:
     trace_ratio: float = 0.0  # the stage's tracing sample ratio
     access_log: str = ""  # the stage's access log format ("" = off, "json" = JSON lines)
     error: str = ""
+    error_detail: bool = False  # the stage gives error reasons to every caller, not only the cluster's
     needs_body: bool = field(init=False, default=False)
     headers: bytes = field(init=False, default=b"")  # the gateway's own response headers for this route
 
@@ -182,6 +183,7 @@ def _build_side(
     filters: StageFilters,
     trace_ratio: float = 0.0,
     access_log: str = "",
+    error_detail: bool = False,
 ) -> _Side:
     spec = deployment.spec.api_spec
     responses = compile_responses(spec)
@@ -222,6 +224,7 @@ def _build_side(
             trace_ratio,
             access_log,
             error,
+            error_detail,
         )
         _insert(side.root, route, api)
     return side
@@ -359,6 +362,7 @@ def compile_snapshot(snapshot: control_pb2.Snapshot, runtime: Runtime | None = N
             filters=filters,
             trace_ratio=spec.tracing_sample_ratio,
             access_log=spec.access_log_format,
+            error_detail=spec.error_detail,
         )
         base = build(bundle.deployment, canary=False, variables=variables)
         canary_side = None

@@ -81,8 +81,16 @@ def bundle(
     return b
 
 
-def snapshot(*bundles: dict[str, Any], version: str = "v1") -> control_pb2.Snapshot:
-    return json_format.ParseDict({"version": version, "stages": list(bundles)}, control_pb2.Snapshot())
+# The tests' client calls from loopback: a caller inside the cluster networks (it sees error
+# reasons, reaches private Apis) unless a test clears `cluster_cidrs` to play an outsider.
+INSIDE = ("127.0.0.0/8",)
+
+
+def snapshot(
+    *bundles: dict[str, Any], version: str = "v1", cluster_cidrs: tuple[str, ...] = INSIDE
+) -> control_pb2.Snapshot:
+    doc = {"version": version, "stages": list(bundles), "clusterCidrs": list(cluster_cidrs)}
+    return json_format.ParseDict(doc, control_pb2.Snapshot())
 
 
 def http_route(method: str, path: str, uri: str, **integration: Any) -> dict[str, Any]:

@@ -133,6 +133,7 @@ def test_config_dump_redacts_every_secret_bearing_field() -> None:
 NOT_SECRET = {
     ("meshgate.v1.Route", "api_key_required"),
     ("meshgate.v1.Route", "cache_key_parameters"),
+    ("meshgate.v1.Route", "cache_shared"),
     ("meshgate.v1.Route", "authorization_scopes"),
     ("meshgate.v1.Route", "authorizer"),
     ("meshgate.v1.Route", "required_parameters"),

@@ -90,8 +90,13 @@ def test_resource_policy_deny_wins_and_private_endpoint(gateway: Gateway) -> Non
     status, _, body = call(gateway.port, "/prod/hello")
     assert status == 403 and "denies source 127.0.0.1" in json.loads(body)["reason"]
 
-    snap = make_snapshot(_api_bundle([HELLO], endpointType="private"))
-    snap.cluster_cidrs.extend(["10.0.0.0/8"])
+    private = _api_bundle([HELLO], endpointType="private")
+    snap = make_snapshot(private, cluster_cidrs=("10.0.0.0/8",))
+    gateway.holder.table = compile_snapshot(snap, rt(gateway))
+    status, _, body = call(gateway.port, "/prod/hello")
+    assert status == 403 and "reason" not in json.loads(body)  # an outsider is told nothing more
+    private["stage"]["spec"]["errorDetail"] = True
+    snap = make_snapshot(private, cluster_cidrs=("10.0.0.0/8",))
     gateway.holder.table = compile_snapshot(snap, rt(gateway))
     status, _, body = call(gateway.port, "/prod/hello")
     assert status == 403 and "outside the cluster networks" in json.loads(body)["reason"]
@@ -107,9 +112,9 @@ def test_private_endpoint_never_calls_the_integration(gateway: Gateway, backends
 
     port = backends.start(backend)
     snap = make_snapshot(
-        _api_bundle([http_route("GET", "/x", f"http://127.0.0.1:{port}/x")], endpointType="private")
+        _api_bundle([http_route("GET", "/x", f"http://127.0.0.1:{port}/x")], endpointType="private"),
+        cluster_cidrs=("10.96.0.0/12",),
     )
-    snap.cluster_cidrs.append("10.96.0.0/12")
     start(gateway, snap)
     assert call(gateway.port, "/prod/x")[0] == 403
     assert backends.accepted == 0
