@@ -170,6 +170,7 @@ class StageFilters:
             parse_networks(pol.allow_cidrs),
             parse_networks(pol.deny_cidrs),
             self.builder.cluster if spec.endpoint_type == "private" else None,
+            spec.escaped_slashes_action == "REJECT_REQUEST",
         )
         if policy.active:
             out.append(policy)

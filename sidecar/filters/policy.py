@@ -1,4 +1,4 @@
-"""Filter: the private endpoint (cluster networks only) and the Api's resource policy (source CIDRs)."""
+"""Filter: the Api's source checks (private endpoint, resource policy CIDRs) and escaped-slash choice."""
 
 from __future__ import annotations
 
@@ -39,12 +39,17 @@ class PolicyFilter:
     allow: tuple[Network, ...] = ()
     deny: tuple[Network, ...] = ()
     private: tuple[Network, ...] | None = None  # the cluster networks, for a private Api
+    reject_escaped_slashes: bool = False  # escapedSlashesAction: REJECT_REQUEST
 
     @property
     def active(self) -> bool:
-        return bool(self.allow or self.deny or self.private is not None)
+        return bool(self.allow or self.deny or self.private is not None or self.reject_escaped_slashes)
 
     def request(self, ctx: RequestContext) -> Decision:
+        if self.reject_escaped_slashes and ("%2F" in ctx.path or "%5C" in ctx.path):  # normal: upper hex
+            return GatewayError(
+                400, f"{self.api} refuses an encoded / or \\ in the path (escapedSlashesAction)"
+            )
         ip = ctx.source_ip
         if self.private is not None and not in_networks(ip, self.private):
             return GatewayError(403, f"private API {self.api}: source {ip} is outside the cluster networks")

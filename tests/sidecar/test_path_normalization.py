@@ -85,3 +85,20 @@ def test_an_encoded_slash_in_a_greedy_value_is_forwarded_encoded(
     for target in (b"/prod/files/a%2Fb/c", b"/prod/files/..%2f..%2fx", b"/prod/files/%7Euser/a%20b"):
         assert get(gateway.port, target).startswith(b"HTTP/1.1 200 ")
     assert seen == [b"/objects/a%2Fb/c", b"/objects/..%2F..%2Fx", b"/objects/~user/a%20b"]
+
+
+def test_an_api_may_reject_encoded_slashes(gateway: Gateway, backends: Backends) -> None:
+    """`escapedSlashesAction: REJECT_REQUEST` (Envoy's REJECT_REQUEST): `%2F` or `%5C` anywhere in
+    the path, any case, is a 400 and nothing reaches the backend; other Apis keep them encoded."""
+    seen: list[bytes] = []
+    port = recording_backend(backends, seen)
+    route = http_route("GET", "/files/{proxy+}", f"http://127.0.0.1:{port}/objects/{{proxy}}")
+    strict = bundle([route], api_spec={"escapedSlashesAction": "REJECT_REQUEST"})
+    gateway.start(snapshot(strict, bundle([route], stage="dev", api="lax")))
+    for target in (b"/prod/files/a%2Fb", b"/prod/files/a%2fb", b"/prod/files/a%5cb", b"/prod/nope/%2F"):
+        answer = get(gateway.port, target)
+        assert answer.startswith(b"HTTP/1.1 400 "), (target, answer[:80])
+    assert seen == []
+    assert get(gateway.port, b"/prod/files/a/b").startswith(b"HTTP/1.1 200 ")
+    assert get(gateway.port, b"/dev/files/a%2Fb").startswith(b"HTTP/1.1 200 ")
+    assert seen == [b"/objects/a/b", b"/objects/a%2Fb"]
