@@ -126,6 +126,8 @@ def routes(state: AdminState) -> dict[str, Callable[[dict[str, str]], Answer]]:
 
     def ready(query: dict[str, str]) -> Answer:
         c = state.client
+        if state.http is not None and state.http.draining:  # SIGTERM: endpoints move away from this pod
+            return _json(503, {"ready": False, "reason": "draining", "draining": True, "node": state.node_id})
         if c.applied is None:
             return _json(
                 503, {"ready": False, "reason": "no configuration applied yet", "lastError": c.last_error}

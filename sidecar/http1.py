@@ -165,6 +165,7 @@ class ClientConn(_Wire):
             self.peer_ip = str(peer[0])
         self.transport.set_write_buffer_limits(high=256 * 1024)
         self.server.conns.add(self)
+        self.server.accepted += 1
         self._arm(self.limits.keepalive_timeout_s, self._idle_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -248,6 +249,11 @@ class ClientConn(_Wire):
     def _idle_timeout(self) -> None:
         if not self.queue:
             self.close()
+
+    def close_idle_by(self, when: float) -> None:
+        """Draining: an idle keep-alive connection closes at `when` (loop time) unless a request begins first."""
+        if self.deadline > when and self.deadline_cb == self._idle_timeout and not self.queue:
+            self.deadline = when
 
     def _header_timeout(self) -> None:
         self._reject(408, f"client sent no complete request headers within {self.limits.header_timeout_s:g}s")
@@ -370,7 +376,7 @@ class ClientConn(_Wire):
         ctx.method = p.get_method().decode()
         ctx.set_target(ctx.target)
         ex.http10 = p.get_http_version() != "1.1"
-        ex.keep_alive = p.should_keep_alive()
+        ex.keep_alive = p.should_keep_alive() and not self.server.draining  # draining: answer, then close
         ex.is_head = ctx.method == "HEAD"
         hosts = 0
         for name, value in ctx.raw_headers:  # what the headers say about routing and framing
@@ -490,6 +496,8 @@ class HttpServer:
         self.access_log: AccessLog | None = None
         self.session: Callable[[], Any] | None = None  # outbound HTTP for WebSocket API integrations
         self.batch: list[_Wire] = []  # connections that wrote in this loop iteration
+        self.draining = False  # after SIGTERM (sidecar/drain.py): every response closes its connection
+        self.accepted = 0  # connections accepted so far
 
     def flush_later(self, conn: _Wire) -> None:
         self.batch.append(conn)

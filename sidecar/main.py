@@ -19,6 +19,7 @@ from meshgate.sidecar.accesslog import AccessLog
 from meshgate.sidecar.admin import AdminServer, AdminState, start_admin
 from meshgate.sidecar.cache import load_key
 from meshgate.sidecar.config_client import ConfigClient
+from meshgate.sidecar.drain import Drain
 from meshgate.sidecar.http1 import HttpServer, Limits, serve_http
 from meshgate.sidecar.metrics import Metrics
 from meshgate.sidecar.routing import TableHolder, compile_snapshot
@@ -114,7 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="bytes/s a request body must average once it has taken 10 s; slower is a 408 "
         "(0: no minimum; default %(default)s)",
     )
-    p.add_argument("--drain-seconds", type=float, default=5.0)
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=5.0,
+        help="after SIGTERM: /ready is 503 and the listeners keep answering, each response with "
+        "Connection: close, for up to this long (less once no connection is left); then exit "
+        "(default %(default)s)",
+    )
     p.add_argument("--log-level", default="info")
     return p
 
@@ -185,6 +193,8 @@ class _Sidecar:
         self.grpc_server: grpc.aio.Server | None = None
         self.exporter: OtlpMetricsExporter | None = None
         self.task: asyncio.Task[None] | None = None
+        self.drain: Drain | None = None
+        self.serving = False  # started: a signal begins the drain
 
     def apply(self, snap: control_pb2.Snapshot) -> None:
         self.holder.table = compile_snapshot(snap, self.runtime)  # build first; assignment is the atomic swap
@@ -219,6 +229,7 @@ class _Sidecar:
             return False
         self.exporter = self.admin.otlp_metrics = _metrics_exporter(args, self.metrics)
         self.task = None if args.snapshot_file is not None else asyncio.create_task(self.client.run())
+        self.serving = True
         source = f"snapshot file {args.snapshot_file}" if args.snapshot_file else f"control {args.control}"
         print(
             f"meshgate sidecar {args.node_id} listening on {listen_host}:{listen_port} "
@@ -238,17 +249,26 @@ class _Sidecar:
             print(f"error: cannot listen for gRPC on {ghost}:{gport}", file=sys.stderr)
         return bool(bound)
 
+    def signalled(self) -> None:
+        """SIGTERM or SIGINT: the drain window begins (/ready 503 at once); a second one ends it."""
+        if self.drain is not None:
+            self.drain.cut.set()
+            return
+        log.info("draining (up to %.1fs)", self.args.drain_seconds)
+        self.drain = Drain(self.http, self.args.drain_seconds, self.grpc_server)
+        self.drain.begin()
+
     async def stop(self) -> None:
-        drain = self.args.drain_seconds
+        if self.drain is None:
+            self.signalled()
+        assert self.drain is not None
         self.client.stop()
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
-        await self.http.drain(drain)
-        if self.grpc_server is not None:
-            await self.grpc_server.stop(min(drain, 2.0))
-            if self.admin.grpc is not None:
-                await self.admin.grpc.channels.close()
+        await self.drain.run()
+        if self.admin.grpc is not None:
+            await self.admin.grpc.channels.close()
         self.pool.close()
         await self.runtime.close()
         if self.http.telemetry is not None:
@@ -266,6 +286,16 @@ async def run(args: argparse.Namespace) -> int:
         print(f"error: cache key: {exc}", file=sys.stderr)
         return 1
     sidecar = _Sidecar(args, Runtime(state_dir=args.state_dir, cache_key=cache_key))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if sidecar.serving:  # (a signal during start-up is handled once start is done)
+            sidecar.signalled()
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before "listening" is printed: a SIGTERM then drains
+        loop.add_signal_handler(sig, on_signal)
     if not await sidecar.start():
         if sidecar.admin_server is not None:
             await sidecar.admin_server.cleanup()
@@ -274,12 +304,7 @@ async def run(args: argparse.Namespace) -> int:
     # on every collection of the per-request garbage.
     gc.collect()
     gc.freeze()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("draining (up to %.1fs)", args.drain_seconds)
     await sidecar.stop()
     return 0
 

@@ -4,7 +4,7 @@ Both sides run python-websockets' sans-I/O protocols (bytes in, frames and
 bytes out): the client side enforces the message size limit (close 1009) and
 answers pings; close codes cross over in both directions. Backpressure pauses
 reading on one side while the other side's write buffer is full; idle and
-maximum-duration limits end the connection with 1001.
+maximum-duration limits, and the sidecar's drain, end the connection with 1001.
 """
 
 from __future__ import annotations
@@ -231,11 +231,17 @@ class WsRelay:
         elif now - self.started > self.integ.max_duration_s:
             why = f"connection older than {self.integ.max_duration_s:g}s"
         if why:
-            self.server.send_close(1001, why)
-            if self.client is not None and self.client.state is State.OPEN:
-                self.client.send_close(1001, why)
-            self._flush_client()
-            self._flush_upstream()
+            self.going_away(why)
+
+    def going_away(self, why: str) -> None:
+        """Close both sides with 1001 (idle, too old, or the sidecar draining); again is a no-op."""
+        if self.closed or self.server.state is not State.OPEN:
+            return
+        self.server.send_close(1001, why)
+        if self.client is not None and self.client.state is State.OPEN:
+            self.client.send_close(1001, why)
+        self._flush_client()
+        self._flush_upstream()
 
     # ------------------------------------------------------------------ Tunnel (the client connection's side)
     def data(self, data: bytes) -> None:
