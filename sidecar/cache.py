@@ -27,6 +27,9 @@ class CachedResponse:
     status: int
     headers: tuple[tuple[bytes, bytes], ...]
     body: bytes
+    # The response's Vary names with the values the storing request had (RFC 9111 §4.1): only a
+    # request with the same values may be served this entry.
+    varied: tuple[tuple[str, str], ...] = ()
 
 
 def load_key(path: str | None = None, env: str = "MESHGATE_CACHE_KEY") -> bytes | None:
@@ -51,15 +54,16 @@ def load_key(path: str | None = None, env: str = "MESHGATE_CACHE_KEY") -> bytes 
 
 
 def _pack(resp: CachedResponse) -> bytes:
-    head = json.dumps([[k.decode("latin-1"), v.decode("latin-1")] for k, v in resp.headers]).encode()
+    headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in resp.headers]
+    head = json.dumps([headers, resp.varied]).encode()
     return struct.pack(">HI", resp.status, len(head)) + head + resp.body
 
 
 def _unpack(blob: bytes) -> CachedResponse:
     status, n = struct.unpack_from(">HI", blob)
-    head = json.loads(blob[6 : 6 + n])
+    head, varied = json.loads(blob[6 : 6 + n])
     headers = tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in head)
-    return CachedResponse(status, headers, blob[6 + n :])
+    return CachedResponse(status, headers, blob[6 + n :], tuple((k, v) for k, v in varied))
 
 
 class ResponseCache:

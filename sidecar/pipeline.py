@@ -217,7 +217,8 @@ class StageFilters:
             )
         if self.cache is not None:
             params = tuple(identity_source(p) for p in route.cache_key_parameters)
-            per_caller = bool(route.authorizer) or route.api_key_required
+            # RFC 9111 §3.5: an authorized response is the caller's unless the route says it is shared
+            per_caller = (bool(route.authorizer) or route.api_key_required) and not route.cache_shared
             filters.append(
                 CacheFilter(
                     self.cache,

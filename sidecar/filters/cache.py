@@ -80,9 +80,9 @@ class CacheFilter:
 
     def _lookup(self, ctx: RequestContext, ckey: bytes) -> CachedResponse | None:
         if ctx.trace is None:
-            return self.cache.get(ckey)
+            return _same_variant(ctx, self.cache.get(ckey))
         span = ctx.trace.start_sub("cache", self._attrs(ctx, ""))
-        hit = self.cache.get(ckey)
+        hit = _same_variant(ctx, self.cache.get(ckey))
         RequestSpan.end_sub(span, attrs={"meshgate.cache.result": "miss" if hit is None else "hit"})
         return hit
 
@@ -99,6 +99,15 @@ class CacheFilter:
 
 def _answer(hit: CachedResponse) -> Answer:
     return Answer(hit.status, hit.headers, hit.body)
+
+
+def _same_variant(ctx: RequestContext, hit: CachedResponse | None) -> CachedResponse | None:
+    """The entry, if this request has the values of its Vary headers that the stored one had (one
+    variant per key: a request for another variant misses and its response replaces the entry)."""
+    if hit is None or not hit.varied:
+        return hit
+    headers = ctx.headers
+    return hit if all(headers.get(name, "") == value for name, value in hit.varied) else None
 
 
 _UNSHARED = re.compile(rb"\b(private|no-store|no-cache)\b")
@@ -121,7 +130,7 @@ UNKEYED_REQUEST_HEADERS = frozenset(
 class Capture:
     """A response being copied into the stage cache as it streams to the client (response side)."""
 
-    __slots__ = ("body", "cache", "headers", "key", "size", "status")
+    __slots__ = ("body", "cache", "headers", "key", "size", "status", "varied")
 
     def __init__(self, cache: ResponseCache, key: bytes) -> None:
         self.cache = cache
@@ -130,24 +139,35 @@ class Capture:
         self.headers: tuple[tuple[bytes, bytes], ...] = ()
         self.body: list[bytes] = []
         self.size = 0
+        self.varied: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def begin(
         cls, ctx: RequestContext, status: int, headers: Sequence[tuple[bytes, bytes]], is_head: bool
     ) -> Capture | None:
         """A capture when a shared cache may store the response (RFC 9111 §3): a 200, not to HEAD,
-        without Set-Cookie, `Cache-Control: private | no-store | no-cache` or `Vary: *`."""
+        without Set-Cookie, `Cache-Control: private | no-store | no-cache` or `Vary: *`; a `Vary`
+        list is kept with this request's values of those headers."""
         if ctx.cache is None or ctx.cache_key is None or status != 200 or is_head:
             return None
+        vary: list[str] = []
         for n, v in headers:
             low = n.lower()
-            if low == b"set-cookie" or (low == b"vary" and v.strip() == b"*"):
+            if low == b"set-cookie":
                 return None
+            if low == b"vary":
+                names = [x.strip().lower() for x in v.decode("latin-1").split(",") if x.strip()]
+                if "*" in names:
+                    return None
+                vary += names
             if low == b"cache-control" and _UNSHARED.search(v.lower()) is not None:
                 return None
         cap = cls(ctx.cache, ctx.cache_key)
         cap.status = status
         cap.headers = tuple(headers)
+        if vary:
+            req = ctx.headers
+            cap.varied = tuple((name, req.get(name, "")) for name in dict.fromkeys(vary))
         return cap
 
     def add(self, chunk: bytes) -> bool:
@@ -159,4 +179,5 @@ class Capture:
 
     def store(self) -> None:
         if self.status:
-            self.cache.put(self.key, CachedResponse(self.status, self.headers, b"".join(self.body)))
+            body = b"".join(self.body)
+            self.cache.put(self.key, CachedResponse(self.status, self.headers, body, self.varied))
