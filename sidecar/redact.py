@@ -1,7 +1,8 @@
 """Secrets out of config dumps: every secret-bearing field of the config protos is in one table
 (`SECRET_FIELDS`), applied to a copy of the snapshot before /config_dump renders it.
 
-The cache encryption key never enters a snapshot (the sidecar reads it from a file or its
+The @connections id key (`Snapshot.connection_id_key`) is redacted whole. The cache encryption
+key never enters a snapshot (the sidecar reads it from a file or its
 environment), and an ApiKey carries only its sha256; that hash is still redacted, as are stage
 variables whose names look secret, literal request-parameter values sent to headers or query
 parameters whose names look secret, credentials in URLs, and secret-looking annotations.
@@ -28,6 +29,7 @@ SECRET_NAME = re.compile(r"key|secret|token|passw|credential|authorization|cooki
 #   meta     like names, plus kubectl's last-applied-configuration (a copy of the whole document)
 SECRET_FIELDS: dict[tuple[str, str], str] = {
     ("meshgate.v1.ApiKeySpec", "value_sha256"): "value",
+    ("meshgate.v1.Snapshot", "connection_id_key"): "value",
     ("meshgate.v1.StageSpec", "variables"): "names",
     ("meshgate.v1.CanarySettings", "variables"): "names",
     ("meshgate.v1.Integration", "request_parameters"): "literal",
@@ -76,7 +78,7 @@ def redact(msg: Message) -> None:
     for fd, value in msg.ListFields():
         rule = SECRET_FIELDS.get((name, fd.name))
         if rule == "value":
-            setattr(msg, fd.name, REDACTED)
+            setattr(msg, fd.name, REDACTED.encode() if isinstance(value, bytes) else REDACTED)
         elif rule == "url":
             setattr(msg, fd.name, redact_url(value))
         elif rule is not None:

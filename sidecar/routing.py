@@ -28,6 +28,7 @@ from meshgate.sidecar.integrations.http import HttpIntegration  # (the one type 
 from meshgate.sidecar.pipeline import EMPTY_CHAIN, Chain, ChainBuilder, StageFilters
 from meshgate.sidecar.responses import ApiResponses, compile_responses
 from meshgate.sidecar.runtime import Runtime
+from meshgate.sidecar.wsapi import NO_IDS, ConnectionIds
 from meshgate.v1 import control_pb2, resources_pb2
 
 if TYPE_CHECKING:
@@ -253,6 +254,7 @@ class RouteTable:
         self._empty_reason = empty_reason
         self._stage_names = ", ".join(sorted({s.name for s in prefixes.values()})) or "none"
         self.cluster_nets: tuple[Any, ...] = ()  # where @connections calls may come from
+        self.connection_ids = NO_IDS  # @connections: the shared id key and the owners control lists
 
     @property
     def stage_count(self) -> int:
@@ -391,6 +393,7 @@ def compile_snapshot(snapshot: control_pb2.Snapshot, runtime: Runtime | None = N
             hosts[h] = st
     table = RouteTable(snapshot.version, prefixes, hosts)
     table.cluster_nets = parse_networks(snapshot.cluster_cidrs)
+    table.connection_ids = ConnectionIds.from_snapshot(snapshot)
     return table
 
 

@@ -1,18 +1,24 @@
 """WebSocket APIs (the API Gateway model): the sidecar terminates the WebSocket and calls HTTP
 integrations per route key; backends talk back through the @connections management API.
 
-Connection ids encode the owning sidecar's advertised address, so any sidecar
-can forward a management call to the one holding the connection: no shared
-registry to keep consistent, and a sidecar that is gone answers 410.
+A connection id is `<owner>.<random>.<mac>` (base64url): `owner` is an opaque tag of the
+(Api, node id) that holds it, `mac` an HMAC-SHA256 (128 bits) of both under the key control
+gives every sidecar. A sidecar forwards a management call only to the address control lists for
+that owner in its snapshot, never to one read from the id; an id that does not verify, or whose
+owner is not listed, is gone (410) without a connection made.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
+import hashlib
+import hmac
 import json
 import logging
-import os
+import re
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +27,7 @@ from urllib.parse import urlsplit
 
 from meshgate.sidecar.metrics import Metrics
 from meshgate.sidecar.telemetry import RequestSpan, Telemetry
+from meshgate.v1 import control_pb2
 from opentelemetry.trace import Link, SpanContext
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
@@ -52,17 +59,95 @@ def compile_selection(expr: str) -> tuple[str, ...]:
     return tuple(expr[len("$request.body.") :].split("."))
 
 
-def encode_id(owner: str) -> str:
-    tag = base64.urlsafe_b64encode(owner.encode()).decode().rstrip("=")
-    return f"{tag}.{os.urandom(9).hex()}"
+# ---------------------------------------------------------------------- connection ids
+_TAG_BYTES, _RANDOM_BYTES, _MAC_BYTES = 12, 12, 16
+_PART = re.compile(r"[A-Za-z0-9_-]+")
+_MAC_CONTEXT = b"meshgate @connections id v1\0"
 
 
-def owner_of(conn_id: str) -> str | None:
-    tag, _, _ = conn_id.partition(".")
-    try:
-        return base64.urlsafe_b64decode(tag + "=" * (-len(tag) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _unb64(part: str, size: int) -> bytes | None:
+    """The bytes of one id part, or None unless it is the canonical base64url of exactly `size` bytes."""
+    if not _PART.fullmatch(part):
         return None
+    try:
+        raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    except (ValueError, binascii.Error):
+        return None
+    return raw if len(raw) == size and _b64(raw) == part else None
+
+
+def owner_tag(api: str, node_id: str) -> bytes:
+    """The opaque tag naming the sidecar `node_id` as the holder of a connection of `api` (ns/name)."""
+    return hashlib.sha256(f"{api}\0{node_id}".encode()).digest()[:_TAG_BYTES]
+
+
+def _mac(key: bytes, tag: bytes, rand: bytes) -> bytes:
+    return hmac.new(key, _MAC_CONTEXT + tag + rand, hashlib.sha256).digest()[:_MAC_BYTES]
+
+
+def encode_id(key: bytes, tag: bytes, rand: bytes | None = None) -> str:
+    """A new connection id for the owner `tag`, MACed under `key`."""
+    rand = secrets.token_bytes(_RANDOM_BYTES) if rand is None else rand
+    return ".".join((_b64(tag), _b64(rand), _b64(_mac(key, tag, rand))))
+
+
+def verify_id(key: bytes, conn_id: str) -> bytes | None:
+    """The owner tag of a well-formed id whose MAC holds under `key`; None for anything else."""
+    parts = conn_id.split(".")
+    if len(parts) != 3:
+        return None
+    tag, rand, mac = (
+        _unb64(p, n) for p, n in zip(parts, (_TAG_BYTES, _RANDOM_BYTES, _MAC_BYTES), strict=True)
+    )
+    if tag is None or rand is None or mac is None:
+        return None
+    return tag if hmac.compare_digest(mac, _mac(key, tag, rand)) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Where a connection lives, as control lists it."""
+
+    api: str
+    node_id: str
+    address: str  # HOST:PORT of its sidecar's @connections API
+
+
+class ConnectionIds:
+    """One snapshot's view of @connections ids: this sidecar's identity, the shared key, and the
+    sidecars control lists per WebSocket Api (built once per snapshot, read per call)."""
+
+    def __init__(self, key: bytes, node_id: str, owners: Mapping[bytes, Owner]) -> None:
+        # without control's key (a snapshot file, an older control) ids are good on this sidecar only
+        self.key = key or secrets.token_bytes(32)
+        self.node_id = node_id
+        self.owners = dict(owners)
+
+    @classmethod
+    def from_snapshot(cls, snap: control_pb2.Snapshot) -> ConnectionIds:
+        owners = {
+            owner_tag(group.api, p.node_id): Owner(group.api, p.node_id, p.advertise)
+            for group in snap.connection_peers
+            for p in group.peers
+            if p.node_id and p.advertise
+        }
+        return cls(bytes(snap.connection_id_key), snap.node_id, owners)
+
+    def mint(self, api: str) -> str:
+        return encode_id(self.key, owner_tag(api, self.node_id))
+
+    def owner(self, conn_id: str) -> Owner | None:
+        """The listed owner of a genuine id held by another sidecar; None: gone, make no call."""
+        tag = verify_id(self.key, conn_id)
+        found = self.owners.get(tag) if tag is not None else None
+        return found if found is not None and found.node_id != self.node_id else None
+
+
+NO_IDS = ConnectionIds(b"", "", {})
 
 
 @dataclass
@@ -275,8 +360,8 @@ class Registry:
         self.advertise = advertise
         self.conns: dict[str, WsApiConnection] = {}
 
-    def new_id(self) -> str:
-        return encode_id(self.advertise)
+    def new_id(self, ids: ConnectionIds, api: str) -> str:
+        return ids.mint(api)
 
     def add(self, conn: WsApiConnection) -> None:
         conn.registry = self
@@ -285,37 +370,53 @@ class Registry:
     def remove(self, conn: WsApiConnection) -> None:
         self.conns.pop(conn.conn_id, None)
 
-    async def manage(self, method: str, conn_id: str, body: bytes, session: Any) -> tuple[int, bytes]:
-        """POST (send), GET (info), DELETE (disconnect) a connection held here or by another sidecar."""
-        import aiohttp
-
+    async def manage(
+        self,
+        method: str,
+        conn_id: str,
+        body: bytes,
+        session: Any,
+        ids: ConnectionIds = NO_IDS,
+        forwarded: bool = False,
+    ) -> tuple[int, bytes]:
+        """POST (send), GET (info), DELETE (disconnect) a connection held here, or forward the call to
+        the sidecar control lists as its owner; a call forwarded to us is never forwarded again."""
         conn = self.conns.get(conn_id)
         if conn is None:
-            owner = owner_of(conn_id)
+            owner = None if forwarded else ids.owner(conn_id)
             if owner is None:
-                return 400, _err("malformed connection id")
-            if owner == self.advertise:
-                return 410, _err(f"connection {conn_id} is gone")
-            try:
-                async with session().request(
-                    method,
-                    f"http://{owner}/@connections/{conn_id}",
-                    data=body,
-                    headers={"x-meshgate-forwarded": "1"},
-                    timeout=aiohttp.ClientTimeout(total=5),
-                ) as resp:
-                    return resp.status, await resp.read()
-            except (aiohttp.ClientError, TimeoutError, OSError):
-                return 410, _err(f"connection {conn_id} is gone (its sidecar {owner} is unreachable)")
+                return 410, _gone(conn_id)
+            return await _forward(owner, method, conn_id, body, session)
         if method == "GET":
             return 200, json.dumps(conn.info()).encode()
         if method == "DELETE":
             conn.close(1000, "closed through @connections")
             return 204, b""
         if method == "POST":
-            return (200, b"") if conn.send(body) else (410, _err(f"connection {conn_id} is closing"))
-        return 405, _err("use POST, GET or DELETE")
+            return (200, b"") if conn.send(body) else (410, _gone(conn_id, "it is closing"))
+        return 405, json.dumps(
+            {"message": "Method not allowed", "reason": "use POST, GET or DELETE"}
+        ).encode()
 
 
-def _err(reason: str) -> bytes:
-    return json.dumps({"message": "Gone" if "gone" in reason else "Bad request", "reason": reason}).encode()
+async def _forward(owner: Owner, method: str, conn_id: str, body: bytes, session: Any) -> tuple[int, bytes]:
+    import aiohttp
+
+    try:
+        async with session().request(
+            method,
+            f"http://{owner.address}/@connections/{conn_id}",
+            data=body,
+            headers={"x-meshgate-forwarded": "1"},
+            timeout=aiohttp.ClientTimeout(total=5),
+            allow_redirects=False,
+        ) as resp:
+            return resp.status, await resp.read()
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return 410, _gone(conn_id, f"its sidecar {owner.node_id} is unreachable")
+
+
+def _gone(conn_id: str, why: str = "") -> bytes:
+    """API Gateway's GoneException: the id names no connection we can reach (or was never genuine)."""
+    reason = f"connection {conn_id[:80]} is gone" + (f" ({why})" if why else "")
+    return json.dumps({"message": "Gone", "reason": reason}).encode()

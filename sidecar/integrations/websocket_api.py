@@ -49,7 +49,7 @@ class WebSocketApiIntegration:
             ex.fail(GatewayError(400, "WebSocket upgrade without Sec-WebSocket-Key", close=True))
             return
         conn = WsApiConnection(
-            registry.new_id(),
+            registry.new_id(ex.conn.holder.table.connection_ids, ctx.api),
             self.api,
             transport,
             ctx.source_ip,
@@ -102,8 +102,8 @@ def compile_websocket_api(spec: RouteSpec) -> WebSocketApiIntegration:
 
 
 def manage_connection(ex: Exchange, conn_id: str) -> None:
-    """`/@connections/{id}`: POST a message to, GET, or DELETE a connection of this Api (held here or
-    by the sidecar its id names); reachable only from inside the cluster networks."""
+    """`/@connections/{id}`: POST a message to, GET, or DELETE a connection (held here, or by the
+    sidecar control lists as its owner); reachable only from inside the cluster networks."""
     server = ex.conn.server
     if server.registry is None or server.session is None:
         ex.fail(GatewayError(404, "this sidecar serves no WebSocket APIs"))
@@ -128,7 +128,12 @@ async def _manage(ex: Exchange, conn_id: str) -> None:
     assert server.registry is not None
     ctx = ex.ctx
     status, body = await server.registry.manage(
-        ctx.method, conn_id.strip("/"), ctx.whole_body(), server.session
+        ctx.method,
+        conn_id.strip("/"),
+        ctx.whole_body(),
+        server.session,
+        ex.conn.holder.table.connection_ids,
+        forwarded="x-meshgate-forwarded" in ctx.headers,
     )
     headers = ((b"content-type", b"application/json"),) if body else ()
     ex.respond_full(status, headers, body)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Node(_message.Message):
-    __slots__ = ("id", "pod", "namespace", "labels", "version")
+    __slots__ = ("id", "pod", "namespace", "labels", "version", "advertise")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -21,12 +21,14 @@ class Node(_message.Message):
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    ADVERTISE_FIELD_NUMBER: _ClassVar[int]
     id: str
     pod: str
     namespace: str
     labels: _containers.ScalarMap[str, str]
     version: str
-    def __init__(self, id: _Optional[str] = ..., pod: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., version: _Optional[str] = ...) -> None: ...
+    advertise: str
+    def __init__(self, id: _Optional[str] = ..., pod: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., version: _Optional[str] = ..., advertise: _Optional[str] = ...) -> None: ...
 
 class StageBundle(_message.Message):
     __slots__ = ("api", "stage", "deployment", "canary_deployment", "replicas")
@@ -42,8 +44,24 @@ class StageBundle(_message.Message):
     replicas: int
     def __init__(self, api: _Optional[_Union[_resources_pb2.Api, _Mapping]] = ..., stage: _Optional[_Union[_resources_pb2.Stage, _Mapping]] = ..., deployment: _Optional[_Union[_resources_pb2.Deployment, _Mapping]] = ..., canary_deployment: _Optional[_Union[_resources_pb2.Deployment, _Mapping]] = ..., replicas: _Optional[int] = ...) -> None: ...
 
+class Peer(_message.Message):
+    __slots__ = ("node_id", "advertise")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADVERTISE_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    advertise: str
+    def __init__(self, node_id: _Optional[str] = ..., advertise: _Optional[str] = ...) -> None: ...
+
+class ConnectionPeers(_message.Message):
+    __slots__ = ("api", "peers")
+    API_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    api: str
+    peers: _containers.RepeatedCompositeFieldContainer[Peer]
+    def __init__(self, api: _Optional[str] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ...) -> None: ...
+
 class Snapshot(_message.Message):
-    __slots__ = ("version", "nonce", "source_time_unix_nano", "stages", "usage_plans", "api_keys", "control_id", "cluster_cidrs")
+    __slots__ = ("version", "nonce", "source_time_unix_nano", "stages", "usage_plans", "api_keys", "control_id", "cluster_cidrs", "connection_id_key", "connection_peers", "node_id")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_TIME_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +70,9 @@ class Snapshot(_message.Message):
     API_KEYS_FIELD_NUMBER: _ClassVar[int]
     CONTROL_ID_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_CIDRS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_ID_KEY_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_PEERS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
     version: str
     nonce: str
     source_time_unix_nano: int
@@ -60,7 +81,10 @@ class Snapshot(_message.Message):
     api_keys: _containers.RepeatedCompositeFieldContainer[_resources_pb2.ApiKey]
     control_id: str
     cluster_cidrs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[str] = ..., nonce: _Optional[str] = ..., source_time_unix_nano: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageBundle, _Mapping]]] = ..., usage_plans: _Optional[_Iterable[_Union[_resources_pb2.UsagePlan, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[_resources_pb2.ApiKey, _Mapping]]] = ..., control_id: _Optional[str] = ..., cluster_cidrs: _Optional[_Iterable[str]] = ...) -> None: ...
+    connection_id_key: bytes
+    connection_peers: _containers.RepeatedCompositeFieldContainer[ConnectionPeers]
+    node_id: str
+    def __init__(self, version: _Optional[str] = ..., nonce: _Optional[str] = ..., source_time_unix_nano: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageBundle, _Mapping]]] = ..., usage_plans: _Optional[_Iterable[_Union[_resources_pb2.UsagePlan, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[_resources_pb2.ApiKey, _Mapping]]] = ..., control_id: _Optional[str] = ..., cluster_cidrs: _Optional[_Iterable[str]] = ..., connection_id_key: _Optional[bytes] = ..., connection_peers: _Optional[_Iterable[_Union[ConnectionPeers, _Mapping]]] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("version", "nonce", "error")
