@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+from meshgate.control.etcd_local import free_port
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
@@ -231,3 +232,63 @@ def test_new_connections_are_answered_and_the_sidecar_exits_once_none_remain(tmp
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_grpc_goes_away_at_once_and_calls_in_flight_finish(tmp_path: Path, backends: Backends) -> None:
+    from concurrent import futures
+
+    import grpc
+
+    def unary(req: bytes, ctx: grpc.ServicerContext) -> bytes:
+        time.sleep(0.8 if req == b"slow" else 0)
+        return b"pong:" + req
+
+    upstream = grpc.server(futures.ThreadPoolExecutor(4))
+    handler = grpc.method_handlers_generic_handler(
+        "demo.Ping", {"Ping": grpc.unary_unary_rpc_method_handler(unary)}
+    )
+    upstream.add_generic_rpc_handlers((handler,))
+    up_port = upstream.add_insecure_port("127.0.0.1:0")
+    upstream.start()
+    slow = slow_backend(backends, 1.0)
+    routes = [
+        {
+            "method": "POST",
+            "path": "/demo.Ping/Ping",
+            "integration": {"type": "grpc", "uri": f"grpc://127.0.0.1:{up_port}"},
+        },
+        http_route("GET", "/slow", f"http://127.0.0.1:{slow}/slow"),
+    ]
+    gport = free_port()
+    proc, port, _ = serve_file(
+        tmp_path,
+        snapshot(bundle(routes)),
+        "--grpc-listen",
+        f"127.0.0.1:{gport}",
+        "--drain-seconds",
+        str(DRAIN_S),
+    )
+    try:
+        assert proc.stdout is not None and "listening" in proc.stdout.readline()
+        with grpc.insecure_channel(f"127.0.0.1:{gport}") as ch:
+            ping = ch.unary_unary("/demo.Ping/Ping")
+            assert ping(b"x", timeout=5) == b"pong:x"
+            http_slow = threading.Thread(target=lambda: get(port, "/prod/slow"))  # an HTTP request in flight
+            http_slow.start()
+            in_flight = ping.future(b"slow", timeout=5)
+            time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            try:  # no new calls here: the channel was told to go away (and would reconnect elsewhere)
+                ping(b"late", timeout=1, wait_for_ready=False)
+                refused = None
+            except grpc.RpcError as exc:
+                refused = exc.code()
+            assert refused in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED), refused
+            assert in_flight.result(timeout=5) == b"pong:slow"
+            http_slow.join(5)
+        assert proc.wait(DRAIN_S + 5) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        upstream.stop(0)
