@@ -2,7 +2,10 @@
 
 A sidecar gets only the Apis whose selector matches its namespace and pod
 labels, so config size does not grow with the mesh. Sidecars with the same
-namespace and labels share one build per etcd revision.
+namespace and labels share one build per etcd revision. Every snapshot carries
+the @connections id key, and for each bound WebSocket Api the sidecars serving
+it (node id and advertise address): the only places @connections calls for its
+connections are forwarded to.
 """
 
 from __future__ import annotations
@@ -29,21 +32,43 @@ def binds(api: resources_pb2.Api, node: control_pb2.Node) -> bool:
     return all(node.labels.get(k) == v for k, v in sel.match_labels.items())
 
 
+def _websocket(spec: resources_pb2.ApiSpec) -> bool:
+    return any(r.integration.type == "websocket_api" for r in spec.routes)
+
+
+def connection_peers(state: State, apis: set[tuple[str, str]]) -> list[control_pb2.ConnectionPeers]:
+    """For each of these (WebSocket) Apis, the live sidecars serving it that told control their address."""
+    out = []
+    for ns, name in sorted(apis):
+        api = state.apis[(ns, name)]
+        peers = [
+            control_pb2.Peer(node_id=node_id, advertise=node.advertise)
+            for node_id, node in sorted(state.sidecars.items())
+            if node.advertise and binds(api, node)
+        ]
+        out.append(control_pb2.ConnectionPeers(api=f"{ns}/{name}", peers=peers))
+    return out
+
+
 def build_snapshot(
     state: State, node: control_pb2.Node, cluster_cidrs: tuple[str, ...] = ()
 ) -> control_pb2.Snapshot:
     """The complete config for one sidecar; version changes iff the content changes.
 
     Each stage carries how many live sidecars serve it (`replicas`), so limits
-    meant for the whole stage can be divided among them.
+    meant for the whole stage can be divided among them; each WebSocket Api the
+    sidecars serving it (`connection_peers`).
     """
-    snap = control_pb2.Snapshot(cluster_cidrs=cluster_cidrs)
+    snap = control_pb2.Snapshot(cluster_cidrs=cluster_cidrs, connection_id_key=state.connection_id_key)
     newest = 0
     bound: set[tuple[str, str]] = set()
     replicas: dict[tuple[str, str], int] = {}
+    websocket: set[tuple[str, str]] = set()  # bound Apis with a websocket_api route (spec or deployed)
     for (ns, name), api in sorted(state.apis.items()):
         if binds(api, node):
             bound.add((ns, name))
+            if _websocket(api.spec):
+                websocket.add((ns, name))
     for (ns, api_name, _stage), stage in sorted(state.stages.items()):
         if (ns, api_name) not in bound:
             continue
@@ -59,6 +84,8 @@ def build_snapshot(
         if dep is not None:
             bundle.deployment.CopyFrom(dep)
             newest = max(newest, dep.metadata.update_time_unix_nano)
+            if _websocket(dep.spec.api_spec):
+                websocket.add((ns, api_name))
         c = stage.spec.canary
         canary = (
             state.deployments.get((ns, api_name, c.deployment)) if c.percent > 0 and c.deployment else None
@@ -66,6 +93,9 @@ def build_snapshot(
         if canary is not None:
             bundle.canary_deployment.CopyFrom(canary)
             newest = max(newest, canary.metadata.update_time_unix_nano)
+            if _websocket(canary.spec.api_spec):
+                websocket.add((ns, api_name))
+    snap.connection_peers.extend(connection_peers(state, websocket))
     plans: set[tuple[str, str]] = set()
     for (ns, name), plan in sorted(state.usage_plans.items()):
         if any((ns, ref.split("/")[0]) in bound for ref in plan.spec.apis):

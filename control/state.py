@@ -13,6 +13,7 @@ watch events.
     {prefix}apikeys/{ns}/{name}               ApiKey
     {prefix}seq/deployments/{ns}/{api}        the last deployment id of an Api
     {prefix}sidecars/{node id}                SidecarStatus, under a control replica's lease
+    {prefix}secrets/connection-id-key         the @connections id key (32 random bytes, written once)
 """
 
 from __future__ import annotations
@@ -57,8 +58,11 @@ KIND_WORDS = {
 
 SidecarsSegment = "sidecars"
 SeqSegment = "seq"
+SecretsSegment = "secrets"
 SIDECAR = "Sidecar"  # KeyParts.kind of a sidecar status key
 SEQ = "Seq"  # KeyParts.kind of a deployment sequence key
+SECRET = "Secret"  # KeyParts.kind of a key control makes for itself (name: which one)
+CONNECTION_ID_KEY = "connection-id-key"  # the secret that MACs @connections ids
 
 
 def api_key(prefix: str, namespace: str, name: str) -> str:
@@ -87,6 +91,11 @@ def deployment_seq_key(prefix: str, namespace: str, api: str) -> str:
 
 def sidecar_key(prefix: str, node_id: str) -> str:
     return f"{prefix}{SidecarsSegment}/{node_id}"
+
+
+def secret_key(prefix: str, name: str) -> str:
+    """The key of one of control's own secrets (CONNECTION_ID_KEY)."""
+    return f"{prefix}{SecretsSegment}/{name}"
 
 
 def named_key(prefix: str, kind: str, namespace: str, name: str) -> str:
@@ -133,7 +142,7 @@ class KeyParts:
     kind: str
     namespace: str = ""
     api: str = ""  # Stage, Deployment, Seq
-    name: str = ""  # the resource's name, the stage's name, a sidecar's node id
+    name: str = ""  # the resource's name, the stage's name, a sidecar's node id, a secret's name
     deployment: int = 0  # Deployment
 
 
@@ -144,6 +153,8 @@ def parse_key(prefix: str, key: str) -> KeyParts | None:
     segment, _, rest = key[len(prefix) :].partition("/")
     if segment == SidecarsSegment:
         return KeyParts(SIDECAR, name=rest) if rest else None
+    if segment == SecretsSegment:
+        return KeyParts(SECRET, name=rest) if rest else None
     parts = rest.split("/")
     try:
         if segment == SeqSegment:
@@ -221,18 +232,27 @@ class State:
     deployments: dict[tuple[str, str, int], resources_pb2.Deployment] = field(default_factory=dict)
     usage_plans: dict[tuple[str, str], resources_pb2.UsagePlan] = field(default_factory=dict)
     api_keys: dict[tuple[str, str], resources_pb2.ApiKey] = field(default_factory=dict)
-    # connected sidecars (from their status keys): node id -> Node; only membership matters here
+    # connected sidecars (from their status keys): node id -> Node; membership, selectors' inputs
+    # (namespace, labels) and the advertise address matter here
     sidecars: dict[str, control_pb2.Node] = field(default_factory=dict)
     # the same keys' full status (ACKs, NACKs), for whoever reports what the sidecars applied
     statuses: dict[str, control_pb2.SidecarStatus] = field(default_factory=dict)
+    # the key that MACs @connections ids (b"" until control has made it)
+    connection_id_key: bytes = b""
     # the etcd revision of the last change to the resources or the set of sidecars (or of the load)
     revision: int = 0
 
     def put(self, key: str, value: bytes) -> bool:
-        """Apply a put event; returns True when it changed a resource or the set of sidecars."""
+        """Apply a put event; returns True when it changed a resource, the set of sidecars (or what a
+        snapshot says of one) or the connection id key."""
         parts = parse_key(self.prefix, key)
         if parts is None or parts.kind == SEQ:
             return False
+        if parts.kind == SECRET:
+            if parts.name != CONNECTION_ID_KEY or value == self.connection_id_key:
+                return False
+            self.connection_id_key = value
+            return True
         if parts.kind == SIDECAR:
             try:
                 status = control_pb2.SidecarStatus.FromString(value)
@@ -240,7 +260,12 @@ class State:
                 return False
             self.statuses[parts.name] = status
             node, old = status.node, self.sidecars.get(parts.name)
-            if old is not None and old.namespace == node.namespace and dict(old.labels) == dict(node.labels):
+            if (
+                old is not None
+                and old.namespace == node.namespace
+                and dict(old.labels) == dict(node.labels)
+                and old.advertise == node.advertise
+            ):
                 return False
             self.sidecars[parts.name] = node
             return True
@@ -255,6 +280,11 @@ class State:
         parts = parse_key(self.prefix, key)
         if parts is None or parts.kind == SEQ:
             return False
+        if parts.kind == SECRET:
+            had = parts.name == CONNECTION_ID_KEY and bool(self.connection_id_key)
+            if had:
+                self.connection_id_key = b""
+            return had
         if parts.kind == SIDECAR:
             self.statuses.pop(parts.name, None)
             return self.sidecars.pop(parts.name, None) is not None
@@ -264,7 +294,7 @@ class State:
     def resource(self, key: str) -> ResourceMsg | None:
         """The resource stored at an etcd key, if any."""
         parts = parse_key(self.prefix, key)
-        if parts is None or parts.kind in (SIDECAR, SEQ):
+        if parts is None or parts.kind in (SIDECAR, SEQ, SECRET):
             return None
         table, ident = self._slot(parts)
         found: ResourceMsg | None = table.get(ident)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -190,6 +191,24 @@ class Store:
             control_pb2.SidecarStatus.FromString(value)
             for _, value, _ in await self._range(keys.sidecars_prefix(self.prefix))
         ]
+
+    # ------------------------------------------------------------------ control's own secrets
+
+    async def connection_id_key(self) -> bytes:
+        """The key every sidecar MACs @connections ids with: made once by whichever replica comes
+        first (a create-if-absent txn), then the stored one for every replica and every restart."""
+        key = keys.secret_key(self.prefix, keys.CONNECTION_ID_KEY)
+        tx = self._client.transactions
+        for _ in range(RETRIES):
+            await self._client.transaction(
+                compare=[tx.create(key.encode()) == 0],
+                success=[tx.put(key.encode(), secrets.token_bytes(32))],
+                failure=[],
+            )
+            read = await self._read(key)
+            if read.value:
+                return read.value
+        raise Conflict("the @connections id key keeps disappearing from etcd")
 
     # ------------------------------------------------------------------ apply
 

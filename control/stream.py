@@ -4,8 +4,11 @@ The process's etcd mirror (`control/mirror.py`, one watch per control
 replica, shared with the controller) keeps the in-memory `State`; after a
 change burst settles (debounce, bounded by a maximum delay so steady writes
 are not starved) every connected sidecar whose snapshot version changed gets
-it with a fresh nonce. Per-sidecar status lives in etcd under this replica's
-lease, so any replica can list every sidecar.
+it with a fresh nonce (and the node id it is for). Per-sidecar status lives in
+etcd under this replica's lease, so any replica can list every sidecar. Before
+serving, the replica makes sure the @connections id key exists in etcd (the
+first replica ever makes it) and that its mirror has it, so the first snapshot
+a sidecar gets already carries it.
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ class ConfigStreamer:
         self._delete_time_ns = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._lease = 0  # etcd lease id of this replica's status keys; 0 = none yet
+        self._mirror_moved = asyncio.Event()  # set on every mirror event (start waits for the id key)
 
     @property
     def state(self) -> State:
@@ -107,11 +111,25 @@ class ConfigStreamer:
     async def start(self) -> None:
         await self.mirror.start()
         self._subscription = self.mirror.subscribe(self._on_etcd, "config stream")
+        await self._connection_id_key()
         self._lease = await self.store.grant_lease(self.status_ttl_s)
         self._tasks = [
             asyncio.create_task(self._flush_loop(), name="push"),
             asyncio.create_task(self._lease_loop(), name="lease"),
         ]
+
+    async def _connection_id_key(self, timeout_s: float = 10.0) -> None:
+        """Make (or find) the shared @connections id key, then wait for the mirror's watch to bring it."""
+        key = await self.store.connection_id_key()
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    self._mirror_moved.clear()
+                    if self.state.connection_id_key == key:
+                        break
+                    await self._mirror_moved.wait()
+        except TimeoutError:
+            log.warning("the etcd mirror has not seen the @connections id key yet; snapshots follow it")
 
     async def stop(self) -> None:
         for conn in list(self._conns):
@@ -130,6 +148,7 @@ class ConfigStreamer:
 
     def _on_etcd(self, event: MirrorEvent) -> None:
         """A change the mirror applied: push when the burst settles (a reload may have changed anything)."""
+        self._mirror_moved.set()
         if isinstance(event, Reloaded):
             self._changes.mark()
             return
@@ -154,6 +173,7 @@ class ConfigStreamer:
         out.CopyFrom(snap)
         out.nonce = uuid.uuid4().hex[:12]
         out.control_id = self.control_id
+        out.node_id = conn.node.id
         out.source_time_unix_nano = max(snap.source_time_unix_nano, self._delete_time_ns)
         conn.offer(out)
 
