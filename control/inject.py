@@ -1,11 +1,16 @@
 """Sidecar injection as a pure transformation of Kubernetes objects (`meshgate inject -f`, and the
 webhook to come): the sidecar as a native sidecar (an init container with restartPolicy Always,
 started and ready before the app, not blocking Jobs), or a plain first container held until ready.
+
+Stop order: a native sidecar gets SIGTERM only once the app containers have exited, then drains for
+`--drain-seconds`; in legacy mode every container gets SIGTERM at once, so a preStop sleep keeps the
+sidecar serving the app's last requests first. Either way terminationGracePeriodSeconds leaves room.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +24,8 @@ PROXY_PORT = 15001
 ADMIN_PORT = 15000
 GRPC_PORT = 15002
 POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
+DEFAULT_GRACE_S = 30  # Kubernetes' terminationGracePeriodSeconds when a pod spec sets none
+STOP_MARGIN_S = 5  # on top of the sidecar's drain: the last export, closing, scheduling slack
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,21 @@ class InjectConfig:
     memory: str = "128Mi"
     # IfNotPresent: a node that has the image (a kind/minikube load, a pinned tag) does not pull it again
     pull_policy: str = "IfNotPresent"
+    drain_seconds: float = 5.0  # the sidecar's drain window after SIGTERM (--drain-seconds)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.drain_seconds <= 600:
+            raise ValueError(f"drain_seconds must be within 0..600, got {self.drain_seconds}")
+
+    @property
+    def pre_stop_s(self) -> int:
+        """Legacy mode: how long the sidecar keeps serving after the pod is told to stop, before its SIGTERM."""
+        return math.ceil(self.drain_seconds) if self.legacy else 0
+
+    @property
+    def grace_s(self) -> int:
+        """The sidecar's own stop: its preStop (legacy), its drain window and a margin."""
+        return self.pre_stop_s + math.ceil(self.drain_seconds) + STOP_MARGIN_S
 
 
 def _pod_spec(obj: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -74,6 +96,8 @@ def sidecar_container(cfg: InjectConfig, labels: dict[str, str]) -> dict[str, An
         "/var/lib/meshgate",
         "--advertise",
         f"$(POD_IP):{PROXY_PORT}",
+        "--drain-seconds",
+        f"{cfg.drain_seconds:g}",
     ]
     for k, v in sorted(labels.items()):
         args += ["--label", f"{k}={v}"]
@@ -142,6 +166,19 @@ def init_container(cfg: InjectConfig, ports: list[int]) -> dict[str, Any]:
     }
 
 
+def termination_grace(grace: object, cfg: InjectConfig) -> int:
+    """terminationGracePeriodSeconds with room for the sidecar's drain after the app's own stop.
+
+    Native: the sidecar's SIGTERM comes once the app has exited, within the same grace period, so
+    the drain is added to what the app had. Legacy: everything stops at once, so the sidecar's
+    preStop sleep and drain must fit in the period.
+    """
+    base = grace if isinstance(grace, int) and grace >= 0 else DEFAULT_GRACE_S
+    if cfg.legacy:
+        return max(base, cfg.grace_s)
+    return base + cfg.grace_s
+
+
 def inject_object(
     obj: dict[str, Any], cfg: InjectConfig, namespace_enabled: bool = True
 ) -> tuple[dict[str, Any], str]:
@@ -167,18 +204,21 @@ def inject_object(
     inits = spec.setdefault("initContainers", [])
     if cfg.legacy:
         # Older clusters: a plain container first in the list; postStart holds the app containers
-        # (started in order) until the sidecar is ready.
+        # (started in order) until the sidecar is ready. All containers are stopped at once: the
+        # preStop sleep delays the sidecar's SIGTERM so the app's last requests still pass through.
         sidecar.pop("startupProbe")
         sidecar["lifecycle"] = {
             "postStart": {
                 "exec": {"command": ["meshgate", "wait-ready", "--admin", f"127.0.0.1:{ADMIN_PORT}"]}
-            }
+            },
+            "preStop": {"exec": {"command": ["sleep", str(cfg.pre_stop_s)]}},
         }
         spec["containers"] = [sidecar, *spec.get("containers", [])]
         inits.insert(0, init)
     else:
         sidecar["restartPolicy"] = "Always"  # a native sidecar (Kubernetes >= 1.29)
         inits[0:0] = [init, sidecar]
+    spec["terminationGracePeriodSeconds"] = termination_grace(spec.get("terminationGracePeriodSeconds"), cfg)
     vols = spec.setdefault("volumes", [])
     vols.append({"name": STATE_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}})
     annotations[STATUS_ANNOTATION] = "true"

@@ -6,9 +6,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import yaml
 from meshgate.control.inject import InjectConfig, inject_object
 from meshgate.control.iptables import rules
+from meshgate.sidecar.main import build_parser
 
 DEPLOYMENT = """
 apiVersion: apps/v1
@@ -139,3 +141,39 @@ def test_otlp_endpoint_names_the_pod_in_spans() -> None:
     assert env["OTEL_RESOURCE_ATTRIBUTES"] == "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)"
     names = [e["name"] for e in sidecar["env"]]
     assert names.index("POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")  # $(VAR) needs it defined first
+
+
+def test_the_pod_stops_in_an_order_that_lets_the_sidecar_drain() -> None:
+    dep = next(yaml.safe_load_all(DEPLOYMENT))
+    out, _ = inject_object(dep, InjectConfig(drain_seconds=8))
+    spec = out["spec"]["template"]["spec"]
+    sidecar = spec["initContainers"][1]
+    args = build_parser().parse_args(sidecar["args"][1:])  # what the sidecar itself will read
+    assert args.drain_seconds == 8.0
+    # native: SIGTERM reaches the sidecar once the app has exited, in the same grace period: the
+    # app keeps the default 30 s and the drain (plus a margin) comes on top
+    assert spec["terminationGracePeriodSeconds"] >= 30 + 8 + 1
+    assert "preStop" not in sidecar.get("lifecycle", {})  # the stop order already holds
+    assert build_parser().parse_args([]).drain_seconds == 5.0  # the default the injection relies on
+    default = inject_object(next(yaml.safe_load_all(DEPLOYMENT)), InjectConfig())[0]["spec"]["template"]
+    assert build_parser().parse_args(default["spec"]["initContainers"][1]["args"][1:]).drain_seconds == 5.0
+
+    dep = next(yaml.safe_load_all(DEPLOYMENT))
+    dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 60
+    spec = inject_object(dep, InjectConfig(drain_seconds=8))[0]["spec"]["template"]["spec"]
+    assert spec["terminationGracePeriodSeconds"] >= 60 + 8  # the app's own budget is kept
+
+    # legacy: every container gets SIGTERM at once; a preStop sleep keeps the sidecar up for the app's
+    # last requests, then it drains, and the grace period covers both
+    dep = next(yaml.safe_load_all(DEPLOYMENT))
+    dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 10
+    spec = inject_object(dep, InjectConfig(legacy=True, drain_seconds=8))[0]["spec"]["template"]["spec"]
+    sidecar = spec["containers"][0]
+    pre_stop = sidecar["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep" and float(pre_stop[1]) >= 8
+    assert build_parser().parse_args(sidecar["args"][1:]).drain_seconds == 8.0
+    assert spec["terminationGracePeriodSeconds"] >= float(pre_stop[1]) + 8 + 1
+    assert "lifecycle" not in spec["containers"][1]  # the app's own container is left alone
+
+    with pytest.raises(ValueError):
+        InjectConfig(drain_seconds=-1)
