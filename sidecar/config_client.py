@@ -27,7 +27,9 @@ def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Rand
 def write_atomically(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    # owner-only: the snapshot holds secrets (the @connections id key, ApiKey hashes)
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        os.fchmod(f.fileno(), 0o600)  # an older tmp file keeps its mode through O_TRUNC
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

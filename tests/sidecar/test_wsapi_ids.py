@@ -4,6 +4,8 @@ and the key kept out of config dumps."""
 from __future__ import annotations
 
 import base64
+import stat
+from pathlib import Path
 
 import pytest
 from meshgate.sidecar.wsapi import ConnectionIds, Owner, encode_id, owner_tag, verify_id
@@ -98,3 +100,11 @@ def test_the_key_is_redacted_from_config_dumps() -> None:
     snap = control_pb2.Snapshot(connection_id_key=KEY, node_id="node-a")
     redact(snap)
     assert snap.connection_id_key == REDACTED.encode() and snap.node_id == "node-a"
+
+
+def test_the_persisted_snapshot_holding_the_key_is_owner_only(tmp_path: Path) -> None:
+    from meshgate.sidecar.config_client import write_atomically
+
+    path = tmp_path / "state" / "snapshot.pb"
+    write_atomically(path, control_pb2.Snapshot(connection_id_key=KEY).SerializeToString())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
