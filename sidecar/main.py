@@ -211,6 +211,7 @@ class _Sidecar:
         if not _load_initial(self.client, args):
             return False
         self.http.registry = Registry(_advertise(args, listen_host, listen_port))
+        self.client.node.advertise = self.http.registry.advertise  # control lists it as a connection owner
         self.http.telemetry = Telemetry(args.otlp_endpoint, args.node_id) if args.otlp_endpoint else None
         self.http.session = self.runtime.session
         try:

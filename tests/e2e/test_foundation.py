@@ -239,6 +239,7 @@ spec: {api: other}
     resp = pets.stub().ListSidecars(control_pb2.ListSidecarsRequest(), timeout=5)
     status = next(s for s in resp.sidecars if s.node.id == "sc-1")
     assert "prod" in status.last_nack_error
+    assert status.node.advertise == f"127.0.0.1:{sc.port}"  # where @connections calls are forwarded
     assert status.acked_version and status.acked_version != status.last_nack_version
     assert sc.get("/prod/health") == (200, {"ok": True})
     cli = subprocess.run(
