@@ -154,9 +154,14 @@ def routes(state: AdminState) -> dict[str, Callable[[dict[str, str]], Answer]]:
 
     def stats_page(query: dict[str, str]) -> Answer:
         values = stats(state)
+        recent = list(state.metrics.recent_errors) if state.metrics is not None else []
         if query.get("format") == "json":
-            return _json(200, {"stats": [{"name": n, "value": v} for n, v in values]})
-        return 200, _TEXT, "".join(f"{n}: {v}\n" for n, v in values).encode()
+            errors = [{"requestId": r, "status": s, "route": w, "reason": why} for r, s, w, why in recent]
+            return _json(200, {"stats": [{"name": n, "value": v} for n, v in values], "recentErrors": errors})
+        lines = [f"{n}: {v}\n" for n, v in values]
+        # the reason can quote client input: JSON-quoted, so it can never start a line of its own
+        lines += [f"errors.recent.{r}: {s} {w} {json.dumps(why)}\n" for r, s, w, why in recent]
+        return 200, _TEXT, "".join(lines).encode()
 
     def metrics(query: dict[str, str]) -> Answer:
         text = state.metrics.render() if state.metrics is not None else ""

@@ -22,7 +22,6 @@ from meshgate.sidecar.context import RequestContext, normalize_path
 from meshgate.sidecar.errors import GatewayError, internal
 from meshgate.sidecar.filters import Answer, Decision
 from meshgate.sidecar.filters.cache import Capture
-from meshgate.sidecar.filters.policy import in_networks
 from meshgate.sidecar.integrations import protocol_mismatch
 from meshgate.sidecar.integrations.websocket_api import manage_connection
 from meshgate.sidecar.observe import record
@@ -448,9 +447,7 @@ class Exchange(_RequestBody):
         route = self.route
         if responses is None and route is not None:
             responses = route.responses
-        detail = (route is not None and route.error_detail) or in_networks(
-            ctx.source_ip, self.conn.holder.table.cluster_nets
-        )  # the reason (upstream address, failing step) is for the mesh, not for outsiders
+        detail = self.conn.holder.table.shows_reason(route, ctx.source_ip)  # for the mesh, not outsiders
         self.conn.write(
             respond.error(
                 err, ctx.request_id, responses=responses, cors=ctx.cors_headers, close=close, detail=detail

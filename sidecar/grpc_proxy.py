@@ -144,14 +144,14 @@ class GrpcProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
             found = self._route(ctx, method)
             if isinstance(found, GatewayError):
                 outcome.code, outcome.details = found.grpc_code, found.reason
-                await context.abort(outcome.code, outcome.details)
+                await context.abort(outcome.code, self._told(ctx, None, found))
                 return
             route = found
             self._begin_span(ctx, route, method)
             refusal = await self._request_phase(ctx, route)
             if refusal is not None:
                 outcome.code, outcome.details = refusal.grpc_code, refusal.reason
-                await context.abort(outcome.code, outcome.details)
+                await context.abort(outcome.code, self._told(ctx, route, refusal))
                 return
             async for message in self._relay(ctx, route, method, requests, context, outcome):
                 yield message
@@ -209,21 +209,27 @@ class GrpcProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
                 context.set_details(outcome.details)
         except grpc.aio.AioRpcError as exc:
             code = outcome.code = exc.code()
-            details = exc.details() or ""
+            told = details = exc.details() or ""
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 details = f"integration timeout after {timeout:g}s"
             elif code == grpc.StatusCode.UNAVAILABLE and "connect" in details.lower():
                 details = f"upstream connect failed ({integ.host}:{integ.port}): {details}"
+            if code in _GATEWAY_FAILURES:  # the gateway's own failure, not a status the upstream sent
+                told = self._told(ctx, route, GatewayError(HTTP_FOR_GRPC.get(code, 500), details))
             outcome.details = details
             trailing = exc.trailing_metadata()
             if trailing:
                 context.set_trailing_metadata(_passed(trailing))
             context.set_code(code)
-            context.set_details(details)
+            context.set_details(told)
         except asyncio.CancelledError:
             outcome.code = grpc.StatusCode.CANCELLED
             call.cancel()  # the client went away: cancel the upstream call too
             raise
+
+    def _told(self, ctx: RequestContext, route: Route | None, err: GatewayError) -> str:
+        """The status message a caller gets: the reason inside the mesh, the table's message outside."""
+        return err.reason if self.holder.table.shows_reason(route, ctx.source_ip) else err.kind.message
 
     def _done(self, route: Route | None, outcome: _Outcome, t0: float, span: RequestSpan | None) -> None:
         """Metrics (status class from the HTTP mapping of the gRPC code) and the span's end."""
@@ -238,6 +244,11 @@ class GrpcProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
             if span.child is not None and code != grpc.StatusCode.OK:
                 span.child.set_attribute("rpc.grpc.status_code", code.value[0])
             span.end(status, outcome.details, {"rpc.grpc.status_code": code.value[0]})
+
+
+# What a failed upstream call raises when the gateway, not the upstream, ended it: its own deadline, or
+# no connection (grpc core's text names the address).
+_GATEWAY_FAILURES = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE})
 
 
 class _Outcome:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 import functools
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -126,6 +126,9 @@ def _labels(key: Key) -> Labels:
     return (("api", key[0]), ("stage", key[1]), ("route", key[2]))
 
 
+RECENT_ERRORS = 50
+
+
 class Metrics:
     def __init__(self) -> None:
         self.count: defaultdict[Key, int] = defaultdict(int)
@@ -139,6 +142,11 @@ class Metrics:
         self.authorizer_latency: defaultdict[Key, Histogram] = defaultdict(Histogram)
         self.websockets: defaultdict[Key, int] = defaultdict(int)  # open now (a gauge)
         self.ws_messages: defaultdict[Key, int] = defaultdict(int)  # route = the message's route key
+        # the last gateway errors with their full reason (what an outsider was not told), for /stats
+        self.recent_errors: deque[tuple[str, int, str, str]] = deque(maxlen=RECENT_ERRORS)
+
+    def error(self, request_id: str, status: int, where: str, reason: str) -> None:
+        self.recent_errors.append((request_id, status, where, reason))
 
     def open_websocket(self, key: Key) -> Callable[[], None]:
         """Count an open WebSocket; the returned callable counts it closed."""

@@ -23,6 +23,8 @@ def record(ex: Exchange) -> None:
         now = perf_counter()
         integ = (ex.t_head or now) - ex.t_integration if ex.t_integration else 0.0
         metrics.observe(key, ex.status_code, now - ex.t0, integ, ctx.cache_header)
+        if ex.error is not None:
+            metrics.error(ctx.request_id, ex.status_code, f"{key[0]}/{key[1]} {key[2]}", ex.error.reason)
         if route is not None and route.access_log and server.access_log is not None:
             line = access_context(
                 request_id=ctx.request_id,

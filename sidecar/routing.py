@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 from meshgate.sidecar import respond
 from meshgate.sidecar.canary import CanaryChooser
-from meshgate.sidecar.filters.policy import parse_networks
+from meshgate.sidecar.filters.policy import in_networks, parse_networks
 from meshgate.sidecar.integrations import (
     CompileError,
     Integration,
@@ -255,6 +255,11 @@ class RouteTable:
         self._stage_names = ", ".join(sorted({s.name for s in prefixes.values()})) or "none"
         self.cluster_nets: tuple[Any, ...] = ()  # where @connections calls may come from
         self.connection_ids = NO_IDS  # @connections: the shared id key and the owners control lists
+
+    def shows_reason(self, route: Route | None, source_ip: str) -> bool:
+        """Whether an error's reason (upstream address, failing step) may go to this caller: one inside
+        the cluster networks, or any caller of a stage with `errorDetail: true`."""
+        return (route is not None and route.error_detail) or in_networks(source_ip, self.cluster_nets)
 
     @property
     def stage_count(self) -> int:

@@ -1,9 +1,10 @@
 """Error detail across real processes, configured the user's way (`meshgate apply`): outsiders get
 API Gateway's message, a stage with `errorDetail: true` gives the reason to every caller, and the
-access log keeps it either way."""
+access log and /stats keep it either way."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import subprocess
@@ -37,7 +38,10 @@ spec: {{api: errs, errorDetail: true}}
 
 def cli(m: Mesh, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        meshgate("--control", f"127.0.0.1:{m.control_port}", *args), capture_output=True, text=True, timeout=30
+        meshgate("--control", f"127.0.0.1:{m.control_port}", *args),
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 
@@ -72,3 +76,11 @@ def test_error_detail_is_for_the_mesh_and_opted_in_stages(etcd: LocalEtcd, tmp_p
             logged = [json.loads(x) for x in lines]
             time.sleep(0.05)
         assert logged and f"127.0.0.1:{dead}" in str(logged[0]["error.reason"])
+
+        conn = http.client.HTTPConnection("127.0.0.1", sc.admin_port, timeout=5)
+        conn.request("GET", "/stats")
+        stats = conn.getresponse().read().decode()
+        (line,) = [x for x in stats.splitlines() if x.startswith(f"errors.recent.{body['requestId']}: ")]
+        assert line.split(": ", 1)[1].startswith("503 default/errs/prod /down ") and str(dead) in line
+        code, doc = http_get_json(sc.admin_port, "/stats?format=json")
+        assert code == 200 and any(e["requestId"] == detail["requestId"] for e in doc["recentErrors"])

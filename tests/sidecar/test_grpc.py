@@ -4,6 +4,7 @@ all four call types, metadata both ways, status and trailers, deadlines, cancell
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -205,3 +206,41 @@ def test_request_phase_reads_grpc_metadata(grpc_gateway: tuple[Upstream, grpc.Ch
     with pytest.raises(grpc.RpcError) as err:
         ch.unary_unary("/test.Echo/Unary")(b"k", metadata=(("x-api-key", "wrong"),), timeout=5)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_outsiders_get_the_table_message_not_the_reason(
+    grpc_gateway: tuple[Upstream, grpc.Channel, TableHolder],
+) -> None:
+    """A caller outside the cluster networks: refusals and the gateway's own upstream failures carry
+    the table's message; the upstream's own status message still passes through."""
+    up, ch, holder = grpc_gateway
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    routes = [
+        {
+            "method": "POST",
+            "path": "/test.Echo/{method}",
+            "apiKeyRequired": True,
+            "integration": {"type": "grpc", "uri": f"grpc://127.0.0.1:{up.port}"},
+        },
+        {
+            "method": "POST",
+            "path": "/down.Svc/{method}",
+            "integration": {"type": "grpc", "uri": f"grpc://127.0.0.1:{dead}", "timeoutMs": 1000},
+        },
+    ]
+    holder.table = compile_snapshot(snapshot(bundle(routes), cluster_cidrs=()), Runtime())
+    for method, code, message in (
+        ("/test.Echo/Unary", grpc.StatusCode.PERMISSION_DENIED, "Forbidden"),
+        ("/down.Svc/Call", grpc.StatusCode.UNAVAILABLE, "Service unavailable"),
+        ("/nowhere.Svc/Call", grpc.StatusCode.NOT_FOUND, "Not found"),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            ch.unary_unary(method)(b"x", timeout=5)
+        assert (err.value.code(), err.value.details()) == (code, message), method
+    routes[0].pop("apiKeyRequired")
+    holder.table = compile_snapshot(snapshot(bundle(routes), cluster_cidrs=()), Runtime())
+    with pytest.raises(grpc.RpcError) as err:
+        ch.unary_unary("/test.Echo/Unary")(b"fail", timeout=5)
+    assert err.value.details() == "no such pet"
