@@ -161,7 +161,7 @@ def routes(state: AdminState) -> dict[str, Callable[[dict[str, str]], Answer]]:
         lines = [f"{n}: {v}\n" for n, v in values]
         # the reason can quote client input: JSON-quoted, so it can never start a line of its own
         lines += [f"errors.recent.{r}: {s} {w} {json.dumps(why)}\n" for r, s, w, why in recent]
-        return 200, _TEXT, "".join(lines).encode()
+        return 200, _TEXT, "".join(sorted(lines)).encode()  # by name; request ids count up
 
     def metrics(query: dict[str, str]) -> Answer:
         text = state.metrics.render() if state.metrics is not None else ""
