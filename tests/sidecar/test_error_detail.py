@@ -105,7 +105,9 @@ def test_the_access_log_keeps_what_the_client_was_not_told(gateway: Gateway) -> 
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     (line,) = [x for x in lines if x["requestId"] == headers["x-meshgate-request-id"]]
     assert line["status"] == 503 and f"127.0.0.1:{port}" in line["error.reason"]
-    assert line["error.message"] == "Service unavailable" and line["error.responseType"] == "INTEGRATION_FAILURE"
+    assert (
+        line["error.message"] == "Service unavailable" and line["error.responseType"] == "INTEGRATION_FAILURE"
+    )
     assert call(gateway.port, "/prod/ok")[0] == 200
     ok = json.loads(out.getvalue().splitlines()[-1])
     assert "error.reason" not in ok
