@@ -24,6 +24,8 @@ import aetcd
 from aetcd.utils import prefix_range_end
 from meshgate.control import state as keys
 from meshgate.control.errors import Conflict, FailedPrecondition, InvalidConfig, NotFound
+from meshgate.control.keystore import ControlKeys
+from meshgate.control.keystore import generate as generate_keys
 from meshgate.control.state import KIND_WORDS, ResourceMsg, State, unwrap, wrap
 from meshgate.control.validation import check_private_targets, validate
 from meshgate.v1 import control_pb2, resources_pb2
@@ -67,9 +69,14 @@ class Store:
     """Resources under one etcd key prefix."""
 
     def __init__(
-        self, etcd_endpoint: str, prefix: str = "/meshgate/", cluster_cidrs: Sequence[str] = ()
+        self,
+        etcd_endpoint: str,
+        prefix: str = "/meshgate/",
+        cluster_cidrs: Sequence[str] = (),
+        keys: ControlKeys | None = None,
     ) -> None:
         self.endpoint = etcd_endpoint
+        self.keys = keys or generate_keys()  # control's own secrets (CA, API-key hash key): never in etcd
         self.cluster_cidrs = tuple(cluster_cidrs)
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         host, port = parse_endpoint(etcd_endpoint)

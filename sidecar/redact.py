@@ -30,6 +30,7 @@ SECRET_NAME = re.compile(r"key|secret|token|passw|credential|authorization|cooki
 SECRET_FIELDS: dict[tuple[str, str], str] = {
     ("meshgate.v1.ApiKeySpec", "value_sha256"): "value",
     ("meshgate.v1.Snapshot", "connection_id_key"): "value",
+    ("meshgate.v1.Snapshot", "api_key_hash_key"): "value",
     ("meshgate.v1.StageSpec", "variables"): "names",
     ("meshgate.v1.CanarySettings", "variables"): "names",
     ("meshgate.v1.Integration", "request_parameters"): "literal",

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Node(_message.Message):
-    __slots__ = ("id", "pod", "namespace", "labels", "version", "advertise")
+    __slots__ = ("id", "pod", "namespace", "labels", "version", "advertise", "identity")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -22,13 +22,15 @@ class Node(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ADVERTISE_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
     id: str
     pod: str
     namespace: str
     labels: _containers.ScalarMap[str, str]
     version: str
     advertise: str
-    def __init__(self, id: _Optional[str] = ..., pod: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., version: _Optional[str] = ..., advertise: _Optional[str] = ...) -> None: ...
+    identity: str
+    def __init__(self, id: _Optional[str] = ..., pod: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., version: _Optional[str] = ..., advertise: _Optional[str] = ..., identity: _Optional[str] = ...) -> None: ...
 
 class StageBundle(_message.Message):
     __slots__ = ("api", "stage", "deployment", "canary_deployment", "replicas")
@@ -61,7 +63,7 @@ class ConnectionPeers(_message.Message):
     def __init__(self, api: _Optional[str] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("version", "nonce", "source_time_unix_nano", "stages", "usage_plans", "api_keys", "control_id", "cluster_cidrs", "connection_id_key", "connection_peers", "node_id")
+    __slots__ = ("version", "nonce", "source_time_unix_nano", "stages", "usage_plans", "api_keys", "control_id", "cluster_cidrs", "connection_id_key", "connection_peers", "node_id", "api_key_hash_key")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_TIME_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +75,7 @@ class Snapshot(_message.Message):
     CONNECTION_ID_KEY_FIELD_NUMBER: _ClassVar[int]
     CONNECTION_PEERS_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_HASH_KEY_FIELD_NUMBER: _ClassVar[int]
     version: str
     nonce: str
     source_time_unix_nano: int
@@ -84,7 +87,8 @@ class Snapshot(_message.Message):
     connection_id_key: bytes
     connection_peers: _containers.RepeatedCompositeFieldContainer[ConnectionPeers]
     node_id: str
-    def __init__(self, version: _Optional[str] = ..., nonce: _Optional[str] = ..., source_time_unix_nano: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageBundle, _Mapping]]] = ..., usage_plans: _Optional[_Iterable[_Union[_resources_pb2.UsagePlan, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[_resources_pb2.ApiKey, _Mapping]]] = ..., control_id: _Optional[str] = ..., cluster_cidrs: _Optional[_Iterable[str]] = ..., connection_id_key: _Optional[bytes] = ..., connection_peers: _Optional[_Iterable[_Union[ConnectionPeers, _Mapping]]] = ..., node_id: _Optional[str] = ...) -> None: ...
+    api_key_hash_key: bytes
+    def __init__(self, version: _Optional[str] = ..., nonce: _Optional[str] = ..., source_time_unix_nano: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageBundle, _Mapping]]] = ..., usage_plans: _Optional[_Iterable[_Union[_resources_pb2.UsagePlan, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[_resources_pb2.ApiKey, _Mapping]]] = ..., control_id: _Optional[str] = ..., cluster_cidrs: _Optional[_Iterable[str]] = ..., connection_id_key: _Optional[bytes] = ..., connection_peers: _Optional[_Iterable[_Union[ConnectionPeers, _Mapping]]] = ..., node_id: _Optional[str] = ..., api_key_hash_key: _Optional[bytes] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("version", "nonce", "error")
@@ -271,6 +275,26 @@ class FlushStageCacheRequest(_message.Message):
     api: str
     stage: str
     def __init__(self, namespace: _Optional[str] = ..., api: _Optional[str] = ..., stage: _Optional[str] = ...) -> None: ...
+
+class CertificateRequest(_message.Message):
+    __slots__ = ("csr_pem", "node")
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    csr_pem: bytes
+    node: Node
+    def __init__(self, csr_pem: _Optional[bytes] = ..., node: _Optional[_Union[Node, _Mapping]] = ...) -> None: ...
+
+class CertificateResponse(_message.Message):
+    __slots__ = ("certificate_pem", "ca_pem", "not_after_unix", "identity")
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_UNIX_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: bytes
+    ca_pem: bytes
+    not_after_unix: int
+    identity: str
+    def __init__(self, certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., not_after_unix: _Optional[int] = ..., identity: _Optional[str] = ...) -> None: ...
 
 class ListSidecarsRequest(_message.Message):
     __slots__ = ()

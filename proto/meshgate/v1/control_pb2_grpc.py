@@ -89,6 +89,11 @@ class ControlServiceStub:
                 request_serializer=meshgate_dot_v1_dot_control__pb2.FlushStageCacheRequest.SerializeToString,
                 response_deserializer=meshgate_dot_v1_dot_control__pb2.CanaryResponse.FromString,
                 _registered_method=True)
+        self.IssueCertificate = channel.unary_unary(
+                '/meshgate.v1.ControlService/IssueCertificate',
+                request_serializer=meshgate_dot_v1_dot_control__pb2.CertificateRequest.SerializeToString,
+                response_deserializer=meshgate_dot_v1_dot_control__pb2.CertificateResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -162,6 +167,12 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssueCertificate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -219,6 +230,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.FlushStageCache,
                     request_deserializer=meshgate_dot_v1_dot_control__pb2.FlushStageCacheRequest.FromString,
                     response_serializer=meshgate_dot_v1_dot_control__pb2.CanaryResponse.SerializeToString,
+            ),
+            'IssueCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueCertificate,
+                    request_deserializer=meshgate_dot_v1_dot_control__pb2.CertificateRequest.FromString,
+                    response_serializer=meshgate_dot_v1_dot_control__pb2.CertificateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -518,6 +534,33 @@ class ControlService:
             '/meshgate.v1.ControlService/FlushStageCache',
             meshgate_dot_v1_dot_control__pb2.FlushStageCacheRequest.SerializeToString,
             meshgate_dot_v1_dot_control__pb2.CanaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshgate.v1.ControlService/IssueCertificate',
+            meshgate_dot_v1_dot_control__pb2.CertificateRequest.SerializeToString,
+            meshgate_dot_v1_dot_control__pb2.CertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,
