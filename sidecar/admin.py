@@ -1,6 +1,12 @@
 """The sidecar's admin port (asyncio + httptools, no framework: aiohttp stays unloaded): /ready once a snapshot is applied, /live, /config_dump (the
 applied snapshot with secrets redacted), /stats (Envoy-style `name: value` counters and gauges, or
-?format=json) and /metrics (Prometheus text)."""
+?format=json) and /metrics (Prometheus text).
+
+The same server, with a restricted route table, is the health port (only /ready and /live, for the
+kubelet's probes: Istio's 15021) and the read-only metrics port (only /metrics, for Prometheus:
+Istio's 15090); injected pods keep the full admin port on 127.0.0.1. A restricted port answers every
+other path 404, whatever the method, and its /ready says ready or not (and why not), nothing more.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +35,9 @@ if TYPE_CHECKING:
 
 Stat = tuple[str, int | float | str]
 Answer = tuple[int, tuple[tuple[bytes, bytes], ...], bytes]  # status, headers, body
+Handlers = dict[str, Callable[[dict[str, str]], Answer]]  # path -> handler(query)
+HEALTH_PATHS = frozenset({"/ready", "/live"})  # the health port (kubelet probes)
+METRICS_PATHS = frozenset({"/metrics"})  # the read-only metrics port (Prometheus scrapes)
 
 
 @dataclass
@@ -121,17 +130,24 @@ def _json(status: int, doc: object) -> Answer:
     return status, ((b"content-type", b"application/json; charset=utf-8"),), json.dumps(doc).encode()
 
 
-def routes(state: AdminState) -> dict[str, Callable[[dict[str, str]], Answer]]:
-    """Path -> handler(query) -> (status, content type, body)."""
+def routes(state: AdminState, detail: bool = True) -> Handlers:
+    """Path -> handler(query) -> (status, content type, body); without `detail`, /ready tells only
+    whether the sidecar is ready and why not (what a port outside the pod may say)."""
 
     def ready(query: dict[str, str]) -> Answer:
         c = state.client
         if state.http is not None and state.http.draining:  # SIGTERM: endpoints move away from this pod
+            if not detail:
+                return _json(503, {"ready": False, "reason": "draining"})
             return _json(503, {"ready": False, "reason": "draining", "draining": True, "node": state.node_id})
         if c.applied is None:
+            if not detail:
+                return _json(503, {"ready": False, "reason": "no configuration applied yet"})
             return _json(
                 503, {"ready": False, "reason": "no configuration applied yet", "lastError": c.last_error}
             )
+        if not detail:
+            return _json(200, {"ready": True})
         return _json(
             200,
             {
@@ -182,7 +198,7 @@ _TEXT = ((b"content-type", b"text/plain; charset=utf-8"),)
 class _AdminConn(asyncio.Protocol):
     """One admin connection: GET requests, keep-alive, answered in order (httptools, like the listener)."""
 
-    def __init__(self, handlers: dict[str, Callable[[dict[str, str]], Answer]]) -> None:
+    def __init__(self, handlers: Handlers) -> None:
         self.handlers = handlers
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -209,10 +225,10 @@ class _AdminConn(asyncio.Protocol):
         method = self.parser.get_method()
         path, _, query = self.url.decode("latin-1").partition("?")
         handler = self.handlers.get(path)
-        if method not in (b"GET", b"HEAD"):
-            answer: Answer = 405, _TEXT, b"method not allowed\n"
-        elif handler is None:
-            answer = 404, _TEXT, b"not found\n"
+        if handler is None:  # first: a restricted port tells nothing of the paths it does not serve
+            answer: Answer = 404, _TEXT, b"not found\n"
+        elif method not in (b"GET", b"HEAD"):
+            answer = 405, _TEXT, b"method not allowed\n"
         else:
             answer = handler(dict(parse_qsl(query)))
         self._send(*answer, close=not self.parser.should_keep_alive(), head=method == b"HEAD")
@@ -238,18 +254,28 @@ class _AdminConn(asyncio.Protocol):
 
 
 class AdminServer:
-    """The admin listener; `cleanup()` stops it."""
+    """An admin listener (the full admin port, the health port or the metrics port); `cleanup()` stops it."""
 
-    def __init__(self, server: asyncio.Server) -> None:
+    def __init__(self, server: asyncio.Server, paths: frozenset[str]) -> None:
         self.server = server
+        self.paths = paths  # what it answers; every other path is a 404
 
     async def cleanup(self) -> None:
         self.server.close()
         await self.server.wait_closed()
 
 
-async def start_admin(state: AdminState, host: str, port: int) -> AdminServer:
-    handlers = routes(state)
+async def start_admin(
+    state: AdminState, host: str, port: int, only: frozenset[str] | None = None
+) -> AdminServer:
+    """The full admin port; with `only` (HEALTH_PATHS, METRICS_PATHS) a restricted one serving just
+    those paths, with no detail in /ready."""
+    handlers = routes(state, detail=only is None)
+    if only is not None:
+        unknown = only - handlers.keys()
+        if unknown:
+            raise ValueError(f"no such admin path: {', '.join(sorted(unknown))}")
+        handlers = {path: handler for path, handler in handlers.items() if path in only}
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _AdminConn(handlers), host, port, reuse_address=True)
-    return AdminServer(server)
+    return AdminServer(server, frozenset(handlers))

@@ -1,4 +1,4 @@
-"""`meshgate sidecar`: wires the admin port, the persisted snapshot, the HTTP and gRPC listeners,
+"""`meshgate sidecar`: wires the admin port (and the health and metrics ports), the persisted snapshot, the HTTP and gRPC listeners,
 telemetry (OTLP traces and metrics) and the config client."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from google.protobuf import json_format
 from meshgate.sidecar.accesslog import AccessLog
-from meshgate.sidecar.admin import AdminServer, AdminState, start_admin
+from meshgate.sidecar.admin import HEALTH_PATHS, METRICS_PATHS, AdminServer, AdminState, start_admin
 from meshgate.sidecar.cache import load_key
 from meshgate.sidecar.config_client import ConfigClient
 from meshgate.sidecar.drain import Drain
@@ -66,7 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen", type=_address, default="0.0.0.0:15001", help="HTTP listener (default %(default)s)"
     )
     p.add_argument(
-        "--admin", type=_address, default="127.0.0.1:15000", help="admin port (default %(default)s)"
+        "--admin",
+        type=_address,
+        default="127.0.0.1:15000",
+        help="admin port: /config_dump, /stats, /metrics, /ready, /live; keep it on loopback "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--health-listen",
+        type=_address,
+        help="health port HOST:PORT serving only /ready and /live, for kubelet probes (default: off)",
+    )
+    p.add_argument(
+        "--metrics-listen",
+        type=_address,
+        help="read-only metrics port HOST:PORT serving only /metrics, for Prometheus (default: off)",
     )
     default_id = env.get("MESHGATE_NODE_ID") or env.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
     p.add_argument("--node-id", default=default_id)
@@ -189,7 +203,8 @@ class _Sidecar:
         self.admin = AdminState(
             self.client, self.holder, args.node_id, self.metrics, self.http, self.pool, runtime
         )
-        self.admin_server: AdminServer | None = None
+        self.admin_servers: list[AdminServer] = []  # admin, then health and metrics when asked for
+        self.admin_addresses: list[str] = []  # "admin 127.0.0.1:15000", ... for the startup line
         self.grpc_server: grpc.aio.Server | None = None
         self.exporter: OtlpMetricsExporter | None = None
         self.task: asyncio.Task[None] | None = None
@@ -202,11 +217,7 @@ class _Sidecar:
     async def start(self) -> bool:
         args = self.args
         listen_host, listen_port = args.listen if isinstance(args.listen, tuple) else _address(args.listen)
-        admin_host, admin_port = args.admin if isinstance(args.admin, tuple) else _address(args.admin)
-        try:
-            self.admin_server = await start_admin(self.admin, admin_host, admin_port)
-        except OSError as exc:
-            print(f"error: cannot listen on admin {admin_host}:{admin_port}: {exc.strerror}", file=sys.stderr)
+        if not await self._start_admin_ports():
             return False
         if not _load_initial(self.client, args):
             return False
@@ -234,10 +245,33 @@ class _Sidecar:
         source = f"snapshot file {args.snapshot_file}" if args.snapshot_file else f"control {args.control}"
         print(
             f"meshgate sidecar {args.node_id} listening on {listen_host}:{listen_port} "
-            f"(admin {admin_host}:{admin_port}, {source})",
+            f"({', '.join(self.admin_addresses)}, {source})",
             flush=True,
         )
         return True
+
+    async def _start_admin_ports(self) -> bool:
+        """The admin port, then the health and metrics ports (the same server, fewer paths) if asked for."""
+        args = self.args
+        for name, address, only in (
+            ("admin", args.admin, None),
+            ("health", args.health_listen, HEALTH_PATHS),
+            ("metrics", args.metrics_listen, METRICS_PATHS),
+        ):
+            if address is None:
+                continue
+            host, port = address if isinstance(address, tuple) else _address(address)
+            try:
+                self.admin_servers.append(await start_admin(self.admin, host, port, only))
+            except OSError as exc:
+                print(f"error: cannot listen on {name} {host}:{port}: {exc.strerror}", file=sys.stderr)
+                return False
+            self.admin_addresses.append(f"{name} {host}:{port}")
+        return True
+
+    async def stop_admin_ports(self) -> None:
+        while self.admin_servers:
+            await self.admin_servers.pop().cleanup()
 
     async def _start_grpc(self) -> bool:
         from meshgate.sidecar.grpc_proxy import serve_grpc
@@ -276,8 +310,7 @@ class _Sidecar:
             self.http.telemetry.shutdown()
         if self.exporter is not None:
             await self.exporter.stop()  # one last export: what happened while draining counts too
-        if self.admin_server is not None:
-            await self.admin_server.cleanup()
+        await self.stop_admin_ports()  # last: /ready says "draining" until the end
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -298,8 +331,7 @@ async def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):  # before "listening" is printed: a SIGTERM then drains
         loop.add_signal_handler(sig, on_signal)
     if not await sidecar.start():
-        if sidecar.admin_server is not None:
-            await sidecar.admin_server.cleanup()
+        await sidecar.stop_admin_ports()
         return 1
     # Everything allocated so far lives as long as the process: keep the GC from re-scanning it
     # on every collection of the per-request garbage.

@@ -166,6 +166,110 @@ def test_prometheus_metrics_on_the_admin_port(tmp_path: Path) -> None:
         proc.wait(10)
 
 
+def request(port: int, method: str, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request(method, path)
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+def test_health_and_metrics_ports_serve_only_their_paths(tmp_path: Path) -> None:
+    """Istio's split: the full admin port on loopback, probes on a health port (15021) that answers only
+    /ready and /live, Prometheus on a read-only metrics port (15090) that answers only /metrics."""
+    snap = snapshot(bundle([mock_route("GET", "/hello", '"hi"')]), version="ports-v1")
+    health, metrics = free_port(), free_port()
+    proc, port, admin = serve_file(
+        tmp_path, snap, "--health-listen", f"127.0.0.1:{health}", "--metrics-listen", f"127.0.0.1:{metrics}"
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert f"health 127.0.0.1:{health}" in line and f"metrics 127.0.0.1:{metrics}" in line, line
+        assert get(port, "/prod/hello") == (200, b'"hi"')
+        # the health port: ready and live, and it says no more than that
+        status, body = get(health, "/ready")
+        assert status == 200 and json.loads(body) == {"ready": True}
+        assert get(health, "/live") == (200, b'{"live": true}')
+        assert request(health, "HEAD", "/ready")[0] == 200
+        # the admin port still has the detail
+        assert json.loads(get(admin, "/ready")[1])["version"] == "ports-v1"
+        assert request(admin, "POST", "/stats")[0] == 405 and request(admin, "POST", "/x")[0] == 404
+        closed = (404, b"not found\n")
+        for path in ("/config_dump", "/stats", "/stats?format=json", "/metrics", "/", "/ready/", "/x"):
+            assert get(health, path) == closed, path
+        for method in ("POST", "DELETE"):  # any other path is a 404, whatever the method
+            assert request(health, method, "/config_dump") == closed
+        # the metrics port: Prometheus text, nothing else
+        status, body = get(metrics, "/metrics")
+        assert status == 200
+        assert 'meshgate_requests_total{api="default/pets",stage="prod",route="/hello"} 1' in body.decode()
+        for path in ("/config_dump", "/stats", "/ready", "/live", "/"):
+            assert get(metrics, path) == closed, path
+        assert b"ports-v1" not in get(metrics, "/config_dump")[1]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_health_port_is_not_ready_while_draining(tmp_path: Path) -> None:
+    health = free_port()
+    proc, _, _ = serve_file(
+        tmp_path,
+        snapshot(bundle([mock_route("GET", "/x", '"x"')])),
+        "--health-listen",
+        f"127.0.0.1:{health}",
+        "--drain-seconds",
+        "5",
+    )
+    try:
+        assert proc.stdout is not None and "listening" in proc.stdout.readline()
+        assert get(health, "/ready")[0] == 200
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # the kubelet's readiness probe moves endpoints away
+            status, body = get(health, "/ready")
+            if status == 503:
+                break
+            time.sleep(0.05)
+        assert status == 503 and json.loads(body) == {"ready": False, "reason": "draining"}
+        assert get(health, "/live")[0] == 200  # alive while draining: no restart
+        proc.send_signal(signal.SIGTERM)  # a second signal cuts the drain short
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_busy_health_or_metrics_port_is_one_line_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        for flag in ("--health-listen", "--metrics-listen"):
+            proc = subprocess.run(
+                sidecar(
+                    "--listen",
+                    f"127.0.0.1:{free_port()}",
+                    "--admin",
+                    f"127.0.0.1:{free_port()}",
+                    flag,
+                    f"127.0.0.1:{busy}",
+                ),
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            err = proc.stderr.strip()
+            assert (
+                proc.returncode == 1
+                and err.startswith("error: cannot listen on")
+                and len(err.splitlines()) == 1
+            )
+            assert f"127.0.0.1:{busy}" in err
+
+
 def test_access_log_lines_per_stage(tmp_path: Path) -> None:
     from meshgate.sidecar.accesslog import access_line
 
