@@ -2,6 +2,10 @@
 webhook to come): the sidecar as a native sidecar (an init container with restartPolicy Always,
 started and ready before the app, not blocking Jobs), or a plain first container held until ready.
 
+Ports, as Istio lays them out: the full admin port (/config_dump, /stats) binds 127.0.0.1, reachable
+only from inside the pod; the kubelet probes a health port that serves only /ready and /live, and
+Prometheus scrapes a read-only metrics port that serves only /metrics.
+
 Stop order: a native sidecar gets SIGTERM only once the app containers have exited, then drains for
 `--drain-seconds`; in legacy mode every container gets SIGTERM at once, so a preStop sleep keeps the
 sidecar serving the app's last requests first. Either way terminationGracePeriodSeconds leaves room.
@@ -21,8 +25,10 @@ INIT_NAME = "meshgate-init"
 STATE_VOLUME = "meshgate-state"
 PROXY_UID = 1337
 PROXY_PORT = 15001
-ADMIN_PORT = 15000
+ADMIN_PORT = 15000  # on 127.0.0.1: inside the pod only
 GRPC_PORT = 15002
+HEALTH_PORT = 15021  # /ready and /live only: the kubelet's probes (Istio's 15021)
+METRICS_PORT = 15090  # /metrics only: the Prometheus scrape (Istio's 15090)
 POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 DEFAULT_GRACE_S = 30  # Kubernetes' terminationGracePeriodSeconds when a pod spec sets none
 STOP_MARGIN_S = 5  # on top of the sidecar's drain: the last export, closing, scheduling slack
@@ -89,7 +95,11 @@ def sidecar_container(cfg: InjectConfig, labels: dict[str, str]) -> dict[str, An
         "--listen",
         f"0.0.0.0:{PROXY_PORT}",
         "--admin",
-        f"0.0.0.0:{ADMIN_PORT}",
+        f"127.0.0.1:{ADMIN_PORT}",
+        "--health-listen",
+        f"0.0.0.0:{HEALTH_PORT}",
+        "--metrics-listen",
+        f"0.0.0.0:{METRICS_PORT}",
         "--grpc-listen",
         f"0.0.0.0:{GRPC_PORT}",
         "--state-dir",
@@ -117,7 +127,7 @@ def sidecar_container(cfg: InjectConfig, labels: dict[str, str]) -> dict[str, An
                 "value": "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)",
             }
         )
-    probe = {"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 1, "failureThreshold": 600}
+    probe = {"httpGet": {"path": "/ready", "port": HEALTH_PORT}, "periodSeconds": 1, "failureThreshold": 600}
     return {
         "name": SIDECAR_NAME,
         "image": cfg.image,
@@ -126,13 +136,14 @@ def sidecar_container(cfg: InjectConfig, labels: dict[str, str]) -> dict[str, An
         "env": env,
         "ports": [
             {"name": "mg-http", "containerPort": PROXY_PORT},
-            {"name": "mg-admin", "containerPort": ADMIN_PORT},
             {"name": "mg-grpc", "containerPort": GRPC_PORT},
+            {"name": "mg-health", "containerPort": HEALTH_PORT},
+            {"name": "mg-metrics", "containerPort": METRICS_PORT},
         ],
         # the app starts only after the first snapshot is applied: the startup probe gates it
         "startupProbe": probe,
-        "readinessProbe": {"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 5},
-        "livenessProbe": {"httpGet": {"path": "/live", "port": ADMIN_PORT}, "periodSeconds": 10},
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": HEALTH_PORT}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/live", "port": HEALTH_PORT}, "periodSeconds": 10},
         "resources": {
             "requests": {"cpu": cfg.cpu, "memory": cfg.memory},
             "limits": {"memory": "512Mi"},
@@ -208,7 +219,7 @@ def inject_object(
         # preStop sleep delays the sidecar's SIGTERM so the app's last requests still pass through.
         sidecar.pop("startupProbe")
         sidecar["lifecycle"] = {
-            "postStart": {
+            "postStart": {  # run inside the pod, where the admin port is
                 "exec": {"command": ["meshgate", "wait-ready", "--admin", f"127.0.0.1:{ADMIN_PORT}"]}
             },
             "preStop": {"exec": {"command": ["sleep", str(cfg.pre_stop_s)]}},
@@ -223,6 +234,6 @@ def inject_object(
     vols.append({"name": STATE_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}})
     annotations[STATUS_ANNOTATION] = "true"
     annotations.setdefault("prometheus.io/scrape", "true")
-    annotations.setdefault("prometheus.io/port", str(ADMIN_PORT))
+    annotations.setdefault("prometheus.io/port", str(METRICS_PORT))
     annotations.setdefault("prometheus.io/path", "/metrics")
     return out, "injected"

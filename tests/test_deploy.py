@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,11 +21,13 @@ import kubernetes_validate
 import pytest
 import yaml
 from meshgate.control.crds import render
+from meshgate.control.inject import SIDECAR_NAME, inject_object
 from meshgate.control.resources import parse_document
 from meshgate.control.server import build_parser
 from meshgate.control.validation import validate
 from meshgate.control.webhook import WebhookOptions, parse_args
 from meshgate.control.webhook_tls import service_hosts
+from meshgate.sidecar.main import build_parser as sidecar_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -250,6 +253,34 @@ def test_the_cert_manager_overlay_serves_cert_managers_secret() -> None:
         hook.pod["automountServiceAccountToken"] is False
         and hook.account["automountServiceAccountToken"] is False
     )
+
+
+@needs_kubectl
+def test_the_example_app_injected_by_the_deployed_webhook_keeps_its_admin_port_in_the_pod() -> None:
+    """The example app as the base's webhook would inject it: a valid pod whose admin port binds
+    loopback, whose probes and Prometheus annotations name ports the sidecar really opens, and nothing
+    in the base reaches for the admin port from outside the pod."""
+    objects = rendered(K8S)
+    hook = Webhook(objects)
+    app = one(objects, "Deployment", "pets")
+    injected, what = inject_object(app, hook.options.inject, namespace_enabled=True)
+    assert what == "injected"
+    kubernetes_validate.validate(injected, KUBERNETES_VERSION, strict=True)
+    pod = injected["spec"]["template"]
+    sidecar = next(c for c in pod["spec"]["initContainers"] if c["name"] == SIDECAR_NAME)
+    args = sidecar_parser().parse_args(sidecar["args"][1:])  # exits on an unknown or bad flag
+    assert args.admin[0] == "127.0.0.1"
+    health, metrics = args.health_listen, args.metrics_listen
+    assert health[0] == metrics[0] == "0.0.0.0" and len({args.admin[1], health[1], metrics[1]}) == 3
+    declared = {p["containerPort"] for p in sidecar["ports"]}
+    assert {health[1], metrics[1]} <= declared and args.admin[1] not in declared
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert sidecar[probe]["httpGet"]["port"] == health[1], probe
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(metrics[1])
+    assert annotations["prometheus.io/path"] == "/metrics"
+    # no Service, probe, policy or scrape config in the base points at the admin port
+    assert not re.search(rf"\b{args.admin[1]}\b", _render(K8S))
 
 
 def test_a_broken_object_is_caught() -> None:

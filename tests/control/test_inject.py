@@ -52,8 +52,8 @@ def test_native_sidecar_injection() -> None:
     assert sidecar["restartPolicy"] == "Always"  # native sidecar: starts first, does not block Jobs
     assert sidecar["startupProbe"]["httpGet"] == {
         "path": "/ready",
-        "port": 15000,
-    }  # app waits for the snapshot
+        "port": 15021,
+    }  # app waits for the snapshot (asked on the health port)
     assert {"name": "MESHGATE_CONTROL", "value": "ctl:7070"} in sidecar["env"]
     assert any(
         e["name"] == "POD_NAME" and e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
@@ -177,3 +177,41 @@ def test_the_pod_stops_in_an_order_that_lets_the_sidecar_drain() -> None:
 
     with pytest.raises(ValueError):
         InjectConfig(drain_seconds=-1)
+
+
+def test_admin_on_loopback_probes_on_the_health_port_scrapes_on_the_metrics_port() -> None:
+    """Istio's split: the full admin port (/config_dump, /stats) is reachable only inside the pod; the
+    kubelet probes a health port (15021) and Prometheus scrapes a metrics port (15090)."""
+    for cfg in (InjectConfig(), InjectConfig(legacy=True)):
+        pod = inject_object(next(yaml.safe_load_all(DEPLOYMENT)), cfg)[0]["spec"]["template"]
+        spec = pod["spec"]
+        sidecar = next(
+            c for c in [*spec["initContainers"], *spec["containers"]] if c["name"] == "meshgate-sidecar"
+        )
+        args = build_parser().parse_args(sidecar["args"][1:])  # what the sidecar itself will read
+        assert args.admin == ("127.0.0.1", 15000)
+        assert args.health_listen == ("0.0.0.0", 15021) and args.metrics_listen == ("0.0.0.0", 15090)
+        probes = {
+            k: sidecar[k]["httpGet"]
+            for k in ("startupProbe", "readinessProbe", "livenessProbe")
+            if k in sidecar
+        }
+        assert set(probes) == ({"readinessProbe", "livenessProbe"} if cfg.legacy else set(SIDECAR_PROBES))
+        assert {(k, p["path"], p["port"]) for k, p in probes.items()} <= {
+            (k, path, 15021) for k, path in SIDECAR_PROBES.items()
+        }
+        ports = {p["containerPort"]: p["name"] for p in sidecar["ports"]}
+        assert ports == {15001: "mg-http", 15002: "mg-grpc", 15021: "mg-health", 15090: "mg-metrics"}
+        annotations = pod["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == ("15090", "/metrics")
+        if cfg.legacy:  # the start hold asks inside the pod, where the admin port is
+            hold = sidecar["lifecycle"]["postStart"]["exec"]["command"]
+            assert hold[hold.index("--admin") + 1] == "127.0.0.1:15000"
+    # a sidecar started by hand keeps its admin port on loopback, and opens no other port unasked
+    defaults = build_parser().parse_args([])
+    assert defaults.admin == ("127.0.0.1", 15000)
+    assert defaults.health_listen is None and defaults.metrics_listen is None
+
+
+SIDECAR_PROBES = {"startupProbe": "/ready", "readinessProbe": "/ready", "livenessProbe": "/live"}
