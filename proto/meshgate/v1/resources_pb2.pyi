@@ -391,7 +391,7 @@ class StageCache(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., capacity_bytes: _Optional[int] = ..., ttl_seconds: _Optional[int] = ..., encrypted: _Optional[bool] = ..., invalidation: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., flush_epoch: _Optional[int] = ...) -> None: ...
 
 class StageSpec(_message.Message):
-    __slots__ = ("api", "deployment", "variables", "hosts", "canary", "throttling", "cache", "access_log_format", "tracing_sample_ratio", "description", "error_detail")
+    __slots__ = ("api", "deployment", "variables", "hosts", "canary", "throttling", "cache", "access_log_format", "tracing_sample_ratio", "description", "error_detail", "secret_variables")
     class VariablesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -410,6 +410,7 @@ class StageSpec(_message.Message):
     TRACING_SAMPLE_RATIO_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     ERROR_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    SECRET_VARIABLES_FIELD_NUMBER: _ClassVar[int]
     api: str
     deployment: int
     variables: _containers.ScalarMap[str, str]
@@ -421,7 +422,8 @@ class StageSpec(_message.Message):
     tracing_sample_ratio: float
     description: str
     error_detail: bool
-    def __init__(self, api: _Optional[str] = ..., deployment: _Optional[int] = ..., variables: _Optional[_Mapping[str, str]] = ..., hosts: _Optional[_Iterable[str]] = ..., canary: _Optional[_Union[CanarySettings, _Mapping]] = ..., throttling: _Optional[_Union[StageThrottle, _Mapping]] = ..., cache: _Optional[_Union[StageCache, _Mapping]] = ..., access_log_format: _Optional[str] = ..., tracing_sample_ratio: _Optional[float] = ..., description: _Optional[str] = ..., error_detail: _Optional[bool] = ...) -> None: ...
+    secret_variables: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, api: _Optional[str] = ..., deployment: _Optional[int] = ..., variables: _Optional[_Mapping[str, str]] = ..., hosts: _Optional[_Iterable[str]] = ..., canary: _Optional[_Union[CanarySettings, _Mapping]] = ..., throttling: _Optional[_Union[StageThrottle, _Mapping]] = ..., cache: _Optional[_Union[StageCache, _Mapping]] = ..., access_log_format: _Optional[str] = ..., tracing_sample_ratio: _Optional[float] = ..., description: _Optional[str] = ..., error_detail: _Optional[bool] = ..., secret_variables: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Stage(_message.Message):
     __slots__ = ("api_version", "kind", "metadata", "spec")
@@ -466,14 +468,16 @@ class UsagePlan(_message.Message):
     def __init__(self, api_version: _Optional[str] = ..., kind: _Optional[str] = ..., metadata: _Optional[_Union[ObjectMeta, _Mapping]] = ..., spec: _Optional[_Union[UsagePlanSpec, _Mapping]] = ...) -> None: ...
 
 class ApiKeySpec(_message.Message):
-    __slots__ = ("usage_plan", "value_sha256", "enabled")
+    __slots__ = ("usage_plan", "value_sha256", "enabled", "value_hmac")
     USAGE_PLAN_FIELD_NUMBER: _ClassVar[int]
     VALUE_SHA256_FIELD_NUMBER: _ClassVar[int]
     ENABLED_FIELD_NUMBER: _ClassVar[int]
+    VALUE_HMAC_FIELD_NUMBER: _ClassVar[int]
     usage_plan: str
     value_sha256: str
     enabled: bool
-    def __init__(self, usage_plan: _Optional[str] = ..., value_sha256: _Optional[str] = ..., enabled: _Optional[bool] = ...) -> None: ...
+    value_hmac: str
+    def __init__(self, usage_plan: _Optional[str] = ..., value_sha256: _Optional[str] = ..., enabled: _Optional[bool] = ..., value_hmac: _Optional[str] = ...) -> None: ...
 
 class ApiKey(_message.Message):
     __slots__ = ("api_version", "kind", "metadata", "spec")
