@@ -11,6 +11,12 @@ event is in `state`:
 - `Reloaded` after a reload: `state` was replaced by a fresh range read, and
   anything may have changed since the last event (deletes included).
 
+A value that cannot be used (`State.poisoned`: it does not decode, names
+another key, or fails validation when `state.VALIDATE_STORED`) is skipped and marks only its own key: one
+warning per poisoned put, the `meshgate_control_poisoned_objects` gauge and
+`meshgate_control_poisoned_total` counter (`metrics`), and `Change.poisoned`
+for subscribers; the object's last good version stays (across reloads too).
+
 A watch that fails (etcd restarted, its revision compacted, the stream
 ended) is not resumed: the mirror waits (backoff 0.1 s doubling to 5 s, reset
 by a watch that lasted), reads the whole prefix again and watches from there.
@@ -26,10 +32,20 @@ from dataclasses import dataclass
 from meshgate.control.state import State
 from meshgate.control.store import Compacted, Store
 from meshgate.control.tasks import cancel_and_wait
+from meshgate.sidecar.metrics import Family, Labels, Value, prometheus_text
 
 log = logging.getLogger("meshgate.control.mirror")
 
 LASTED_S = 1.0  # a watch that ran this long (or delivered an event) resets the backoff
+
+POISONED = Family(
+    "meshgate_control_poisoned_objects",
+    "Keys under the prefix whose stored value cannot be used (skipped; the last good version kept)",
+    "gauge",
+)
+POISONED_SEEN = Family(
+    "meshgate_control_poisoned", "Unusable values read from etcd (each poisoned put, each load)", "counter"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +57,7 @@ class Change:
     deleted: bool
     revision: int  # the etcd revision of the change
     changed: bool  # it changed a resource or the set of sidecars (not only a status or a sequence key)
+    poisoned: str = ""  # why the value cannot be used ("" = usable): skipped, the last good version kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +94,7 @@ class EtcdMirror:
         self.revision = 0  # the newest etcd revision seen (the load's, or the last event's)
         self.watches = 0  # watches opened, reloads done (stats, tests)
         self.reloads = 0
+        self.poisoned_total = 0  # unusable values read (each poisoned put, each poisoned key of a load)
         self._subscriptions: list[Subscription] = []
         self._task: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
@@ -110,8 +128,20 @@ class EtcdMirror:
 
     async def _load(self) -> None:
         state = await self.store.load_state()
+        state.keep_last_good(self.state)
+        for key, why in sorted(state.poisoned.items()):
+            self.poisoned_total += 1
+            kept = "keeping its last good version" if state.resource(key) is not None else "absent"
+            log.warning("etcd key %s is poisoned: %s; skipped (%s)", key, why, kept)
         self.state = state
         self.revision = state.revision
+
+    def metrics(self) -> list[tuple[Family, list[tuple[Labels, Value]]]]:
+        """The poison gauge and counter (with the config stream's, on --metrics-listen and OTLP)."""
+        return [(POISONED, [((), len(self.state.poisoned))]), (POISONED_SEEN, [((), self.poisoned_total)])]
+
+    def metrics_text(self) -> str:
+        return prometheus_text(self.metrics())
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -153,11 +183,19 @@ class EtcdMirror:
             return backoff
 
     def _apply(self, key: str, value: bytes, deleted: bool, revision: int) -> None:
+        was = key in self.state.poisoned
         changed = self.state.delete(key) if deleted else self.state.put(key, value)
         if changed:
             self.state.revision = max(self.state.revision, revision)
         self.revision = max(self.revision, revision)
-        self._notify(Change(key, value, deleted, revision, changed))
+        why = self.state.poisoned.get(key, "")
+        if why:
+            self.poisoned_total += 1
+            kept = "keeping its last good version" if self.state.resource(key) is not None else "absent"
+            log.warning("etcd key %s is poisoned at revision %d: %s; skipped (%s)", key, revision, why, kept)
+        elif was:
+            log.info("etcd key %s is no longer poisoned (%s)", key, "deleted" if deleted else "rewritten")
+        self._notify(Change(key, value, deleted, revision, changed, why))
 
     def _notify(self, event: MirrorEvent) -> None:
         for sub in list(self._subscriptions):

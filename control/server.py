@@ -22,6 +22,7 @@ from meshgate.control.mirror import EtcdMirror
 from meshgate.control.service import ControlServicer
 from meshgate.control.store import Store
 from meshgate.control.stream import ConfigStreamer
+from meshgate.sidecar.metrics import Family, Labels, Value, prometheus_text
 from meshgate.v1 import control_pb2_grpc
 
 log = logging.getLogger("meshgate.control")
@@ -39,6 +40,10 @@ class ControlServer:
     control_id: str
     mirror: EtcdMirror
     controller: Controller | None = None
+
+    def metrics(self) -> list[tuple[Family, list[tuple[Labels, Value]]]]:
+        """Everything this replica reports: the config stream's families and the mirror's poison ones."""
+        return [*self.streamer.metrics(), *self.mirror.metrics()]
 
     async def stop(self, grace: float = 1.0) -> None:
         if self.controller is not None:
@@ -141,7 +146,7 @@ async def _serve(args: argparse.Namespace, etcd_endpoint: str) -> int:
         from aiohttp import web
 
         async def metrics(request: web.Request) -> web.Response:
-            return web.Response(text=ctl.streamer.metrics_text(), content_type="text/plain")
+            return web.Response(text=prometheus_text(ctl.metrics()), content_type="text/plain")
 
         app = web.Application()
         app.router.add_get("/metrics", metrics)
@@ -157,7 +162,7 @@ async def _serve(args: argparse.Namespace, etcd_endpoint: str) -> int:
             args.otlp_endpoint,
             "meshgate-control",
             ctl.control_id,
-            ctl.streamer.metrics,
+            ctl.metrics,
             args.otlp_metrics_interval,
         )
         exporter.start()

@@ -4,7 +4,9 @@ One place says which key holds which resource and how values are encoded
 (binary protobuf of the resource message): every key and key range is built
 and parsed by the functions here, nowhere else. The store writes with them and
 the etcd mirror (`control/mirror.py`) keeps a `State` from a range read plus
-watch events.
+watch events. A value that does not decode, names another key or (when
+VALIDATE_STORED) fails the apply-time validators is poison: `State` skips it, keeps the last good version
+of that object if it had one, and lists the key in `poisoned`.
 
     {prefix}apis/{ns}/{name}                  Api
     {prefix}stages/{ns}/{api}/{stage}         Stage
@@ -21,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from google.protobuf.message import DecodeError
 from meshgate.v1 import control_pb2, resources_pb2
 
 ResourceMsg = (
@@ -209,16 +212,66 @@ def unwrap(res: resources_pb2.Resource) -> ResourceMsg:
 
 
 def decode(prefix: str, key: str, value: bytes) -> ResourceMsg | None:
-    """Decode a stored value by its key; None for keys that hold no resource."""
+    """Decode a stored value by its key; None for keys that hold no resource and for values that do
+    not decode (poison: the etcd mirror marks those, see `check_stored`)."""
     if not key.startswith(prefix):
         return None
     segment = key[len(prefix) :].split("/", 1)[0]
     kind = SEGMENT_TO_KIND.get(segment)
     if kind is None:
         return None
-    cls = KINDS[kind][1]
-    msg = cls()
-    msg.ParseFromString(value)
+    msg = KINDS[kind][1]()
+    try:
+        msg.ParseFromString(value)
+    except DecodeError:
+        return None
+    return msg
+
+
+# Also poison values the apply-time validators refuse (control/validation.py). Off while apply still
+# refuses an integration the sidecar serves (websocket_api: such Apis are written to etcd directly,
+# tests/control/test_connection_ids.py, tests/sidecar/test_wsapi_control.py); on, they would vanish.
+VALIDATE_STORED = False
+
+
+class Poison(ValueError):
+    """A stored value that cannot be used: it does not decode, names another key, or fails validation."""
+
+
+def check_stored(prefix: str, key: str, value: bytes) -> ResourceMsg | None:
+    """The resource a stored value holds (None for keys that hold none): it must decode and belong at
+    its key, and (VALIDATE_STORED) pass the checks apply makes; raises `Poison` saying why not.
+    Per change, never per request."""
+    kind = SEGMENT_TO_KIND.get(key[len(prefix) :].split("/", 1)[0]) if key.startswith(prefix) else None
+    if kind is None:
+        return None
+    msg = KINDS[kind][1]()
+    try:
+        msg.ParseFromString(value)
+    except DecodeError as exc:
+        raise Poison(f"does not decode as a {kind} ({exc})") from None
+    try:
+        named = key_for(prefix, wrap(msg))
+    except ValueError as exc:
+        raise Poison(f"holds no usable {kind} ({exc})") from None
+    if named != key:
+        raise Poison(f"holds a {kind} that belongs at {named}")
+    if not VALIDATE_STORED:
+        return msg
+    from meshgate.control.validation import validate, validate_api  # imports this module
+
+    try:
+        if isinstance(msg, resources_pb2.Deployment):
+            validate_api(
+                resources_pb2.Api(
+                    metadata=resources_pb2.ObjectMeta(name=msg.spec.api, namespace=msg.metadata.namespace),
+                    spec=msg.spec.api_spec,
+                )
+            )
+        else:
+            validate(wrap(msg))
+    except Exception as exc:  # InvalidConfig, or a validator that trips over what no apply would write
+        raise Poison(f"fails validation: {exc}") from None
     return msg
 
 
@@ -241,10 +294,22 @@ class State:
     connection_id_key: bytes = b""
     # the etcd revision of the last change to the resources or the set of sidecars (or of the load)
     revision: int = 0
+    # keys whose stored value cannot be used -> why: skipped, their last good version (if any) kept
+    poisoned: dict[str, str] = field(default_factory=dict)
 
     def put(self, key: str, value: bytes) -> bool:
         """Apply a put event; returns True when it changed a resource, the set of sidecars (or what a
-        snapshot says of one) or the connection id key."""
+        snapshot says of one) or the connection id key. A value that cannot be used changes nothing:
+        its key goes into `poisoned` (a later usable put or a delete takes it out)."""
+        try:
+            changed = self._put(key, value)
+        except Exception as exc:  # Poison, or anything else a bad value trips: never the whole watch
+            self.poisoned[key] = str(exc) if isinstance(exc, Poison) else f"{type(exc).__name__}: {exc}"
+            return False
+        self.poisoned.pop(key, None)
+        return changed
+
+    def _put(self, key: str, value: bytes) -> bool:
         parts = parse_key(self.prefix, key)
         if parts is None or parts.kind == SEQ:
             return False
@@ -256,8 +321,8 @@ class State:
         if parts.kind == SIDECAR:
             try:
                 status = control_pb2.SidecarStatus.FromString(value)
-            except Exception:
-                return False
+            except DecodeError as exc:
+                raise Poison(f"does not decode as a SidecarStatus ({exc})") from None
             self.statuses[parts.name] = status
             node, old = status.node, self.sidecars.get(parts.name)
             if (
@@ -269,14 +334,22 @@ class State:
                 return False
             self.sidecars[parts.name] = node
             return True
-        msg = decode(self.prefix, key, value)
+        msg = check_stored(self.prefix, key, value)
         if msg is None:
             return False
         self._store(msg)
         return True
 
+    def keep_last_good(self, old: State) -> None:
+        """After a reload: each poisoned key keeps the version `old` (the state before) had of it."""
+        for key in self.poisoned:
+            msg = old.resource(key)
+            if msg is not None:
+                self._store(msg)
+
     def delete(self, key: str) -> bool:
         """Apply a delete event; returns True when it removed a resource or a sidecar."""
+        self.poisoned.pop(key, None)
         parts = parse_key(self.prefix, key)
         if parts is None or parts.kind == SEQ:
             return False

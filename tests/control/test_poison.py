@@ -94,8 +94,9 @@ async def control(etcd: LocalEtcd) -> AsyncIterator[ControlServer]:
 
 
 async def test_a_poisoned_stage_keeps_its_last_good_and_the_rest_propagates(
-    control: ControlServer, etcd: LocalEtcd, caplog: pytest.LogCaptureFixture
+    control: ControlServer, etcd: LocalEtcd, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(keys, "VALIDATE_STORED", True)  # off by default: see control/state.py
     caplog.set_level(logging.INFO, "meshgate.control")
     prefix, mirror = control.store.prefix, control.mirror
     await control.store.apply(docs(PETS) + docs(CATS))
@@ -129,7 +130,7 @@ async def test_a_poisoned_stage_keeps_its_last_good_and_the_rest_propagates(
         await until(lambda: not mirror.state.poisoned, 5)
         assert metric(mirror.metrics_text(), "meshgate_control_poisoned_objects") == 0
 
-        # a value that decodes but fails validation is poison too; a delete clears it (and the stage goes)
+        # a value that decodes but fails validation is poison too (VALIDATE_STORED); a delete clears it (and the stage goes)
         await put_raw(etcd.endpoint, cats_key(prefix), BAD_STAGE)
         await until(lambda: cats_key(prefix) in mirror.state.poisoned, 5)
         assert "spec.variables.backend" in mirror.state.poisoned[cats_key(prefix)]
@@ -140,8 +141,21 @@ async def test_a_poisoned_stage_keeps_its_last_good_and_the_rest_propagates(
         text = mirror.metrics_text()
         assert metric(text, "meshgate_control_poisoned_objects") == 0
         assert metric(text, "meshgate_control_poisoned_total") == 2
+        # and a value at the wrong key (a valid Stage of another Api) is poison, not a second stage
+        await put_raw(etcd.endpoint, keys.stage_key(prefix, "default", "dogs", "prod"), good)
+        await until(lambda: bool(mirror.state.poisoned), 5)
+        assert (
+            "belongs at " + cats_key(prefix)
+            in mirror.state.poisoned[keys.stage_key(prefix, "default", "dogs", "prod")]
+        )
+        assert ("default", "cats", "prod") not in mirror.state.stages
     finally:
         await sc.close()
+
+
+def test_validation_is_off_by_default_so_seeded_websocket_apis_stay() -> None:
+    assert keys.VALIDATE_STORED is False
+    assert keys.check_stored("/p/", "/p/stages/default/cats/prod", BAD_STAGE) is not None
 
 
 async def test_poison_present_before_control_starts(etcd: LocalEtcd) -> None:
