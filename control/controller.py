@@ -15,6 +15,8 @@ conditions on the object's `/status`:
   remembering which resource content each snapshot version holds; a sidecar
   counts as applied when its ACKed version holds the resource exactly as
   etcd has it now. Re-evaluated on every etcd change, sidecar ACKs included.
+  `False`/`Poisoned` while etcd holds a value for it that cannot be used
+  (`State.poisoned`: the sidecars keep its last good version).
 
 Stages are GitOps-style: a Stage object without `spec.deployment` follows
 its Api: whenever the Api's spec differs from the deployment the stage
@@ -385,7 +387,7 @@ class Controller:
         try:
             outcome = await self._apply(kind, obj, generation)
         except _Retry as exc:  # a Secret that may appear later: report now, look again with backoff
-            self.outcomes[key] = Outcome(generation, False, exc.reason, exc.message)
+            self.outcomes[key] = Outcome(generation, False, exc.reason, exc.message, etcd_key=exc.etcd_key)
             self._mark_status(key)
             raise
         except Refused as exc:
@@ -465,6 +467,11 @@ class Controller:
         ns = msg.metadata.namespace
         key = keys.key_for(self.store.prefix, res)
         current = await self._get(key)
+        poisoned = self.state.poisoned.get(key)
+        if current is None and poisoned is not None:  # undecodable: neither ours nor overwritable
+            raise _Retry(
+                "Poisoned", f"etcd holds an unusable value at {key}: {poisoned}; delete it there", key
+            )
         if current is not None and not is_managed(current):
             raise Refused(
                 "NotManaged",
@@ -612,6 +619,8 @@ class Controller:
                 self._mark_status(key)
                 if out.reason == "ApiNotFound" and (key[1], out.api) in self.state.apis:
                     self.enqueue(key)  # the Api it waits for exists now (made by an object or the CLI)
+                elif out.reason == "Poisoned" and out.etcd_key not in self.state.poisoned:
+                    self.enqueue(key)  # the unusable value it could not replace is gone
 
     def _rebuild(self) -> None:
         """The snapshot every known sidecar should have now, and which resource content each holds."""
@@ -666,6 +675,12 @@ class Controller:
                 0,
             )
         key = out.etcd_key
+        poisoned = self.state.poisoned.get(key)
+        if poisoned is not None:
+            kept = self.state.resource(key) is not None
+            served = "sidecars keep its last good version" if kept else "no sidecar receives it"
+            message = f"etcd holds an unusable value at {key}: {poisoned}; {served}"
+            return _condition("Applied", "False", "Poisoned", message, out.generation), 0, 0
         digest = self._digests.get(key)
         bound = [n for n in sorted(self.sidecars) if key in self._contents.get(self._expected.get(n, ""), {})]
         what = self._what(key, kind)
@@ -850,7 +865,7 @@ def _condition(type_: str, status: str, reason: str, message: str, generation: i
 def _event_for(cond: JSON) -> tuple[str, str, str] | None:
     """The Event a changed condition is worth: (type, reason, message), or None."""
     status, reason = cond["status"], cond["reason"]
-    if cond["type"] == "Applied" and status != "True" and reason != "Nacked":
+    if cond["type"] == "Applied" and status != "True" and reason not in ("Nacked", "Poisoned"):
         return None  # Applying, NotAccepted and the no-sidecar reasons are states, not news
     return ("Normal" if status == "True" else "Warning", reason, cond["message"])
 
@@ -866,4 +881,9 @@ class _NotLeader(ControlError):
 
 
 class _Retry(Refused):
-    """A refusal that may resolve by itself (a Secret created later): reported, and retried with backoff."""
+    """A refusal that may resolve by itself (a Secret created later, a poisoned key deleted): reported,
+    and retried with backoff."""
+
+    def __init__(self, reason: str, message: str, etcd_key: str = "") -> None:
+        super().__init__(reason, message)
+        self.etcd_key = etcd_key  # a poisoned key: retried as soon as the mirror sees it usable

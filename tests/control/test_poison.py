@@ -250,6 +250,18 @@ async def test_the_controller_marks_a_poisoned_object_applied_false(etcd: LocalE
         await put_raw(etcd.endpoint, key, good)
         await wait_condition(kube, "Stage", "prod", "Applied", "False", reason="NoSidecars")
         assert before["reason"] == "NoSidecars"
+        # an edit of an object whose key does not decode cannot be stored: Accepted False until the
+        # key is deleted, then stored at once
+        api = keys.api_key(store.prefix, "shop", "pets")
+        await put_raw(etcd.endpoint, api, GARBAGE)
+        await replay(kube, "pets-v2")
+        refused = await wait_condition(
+            kube, "Api", "pets", "Accepted", "False", generation=2, reason="Poisoned"
+        )
+        assert api in refused["message"]
+        await delete_raw(etcd.endpoint, api)
+        await wait_condition(kube, "Api", "pets", "Accepted", "True", generation=2)
+        assert len((await store.get("Api", "shop", "pets"))[0].api.spec.routes) == 2
     finally:
         await ctl.stop()
         await wipe(store)
