@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import random
+import stat
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -24,8 +25,23 @@ def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Rand
     return (rng or random).uniform(0, cap)
 
 
+def private_dir(path: Path) -> None:
+    """Make `path` (the state dir: snapshot, quotas) owner-only, 0700, creating it if need be; a
+    directory someone else owns, or a shared one (sticky, like /tmp), is left alone with a warning."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = path.stat()
+    if st.st_mode & 0o777 == 0o700:
+        return
+    if st.st_uid != os.getuid() or st.st_mode & stat.S_ISVTX:
+        log.warning(
+            "state dir %s is not this user's own (mode %o): not made owner-only", path, st.st_mode & 0o7777
+        )
+        return
+    os.chmod(path, 0o700)
+
+
 def write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = path.with_name(path.name + ".tmp")
     # owner-only: the snapshot holds secrets (the @connections id key, ApiKey hashes)
     with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
@@ -53,6 +69,11 @@ class ConfigClient:
         self.node = node
         self._apply = apply
         self.state_dir = state_dir
+        if state_dir is not None:
+            try:
+                private_dir(state_dir)  # the persisted snapshot holds secrets: 0600 in a 0700 directory
+            except OSError as exc:
+                log.warning("could not make %s owner-only: %s", state_dir, exc)
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.first_applied = asyncio.Event()

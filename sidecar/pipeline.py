@@ -11,6 +11,7 @@ gRPC listener all run the same `Chain` objects.
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ from meshgate.sidecar.authorizers import JwtAuthorizer, RequestAuthorizer
 from meshgate.sidecar.cache import ResponseCache
 from meshgate.sidecar.errors import GatewayError
 from meshgate.sidecar.filters import Answer, Decision, Filter, Pending
-from meshgate.sidecar.filters.api_key import ApiKeyFilter, KeyInfo
+from meshgate.sidecar.filters.api_key import ApiKeyFilter, KeyInfo, api_key_mac
 from meshgate.sidecar.filters.authorizer import AuthorizerFilter
 from meshgate.sidecar.filters.cache import CacheFilter
 from meshgate.sidecar.filters.cors import CorsFilter
@@ -131,6 +132,13 @@ def _limit(rate: float, burst: int) -> Limit | None:
     return Limit(rate, burst or max(1, math.ceil(rate)))
 
 
+def _hex(value: str) -> bytes | None:
+    try:
+        return bytes.fromhex(value) if value else None
+    except ValueError:
+        return None
+
+
 def identity_source(spec: str) -> tuple[str, str]:
     """An API Gateway identity source -> (kind, name)."""
     for prefix, kind in (
@@ -153,7 +161,7 @@ class StageFilters:
     runtime: Runtime
     api: str
     stage: str
-    keys: Mapping[str, KeyInfo]
+    keys: Mapping[bytes, KeyInfo]
     stage_limit: Limit
     replicas: int
     cache: ResponseCache | None
@@ -204,7 +212,7 @@ class StageFilters:
                 AuthorizerFilter(self.builder.authorizer(self.api, conf), tuple(route.authorization_scopes))
             )
         if route.api_key_required:
-            filters.append(ApiKeyFilter(self.keys))
+            filters.append(ApiKeyFilter(self.keys, self.builder.api_key_hash_key))
         filters.append(self._throttle(route, route_key))
         if route.required_parameters:
             filters.append(RequiredParamsFilter(tuple(identity_source(p) for p in route.required_parameters)))
@@ -257,12 +265,16 @@ class ChainBuilder:
         self.runtime = runtime
         self.cluster = parse_networks(snapshot.cluster_cidrs)
         plans = {(p.metadata.namespace or "default", p.metadata.name): p for p in snapshot.usage_plans}
-        # (namespace, api, stage or "*") -> {sha256: KeyInfo}
-        self.keys: dict[tuple[str, str, str], dict[str, KeyInfo]] = {}
+        # without control's key (a control from before keyed hashes) a key of this snapshot's own
+        # lets the old bare-sha256 entries work with the same one HMAC per request
+        self.api_key_hash_key = bytes(snapshot.api_key_hash_key) or secrets.token_bytes(32)
+        # (namespace, api, stage or "*") -> {api_key_mac of the key: KeyInfo}
+        self.keys: dict[tuple[str, str, str], dict[bytes, KeyInfo]] = {}
         for k in snapshot.api_keys:
             ns = k.metadata.namespace or "default"
             plan = plans.get((ns, k.spec.usage_plan))
-            if plan is None or not k.spec.enabled:
+            mac = self._mac(k.spec, bool(snapshot.api_key_hash_key))
+            if plan is None or not k.spec.enabled or mac is None:
                 continue
             q = plan.spec.quota
             info = KeyInfo(
@@ -274,7 +286,14 @@ class ChainBuilder:
             )
             for ref in plan.spec.apis:
                 api, _, stage = ref.partition("/")
-                self.keys.setdefault((ns, api, stage or "*"), {})[k.spec.value_sha256] = info
+                self.keys.setdefault((ns, api, stage or "*"), {})[mac] = info
+
+    def _mac(self, spec: resources_pb2.ApiKeySpec, keyed: bool) -> bytes | None:
+        """The key's api_key_mac: control's value_hmac, or computed here from an old bare sha256."""
+        if spec.value_hmac:
+            return _hex(spec.value_hmac) if keyed else None
+        sha = _hex(spec.value_sha256)
+        return api_key_mac(self.api_key_hash_key, sha) if sha is not None else None
 
     def for_stage(self, bundle: control_pb2.StageBundle) -> StageFilters:
         ns = bundle.api.metadata.namespace or "default"

@@ -141,6 +141,7 @@ NOT_SECRET = {
     ("meshgate.v1.Integration", "remove_request_parameters"),
     ("meshgate.v1.CanarySettings", "sticky_cookie"),
     ("meshgate.v1.Cors", "allow_credentials"),
+    ("meshgate.v1.StageSpec", "secret_variables"),  # names; their values are redacted as "declared"
 }
 LOOKS_SECRET = re.compile(
     r"key|secret|token|passw|credential|auth|cookie|hash|sha|cert|private|variables|uri|annotations|parameters",
