@@ -16,6 +16,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from meshgate.control.errors import InvalidConfig
 from meshgate.control.state import KINDS, unwrap
+from meshgate.sidecar.redact import REDACTED
 from meshgate.v1 import resources_pb2
 
 API_VERSION = "meshgate.io/v1"
@@ -100,18 +101,27 @@ def _check_single(field: FieldDescriptor, item: object, where: str) -> None:
 
 
 def _hash_api_key(spec: dict[str, Any]) -> None:
+    """spec.value -> spec.valueSha256 (the key never leaves the client; control stores a keyed hash
+    of this, spec.valueHmac). A read-back's valueHmac "[redacted]" keeps the stored key."""
     if "valueFrom" in spec:
         raise ValueError(
             "spec.valueFrom: a Secret reference is read by the Kubernetes controller; "
             "`meshgate apply` takes the key as spec.value"
         )
     value = spec.pop("value", None)
+    kept = spec.get("valueHmac", spec.get("value_hmac"))
+    if kept is not None and kept != REDACTED:
+        raise ValueError(
+            f"spec.valueHmac: computed by control from spec.value; only {REDACTED!r} (keep the stored key)"
+        )
     if value is not None:
         if not isinstance(value, str) or len(value) < 20:
             raise ValueError("spec.value: an API key must be a string of at least 20 characters")
+        spec.pop("valueHmac", None)
+        spec.pop("value_hmac", None)
         spec["valueSha256"] = hashlib.sha256(value.encode()).hexdigest()
-    if not spec.get("valueSha256") and not spec.get("value_sha256"):
-        raise ValueError("spec.value: required (the key itself; only its sha256 is stored)")
+    if not spec.get("valueSha256") and not spec.get("value_sha256") and kept is None:
+        raise ValueError("spec.value: required (the key itself; only a keyed hash of it is stored)")
 
 
 def parse_document(doc: object, default_namespace: str = "default") -> resources_pb2.Resource:

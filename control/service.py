@@ -8,7 +8,7 @@ from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from meshgate.control.errors import ControlError
-from meshgate.control.store import Store
+from meshgate.control.store import Store, redacted
 from meshgate.control.stream import ConfigStreamer
 from meshgate.v1 import control_pb2, control_pb2_grpc
 
@@ -62,7 +62,8 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):  # type: ignore[
             "get",
             lambda: self.store.get(request.kind, request.namespace, request.name, request.api),
         )
-        return control_pb2.GetResponse(resources=resources)
+        # secrets are write-only: every secret value reads back as "[redacted]"
+        return control_pb2.GetResponse(resources=[redacted(r) for r in resources])
 
     async def Deploy(
         self, request: control_pb2.DeployRequest, context: Context

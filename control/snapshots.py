@@ -5,7 +5,11 @@ labels, so config size does not grow with the mesh. Sidecars with the same
 namespace and labels share one build per etcd revision. Every snapshot carries
 the @connections id key, and for each bound WebSocket Api the sidecars serving
 it (node id and advertise address): the only places @connections calls for its
-connections are forwarded to.
+connections are forwarded to. A stage's variables, secret or not, go only to the sidecars its Api
+binds (nothing else of an unbound stage is in the snapshot). The API-key hash key rides along so a
+sidecar can check presented keys against the keyed hashes (`value_hmac`) control stores; keys still
+stored the old way (a bare sha256) go out keyed too. Neither the key nor that re-keying is in the
+version, which is a function of etcd content only (the controller computes the same versions).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import hashlib
 from collections import OrderedDict
 
 from meshgate.control.state import State
+from meshgate.control.validation import HEX64_RE
+from meshgate.sidecar.filters.api_key import api_key_mac
 from meshgate.v1 import control_pb2, resources_pb2
 
 BindKey = tuple[str, frozenset[tuple[str, str]]]
@@ -50,8 +56,23 @@ def connection_peers(state: State, apis: set[tuple[str, str]]) -> list[control_p
     return out
 
 
+def rekeyed(spec: resources_pb2.ApiKeySpec, hash_key: bytes) -> resources_pb2.ApiKeySpec | None:
+    """An ApiKey spec stored the old way (only `value_sha256`) with its keyed hash instead, or None
+    when it is already keyed (or not a sha256 at all)."""
+    if spec.value_hmac or not HEX64_RE.match(spec.value_sha256):
+        return None
+    out = resources_pb2.ApiKeySpec()
+    out.CopyFrom(spec)
+    out.value_hmac = api_key_mac(hash_key, bytes.fromhex(spec.value_sha256)).hex()
+    out.ClearField("value_sha256")
+    return out
+
+
 def build_snapshot(
-    state: State, node: control_pb2.Node, cluster_cidrs: tuple[str, ...] = ()
+    state: State,
+    node: control_pb2.Node,
+    cluster_cidrs: tuple[str, ...] = (),
+    api_key_hash_key: bytes = b"",
 ) -> control_pb2.Snapshot:
     """The complete config for one sidecar; version changes iff the content changes.
 
@@ -108,14 +129,23 @@ def build_snapshot(
             newest = max(newest, key.metadata.update_time_unix_nano)
     snap.version = hashlib.sha256(snap.SerializeToString(deterministic=True)).hexdigest()[:16]
     snap.source_time_unix_nano = newest
+    if api_key_hash_key:
+        snap.api_key_hash_key = api_key_hash_key
+        for key in snap.api_keys:
+            spec = rekeyed(key.spec, api_key_hash_key)
+            if spec is not None:
+                key.spec.CopyFrom(spec)
     return snap
 
 
 class SnapshotCache:
     """Memoizes build_snapshot per (state revision, bind key)."""
 
-    def __init__(self, cluster_cidrs: tuple[str, ...] = (), max_entries: int = 1024) -> None:
+    def __init__(
+        self, cluster_cidrs: tuple[str, ...] = (), max_entries: int = 1024, api_key_hash_key: bytes = b""
+    ) -> None:
         self.cluster_cidrs = tuple(cluster_cidrs)
+        self.api_key_hash_key = api_key_hash_key
         self._entries: OrderedDict[tuple[int, BindKey], control_pb2.Snapshot] = OrderedDict()
         self._max = max_entries
         self.builds = 0
@@ -124,7 +154,7 @@ class SnapshotCache:
         key = (state.revision, bind_key(node))
         snap = self._entries.get(key)
         if snap is None:
-            snap = build_snapshot(state, node, self.cluster_cidrs)
+            snap = build_snapshot(state, node, self.cluster_cidrs, self.api_key_hash_key)
             self.builds += 1
             self._entries[key] = snap
             while len(self._entries) > self._max:

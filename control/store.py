@@ -26,8 +26,10 @@ from meshgate.control import state as keys
 from meshgate.control.errors import Conflict, FailedPrecondition, InvalidConfig, NotFound
 from meshgate.control.keystore import ControlKeys
 from meshgate.control.keystore import generate as generate_keys
+from meshgate.control.snapshots import rekeyed
 from meshgate.control.state import KIND_WORDS, ResourceMsg, State, unwrap, wrap
 from meshgate.control.validation import check_private_targets, validate
+from meshgate.sidecar.redact import redact, restore
 from meshgate.v1 import control_pb2, resources_pb2
 
 RETRIES = 8
@@ -84,6 +86,7 @@ class Store:
 
     async def open(self) -> None:
         await self._client.connect()
+        await self.rekey_api_keys()
 
     async def close(self) -> None:
         await self._client.close()
@@ -219,6 +222,24 @@ class Store:
 
     # ------------------------------------------------------------------ apply
 
+    async def rekey_api_keys(self) -> int:
+        """Rewrite every ApiKey stored the old way (a bare sha256) with its keyed hash, each in a txn
+        guarded on what was read (a concurrent apply wins; the next open retries). Returns how many."""
+        done = 0
+        for key, value, mod in await self._range(keys.kind_prefix(self.prefix, "ApiKey", "", "")):
+            try:
+                msg = resources_pb2.ApiKey.FromString(value)
+            except Exception:  # undecodable: the mirror marks it poisoned; nothing to re-key
+                continue
+            spec = rekeyed(msg.spec, self.keys.api_key_hash_key)
+            if spec is None:
+                continue
+            msg.spec.CopyFrom(spec)
+            put = [(key, msg.SerializeToString(deterministic=True))]
+            if await self._commit([self._guard(_Read(key, value, mod))], put) is not None:
+                done += 1
+        return done
+
     async def apply(
         self, resources: Sequence[resources_pb2.Resource], *, dry_run: bool = False
     ) -> control_pb2.ApplyResponse:
@@ -228,7 +249,8 @@ class Store:
             msg = unwrap(res)
             if not msg.metadata.namespace:
                 msg.metadata.namespace = "default"
-            validate(res)
+            if not _holds_marker(msg):
+                validate(res)  # a read-back with "[redacted]" values: validated once they are restored
         seen: set[str] = set()
         for res in resources:
             key = keys.key_for(self.prefix, res)
@@ -275,18 +297,16 @@ class Store:
                     raise NotFound(f"{kind} {ns}/{msg.metadata.name}: Api {ns}/{api} does not exist")
                 guards.append(self._guard(api_read))
                 checked_apis.add((ns, api))
-            await self._check_private(msg, resources)
             key = keys.key_for(self.prefix, res)
             current = await self._read(key)
             guards.append(self._guard(current))
-            new = type(msg)()
-            new.MergeFrom(msg)  # type: ignore[arg-type]
+            old = type(msg).FromString(current.value) if current.value is not None else None
+            new = self._write_only(msg, old)
+            await self._check_private(new, resources)
             new.api_version = "meshgate.io/v1"
             new.kind = kind
             action = "created"
-            if current.value is not None:
-                old = type(msg)()
-                old.ParseFromString(current.value)
+            if old is not None:
                 if isinstance(new, resources_pb2.Stage) and isinstance(old, resources_pb2.Stage):
                     if not new.spec.deployment:
                         new.spec.deployment = old.spec.deployment
@@ -320,6 +340,27 @@ class Store:
         if revision is None:
             return None
         return control_pb2.ApplyResponse(results=results, revision=revision)
+
+    def _write_only(self, msg: ResourceMsg, old: ResourceMsg | None) -> Any:
+        """The resource to store: "[redacted]" in a secret field keeps the stored value (a read-back
+        applied again), and an ApiKey's sha256 becomes its keyed hash (`api_key_mac`)."""
+        new = type(msg)()
+        new.CopyFrom(msg)  # type: ignore[arg-type]
+        what = f"{msg.DESCRIPTOR.name} {msg.metadata.namespace}/{msg.metadata.name}"
+        if _holds_marker(msg):
+            try:
+                restore(new, old)
+            except ValueError as exc:
+                raise InvalidConfig(f"{what}: {exc}") from None
+            validate(wrap(new))
+        if isinstance(new, resources_pb2.ApiKey):
+            stored = old.spec.value_hmac if isinstance(old, resources_pb2.ApiKey) else ""
+            if new.spec.value_hmac and new.spec.value_hmac != stored:
+                raise InvalidConfig(f"{what}: spec.valueHmac is computed by control; apply spec.value")
+            spec = rekeyed(new.spec, self.keys.api_key_hash_key)
+            if spec is not None:
+                new.spec.CopyFrom(spec)
+        return new
 
     async def _check_private(self, msg: Any, batch: Sequence[resources_pb2.Resource]) -> None:
         """Private Apis may only integrate with addresses inside the cluster networks or the pod itself."""
@@ -545,7 +586,7 @@ class Store:
             st.spec.canary.CopyFrom(c)
 
         st, revision = await self._update_stage(namespace, api, stage, mutate)
-        return control_pb2.CanaryResponse(stage=st, revision=revision)
+        return control_pb2.CanaryResponse(stage=redacted(st), revision=revision)
 
     async def promote_canary(self, namespace: str, api: str, stage: str) -> control_pb2.CanaryResponse:
         def mutate(st: resources_pb2.Stage, dep_ids: list[int]) -> None:
@@ -558,7 +599,7 @@ class Store:
             st.spec.ClearField("canary")
 
         st, revision = await self._update_stage(namespace, api, stage, mutate)
-        return control_pb2.CanaryResponse(stage=st, revision=revision)
+        return control_pb2.CanaryResponse(stage=redacted(st), revision=revision)
 
     async def flush_cache(self, namespace: str, api: str, stage: str) -> control_pb2.CanaryResponse:
         """Bump the stage's cache flush epoch: every sidecar drops the stage's cached responses."""
@@ -569,7 +610,7 @@ class Store:
             st.spec.cache.flush_epoch += 1
 
         st, revision = await self._update_stage(namespace, api, stage, mutate)
-        return control_pb2.CanaryResponse(stage=st, revision=revision)
+        return control_pb2.CanaryResponse(stage=redacted(st), revision=revision)
 
     async def remove_canary(self, namespace: str, api: str, stage: str) -> control_pb2.CanaryResponse:
         def mutate(st: resources_pb2.Stage, dep_ids: list[int]) -> None:
@@ -578,7 +619,26 @@ class Store:
             st.spec.ClearField("canary")
 
         st, revision = await self._update_stage(namespace, api, stage, mutate)
-        return control_pb2.CanaryResponse(stage=st, revision=revision)
+        return control_pb2.CanaryResponse(stage=redacted(st), revision=revision)
+
+
+def _holds_marker(msg: ResourceMsg) -> bool:
+    """Whether a secret field of `msg` holds "[redacted]" (a document read back with Get)."""
+    try:
+        probe = type(msg)()
+        probe.CopyFrom(msg)  # type: ignore[arg-type]
+        restore(probe, None)
+    except ValueError:
+        return True
+    return False
+
+
+def redacted(msg: Any) -> Any:
+    """A copy of `msg` with every secret value "[redacted]" (what read paths return)."""
+    out = type(msg)()
+    out.CopyFrom(msg)
+    redact(out)
+    return out
 
 
 def _parsed(prefix: str, key: str) -> keys.KeyParts:

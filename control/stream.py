@@ -89,7 +89,7 @@ class ConfigStreamer:
         self.mirror = mirror or EtcdMirror(store)
         self._own_mirror = mirror is None  # a shared mirror is stopped by whoever made it
         self._subscription: Subscription | None = None
-        self.cache = SnapshotCache(cluster_cidrs)
+        self.cache = SnapshotCache(cluster_cidrs, api_key_hash_key=store.keys.api_key_hash_key)
         self.pushes = 0
         self.nacks = 0
         self.acks = 0

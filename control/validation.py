@@ -27,6 +27,7 @@ PARAM_RE = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}$")
 LITERAL_SEGMENT_RE = re.compile(r"^[A-Za-z0-9\-._~!$&'()*,;=:@%]+$")
 VAR_NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
 VAR_VALUE_RE = re.compile(r"^[A-Za-z0-9\-._~:/?#&=,]*$")
+HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 HOST_RE = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$"
 )
@@ -334,6 +335,7 @@ def validate_stage(stage: resources_pb2.Stage) -> None:
             _fail(f"spec.variables.{name}", "variable names are letters, digits and '_'")
         if not VAR_VALUE_RE.match(value):
             _fail(f"spec.variables.{name}", f"value {value!r} has characters outside [A-Za-z0-9-._~:/?#&=,]")
+    _secret_variables(spec)
     for i, host in enumerate(spec.hosts):
         if not HOST_RE.match(host):
             _fail(f"spec.hosts[{i}]", f"invalid host name {host!r}")
@@ -358,6 +360,16 @@ def validate_stage(stage: resources_pb2.Stage) -> None:
         _fail("spec.tracingSampleRatio", "must be between 0 and 1")
 
 
+def _secret_variables(spec: resources_pb2.StageSpec) -> None:
+    seen: set[str] = set()
+    for i, name in enumerate(spec.secret_variables):
+        if name not in spec.variables:
+            _fail(f"spec.secretVariables[{i}]", f"{name!r} is not one of spec.variables")
+        if name in seen:
+            _fail(f"spec.secretVariables[{i}]", f"{name!r} is listed twice")
+        seen.add(name)
+
+
 def validate_usage_plan(plan: resources_pb2.UsagePlan) -> None:
     _meta(plan.metadata, "metadata")
     for i, ref in enumerate(plan.spec.apis):
@@ -372,8 +384,12 @@ def validate_usage_plan(plan: resources_pb2.UsagePlan) -> None:
 
 def validate_api_key(key: resources_pb2.ApiKey) -> None:
     _meta(key.metadata, "metadata")
-    if not re.match(r"^[0-9a-f]{64}$", key.spec.value_sha256):
-        _fail("spec.valueSha256", "must be 64 lowercase hex characters (sha256 of the key)")
+    spec = key.spec
+    if spec.value_hmac and not HEX64_RE.match(spec.value_hmac):
+        _fail("spec.valueHmac", "must be 64 lowercase hex characters (the keyed hash control stores)")
+    if spec.value_sha256 or not spec.value_hmac:
+        if not HEX64_RE.match(spec.value_sha256):
+            _fail("spec.valueSha256", "must be 64 lowercase hex characters (sha256 of the key)")
 
 
 def validate(res: resources_pb2.Resource) -> None:
