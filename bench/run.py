@@ -393,18 +393,24 @@ async def propagation(ns: argparse.Namespace, work: Path) -> dict[str, float]:
     import grpc
     from meshgate.control.resources import load_documents
     from meshgate.sidecar.config_client import ConfigClient
+    from meshgate.sidecar.credentials import cli_credentials
+    from meshgate.sidecar.identity import SidecarIdentity
     from meshgate.sidecar.routing import compile_snapshot
     from meshgate.v1 import control_pb2_grpc
 
     with LocalEtcd(data_dir=work / "etcd") as etcd:
         port = free_port()
+        state = work / "control-state"
         control = start(
-            meshgate_cmd("control", "--etcd", etcd.endpoint, "--listen", f"127.0.0.1:{port}"),
+            meshgate_cmd(
+                "control", "--etcd", etcd.endpoint, "--listen", f"127.0.0.1:{port}", "--state-dir", str(state)
+            ),
             work / "control.log",
         )
         try:
             address = f"127.0.0.1:{port}"
-            channel = grpc.aio.insecure_channel(address)
+            await wait_for(lambda: (state / "admin" / "ca.crt").exists(), 20)  # written last
+            channel = grpc.aio.secure_channel(address, cli_credentials(str(state / "admin")).channel())
             await asyncio.wait_for(channel.channel_ready(), 20)
             stub = control_pb2_grpc.ControlServiceStub(channel)
             docs = load_documents(
@@ -448,6 +454,7 @@ spec: {api: pets, variables: {backend: "127.0.0.1:9"}}
                     ),
                     make_apply(i),
                     state_dir=None,
+                    identity=SidecarIdentity.from_files(address, state / "ca.crt", state / "bootstrap-token"),
                 )
                 for i in range(ns.streams)
             ]

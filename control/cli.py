@@ -102,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="control service address (env MESHGATE_CONTROL, default %(default)s)",
     )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the control service")
+    p.add_argument(
+        "--credentials",
+        help="directory with ca.crt, tls.crt, tls.key (env MESHGATE_CREDENTIALS; default: the admin "
+        "credential a local `meshgate control` writes in its state dir)",
+    )
+    p.add_argument("--ca-file", help="control's CA certificate, with --token (env MESHGATE_CA_FILE)")
+    p.add_argument("--token", help="a bearer token, e.g. `kubectl create token NAME` (env MESHGATE_TOKEN)")
     p.add_argument("-n", "--namespace", default="", help="namespace (default: 'default'; get: all)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in (
@@ -201,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     i = 0
     while i < len(argv):
         word = argv[i]
-        if word in ("--control", "--timeout", "-n", "--namespace"):
+        if word in ("--control", "--timeout", "-n", "--namespace", "--credentials", "--ca-file", "--token"):
             i += 2
             continue
         if word.startswith("-"):

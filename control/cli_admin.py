@@ -21,6 +21,7 @@ from google.protobuf import json_format
 from meshgate.control.errors import ControlError
 from meshgate.control.resources import load_documents, to_document
 from meshgate.control.state import KIND_WORDS
+from meshgate.sidecar.credentials import cli_credentials
 from meshgate.v1 import control_pb2, control_pb2_grpc, resources_pb2
 
 KIND_ALIASES = {**KIND_WORDS, "dep": "Deployment"}
@@ -41,7 +42,11 @@ def _kv(items: Sequence[str] | None, flag: str) -> dict[str, str]:
 
 
 def _stub(args: argparse.Namespace) -> control_pb2_grpc.ControlServiceStub:
-    channel = grpc.insecure_channel(args.control)
+    try:
+        creds = cli_credentials(args.credentials, args.ca_file, args.token)
+    except OSError as exc:
+        raise CliError(str(exc)) from None
+    channel = grpc.secure_channel(args.control, creds.channel())
     return control_pb2_grpc.ControlServiceStub(channel)
 
 

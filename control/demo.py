@@ -24,6 +24,7 @@ from pathlib import Path
 import grpc
 from meshgate.control.etcd_local import LocalEtcd
 from meshgate.control.resources import load_documents
+from meshgate.sidecar.credentials import cli_credentials
 from meshgate.v1 import control_pb2, control_pb2_grpc
 
 SAMPLE = Path(__file__).with_name("demo_petstore.yaml")
@@ -85,7 +86,16 @@ def _deploy(control: str, namespace: str, app_port: int) -> None:
         if res.WhichOneof("kind") == "stage":
             port = backends[res.stage.metadata.name]
             res.stage.spec.variables["backend"] = f"127.0.0.1:{port}"
-    with grpc.insecure_channel(control) as channel:
+    deadline = time.monotonic() + 20
+    while True:  # control writes the CLI's credential once it serves
+        try:
+            creds = cli_credentials()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("control wrote no credential for the CLI") from None
+            time.sleep(0.05)
+    with grpc.secure_channel(control, creds.channel()) as channel:
         grpc.channel_ready_future(channel).result(timeout=20)
         stub = control_pb2_grpc.ControlServiceStub(channel)
         stub.Apply(control_pb2.ApplyRequest(resources=resources), timeout=10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
 import fcntl
 import hmac
 import logging
@@ -14,8 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshgate.control.ca import generate_ca
+from meshgate.control.ca import Authority, generate_ca
 from meshgate.control.kube import JSON, KubeClient, KubeError
+from meshgate.sidecar.credentials import CA_FILE, CERT_FILE, KEY_FILE
 
 log = logging.getLogger("meshgate.control.keys")
 
@@ -95,6 +97,24 @@ def load_dir(directory: Path) -> ControlKeys:
             write_private(directory / name, data)
         log.info("created control's CA, API-key hash key and bootstrap token in %s", directory)
         return keys
+
+
+def write_admin_credential(directory: Path, authority: Authority, name: str = "local-admin") -> Path:
+    """The CLI's credential (ca.crt, tls.crt, tls.key; admin role) in `directory`, issued again when it
+    is missing, from another CA or within 30 days of expiry. Returns the directory."""
+    private_dir(directory)
+    cert_path = directory / CERT_FILE
+    if cert_path.exists() and (directory / KEY_FILE).exists():
+        current = authority.principal(cert_path.read_bytes())
+        soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=30)
+        if current is not None and current.kind == "admin" and current.not_after and current.not_after > soon:
+            write_private(directory / CA_FILE, authority.ca_pem)
+            return directory
+    cert, key = authority.admin_cert(name)
+    write_private(directory / KEY_FILE, key)
+    write_private(directory / CERT_FILE, cert)
+    write_private(directory / CA_FILE, authority.ca_pem)
+    return directory
 
 
 def _secret(namespace: str, name: str, keys: ControlKeys) -> JSON:

@@ -136,6 +136,8 @@ class KubeClient:
         self._core: Any = k8s.CoreV1Api(self._api)
         self._coordination: Any = k8s.CoordinationV1Api(self._api)
         self._admission: Any = k8s.AdmissionregistrationV1Api(self._api)
+        self._authn: Any = k8s.AuthenticationV1Api(self._api)
+        self._authz: Any = k8s.AuthorizationV1Api(self._api)
 
     @classmethod
     async def connect(cls, options: KubeOptions, user_agent: str = "meshgate-controller") -> KubeClient:
@@ -228,6 +230,41 @@ class KubeClient:
         """POST a core/v1 Event (what `kubectl describe` and `kubectl get events` show)."""
         resp = await self._core.create_namespaced_event(
             namespace, body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S
+        )
+        return await _read_json(resp)
+
+    async def get_pod(self, namespace: str, name: str) -> JSON | None:
+        resp = await self._core.read_namespaced_pod(
+            name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S
+        )
+        return await _read_json_or_none(resp)
+
+    # ------------------------------------------------------------------ authentication / authorization
+
+    async def review_token(self, token: str, audiences: tuple[str, ...]) -> JSON:
+        """POST a TokenReview: the API server says whose token it is (status.user) or that it is not."""
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": [*audiences]},
+        }
+        resp = await self._authn.create_token_review(
+            body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S
+        )
+        return await _read_json(resp)
+
+    async def review_access(self, user: JSON, attributes: JSON) -> JSON:
+        """POST a SubjectAccessReview for `user` (a TokenReview's status.user) doing `attributes`."""
+        spec: JSON = {
+            "user": user.get("username", ""),
+            "uid": user.get("uid", ""),
+            "groups": [str(g) for g in user.get("groups") or []],
+            "extra": dict(user.get("extra") or {}),
+            "resourceAttributes": attributes,
+        }
+        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}
+        resp = await self._authz.create_subject_access_review(
+            body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S
         )
         return await _read_json(resp)
 

@@ -6,27 +6,37 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import logging
 import os
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from meshgate.control.authz import AdminAuthorizer
+from meshgate.control.ca import SIDECAR_VALIDITY, Authority
 from meshgate.control.controller import Controller, ControllerOptions
 from meshgate.control.etcd_local import EtcdNotFound, LocalEtcd
-from meshgate.control.kube import KubeOptions, in_cluster_namespace
+from meshgate.control.identity import Issuer
+from meshgate.control.keystore import ControlKeys, load_dir, load_secret, write_admin_credential
+from meshgate.control.keystore import generate as generate_keys
+from meshgate.control.kube import KubeClient, KubeOptions, in_cluster_namespace
 from meshgate.control.mirror import EtcdMirror
 from meshgate.control.service import ControlServicer
 from meshgate.control.store import Store
 from meshgate.control.stream import ConfigStreamer
+from meshgate.sidecar.credentials import ADMIN_DIR, default_state_dir
 from meshgate.sidecar.metrics import Family, Labels, Value, prometheus_text
 from meshgate.v1 import control_pb2_grpc
 
 log = logging.getLogger("meshgate.control")
 
+# The names control's serving certificate covers unless told otherwise (--tls-host).
+DEFAULT_TLS_HOSTS = ("localhost", "127.0.0.1", "::1", socket.gethostname())
 # Private address space: where Kubernetes pod and service networks live unless told otherwise.
 DEFAULT_CLUSTER_CIDRS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8")
 
@@ -39,11 +49,14 @@ class ControlServer:
     port: int
     control_id: str
     mirror: EtcdMirror
+    authority: Authority
+    authorizer: AdminAuthorizer
+    token_port: int  # TLS without client certificates: IssueCertificate and bearer-token admin calls
     controller: Controller | None = None
 
     def metrics(self) -> list[tuple[Family, list[tuple[Labels, Value]]]]:
-        """Everything this replica reports: the config stream's families and the mirror's poison ones."""
-        return [*self.streamer.metrics(), *self.mirror.metrics()]
+        """Everything this replica reports: the config stream's, the mirror's poison and the refusals."""
+        return [*self.streamer.metrics(), *self.mirror.metrics(), *self.authorizer.metrics()]
 
     async def stop(self, grace: float = 1.0) -> None:
         if self.controller is not None:
@@ -59,15 +72,26 @@ async def start_control(
     *,
     host: str = "127.0.0.1",
     port: int = 7070,
+    token_port: int | None = 0,
     prefix: str = "/meshgate/",
     control_id: str | None = None,
     debounce_s: float = 0.005,
     max_delay_s: float = 0.05,
     cluster_cidrs: tuple[str, ...] = DEFAULT_CLUSTER_CIDRS,
     kubernetes: ControllerOptions | None = None,
+    keys: ControlKeys | None = None,
+    trust_domain: str = "cluster.local",
+    tls_hosts: Sequence[str] = DEFAULT_TLS_HOSTS,
+    kube_auth: KubeClient | None = None,
+    cert_validity: datetime.timedelta = SIDECAR_VALIDITY,
 ) -> ControlServer:
+    """Control on `host:port`, TLS only. `keys` (CA, API-key hash key, bootstrap token) are made up
+    when not given (tests); `kube_auth` checks ServiceAccount and CLI tokens (TokenReview,
+    SubjectAccessReview) where there is a Kubernetes API."""
     control_id = control_id or f"{socket.gethostname()}-{os.getpid()}"
-    store = Store(etcd_endpoint, prefix, cluster_cidrs=cluster_cidrs)
+    keys = keys or generate_keys()
+    authority = Authority(keys.ca_cert, keys.ca_key, trust_domain)
+    store = Store(etcd_endpoint, prefix, cluster_cidrs=cluster_cidrs, keys=keys)
     await store.open()
     mirror = EtcdMirror(store)  # one load and one watch of the prefix, for the streamer and the controller
     try:
@@ -85,7 +109,9 @@ async def start_control(
         mirror=mirror,
     )
     await streamer.start()
+    authorizer = AdminAuthorizer(authority, kube_auth)
     server = grpc.aio.server(
+        interceptors=[authorizer],
         options=[
             ("grpc.keepalive_time_ms", 20000),
             ("grpc.keepalive_timeout_ms", 10000),
@@ -93,15 +119,29 @@ async def start_control(
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
-        ]
+        ],
     )
-    control_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(store, streamer), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if not bound:
+    issuer = Issuer(authority, keys, kube_auth, cert_validity)
+    control_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(store, streamer, issuer), server)
+    cert, key = authority.server_cert(list(tls_hosts))
+    # grpc can require a client certificate or not ask for one, nothing between: certificate callers
+    # (sidecar streams, renewals, the local CLI) on one port, token callers on another.
+    mtls = grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=keys.ca_cert, require_client_auth=True
+    )
+    bound = server.add_secure_port(f"{host}:{port}", mtls)
+    token_bound = 0
+    if bound and token_port is not None:
+        token_bound = server.add_secure_port(
+            f"{host}:{token_port}", grpc.ssl_server_credentials([(key, cert)])
+        )
+    if not bound or (token_port is not None and not token_bound):
         await streamer.stop()
         await mirror.stop()
         await store.close()
-        raise OSError(f"cannot listen on {host}:{port}")
+        raise OSError(
+            f"cannot listen on {host}:{port}" + (f" and :{token_port}" if token_port is not None else "")
+        )
     await server.start()
     controller = None
     if kubernetes is not None:
@@ -116,7 +156,9 @@ async def start_control(
             await mirror.stop()
             await store.close()
             raise ConnectionError(f"Kubernetes API: {type(exc).__name__}: {exc}") from None
-    return ControlServer(server, store, streamer, bound, control_id, mirror, controller)
+    return ControlServer(
+        server, store, streamer, bound, control_id, mirror, authority, authorizer, token_bound, controller
+    )
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -126,21 +168,49 @@ def _split(address: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
+async def _keys(args: argparse.Namespace) -> tuple[ControlKeys, KubeClient | None]:
+    """Control's keys (a Kubernetes Secret with --kubernetes, else the state dir) and, with
+    --kubernetes, the API client that checks tokens."""
+    if not args.kubernetes:
+        return load_dir(Path(args.state_dir)), None
+    kube = await KubeClient.connect(
+        KubeOptions(api_url=args.kube_api or "", kubeconfig=args.kubeconfig or "")
+    )
+    namespace = args.lease_namespace or in_cluster_namespace()
+    return await load_secret(kube, namespace, args.keys_secret), kube
+
+
 async def _serve(args: argparse.Namespace, etcd_endpoint: str) -> int:
     host, port = _split(args.listen)
+    token_port = _split(args.token_listen)[1] if args.token_listen else port + 1
+    try:
+        keys, kube_auth = await _keys(args)
+    except Exception as exc:
+        print(f"error: control's keys: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if not args.kubernetes:  # the local CLI's credential, before serving (Kubernetes: RBAC and tokens)
+        authority = Authority(keys.ca_cert, keys.ca_key, args.trust_domain)
+        write_admin_credential(Path(args.state_dir) / ADMIN_DIR, authority)
     try:
         ctl = await start_control(
             etcd_endpoint,
             host=host,
             port=port,
+            token_port=token_port,
             prefix=args.prefix,
             control_id=args.id,
             cluster_cidrs=tuple(args.cluster_cidr or DEFAULT_CLUSTER_CIDRS),
             kubernetes=_controller_options(args),
+            keys=keys,
+            trust_domain=args.trust_domain,
+            tls_hosts=tuple(args.tls_host or DEFAULT_TLS_HOSTS),
+            kube_auth=kube_auth,
+            cert_validity=datetime.timedelta(hours=args.cert_hours),
         )
     except (ConnectionError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
     metrics_runner = None
     if args.metrics_listen:
         from aiohttp import web
@@ -170,9 +240,15 @@ async def _serve(args: argparse.Namespace, etcd_endpoint: str) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    where = (
+        "keys in Secret " + args.keys_secret
+        if args.kubernetes
+        else f"keys and CLI credential in {args.state_dir}"
+    )
     print(
-        f"meshgate control {ctl.control_id} listening on {host}:{ctl.port} "
-        f"(etcd {etcd_endpoint}, prefix {args.prefix})",
+        f"meshgate control {ctl.control_id} listening on {host}:{ctl.port} (mTLS) and :{ctl.token_port} "
+        f"(TLS, tokens; etcd {etcd_endpoint}, "
+        f"prefix {args.prefix}; {where})",
         flush=True,
     )
     await stop.wait()
@@ -225,7 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshgate control", description="Run the meshgate control service.")
     parser.add_argument("--etcd", help="etcd endpoint HOST:PORT (default: start a private etcd on loopback)")
     parser.add_argument("--data-dir", help="data dir of the private etcd (default: a temp dir)")
-    parser.add_argument("--listen", default="127.0.0.1:7070", help="gRPC address (default %(default)s)")
+    parser.add_argument(
+        "--listen",
+        default="127.0.0.1:7070",
+        help="gRPC, TLS with client certificates: sidecar streams, the local CLI (default %(default)s)",
+    )
+    parser.add_argument(
+        "--token-listen",
+        help="gRPC, TLS without client certificates: certificate requests and bearer-token admin calls "
+        "(default: --listen's host, its port + 1)",
+    )
     parser.add_argument("--prefix", default="/meshgate/", help="etcd key prefix (default %(default)s)")
     parser.add_argument(
         "--cluster-cidr",
@@ -234,6 +319,28 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {', '.join(DEFAULT_CLUSTER_CIDRS)})",
     )
     parser.add_argument("--id", default=None, help="replica id (default hostname-pid)")
+    parser.add_argument(
+        "--state-dir",
+        default=str(default_state_dir()),
+        help="CA, keys, bootstrap token and the CLI's credential (admin/), without --kubernetes "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--keys-secret",
+        default="meshgate-control-keys",
+        help="with --kubernetes: the Secret (in the lease namespace) holding the CA and keys (default %(default)s)",
+    )
+    parser.add_argument(
+        "--trust-domain", default="cluster.local", help="SPIFFE trust domain (default %(default)s)"
+    )
+    parser.add_argument(
+        "--tls-host",
+        action="append",
+        help=f"name or IP in control's serving certificate (repeatable; default {', '.join(DEFAULT_TLS_HOSTS)})",
+    )
+    parser.add_argument(
+        "--cert-hours", type=float, default=24.0, help="sidecar certificate lifetime (default %(default)s)"
+    )
     parser.add_argument("--metrics-listen", help="HOST:PORT for Prometheus /metrics of the control plane")
     parser.add_argument(
         "--otlp-endpoint",

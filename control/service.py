@@ -8,6 +8,7 @@ from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from meshgate.control.errors import ControlError
+from meshgate.control.identity import Issuer, sidecar_principal
 from meshgate.control.store import Store, redacted
 from meshgate.control.stream import ConfigStreamer
 from meshgate.v1 import control_pb2, control_pb2_grpc
@@ -34,16 +35,64 @@ async def _guard(context: Context, what: str, call: Callable[[], Awaitable[T]]) 
     raise AssertionError("unreachable")
 
 
+async def _bound(
+    first: control_pb2.StreamRequest, rest: AsyncIterator[control_pb2.StreamRequest]
+) -> AsyncIterator[control_pb2.StreamRequest]:
+    yield first
+    async for request in rest:
+        yield request
+
+
 class ControlServicer(control_pb2_grpc.ControlServiceServicer):  # type: ignore[misc]
-    def __init__(self, store: Store, streamer: ConfigStreamer) -> None:
+    def __init__(self, store: Store, streamer: ConfigStreamer, issuer: Issuer) -> None:
         self.store = store
         self.streamer = streamer
+        self.issuer = issuer
 
     async def StreamConfig(
         self, request_iterator: AsyncIterator[control_pb2.StreamRequest], context: Context
     ) -> AsyncIterator[control_pb2.Snapshot]:
-        async for snapshot in self.streamer.stream(request_iterator, context):
+        """The config stream of the sidecar its certificate names: the namespace, labels and id that
+        decide what it gets come from the certificate, and a stream claiming another id is refused."""
+        principal = sidecar_principal(self.issuer.authority, context)
+        if principal is None or principal.node is None:
+            log.warning("StreamConfig refused (%s): no sidecar certificate", context.peer())
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, "the config stream needs a sidecar certificate from control"
+            )
+            return
+        try:
+            first = await anext(aiter(request_iterator))
+        except StopAsyncIteration:
+            return
+        if first.WhichOneof("msg") != "node":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a Node")
+            return
+        node, claimed = principal.node, first.node
+        if (claimed.id and claimed.id != node.node_id) or (
+            claimed.namespace and claimed.namespace != node.namespace
+        ):
+            log.warning(
+                "StreamConfig refused: %s claimed to be %s/%s", node.node_id, claimed.namespace, claimed.id
+            )
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"this certificate is for {node.namespace}/{node.node_id}"
+            )
+            return
+        verified = control_pb2.StreamRequest()
+        verified.node.CopyFrom(claimed)
+        v = verified.node
+        v.id, v.pod, v.namespace = node.node_id, node.node_id, node.namespace
+        v.ClearField("labels")
+        v.labels.update(node.labels)
+        v.identity = node.spiffe_id(self.issuer.authority.trust_domain)
+        async for snapshot in self.streamer.stream(_bound(verified, request_iterator), context):
             yield snapshot
+
+    async def IssueCertificate(
+        self, request: control_pb2.CertificateRequest, context: Context
+    ) -> control_pb2.CertificateResponse:
+        return await self.issuer.issue(request, context)
 
     async def Apply(self, request: control_pb2.ApplyRequest, context: Context) -> control_pb2.ApplyResponse:
         return await _guard(

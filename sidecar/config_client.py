@@ -8,10 +8,12 @@ import logging
 import os
 import random
 import stat
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
+from meshgate.sidecar.identity import SidecarIdentity
 from meshgate.v1 import control_pb2, control_pb2_grpc
 
 log = logging.getLogger("meshgate.sidecar.config")
@@ -64,8 +66,11 @@ class ConfigClient:
         state_dir: Path | None = None,
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 15.0,
+        identity: SidecarIdentity | None = None,
     ) -> None:
         self.control_address = control_address
+        # TLS to control: a certificate of control's CA (without one, a stream cannot be opened)
+        self.identity = identity or SidecarIdentity(control_address, b"")
         self.node = node
         self._apply = apply
         self.state_dir = state_dir
@@ -129,7 +134,9 @@ class ConfigClient:
         while not self._stopping:
             got_snapshot = False
             try:
-                got_snapshot = await self._session()
+                if not self.identity.has_certificate:
+                    await self.identity.obtain(self.node)
+                got_snapshot = await self._streams()
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as exc:
@@ -149,21 +156,99 @@ class ConfigClient:
             )
             await asyncio.sleep(delay)
 
-    async def _session(self) -> bool:
+    async def _streams(self) -> bool:
+        """One stream at a time, until it ends. When the certificate is due for renewal, a new one is
+        obtained and a second stream opened with it; the first is closed once the second delivered a
+        snapshot (make before break: control never sees this sidecar leave)."""
+        current = _Stream(self)
         got = False
-        async with grpc.aio.insecure_channel(
-            self.control_address,
-            options=[
-                ("grpc.keepalive_time_ms", 10000),
-                ("grpc.keepalive_timeout_ms", 5000),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.initial_reconnect_backoff_ms", 200),
-            ],
-        ) as channel:
+        try:
+            while True:
+                wait = max(0.0, self.identity.renew_at - time.time())
+                done, _ = await asyncio.wait({current.task}, timeout=wait)
+                got = got or current.got
+                if done:
+                    current.task.result()  # raises what ended it
+                    self.last_error = (
+                        "stream closed by control"
+                        if current.got
+                        else (self.last_error or "stream closed before the first snapshot")
+                    )
+                    return got
+                try:
+                    await self.identity.obtain(self.node)
+                except Exception as exc:  # keep the stream; try again soon (the cert is still valid)
+                    log.warning("certificate renewal failed: %s", exc)
+                    self.identity.renew_at = time.time() + RENEW_RETRY_S
+                    continue
+                successor = _Stream(self)
+                if await successor.delivered(SUCCESSOR_WAIT_S):
+                    current.close()
+                    current = successor
+                else:
+                    successor.close()
+        finally:
+            current.close()
+
+    def handle(self, snap: control_pb2.Snapshot) -> control_pb2.Ack:
+        """Apply a snapshot from control (unless already applied from control) and say how it went."""
+        if not self.connected:
+            self.connected = True
+            self.last_error = ""
+            log.info("connected to control %s (%s)", self.control_address, snap.control_id)
+        ack = control_pb2.Ack(version=snap.version, nonce=snap.nonce)
+        try:
+            if self.applied is None or snap.version != self.applied.version or self.applied_from != "control":
+                self._apply(snap)
+                self._persist(snap)
+            self.applied = snap
+            self.applied_from = "control"
+            self.first_applied.set()
+            self.acks += 1
+            log.info("applied config %s", snap.version)
+        except Exception as exc:
+            ack.error = " ".join(str(exc).split()) or type(exc).__name__
+            self.nacks += 1
+            log.warning("NACK config %s: %s (keeping %s)", snap.version, ack.error, self.applied_version)
+        return ack
+
+
+RENEW_RETRY_S = 30.0
+SUCCESSOR_WAIT_S = 10.0
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10000),
+    ("grpc.keepalive_timeout_ms", 5000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+]
+
+
+class _Stream:
+    """One StreamConfig call on its own TLS channel (the credentials of the moment), in a task."""
+
+    def __init__(self, client: ConfigClient) -> None:
+        self.client = client
+        self.got = False
+        self.first = asyncio.Event()
+        self.task = asyncio.create_task(self._run())
+
+    async def delivered(self, within_s: float) -> bool:
+        """Whether this stream delivered its first snapshot within `within_s` (and is still open)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.first.wait()), within_s)
+        return self.first.is_set() and not self.task.done()
+
+    def close(self) -> None:
+        self.task.cancel()
+
+    async def _run(self) -> None:
+        client = self.client
+        creds = client.identity.channel_credentials()
+        async with grpc.aio.secure_channel(client.control_address, creds, options=CHANNEL_OPTIONS) as channel:
             stub = control_pb2_grpc.ControlServiceStub(channel)
             outbox: asyncio.Queue[control_pb2.StreamRequest | None] = asyncio.Queue()
-            await outbox.put(control_pb2.StreamRequest(node=self.node))
+            await outbox.put(control_pb2.StreamRequest(node=client.node))
 
             async def requests() -> AsyncIterator[control_pb2.StreamRequest]:
                 while True:
@@ -175,38 +260,11 @@ class ConfigClient:
             call = stub.StreamConfig(requests())
             try:
                 async for snap in call:
-                    if not self.connected:
-                        self.connected = True
-                        self.last_error = ""
-                        log.info("connected to control %s (%s)", self.control_address, snap.control_id)
-                    got = True
-                    ack = control_pb2.Ack(version=snap.version, nonce=snap.nonce)
-                    try:
-                        if (
-                            self.applied is None
-                            or snap.version != self.applied.version
-                            or self.applied_from != "control"
-                        ):
-                            self._apply(snap)
-                            self._persist(snap)
-                        self.applied = snap
-                        self.applied_from = "control"
-                        self.first_applied.set()
-                        self.acks += 1
-                        log.info("applied config %s", snap.version)
-                    except Exception as exc:
-                        ack.error = " ".join(str(exc).split()) or type(exc).__name__
-                        self.nacks += 1
-                        log.warning(
-                            "NACK config %s: %s (keeping %s)", snap.version, ack.error, self.applied_version
-                        )
+                    self.got = True
+                    ack = client.handle(snap)
                     await outbox.put(control_pb2.StreamRequest(ack=ack))
+                    self.first.set()
             finally:
                 await outbox.put(None)
                 with contextlib.suppress(Exception):
                     call.cancel()
-        if not got:
-            self.last_error = self.last_error or "stream closed before the first snapshot"
-        else:
-            self.last_error = "stream closed by control"
-        return got

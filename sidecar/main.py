@@ -19,8 +19,10 @@ from meshgate.sidecar.accesslog import AccessLog
 from meshgate.sidecar.admin import HEALTH_PATHS, METRICS_PATHS, AdminServer, AdminState, start_admin
 from meshgate.sidecar.cache import load_key
 from meshgate.sidecar.config_client import ConfigClient
+from meshgate.sidecar.credentials import default_state_dir
 from meshgate.sidecar.drain import Drain
 from meshgate.sidecar.http1 import HttpServer, Limits, serve_http
+from meshgate.sidecar.identity import SidecarIdentity
 from meshgate.sidecar.metrics import Metrics
 from meshgate.sidecar.routing import TableHolder, compile_snapshot
 from meshgate.sidecar.runtime import Runtime
@@ -61,6 +63,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meshgate sidecar", description="Run a meshgate sidecar.")
     p.add_argument(
         "--control", default=env.get("MESHGATE_CONTROL", "127.0.0.1:7070"), help="control HOST:PORT"
+    )
+    p.add_argument(
+        "--control-token-address",
+        default=env.get("MESHGATE_CONTROL_TOKEN_ADDRESS", ""),
+        help="control's token port, for the first certificate (default: --control's host, port + 1)",
+    )
+    local = default_state_dir()  # where a `meshgate control` on this machine keeps its CA and token
+    p.add_argument(
+        "--control-ca",
+        type=Path,
+        default=Path(env.get("MESHGATE_CONTROL_CA", local / "ca.crt")),
+        help="control's CA certificate: the stream is TLS only (default %(default)s)",
+    )
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        default=Path(env.get("MESHGATE_TOKEN_FILE", local / "bootstrap-token")),
+        help="what proves this sidecar to control for its first certificate: a projected "
+        "ServiceAccount token (audience meshgate) or control's bootstrap token (default %(default)s)",
     )
     p.add_argument(
         "--listen", type=_address, default="0.0.0.0:15001", help="HTTP listener (default %(default)s)"
@@ -240,6 +261,14 @@ class _Sidecar:
         if args.grpc_listen and not await self._start_grpc():
             return False
         self.exporter = self.admin.otlp_metrics = _metrics_exporter(args, self.metrics)
+        if args.snapshot_file is None:
+            try:
+                self.client.identity = SidecarIdentity.from_files(
+                    args.control, args.control_ca, args.token_file, args.control_token_address
+                )
+            except OSError as exc:
+                print(f"error: --control-ca: {exc}", file=sys.stderr)
+                return False
         self.task = None if args.snapshot_file is not None else asyncio.create_task(self.client.run())
         self.serving = True
         source = f"snapshot file {args.snapshot_file}" if args.snapshot_file else f"control {args.control}"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -13,6 +15,21 @@ import pytest
 from meshgate.control.etcd_local import LocalEtcd
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+
+@pytest.fixture(scope="session", autouse=True)
+def control_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private $XDG_STATE_HOME for the session: the `meshgate control` processes tests start keep
+    their CA, bootstrap token and CLI credential there, where the CLI and sidecars look by default
+    (as on a user's machine), and nothing is written to the real home."""
+    home = tmp_path_factory.mktemp("state-home")
+    old = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = old
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import http.client
 import json
 import os
@@ -27,11 +28,13 @@ from e2e.harness import Mesh, Sidecar
 from kubeapi import JSON, KubeApi
 from meshgate.control.controller import MANAGED_BY, Controller, ControllerOptions
 from meshgate.control.etcd_local import LocalEtcd
+from meshgate.control.keystore import load_dir
 from meshgate.control.kube import KubeOptions
 from meshgate.control.resources import load_documents
 from meshgate.control.server import ControlServer, start_control
 from meshgate.control.snapshots import build_snapshot
 from meshgate.control.store import Store
+from meshgate.sidecar.credentials import default_state_dir
 from meshgate.v1 import control_pb2
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "kubectl"
@@ -204,8 +207,11 @@ async def env(etcd: LocalEtcd, kube: KubeApi, tmp_path: Path) -> AsyncIterator[E
         control_id="ctl-a",
         cluster_cidrs=CIDRS,
         kubernetes=options(kube),
+        keys=load_dir(default_state_dir()),  # where the sidecar process finds the CA and token
     )
-    mesh = Mesh(etcd.endpoint, tmp_path, prefix=prefix, control_port=control.port)
+    mesh = Mesh(
+        etcd.endpoint, tmp_path, prefix=prefix, control_port=control.port, token_port=control.token_port
+    )
     try:
         sidecar = mesh.start_sidecar("sc-1", "app=pets", wait_ready=False)
         await asyncio.to_thread(sidecar.wait_ready)
@@ -370,7 +376,9 @@ async def test_api_key_from_a_secret_opens_a_keyed_route(env: Env) -> None:
     assert await env.get("/live/orders", {"x-api-key": key}) == (200, '"orders"')
     assert (await env.get("/live/orders", {"x-api-key": key[:-1] + "4"}))[0] == 403
     [stored] = await env.store.get("ApiKey", "shop", "partner")
-    assert stored.api_key.spec.value_sha256 == hashlib.sha256(key.encode()).hexdigest()
+    digest = hashlib.sha256(key.encode()).digest()
+    keyed = hmac.new(env.control.store.keys.api_key_hash_key, digest, "sha256").hexdigest()
+    assert stored.api_key.spec.value_hmac == keyed and not stored.api_key.spec.value_sha256
     assert not any(key.encode() in v for v in await etcd_values(env.store))  # only the hash reaches etcd
 
 

@@ -126,12 +126,12 @@ def test_snapshot_lists_the_sidecars_serving_each_websocket_api() -> None:
 
 async def test_replicas_and_restarts_send_the_same_key(etcd: LocalEtcd, prefix: str) -> None:
     one = await start_control(etcd.endpoint, port=0, prefix=prefix, control_id="c1")
-    two = await start_control(etcd.endpoint, port=0, prefix=prefix, control_id="c2")
+    two = await start_control(etcd.endpoint, port=0, prefix=prefix, control_id="c2", keys=one.store.keys)
     await seed(etcd.endpoint, prefix, WS)
     await one.store.deploy("default", "chat", "prod")
-    a = Sidecar(one.port, "sc-a", {"app": "chat"})
+    a = Sidecar(one, "sc-a", {"app": "chat"})
     a.node.advertise = "127.0.0.1:1001"
-    b = Sidecar(two.port, "sc-b", {"app": "chat"})
+    b = Sidecar(two, "sc-b", {"app": "chat"})
     b.node.advertise = "127.0.0.1:1002"
 
     def listing(sc: Sidecar) -> list[tuple[str, str]]:
@@ -149,8 +149,8 @@ async def test_replicas_and_restarts_send_the_same_key(etcd: LocalEtcd, prefix: 
         await b.close()
         await one.stop(0)
         await two.stop(0)
-    again = await start_control(etcd.endpoint, port=0, prefix=prefix, control_id="c3")
-    c = Sidecar(again.port, "sc-c", {"app": "chat"})
+    again = await start_control(etcd.endpoint, port=0, prefix=prefix, control_id="c3", keys=one.store.keys)
+    c = Sidecar(again, "sc-c", {"app": "chat"})
     try:
         await until(lambda: bool(c.received))
         assert c.received[0].connection_id_key == key  # the first snapshot already has it

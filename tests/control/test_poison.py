@@ -11,6 +11,7 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -23,6 +24,7 @@ from meshgate.control.etcd_local import LocalEtcd, free_port
 from meshgate.control.server import ControlServer, start_control
 from meshgate.control.store import Store
 from meshgate.v1 import control_pb2, control_pb2_grpc, resources_pb2
+from tls import LocalControl, admin_credentials
 
 from .conftest import PETS, docs, raw_etcd, wipe
 from .test_stream import Sidecar, until
@@ -60,8 +62,8 @@ def poison_lines(caplog: pytest.LogCaptureFixture, key: str) -> int:
     return sum(1 for r in caplog.records if key in r.getMessage() and "poison" in r.getMessage())
 
 
-def apply_rpc(port: int, text: str) -> control_pb2.ApplyResponse:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+def apply_rpc(ctl: Any, text: str) -> control_pb2.ApplyResponse:
+    with grpc.secure_channel(f"127.0.0.1:{ctl.port}", admin_credentials(ctl).channel()) as channel:
         stub = control_pb2_grpc.ControlServiceStub(channel)
         response: control_pb2.ApplyResponse = stub.Apply(
             control_pb2.ApplyRequest(resources=docs(text)), timeout=10
@@ -69,8 +71,8 @@ def apply_rpc(port: int, text: str) -> control_pb2.ApplyResponse:
         return response
 
 
-def get_rpc(port: int, kind: str) -> list[resources_pb2.Resource]:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+def get_rpc(ctl: Any, kind: str) -> list[resources_pb2.Resource]:
+    with grpc.secure_channel(f"127.0.0.1:{ctl.port}", admin_credentials(ctl).channel()) as channel:
         stub = control_pb2_grpc.ControlServiceStub(channel)
         return list(stub.Get(control_pb2.GetRequest(kind=kind), timeout=10).resources)
 
@@ -100,7 +102,7 @@ async def test_a_poisoned_stage_keeps_its_last_good_and_the_rest_propagates(
     caplog.set_level(logging.INFO, "meshgate.control")
     prefix, mirror = control.store.prefix, control.mirror
     await control.store.apply(docs(PETS) + docs(CATS))
-    sc = Sidecar(control.port, "sc-1", {"app": "pets"})
+    sc = Sidecar(control, "sc-1", {"app": "pets"})
     try:
         await until(
             lambda: sc.received and stage_names(sc.received[-1]) == {("pets", "prod"), ("cats", "prod")}
@@ -111,7 +113,7 @@ async def test_a_poisoned_stage_keeps_its_last_good_and_the_rest_propagates(
 
         # another change, through the Apply RPC, reaches the sidecar within a second or two
         t0 = time.monotonic()
-        assert await asyncio.to_thread(apply_rpc, control.port, PETS.replace('"b:1"', '"b:2"'))
+        assert await asyncio.to_thread(apply_rpc, control, PETS.replace('"b:1"', '"b:2"'))
         await until(lambda: variables(sc.received[-1], "pets") == {"backend": "b:2"}, 2)
         assert time.monotonic() - t0 < 2
         # the poisoned stage: its last good version still served; marked once (log, metrics)
@@ -122,7 +124,7 @@ async def test_a_poisoned_stage_keeps_its_last_good_and_the_rest_propagates(
         assert metric(text, "meshgate_control_poisoned_objects") == 1
         assert metric(text, "meshgate_control_poisoned_total") == 1
         # Get does not fail on it (it lists what decodes)
-        got = await asyncio.to_thread(get_rpc, control.port, "stages")
+        got = await asyncio.to_thread(get_rpc, control, "stages")
         assert {r.stage.spec.api for r in got} == {"pets"}
 
         # a good rewrite clears the mark
@@ -166,15 +168,15 @@ async def test_poison_present_before_control_starts(etcd: LocalEtcd) -> None:
     await put_raw(etcd.endpoint, cats_key(prefix), GARBAGE)
     await put_raw(etcd.endpoint, keys.api_key(prefix, "default", "dogs"), GARBAGE)
     ctl = await asyncio.wait_for(start_control(etcd.endpoint, port=0, prefix=prefix, control_id="c1"), 10)
-    sc = Sidecar(ctl.port, "sc-1", {"app": "pets"})
+    sc = Sidecar(ctl, "sc-1", {"app": "pets"})
     try:
         await until(lambda: sc.received, 5)
         assert stage_names(sc.received[-1]) == {("pets", "prod")}  # no last good: the cats stage is absent
         assert set(ctl.mirror.state.poisoned) == {cats_key(prefix), keys.api_key(prefix, "default", "dogs")}
         assert metric(ctl.mirror.metrics_text(), "meshgate_control_poisoned_objects") == 2
-        got = await asyncio.to_thread(get_rpc, ctl.port, "apis")
+        got = await asyncio.to_thread(get_rpc, ctl, "apis")
         assert {r.api.metadata.name for r in got} == {"pets", "cats"}
-        await asyncio.to_thread(apply_rpc, ctl.port, PETS.replace('"b:1"', '"b:3"'))
+        await asyncio.to_thread(apply_rpc, ctl, PETS.replace('"b:1"', '"b:3"'))
         await until(lambda: variables(sc.received[-1], "pets") == {"backend": "b:3"}, 2)
         assert ctl.mirror.reloads == 0
     finally:
@@ -199,12 +201,12 @@ async def test_a_real_control_process_serves_past_poison(etcd: LocalEtcd, tmp_pa
     try:
         await asyncio.to_thread(wait_port, port, 20.0, proc.popen)
         await asyncio.to_thread(wait_port, metrics_port, 20.0, proc.popen)
-        sc = Sidecar(port, "sc-1", {"app": "pets"})
+        sc = Sidecar(LocalControl(port), "sc-1", {"app": "pets"})
         await until(lambda: sc is not None and sc.received, 10)
         await put_raw(etcd.endpoint, cats_key(prefix), GARBAGE)  # while it runs
         await asyncio.sleep(0.3)
         t0 = time.monotonic()
-        await asyncio.to_thread(apply_rpc, port, PETS.replace('"b:1"', '"b:4"'))
+        await asyncio.to_thread(apply_rpc, LocalControl(port), PETS.replace('"b:1"', '"b:4"'))
         await until(lambda: sc is not None and variables(sc.received[-1], "pets") == {"backend": "b:4"}, 2)
         assert time.monotonic() - t0 < 2
         assert stage_names(sc.received[-1]) == {("pets", "prod"), ("cats", "prod")}  # last good kept

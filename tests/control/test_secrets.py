@@ -23,6 +23,7 @@ from meshgate.control.state import State
 from meshgate.control.store import Store
 from meshgate.sidecar.redact import REDACTED
 from meshgate.v1 import control_pb2, control_pb2_grpc, resources_pb2
+from tls import admin_channel
 
 from .conftest import dump, raw_etcd
 from .test_stream import Sidecar, until
@@ -85,7 +86,7 @@ async def control(etcd: LocalEtcd) -> AsyncIterator[ControlServer]:
 
 @pytest.fixture
 async def stub(control: ControlServer) -> AsyncIterator[control_pb2_grpc.ControlServiceStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{control.port}") as channel:
+    async with admin_channel(control) as channel:
         yield control_pb2_grpc.ControlServiceStub(channel)
 
 
@@ -169,8 +170,8 @@ async def test_only_sidecars_serving_the_stage_receive_its_secrets(
     await apply(stub, CONFIG)
     await deploy(stub, "pets")
     await deploy(stub, "shop")
-    pets = Sidecar(control.port, "sc-pets", {"app": "pets"})
-    shop = Sidecar(control.port, "sc-shop", {"app": "shop"})
+    pets = Sidecar(control, "sc-pets", {"app": "pets"})
+    shop = Sidecar(control, "sc-shop", {"app": "shop"})
     try:
         await until(lambda: any(s.stages and s.stages[0].deployment.id for s in pets.received))
         await until(lambda: any(s.stages and s.stages[0].deployment.id for s in shop.received))
@@ -198,7 +199,7 @@ async def test_etcd_holds_a_keyed_hash_and_the_snapshot_the_key(
     mac = hmac.new(hash_key, digest, "sha256").hexdigest()
     assert resources_pb2.ApiKey.FromString(raw).spec.value_hmac == mac
     await deploy(stub, "pets")
-    pets = Sidecar(control.port, "sc-pets", {"app": "pets"})
+    pets = Sidecar(control, "sc-pets", {"app": "pets"})
     try:
         await until(lambda: bool(pets.received and pets.received[-1].api_keys))
         snap = pets.received[-1]

@@ -14,6 +14,7 @@ from meshgate.control.etcd_local import LocalEtcd
 from meshgate.control.server import ControlServer, start_control
 from meshgate.sidecar.otlp_metrics import OtlpMetricsExporter
 from meshgate.v1 import control_pb2, control_pb2_grpc
+from tls import admin_channel, sidecar_channel
 
 from .conftest import PETS, docs
 
@@ -21,8 +22,8 @@ from .conftest import PETS, docs
 class Sidecar:
     """A minimal stream client that ACKs (or NACKs) every snapshot it reads."""
 
-    def __init__(self, port: int, node_id: str, labels: dict[str, str], nack: str = "") -> None:
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    def __init__(self, ctl: Any, node_id: str, labels: dict[str, str], nack: str = "") -> None:
+        self.channel = sidecar_channel(ctl, node_id, "default", **labels)
         self.node = control_pb2.Node(id=node_id, namespace="default", labels=labels)
         self.received: list[control_pb2.Snapshot] = []
         self.nack = nack
@@ -71,8 +72,8 @@ async def statuses(ctl: ControlServer) -> dict[str, control_pb2.SidecarStatus]:
 async def test_push_on_change_and_ack_status(control: ControlServer) -> None:
     store = control.store
     await store.apply(docs())
-    sc = Sidecar(control.port, "sc-1", {"app": "pets"})
-    other = Sidecar(control.port, "sc-2", {"app": "shop"})
+    sc = Sidecar(control, "sc-1", {"app": "pets"})
+    other = Sidecar(control, "sc-2", {"app": "shop"})
     try:
         await until(lambda: sc.received and other.received)
         assert not [b for b in sc.received[0].stages if b.HasField("deployment")]
@@ -114,7 +115,7 @@ async def test_push_on_change_and_ack_status(control: ControlServer) -> None:
 async def test_bursts_are_coalesced_but_steady_changes_not_starved(control: ControlServer) -> None:
     store = control.store
     await store.apply(docs())
-    sc = Sidecar(control.port, "sc-1", {"app": "pets"})
+    sc = Sidecar(control, "sc-1", {"app": "pets"})
     try:
         await until(lambda: sc.received)
         burst = [
@@ -139,7 +140,7 @@ async def test_bursts_are_coalesced_but_steady_changes_not_starved(control: Cont
 async def test_nack_is_recorded_and_not_resent(control: ControlServer) -> None:
     store = control.store
     await store.apply(docs())
-    sc = Sidecar(control.port, "sc-1", {"app": "pets"}, nack="stage prefix /prod is claimed twice")
+    sc = Sidecar(control, "sc-1", {"app": "pets"}, nack="stage prefix /prod is claimed twice")
     try:
         await until(lambda: sc.received)
         await store.deploy("default", "pets", "prod")
@@ -161,10 +162,12 @@ async def test_nack_is_recorded_and_not_resent(control: ControlServer) -> None:
 
 
 async def test_two_replicas_share_etcd_and_sidecar_status(etcd: LocalEtcd, control: ControlServer) -> None:
-    second = await start_control(etcd.endpoint, port=0, prefix=control.store.prefix, control_id="c2")
+    second = await start_control(
+        etcd.endpoint, port=0, prefix=control.store.prefix, control_id="c2", keys=control.store.keys
+    )
     await control.store.apply(docs())
-    a = Sidecar(control.port, "on-c1", {"app": "pets"})
-    b = Sidecar(second.port, "on-c2", {"app": "pets"})
+    a = Sidecar(control, "on-c1", {"app": "pets"})
+    b = Sidecar(second, "on-c2", {"app": "pets"})
     try:
         await until(lambda: a.received and b.received)
         await second.store.deploy("default", "pets", "prod")
@@ -186,7 +189,7 @@ async def test_two_replicas_share_etcd_and_sidecar_status(etcd: LocalEtcd, contr
 
 
 async def test_first_message_must_be_node(control: ControlServer) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{control.port}") as ch:
+    async with sidecar_channel(control, "sc-x") as ch:
         stub = control_pb2_grpc.ControlServiceStub(ch)
 
         async def reqs() -> AsyncIterator[control_pb2.StreamRequest]:
@@ -199,7 +202,7 @@ async def test_first_message_must_be_node(control: ControlServer) -> None:
 
 
 async def test_admin_errors_map_to_grpc_status(control: ControlServer) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{control.port}") as ch:
+    async with admin_channel(control) as ch:
         stub = control_pb2_grpc.ControlServiceStub(ch)
         bad = docs(PETS.replace("path: /health", "path: health"))
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -214,7 +217,7 @@ async def test_admin_errors_map_to_grpc_status(control: ControlServer) -> None:
 
 async def test_control_plane_metrics(control: ControlServer, otlp: Any) -> None:
     await control.store.apply(docs())
-    sc = Sidecar(control.port, "sc-m", {"app": "pets"})
+    sc = Sidecar(control, "sc-m", {"app": "pets"})
     try:
         await until(lambda: sc.received)
         await control.store.deploy("default", "pets", "prod")

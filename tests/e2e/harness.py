@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 from meshgate.control.etcd_local import free_port
+from meshgate.sidecar.credentials import cli_credentials
 from meshgate.v1 import control_pb2_grpc
 
 
@@ -98,9 +99,11 @@ class Mesh:
     prefix: str = field(default_factory=lambda: f"/e2e-{uuid.uuid4().hex[:8]}/")
     procs: list[Proc] = field(default_factory=list)
     control_port: int = 0
+    token_port: int = 0
 
     def start_control(self, port: int | None = None) -> Proc:
         self.control_port = port or self.control_port or free_port()
+        self.token_port = self.token_port or free_port()
         proc = Proc(
             meshgate(
                 "control",
@@ -108,6 +111,8 @@ class Mesh:
                 self.etcd_endpoint,
                 "--listen",
                 f"127.0.0.1:{self.control_port}",
+                "--token-listen",
+                f"127.0.0.1:{self.token_port}",
                 "--prefix",
                 self.prefix,
             ),
@@ -144,6 +149,8 @@ class Mesh:
             "sidecar",
             "--control",
             f"127.0.0.1:{self.control_port}",
+            "--control-token-address",
+            f"127.0.0.1:{self.token_port}",
             "--listen",
             f"127.0.0.1:{port}",
             "--admin",
@@ -169,7 +176,7 @@ class Mesh:
         return sc
 
     def stub(self) -> control_pb2_grpc.ControlServiceStub:
-        channel = grpc.insecure_channel(f"127.0.0.1:{self.control_port}")
+        channel = grpc.secure_channel(f"127.0.0.1:{self.control_port}", cli_credentials().channel())
         return control_pb2_grpc.ControlServiceStub(channel)
 
     def stop_all(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,39 +11,72 @@ from typing import Any
 
 import grpc
 import pytest
+from meshgate.control.ca import Authority, NodeIdentity, generate_ca
 from meshgate.control.etcd_local import free_port
+from meshgate.control.identity import peer_certificate
 from meshgate.sidecar.config_client import ConfigClient, backoff_delay
+from meshgate.sidecar.identity import SidecarIdentity
 from meshgate.v1 import control_pb2, control_pb2_grpc
+
+CA_CERT, CA_KEY = generate_ca()
+AUTHORITY = Authority(CA_CERT, CA_KEY)
 
 
 class FakeControl(control_pb2_grpc.ControlServiceServicer):  # type: ignore[misc]
-    """Sends the queued snapshots to each stream and records what comes back."""
+    """Sends the queued snapshots to each stream and records what comes back; issues certificates
+    (valid for `validity`) to any caller, as control does for a good token."""
 
-    def __init__(self, snapshots: list[control_pb2.Snapshot]) -> None:
+    def __init__(self, snapshots: list[control_pb2.Snapshot], validity: float = 3600.0) -> None:
         self.snapshots = snapshots
+        self.validity = datetime.timedelta(seconds=validity)
         self.nodes: list[control_pb2.Node] = []
         self.acks: list[control_pb2.Ack] = []
         self.got_ack = asyncio.Event()
+        self.tokens: list[str] = []
+        self.open_streams = 0
+        self.most_open = 0
+        self.streams = 0
+
+    async def IssueCertificate(self, request: control_pb2.CertificateRequest, context: Any) -> Any:
+        self.tokens.append(dict(context.invocation_metadata()).get("authorization", ""))
+        node = NodeIdentity(request.node.id, request.node.namespace or "default")
+        cert = AUTHORITY.sidecar_cert(request.csr_pem, node, self.validity)
+        return control_pb2.CertificateResponse(certificate_pem=cert, ca_pem=CA_CERT, identity="spiffe://t")
 
     async def StreamConfig(
         self, request_iterator: AsyncIterator[control_pb2.StreamRequest], context: Any
     ) -> AsyncIterator[control_pb2.Snapshot]:
-        first = await anext(aiter(request_iterator))
-        self.nodes.append(first.node)
-        for snap in self.snapshots:
-            yield snap
-            req = await anext(aiter(request_iterator))
-            self.acks.append(req.ack)
-            self.got_ack.set()
-        await asyncio.sleep(3600)
+        assert AUTHORITY.principal(peer_certificate(context)) is not None  # mTLS: a certificate of ours
+        self.open_streams += 1
+        self.streams += 1
+        self.most_open = max(self.most_open, self.open_streams)
+        try:
+            first = await anext(aiter(request_iterator))
+            self.nodes.append(first.node)
+            for snap in self.snapshots:
+                yield snap
+                req = await anext(aiter(request_iterator))
+                self.acks.append(req.ack)
+                self.got_ack.set()
+            await asyncio.sleep(3600)
+        finally:
+            self.open_streams -= 1
 
 
 async def serve(fake: FakeControl, port: int) -> grpc.aio.Server:
+    """The double on `port` (client certificates required) and `port + 1` (the token port)."""
     server = grpc.aio.server()
     control_pb2_grpc.add_ControlServiceServicer_to_server(fake, server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    cert, key = AUTHORITY.server_cert(["127.0.0.1"])
+    mtls = grpc.ssl_server_credentials([(key, cert)], root_certificates=CA_CERT, require_client_auth=True)
+    server.add_secure_port(f"127.0.0.1:{port}", mtls)
+    server.add_secure_port(f"127.0.0.1:{port + 1}", grpc.ssl_server_credentials([(key, cert)]))
     await server.start()
     return server
+
+
+def identity(port: int) -> SidecarIdentity:
+    return SidecarIdentity(f"127.0.0.1:{port}", CA_CERT, token="boot-token")
 
 
 def snap(version: str) -> control_pb2.Snapshot:
@@ -67,7 +101,7 @@ async def test_ack_nack_and_persisted_snapshot(tmp_path: Path) -> None:
         applied.append(s.version)
 
     node = control_pb2.Node(id="n1", namespace="default", labels={"app": "pets"})
-    client = ConfigClient(f"127.0.0.1:{port}", node, apply, state_dir=tmp_path)
+    client = ConfigClient(f"127.0.0.1:{port}", node, apply, state_dir=tmp_path, identity=identity(port))
     task = asyncio.create_task(client.run())
     try:
         await wait_for(lambda: len(fake.acks) == 2)
@@ -105,6 +139,7 @@ async def test_reconnects_after_control_restart(tmp_path: Path) -> None:
         lambda s: None,
         backoff_initial_s=0.05,
         backoff_max_s=0.2,
+        identity=identity(port),
     )
     task = asyncio.create_task(client.run())
     try:
@@ -116,6 +151,30 @@ async def test_reconnects_after_control_restart(tmp_path: Path) -> None:
         await wait_for(lambda: client.applied_version == "two", timeout=15)
         await wait_for(lambda: bool(fake2.acks))  # the ACK travels after the apply
         assert fake2.acks[0].version == "two" and not fake2.acks[0].error
+    finally:
+        task.cancel()
+        await server.stop(0)
+
+
+async def test_the_certificate_rotates_without_dropping_the_stream() -> None:
+    """A first certificate with the token (on the token port), renewals with the certificate at
+    two thirds of its life; each renewal opens a second stream before the first is closed, so
+    control always has this sidecar connected."""
+    port = free_port()
+    fake = FakeControl([snap("one")], validity=1.5)
+    server = await serve(fake, port)
+    ident = identity(port)
+    client = ConfigClient(f"127.0.0.1:{port}", control_pb2.Node(id="n1"), lambda s: None, identity=ident)
+    task = asyncio.create_task(client.run())
+    try:
+        await wait_for(lambda: client.applied_version == "one")
+        first_cert = ident.cert_pem
+        await wait_for(lambda: ident.renewals >= 2 and fake.streams >= 3, timeout=15)
+        assert ident.cert_pem != first_cert and fake.tokens[0] == "Bearer boot-token"
+        assert fake.tokens[1:] == [""] * (len(fake.tokens) - 1)  # renewals: the certificate, no token
+        assert fake.most_open == 2  # make before break
+        await wait_for(lambda: fake.open_streams == 1)
+        assert client.connected and client.acks >= 3 and client.nacks == 0
     finally:
         task.cancel()
         await server.stop(0)

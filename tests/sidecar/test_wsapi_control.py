@@ -16,12 +16,15 @@ from typing import Any
 import aetcd
 import grpc
 import pytest
+from e2e.harness import wait_port
 from meshgate.control import state as keys
 from meshgate.control.etcd_local import LocalEtcd, free_port
 from meshgate.control.resources import load_documents
 from meshgate.control.state import unwrap
 from meshgate.control.store import parse_endpoint
 from meshgate.sidecar.config_client import ConfigClient
+from meshgate.sidecar.credentials import cli_credentials, default_state_dir
+from meshgate.sidecar.identity import SidecarIdentity
 from meshgate.sidecar.routing import compile_snapshot
 from meshgate.sidecar.runtime import Runtime
 from meshgate.sidecar.wsapi import Registry, encode_id, owner_tag
@@ -82,9 +85,7 @@ def control(etcd: LocalEtcd, tmp_path: Any) -> Iterator[tuple[int, str]]:
             stderr=subprocess.STDOUT,
         )
         try:
-            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-            grpc.channel_ready_future(channel).result(timeout=20)
-            channel.close()
+            wait_port(port, 20.0, proc)
             yield port, prefix
         finally:
             proc.terminate()
@@ -108,7 +109,11 @@ class ControlledSidecar:
         def apply(snap: control_pb2.Snapshot) -> None:
             self.gw.holder.table = compile_snapshot(snap, runtime)
 
-        self.client = ConfigClient(f"127.0.0.1:{control_port}", node, apply)
+        local = default_state_dir()  # the control process's CA and bootstrap token
+        ident = SidecarIdentity.from_files(
+            f"127.0.0.1:{control_port}", local / "ca.crt", local / "bootstrap-token"
+        )
+        self.client = ConfigClient(f"127.0.0.1:{control_port}", node, apply, identity=ident)
 
         async def go() -> asyncio.Task[None]:
             return asyncio.create_task(self.client.run())
@@ -130,7 +135,8 @@ def test_connections_through_control(lt: LoopThread, control: tuple[int, str], e
     backend = Backend(lt)
     rec, rec_port = recorder(lt)
     lt.run(_seed_api(etcd.endpoint, prefix, CHAT.format(port=backend.port)))
-    stub = control_pb2_grpc.ControlServiceStub(grpc.insecure_channel(f"127.0.0.1:{control_port}"))
+    channel = grpc.secure_channel(f"127.0.0.1:{control_port}", cli_credentials().channel())
+    stub = control_pb2_grpc.ControlServiceStub(channel)
     stub.Apply(control_pb2.ApplyRequest(resources=load_documents(STAGE)), timeout=10)
     stub.Deploy(control_pb2.DeployRequest(namespace="default", api="chat", stage="prod"), timeout=10)
     a = ControlledSidecar(lt, control_port, "sc-a")
