@@ -30,10 +30,12 @@ def bind_key(node: control_pb2.Node) -> BindKey:
 
 
 def binds(api: resources_pb2.Api, node: control_pb2.Node) -> bool:
-    """An Api binds to a sidecar when its selector matches the node's namespace and labels."""
+    """An Api binds to a sidecar when its selector matches the node's namespace and labels. With no
+    `namespaces` only the Api's own namespace's sidecars match (as an Istio workloadSelector): a pod
+    elsewhere that copies the labels gets nothing, stage secrets included; "*" opens it to all."""
     sel = api.spec.selector
-    namespaces = list(sel.namespaces)
-    if namespaces and "*" not in namespaces and (node.namespace or "default") not in namespaces:
+    namespaces = list(sel.namespaces) or [api.metadata.namespace or "default"]
+    if "*" not in namespaces and (node.namespace or "default") not in namespaces:
         return False
     return all(node.labels.get(k) == v for k, v in sel.match_labels.items())
 

@@ -213,7 +213,7 @@ async def env(etcd: LocalEtcd, kube: KubeApi, tmp_path: Path) -> AsyncIterator[E
         etcd.endpoint, tmp_path, prefix=prefix, control_port=control.port, token_port=control.token_port
     )
     try:
-        sidecar = mesh.start_sidecar("sc-1", "app=pets", wait_ready=False)
+        sidecar = mesh.start_sidecar("sc-1", "app=pets", wait_ready=False, namespace="shop")
         await asyncio.to_thread(sidecar.wait_ready)
         yield Env(kube, control, sidecar)
     finally:

@@ -141,6 +141,7 @@ class Mesh:
         wait_ready: bool = True,
         port: int | None = None,
         extra: tuple[str, ...] = (),
+        namespace: str = "default",
     ) -> Sidecar:
         port = port or free_port()
         admin = free_port()
@@ -160,7 +161,7 @@ class Mesh:
             "--pod",
             node_id,
             "--namespace",
-            "default",
+            namespace,
             "--state-dir",
             str(state),
             *extra,
