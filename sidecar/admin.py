@@ -62,6 +62,8 @@ def stats(state: AdminState) -> list[Stat]:
         ("config.connected", int(c.connected)),
         ("config.acks", c.acks),
         ("config.nacks", c.nacks),
+        ("config.certificate_renewals", c.identity.renewals),
+        ("config.certificate_expires_unix", int(c.identity.expires_at)),
         ("config.stages", state.holder.table.stage_count),
         ("server.ready", int(c.applied is not None)),
     ]

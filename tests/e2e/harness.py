@@ -101,7 +101,7 @@ class Mesh:
     control_port: int = 0
     token_port: int = 0
 
-    def start_control(self, port: int | None = None) -> Proc:
+    def start_control(self, port: int | None = None, extra: tuple[str, ...] = ()) -> Proc:
         self.control_port = port or self.control_port or free_port()
         self.token_port = self.token_port or free_port()
         proc = Proc(
@@ -115,6 +115,7 @@ class Mesh:
                 f"127.0.0.1:{self.token_port}",
                 "--prefix",
                 self.prefix,
+                *extra,
             ),
             self.workdir / f"control-{self.control_port}.log",
         ).start()
