@@ -107,6 +107,16 @@ def generate_ca(common_name: str = CA_COMMON_NAME) -> tuple[bytes, bytes]:
     return _pem(cert), private_pem(key)
 
 
+def _sans(hosts: Sequence[str]) -> list[x509.GeneralName]:
+    sans: list[x509.GeneralName] = []
+    for h in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            sans.append(x509.DNSName(h))
+    return sans
+
+
 class Authority:
     """Issues and reads certificates under one CA and trust domain."""
 
@@ -152,15 +162,17 @@ class Authority:
     def server_cert(self, hosts: list[str]) -> tuple[bytes, bytes]:
         """Control's own serving cert for `hosts` (DNS names or IPs): (cert PEM, key PEM)."""
         key = new_key()
-        sans: list[x509.GeneralName] = []
-        for h in hosts:
-            try:
-                sans.append(x509.IPAddress(ipaddress.ip_address(h)))
-            except ValueError:
-                sans.append(x509.DNSName(h))
         cert = self._issue(
-            key.public_key(), hosts[0], sans, [ExtendedKeyUsageOID.SERVER_AUTH], SERVER_VALIDITY
+            key.public_key(), hosts[0], _sans(hosts), [ExtendedKeyUsageOID.SERVER_AUTH], SERVER_VALIDITY
         )
+        return cert, private_pem(key)
+
+    def peer_cert(self, name: str, hosts: Sequence[str] = ()) -> tuple[bytes, bytes]:
+        """A cert for TLS outside meshgate's identities (a private etcd, its clients): client auth,
+        and server auth for `hosts` too when given (etcd dials itself with its serving cert)."""
+        key = new_key()
+        usage = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] if hosts else [])
+        cert = self._issue(key.public_key(), name, _sans(hosts), usage, SERVER_VALIDITY)
         return cert, private_pem(key)
 
     def sidecar_cert(

@@ -27,7 +27,7 @@ from meshgate.control.keystore import generate as generate_keys
 from meshgate.control.kube import KubeClient, KubeOptions, in_cluster_namespace
 from meshgate.control.mirror import EtcdMirror
 from meshgate.control.service import ControlServicer
-from meshgate.control.store import Store
+from meshgate.control.store import EtcdTLS, Store
 from meshgate.control.stream import ConfigStreamer
 from meshgate.sidecar.credentials import ADMIN_DIR, default_state_dir
 from meshgate.sidecar.metrics import Family, Labels, Value, prometheus_text
@@ -84,15 +84,21 @@ async def start_control(
     tls_hosts: Sequence[str] = DEFAULT_TLS_HOSTS,
     kube_auth: KubeClient | None = None,
     cert_validity: datetime.timedelta = SIDECAR_VALIDITY,
+    etcd_tls: EtcdTLS | None = None,
 ) -> ControlServer:
     """Control on `host:port`, TLS only. `keys` (CA, API-key hash key, bootstrap token) are made up
     when not given (tests); `kube_auth` checks ServiceAccount and CLI tokens (TokenReview,
-    SubjectAccessReview) where there is a Kubernetes API."""
+    SubjectAccessReview) where there is a Kubernetes API; `etcd_tls`: etcd over TLS with a client
+    certificate."""
     control_id = control_id or f"{socket.gethostname()}-{os.getpid()}"
     keys = keys or generate_keys()
     authority = Authority(keys.ca_cert, keys.ca_key, trust_domain)
-    store = Store(etcd_endpoint, prefix, cluster_cidrs=cluster_cidrs, keys=keys)
-    await store.open()
+    store = Store(etcd_endpoint, prefix, cluster_cidrs=cluster_cidrs, keys=keys, tls=etcd_tls)
+    try:
+        await store.open()
+    except BaseException:
+        await store.close()
+        raise
     mirror = EtcdMirror(store)  # one load and one watch of the prefix, for the streamer and the controller
     try:
         await asyncio.wait_for(mirror.start(), 10)
@@ -206,8 +212,9 @@ async def _serve(args: argparse.Namespace, etcd_endpoint: str) -> int:
             tls_hosts=tuple(args.tls_host or DEFAULT_TLS_HOSTS),
             kube_auth=kube_auth,
             cert_validity=datetime.timedelta(hours=args.cert_hours),
+            etcd_tls=_etcd_tls(args),
         )
-    except (ConnectionError, OSError) as exc:
+    except (ConnectionError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
@@ -260,6 +267,22 @@ async def _serve(args: argparse.Namespace, etcd_endpoint: str) -> int:
     return 0
 
 
+def _etcd_tls(args: argparse.Namespace) -> EtcdTLS | None:
+    if not args.etcd_ca:
+        return None
+    return EtcdTLS(ca=Path(args.etcd_ca), cert=Path(args.etcd_cert), key=Path(args.etcd_key))
+
+
+def _etcd_tls_error(args: argparse.Namespace) -> str | None:
+    """--etcd-ca, --etcd-cert and --etcd-key come together, and with --etcd."""
+    given = [bool(args.etcd_ca), bool(args.etcd_cert), bool(args.etcd_key)]
+    if any(given) and not all(given):
+        return "--etcd-ca, --etcd-cert and --etcd-key go together (all three or none)"
+    if any(given) and not args.etcd:
+        return "--etcd-ca/--etcd-cert/--etcd-key need --etcd (the private etcd is plaintext on loopback)"
+    return None
+
+
 def _controller_options(args: argparse.Namespace) -> ControllerOptions | None:
     if not args.kubernetes:
         return None
@@ -299,7 +322,15 @@ def _add_kubernetes_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """`meshgate control`'s flags (also parsed by tests/test_deploy.py against the manifests)."""
     parser = argparse.ArgumentParser(prog="meshgate control", description="Run the meshgate control service.")
-    parser.add_argument("--etcd", help="etcd endpoint HOST:PORT (default: start a private etcd on loopback)")
+    parser.add_argument(
+        "--etcd",
+        help="etcd endpoint HOST:PORT or https://HOST:PORT (default: start a private etcd on loopback)",
+    )
+    parser.add_argument(
+        "--etcd-ca", help="PEM CA that etcd's serving certificate must chain to (TLS to etcd)"
+    )
+    parser.add_argument("--etcd-cert", help="PEM client certificate control presents to etcd")
+    parser.add_argument("--etcd-key", help="PEM private key of --etcd-cert")
     parser.add_argument("--data-dir", help="data dir of the private etcd (default: a temp dir)")
     parser.add_argument(
         "--listen",
@@ -363,6 +394,10 @@ def run_control(argv: list[str]) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    tls_error = _etcd_tls_error(args)
+    if tls_error is not None:
+        print(f"error: {tls_error}", file=sys.stderr)
+        return 2
     with contextlib.ExitStack() as stack:
         endpoint = args.etcd
         if not endpoint:
