@@ -14,10 +14,17 @@ only on spec changes), optimistic concurrency on `metadata.resourceVersion`
 (409), `uid`/`creationTimestamp`/`managedFields`, for the meshgate.io
 kinds, coordination.k8s.io/v1 Leases, v1 Events, v1 Secrets (POST of an
 existing name: 409 AlreadyExists) and the cluster-scoped
-admissionregistration.k8s.io/v1 MutatingWebhookConfigurations. Each
-request is logged with its answer's status code; `on_request` hooks can
-hold a request (to force a race). No auth, no admission, no schema
-validation.
+admissionregistration.k8s.io/v1 MutatingWebhookConfigurations, v1 Pods,
+ConfigMaps and Namespaces. Each request is logged with its answer's status
+code; `on_request` hooks can hold a request (to force a race). No auth of
+its own callers, no admission, no schema validation.
+
+It also answers what a control plane asks an API server about others, in the
+real wire format: TokenReview (authentication.k8s.io/v1; tokens the test
+registers, with their audiences; a pod-bound ServiceAccount token is valid
+only while its pod exists, as the real server checks) and SubjectAccessReview
+(authorization.k8s.io/v1; RBAC-like grants the test adds). Every review is
+kept in `reviews` as answered: the request object with its `status`.
 """
 
 from __future__ import annotations
@@ -62,6 +69,8 @@ KINDS = [
     Kind("", "v1", "secrets", "Secret", "secret"),
     Kind("", "v1", "events", "Event", "event", ("ev",)),
     Kind("", "v1", "namespaces", "Namespace", "namespace", ("ns",), namespaced=False),
+    Kind("", "v1", "pods", "Pod", "pod", ("po",)),
+    Kind("", "v1", "configmaps", "ConfigMap", "configmap", ("cm",)),
     Kind(
         "admissionregistration.k8s.io",
         "v1",
@@ -72,6 +81,38 @@ KINDS = [
     ),
 ]
 BY_PATH = {(k.group, k.version, k.plural): k for k in KINDS}
+API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"  # what a token is for unless it says
+TOKEN_REVIEW = ("authentication.k8s.io", "v1", "tokenreviews")
+ACCESS_REVIEW = ("authorization.k8s.io", "v1", "subjectaccessreviews")
+
+
+@dataclass(frozen=True)
+class Token:
+    """A token the fake API server vouches for: its user (TokenReview status.user) and audiences."""
+
+    user: JSON
+    audiences: tuple[str, ...] = (API_AUDIENCE,)
+    pod: tuple[str, str] = ("", "")  # (namespace, name) of the pod it is bound to
+
+
+@dataclass(frozen=True)
+class Grant:
+    """An RBAC rule bound to a user or group: these verbs on these resources of a group."""
+
+    subject: str  # a username or a group
+    verbs: frozenset[str]
+    resources: frozenset[str]
+    group: str = "meshgate.io"
+    namespace: str = ""  # "" = cluster-wide (a ClusterRoleBinding)
+
+    def allows(self, user: str, groups: list[str], attrs: JSON) -> bool:
+        return (
+            (self.subject == user or self.subject in groups)
+            and attrs.get("group", "") == self.group
+            and attrs.get("resource") in self.resources
+            and attrs.get("verb") in self.verbs
+            and (not self.namespace or attrs.get("namespace") == self.namespace)
+        )
 
 
 def now() -> str:
@@ -145,6 +186,9 @@ class KubeApi:
         self.on_request: list[Callable[[Request], Awaitable[None]]] = []
         self.watch_gate = asyncio.Event()
         self.watch_gate.set()
+        self.tokens: dict[str, Token] = {}
+        self.grants: list[Grant] = []
+        self.reviews: list[JSON] = []  # TokenReviews and SubjectAccessReviews, as answered
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner: web.AppRunner | None = None
@@ -219,6 +263,93 @@ class KubeApi:
             for r in self.requests
             if r.method in ("POST", "PUT", "PATCH", "DELETE") and user_agent_part in r.user_agent
         ]
+
+    def add_token(
+        self, user: JSON, audiences: tuple[str, ...] = (API_AUDIENCE,), pod: tuple[str, str] = ("", "")
+    ) -> str:
+        """Register a token for `user` (status.user of a TokenReview) and return it."""
+        token = "tok-" + uuid.uuid4().hex
+        self.tokens[token] = Token(copy.deepcopy(user), audiences, pod)
+        return token
+
+    def service_account_token(
+        self, namespace: str, account: str, pod: str, audiences: tuple[str, ...] = ("meshgate",)
+    ) -> str:
+        """A projected token of `pod` (which must exist) running as ServiceAccount namespace/account,
+        with the user the real API server reports for one."""
+        obj = self.get("Pod", namespace, pod)
+        assert obj is not None, f"no pod {namespace}/{pod}"
+        user = {
+            "username": f"system:serviceaccount:{namespace}:{account}",
+            "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"sa/{namespace}/{account}")),
+            "groups": [
+                "system:serviceaccounts",
+                f"system:serviceaccounts:{namespace}",
+                "system:authenticated",
+            ],
+            "extra": {
+                "authentication.kubernetes.io/credential-id": [f"JTI={uuid.uuid4()}"],
+                "authentication.kubernetes.io/node-name": ["kind-worker"],
+                "authentication.kubernetes.io/node-uid": [str(uuid.uuid4())],
+                "authentication.kubernetes.io/pod-name": [pod],
+                "authentication.kubernetes.io/pod-uid": [obj["metadata"]["uid"]],
+            },
+        }
+        return self.add_token(user, audiences, (namespace, pod))
+
+    def grant(
+        self, subject: str, verbs: str, resources: str, group: str = "meshgate.io", namespace: str = ""
+    ) -> None:
+        """Allow `subject` (user or group) the space-separated verbs on the space-separated resources."""
+        self.grants.append(
+            Grant(subject, frozenset(verbs.split()), frozenset(resources.split()), group, namespace)
+        )
+
+    def token_review(self, review: JSON) -> JSON:
+        """The answer to a TokenReview: authenticated with the user when the token is known, meant for
+        one of the asked audiences (the API server's own when none are asked) and, when bound to a pod,
+        that pod still exists; otherwise status.error, as the real server says it."""
+        spec = review.get("spec") or {}
+        known = self.tokens.get(str(spec.get("token", "")))
+        wanted = [str(a) for a in spec.get("audiences") or []] or [API_AUDIENCE]
+        error = ""
+        if known is None:
+            error = "[invalid bearer token, square/go-jose: error in cryptographic primitive]"
+        elif not set(known.audiences) & set(wanted):
+            error = (
+                f"[invalid bearer token, token audiences {json.dumps(list(known.audiences))} is invalid "
+                f"for the target audiences {json.dumps(wanted)}]"
+            )
+        elif known.pod[1] and self.get("Pod", *known.pod) is None:
+            error = f'[invalid bearer token, pod "{known.pod[1]}" not found]'
+        if error:
+            status: JSON = {"user": {}, "error": error}
+        else:
+            assert known is not None
+            status = {
+                "authenticated": True,
+                "user": copy.deepcopy(known.user),
+                "audiences": [a for a in wanted if a in known.audiences],
+            }
+        return {**review, "metadata": {"creationTimestamp": None}, "status": status}
+
+    def access_review(self, review: JSON) -> JSON:
+        """The answer to a SubjectAccessReview: allowed when a grant covers the resourceAttributes."""
+        spec = review.get("spec") or {}
+        user, groups = str(spec.get("user", "")), [str(g) for g in spec.get("groups") or []]
+        attrs = spec.get("resourceAttributes") or {}
+        grant = next((g for g in self.grants if g.allows(user, groups, attrs)), None)
+        status: JSON = {"allowed": False}
+        if grant is not None:
+            how = "ClusterRoleBinding" if not grant.namespace else f"RoleBinding in {grant.namespace}"
+            status = {
+                "allowed": True,
+                "reason": f'RBAC: allowed by {how} of a test grant to "{grant.subject}"',
+            }
+        return {**review, "metadata": {"creationTimestamp": None}, "status": status}
+
+    def reviews_of(self, kind: str) -> list[JSON]:
+        return [r for r in self.reviews if r.get("kind") == kind]
 
     # ------------------------------------------------------------------ storage
 
@@ -390,6 +521,8 @@ class KubeApi:
             ns, rest = rest[1], rest[2:]
         if not rest:
             return status_error(404, "NotFound", "the server could not find the requested resource")
+        if (group, version, rest[0]) in (TOKEN_REVIEW, ACCESS_REVIEW) and not ns and len(rest) == 1:
+            return self._review((group, version, rest[0]), request.method, body)
         kind = BY_PATH.get((group, version, rest[0]))
         if kind is None:
             return status_error(404, "NotFound", "the server could not find the requested resource")
@@ -465,6 +598,21 @@ class KubeApi:
                 }
             )
         return status_error(405, "MethodNotAllowed", f"{request.method} is not supported")
+
+    def _review(self, which: tuple[str, str, str], method: str, body: Any) -> web.Response:
+        """POST of a TokenReview or SubjectAccessReview (create-only, cluster-scoped, not stored)."""
+        if method != "POST":
+            return status_error(405, "MethodNotAllowed", f"{method} is not supported")
+        kind = "TokenReview" if which == TOKEN_REVIEW else "SubjectAccessReview"
+        if (
+            not isinstance(body, dict)
+            or body.get("kind") != kind
+            or body.get("apiVersion") != f"{which[0]}/v1"
+        ):
+            return status_error(400, "BadRequest", f"expected a {which[0]}/v1 {kind}")
+        answer = self.token_review(body) if kind == "TokenReview" else self.access_review(body)
+        self.reviews.append(copy.deepcopy(answer))
+        return web.json_response(answer, status=201)
 
     def _selected(self, request: web.Request, kind: Kind, ns: str) -> list[JSON]:
         name = _field_name(request.query.get("fieldSelector", ""))

@@ -142,18 +142,23 @@ class Webhook:
 
     def rules(self, objects: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         """The RBAC rules bound to the webhook's service account, by namespace ("" for cluster-wide)."""
-        out: dict[str, list[dict[str, Any]]] = {}
-        for binding in objects:
-            if binding["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
-                continue
-            if self.subject not in binding.get("subjects", []):
-                continue
-            ns = binding["metadata"].get("namespace", "") if binding["kind"] == "RoleBinding" else ""
-            ref = binding["roleRef"]
-            role = one(objects, ref["kind"], ref["name"])
-            assert role["metadata"].get("namespace", "") == (ns if ref["kind"] == "Role" else "")
-            out.setdefault(ns, []).extend(role["rules"])
-        return out
+        return bound_rules(objects, self.subject)
+
+
+def bound_rules(objects: list[dict[str, Any]], subject: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+    """The RBAC rules bound to `subject`, by namespace ("" for cluster-wide)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for binding in objects:
+        if binding["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        if subject not in binding.get("subjects", []):
+            continue
+        ns = binding["metadata"].get("namespace", "") if binding["kind"] == "RoleBinding" else ""
+        ref = binding["roleRef"]
+        role = one(objects, ref["kind"], ref["name"])
+        assert role["metadata"].get("namespace", "") == (ns if ref["kind"] == "Role" else "")
+        out.setdefault(ns, []).extend(role["rules"])
+    return out
 
 
 def allows(rules: list[dict[str, Any]], group: str, resource: str, verb: str, name: str) -> bool:
@@ -281,6 +286,144 @@ def test_the_example_app_injected_by_the_deployed_webhook_keeps_its_admin_port_i
     assert annotations["prometheus.io/path"] == "/metrics"
     # no Service, probe, policy or scrape config in the base points at the admin port
     assert not re.search(rf"\b{args.admin[1]}\b", _render(K8S))
+
+
+class Control:
+    """Control as a rendered base deploys it: its Deployment, parsed flags, Service and account."""
+
+    def __init__(self, objects: list[dict[str, Any]]) -> None:
+        self.deployment = one(objects, "Deployment", "meshgate-control")
+        self.namespace: str = self.deployment["metadata"]["namespace"]
+        self.pod = self.deployment["spec"]["template"]["spec"]
+        self.container = self.pod["containers"][0]
+        assert self.container["args"][0] == "control"
+        self.args = build_parser().parse_args(self.container["args"][1:])  # exits on a bad flag
+        self.service = one(objects, "Service", "meshgate-control")
+        self.subject = {
+            "kind": "ServiceAccount",
+            "name": self.pod["serviceAccountName"],
+            "namespace": self.namespace,
+        }
+
+    def service_target(self, address: str) -> int:
+        """The container port a `host:port` address of control's Service reaches (fails if none)."""
+        host, _, port = address.rpartition(":")
+        assert host.split(".")[:2] in ([self.service["metadata"]["name"], self.namespace],), host
+        [entry] = [p for p in self.service["spec"]["ports"] if p["port"] == int(port)]
+        return int(entry.get("targetPort", entry["port"]))
+
+
+@needs_kubectl
+def test_control_serves_its_two_ports_under_its_service_names() -> None:
+    """mTLS for streams and certificate callers on 7070, tokens (first certificates, kubectl users) on
+    7071; the serving certificate names the Service; the injected sidecars' addresses reach both."""
+    objects = rendered(K8S)
+    ctl = Control(objects)
+    args = ctl.args
+    assert args.kubernetes and args.listen == "0.0.0.0:7070" and args.token_listen == "0.0.0.0:7071"
+    ports = {p["containerPort"]: p["name"] for p in ctl.container["ports"]}
+    assert {7070, 7071} <= set(ports) and len(set(ports.values())) == len(ports)
+    svc = ctl.service["metadata"]["name"]
+    assert {
+        svc,
+        f"{svc}.{ctl.namespace}",
+        f"{svc}.{ctl.namespace}.svc",
+        f"{svc}.{ctl.namespace}.svc.cluster.local",
+    } <= set(args.tls_host)
+    # what the webhook injects reaches the right port of that Service, under a name the cert covers
+    inject = Webhook(objects).options.inject
+    assert ctl.service_target(inject.control) == 7070
+    assert ctl.service_target(inject.token_address) == 7071
+    assert inject.control.rpartition(":")[0] in args.tls_host
+    assert inject.token_address.rpartition(":")[0] in args.tls_host
+    # its keys live in a Secret of its own namespace (the lease namespace defaults to the pod's)
+    assert args.keys_secret and args.lease_namespace in (None, ctl.namespace)
+
+
+@needs_kubectl
+def test_control_rbac_reviews_tokens_and_access_keeps_its_keys_and_publishes_the_ca() -> None:
+    from meshgate.control.ca_publisher import CA_CONFIGMAP
+
+    objects = rendered(K8S)
+    ctl = Control(objects)
+    rules = bound_rules(objects, ctl.subject)
+    cluster, own = rules[""], rules.get(ctl.namespace, [])
+    # TokenReview (sidecars' ServiceAccount tokens, CLI bearer tokens), SubjectAccessReview (CLI calls)
+    assert allows(cluster, "authentication.k8s.io", "tokenreviews", "create", "")
+    assert allows(cluster, "authorization.k8s.io", "subjectaccessreviews", "create", "")
+    assert allows(cluster, "", "pods", "get", "pets-1")  # the labels of a token's pod
+    assert not allows(cluster, "", "pods", "list", "") and not allows(cluster, "", "pods", "update", "x")
+    # control's keys: read or created in its own namespace, never rewritten
+    secret = ctl.args.keys_secret
+    assert allows(own, "", "secrets", "create", secret) and allows(
+        own + cluster, "", "secrets", "get", secret
+    )
+    assert not [
+        r
+        for r in own + cluster
+        if "secrets" in r["resources"] and {"update", "list", "watch", "patch", "delete"} & set(r["verbs"])
+    ]
+    # the CA in every namespace: list and watch namespaces, create (unnarrowable) and get/update by name
+    for verb in ("list", "watch"):
+        assert allows(cluster, "", "namespaces", verb, "")
+    for verb in ("create", "get", "update"):
+        assert allows(cluster, "", "configmaps", verb, CA_CONFIGMAP), verb
+    for verb in ("get", "update", "delete", "list"):
+        assert not allows(cluster, "", "configmaps", verb, "someone-elses"), verb
+
+
+@needs_kubectl
+def test_example_roles_for_cli_users_name_what_control_asks_about() -> None:
+    """kubectl-style roles for the meshgate CLI: control's SubjectAccessReviews ask group meshgate.io,
+    these resources, these verbs (control/authz.py)."""
+    from meshgate.control.authz import READ_VERBS
+
+    objects = rendered(K8S)
+    resources = ["apis", "stages", "deployments", "usageplans", "apikeys", "sidecars"]
+    viewer = one(objects, "ClusterRole", "meshgate-viewer")["rules"]
+    editor = one(objects, "ClusterRole", "meshgate-editor")["rules"]
+    for res in resources:
+        for verb in READ_VERBS:
+            assert allows(viewer, "meshgate.io", res, verb, "") and allows(
+                editor, "meshgate.io", res, verb, ""
+            )
+        for verb in ("update", "delete"):
+            assert not allows(viewer, "meshgate.io", res, verb, "") and allows(
+                editor, "meshgate.io", res, verb, ""
+            )
+
+
+@needs_kubectl
+def test_the_injected_example_pod_proves_its_identity_to_control() -> None:
+    """The example app as the base's webhook injects it: its sidecar has a projected ServiceAccount
+    token for audience meshgate and the CA ConfigMap control publishes into its namespace."""
+    from meshgate.control.ca_publisher import CA_CONFIGMAP, CA_KEY, wanted
+    from meshgate.control.identity import TOKEN_AUDIENCE
+
+    objects = rendered(K8S)
+    app = one(objects, "Deployment", "pets")
+    injected, _ = inject_object(app, Webhook(objects).options.inject, namespace_enabled=True)
+    kubernetes_validate.validate(injected, KUBERNETES_VERSION, strict=True)
+    spec = injected["spec"]["template"]["spec"]
+    sidecar = next(c for c in spec["initContainers"] if c["name"] == SIDECAR_NAME)
+    args = sidecar_parser().parse_args(sidecar["args"][1:])
+    mounts = {m["mountPath"]: m for m in sidecar["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+
+    def source(path: Path, kind: str) -> dict[str, Any]:
+        mount = mounts[str(path.parent)]
+        found = [s[kind] for s in volumes[mount["name"]]["projected"]["sources"] if kind in s]
+        assert len(found) == 1 and mount["readOnly"] is True
+        return dict(found[0])
+
+    token = source(args.token_file, "serviceAccountToken")
+    assert token["audience"] == TOKEN_AUDIENCE and token["path"] == args.token_file.name
+    assert 600 <= token["expirationSeconds"] <= 3600 * 24
+    ca = source(args.control_ca, "configMap")
+    assert ca["name"] == CA_CONFIGMAP and ca["items"] == [{"key": CA_KEY, "path": args.control_ca.name}]
+    assert args.node_id == "$(POD_NAME)"
+    # control publishes that ConfigMap into the app's namespace
+    assert wanted(one(objects, "Namespace", app["metadata"]["namespace"]))
 
 
 def test_a_broken_object_is_caught() -> None:

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from meshgate.control.inject import InjectConfig, inject_object
 from meshgate.control.iptables import rules
+from meshgate.sidecar.identity import token_address_of
 from meshgate.sidecar.main import build_parser
 
 DEPLOYMENT = """
@@ -54,7 +55,7 @@ def test_native_sidecar_injection() -> None:
         "path": "/ready",
         "port": 15021,
     }  # app waits for the snapshot (asked on the health port)
-    assert {"name": "MESHGATE_CONTROL", "value": "ctl:7070"} in sidecar["env"]
+    assert build_parser().parse_args(sidecar["args"][1:]).control == "ctl:7070"
     assert any(
         e["name"] == "POD_NAME" and e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
         for e in sidecar["env"]
@@ -215,3 +216,56 @@ def test_admin_on_loopback_probes_on_the_health_port_scrapes_on_the_metrics_port
 
 
 SIDECAR_PROBES = {"startupProbe": "/ready", "readinessProbe": "/ready", "livenessProbe": "/live"}
+
+
+def _sidecar_of(out: dict) -> tuple[dict, dict]:  # type: ignore[type-arg]
+    spec = out["spec"]["template"]["spec"]
+    sidecar = next(
+        c for c in [*spec["initContainers"], *spec["containers"]] if c["name"] == "meshgate-sidecar"
+    )
+    return spec, sidecar
+
+
+def test_the_sidecar_proves_its_pod_with_a_projected_token_and_trusts_the_published_ca() -> None:
+    """Istio's istio-token + istio-ca-root-cert: a ServiceAccount token for audience meshgate (what
+    control's TokenReview asks for) and control's CA from the ConfigMap control publishes, in one
+    read-only projected volume of the sidecar alone; the args point at both, at control's two ports,
+    and name the node by its pod (the name control reads from the token)."""
+    from meshgate.control.inject import CA_CONFIGMAP, TOKEN_AUDIENCE
+
+    for cfg in (InjectConfig(control="ctl.meshgate-system.svc:7070"), InjectConfig(legacy=True)):
+        spec, sidecar = _sidecar_of(inject_object(next(yaml.safe_load_all(DEPLOYMENT)), cfg)[0])
+        args = build_parser().parse_args(sidecar["args"][1:])  # what the sidecar itself will read
+        host = cfg.control.rpartition(":")[0]
+        assert args.control == cfg.control and args.control_token_address == f"{host}:7071"
+        assert token_address_of(cfg.control) == args.control_token_address
+        mount = next(m for m in sidecar["volumeMounts"] if m["mountPath"] == "/var/run/secrets/meshgate")
+        assert mount["readOnly"] is True
+        assert (str(args.control_ca), str(args.token_file)) == (
+            "/var/run/secrets/meshgate/ca.crt",
+            "/var/run/secrets/meshgate/token",
+        )
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        sources = volume["projected"]["sources"]
+        token = next(s["serviceAccountToken"] for s in sources if "serviceAccountToken" in s)
+        assert token == {"audience": TOKEN_AUDIENCE, "expirationSeconds": 3600, "path": "token"}
+        ca = next(s["configMap"] for s in sources if "configMap" in s)
+        assert ca == {"name": CA_CONFIGMAP, "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+        assert "optional" not in ca  # no CA yet: the pod waits for it rather than starting blind
+        # only the sidecar sees the token: the app and the init container mount nothing of it
+        others = [c for c in [*spec["initContainers"], *spec["containers"]] if c is not sidecar]
+        assert not [m for c in others for m in c.get("volumeMounts", []) if m["name"] == mount["name"]]
+        # the node id is the pod's name ($(POD_NAME) from the downward API, defined before use)
+        assert args.node_id == "$(POD_NAME)"
+        env = [e["name"] for e in sidecar["env"]]
+        assert "POD_NAME" in env and "MESHGATE_NODE_ID" not in env
+    # the audience the injector asks the kubelet for is the one control checks
+    from meshgate.control.identity import TOKEN_AUDIENCE as checked
+
+    assert TOKEN_AUDIENCE == checked
+
+
+def test_the_token_address_can_be_set() -> None:
+    cfg = InjectConfig(control="ctl:7070", control_token="tokens.example:9443")
+    _, sidecar = _sidecar_of(inject_object(next(yaml.safe_load_all(DEPLOYMENT)), cfg)[0])
+    assert build_parser().parse_args(sidecar["args"][1:]).control_token_address == "tokens.example:9443"
