@@ -141,6 +141,8 @@ class ConfigClient:
                 raise
             except grpc.aio.AioRpcError as exc:
                 self.last_error = f"{exc.code().name}: {exc.details()}"
+            except OSError as exc:  # control's CA or the token file is not there (yet)
+                self.last_error = f"{type(exc).__name__}: {exc}"
             except Exception as exc:
                 log.exception("config stream failed")
                 self.last_error = f"{type(exc).__name__}: {exc}"

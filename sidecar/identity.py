@@ -43,6 +43,7 @@ class SidecarIdentity:
         self.ca_pem = ca_pem
         self.token_file = token_file
         self.token = token  # instead of a file (tests, embedding)
+        self.ca_file: Path | None = None
         self._key = ec.generate_private_key(ec.SECP256R1())
         self._key_pem = self._key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -57,7 +58,16 @@ class SidecarIdentity:
     def from_files(
         cls, control_address: str, ca_file: Path, token_file: Path | None, token_address: str = ""
     ) -> SidecarIdentity:
-        return cls(control_address, ca_file.read_bytes(), token_file, token_address=token_address)
+        """Files read when needed: a CA or token mounted after the sidecar started is picked up by
+        the next connection attempt (until then the stream fails and the sidecar keeps serving)."""
+        ident = cls(control_address, b"", token_file, token_address=token_address)
+        ident.ca_file = ca_file
+        return ident
+
+    def _ca(self) -> bytes:
+        if not self.ca_pem and self.ca_file is not None:
+            self.ca_pem = self.ca_file.read_bytes()  # OSError: the connection attempt fails, retried
+        return self.ca_pem
 
     @property
     def has_certificate(self) -> bool:
@@ -66,8 +76,8 @@ class SidecarIdentity:
     def channel_credentials(self) -> grpc.ChannelCredentials:
         """TLS that trusts control's CA and presents this sidecar's certificate (once it has one)."""
         if self.cert_pem:
-            return grpc.ssl_channel_credentials(self.ca_pem, self._key_pem, self.cert_pem)
-        return grpc.ssl_channel_credentials(self.ca_pem)
+            return grpc.ssl_channel_credentials(self._ca(), self._key_pem, self.cert_pem)
+        return grpc.ssl_channel_credentials(self._ca())
 
     def _csr(self, node: control_pb2.Node) -> bytes:
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node.id[:64] or "sidecar")])

@@ -262,13 +262,9 @@ class _Sidecar:
             return False
         self.exporter = self.admin.otlp_metrics = _metrics_exporter(args, self.metrics)
         if args.snapshot_file is None:
-            try:
-                self.client.identity = SidecarIdentity.from_files(
-                    args.control, args.control_ca, args.token_file, args.control_token_address
-                )
-            except OSError as exc:
-                print(f"error: --control-ca: {exc}", file=sys.stderr)
-                return False
+            self.client.identity = SidecarIdentity.from_files(
+                args.control, args.control_ca, args.token_file, args.control_token_address
+            )
         self.task = None if args.snapshot_file is not None else asyncio.create_task(self.client.run())
         self.serving = True
         source = f"snapshot file {args.snapshot_file}" if args.snapshot_file else f"control {args.control}"
