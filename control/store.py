@@ -29,6 +29,7 @@ from aetcd import watcher as aetcd_watcher
 from aetcd.utils import prefix_range_end
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from google.protobuf.message import DecodeError
 from meshgate.control import state as keys
 from meshgate.control.errors import Conflict, FailedPrecondition, InvalidConfig, NotFound
 from meshgate.control.keystore import ControlKeys
@@ -162,6 +163,16 @@ def _why(exc: BaseException, tls: EtcdTLS | None) -> str:
     elif tls is None and "Socket closed" in detail:
         hint = "etcd closed the plaintext connection (does it want TLS and a client certificate?)"
     return f"{hint}: {detail}" if hint else detail
+
+
+def _decoded(cls: type[ResourceMsg], value: bytes | None) -> ResourceMsg | None:
+    """A stored value as its message; None when absent or undecodable (poison)."""
+    if value is None:
+        return None
+    try:
+        return cls.FromString(value)
+    except DecodeError:
+        return None
 
 
 class Store:
@@ -405,7 +416,7 @@ class Store:
             key = keys.key_for(self.prefix, res)
             current = await self._read(key)
             guards.append(self._guard(current))
-            old = type(msg).FromString(current.value) if current.value is not None else None
+            old = _decoded(type(msg), current.value)  # poison counts as absent: an apply repairs it
             new = self._write_only(msg, old)
             await self._check_private(new, resources)
             new.api_version = "meshgate.io/v1"

@@ -275,3 +275,15 @@ def _events(kube: KubeApi, name: str) -> list[tuple[str, str, str]]:
     from test_controller import events
 
     return events(kube, "Stage", name)
+
+
+async def test_an_apply_repairs_a_poisoned_key(store: Store) -> None:
+    """`meshgate apply` of the object over its undecodable key overwrites it (it used to be INTERNAL)."""
+    await store.apply(docs(PETS))
+    key = keys.stage_key(store.prefix, "default", "pets", "prod")
+    await put_raw(store.endpoint, key, GARBAGE)
+    result = await store.apply(docs(PETS.replace('"b:1"', '"b:9"')))
+    assert [r.action for r in result.results if r.kind == "Stage"] == ["created"]
+    async with raw_etcd(store.endpoint) as client:
+        value = await client.get(key.encode())
+    assert value is not None and resources_pb2.Stage.FromString(value.value).spec.variables["backend"] == "b:9"
