@@ -7,6 +7,8 @@ cert-manager's Secret and takes that RBAC away."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import copy
 import dataclasses
 import functools
@@ -435,3 +437,216 @@ def test_a_broken_object_is_caught() -> None:
     }
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(bad, KUBERNETES_VERSION, strict=True)
+
+
+# ---------------------------------------------------------------- etcd TLS (issue 13, part 6)
+
+ETCD_CERTS = K8S / "etcd-certs.sh"
+needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+
+
+class Etcd:
+    """etcd as a rendered base deploys it: its flags (from the shell line), mounts and Services."""
+
+    def __init__(self, objects: list[dict[str, Any]]) -> None:
+        self.statefulset = one(objects, "StatefulSet", "meshgate-etcd")
+        self.namespace: str = self.statefulset["metadata"]["namespace"]
+        self.pod = self.statefulset["spec"]["template"]["spec"]
+        self.container = self.pod["containers"][0]
+        line = " ".join(self.container["args"])
+        assert line.startswith("exec etcd "), line
+        self.flags: dict[str, str] = {}
+        for word in line.split()[2:]:
+            name, _, value = word.partition("=")
+            assert name.startswith("--") and name not in self.flags, word
+            self.flags[name] = value
+        self.headless = one(objects, "Service", self.statefulset["spec"]["serviceName"])
+        self.members = [f"{self.statefulset['metadata']['name']}-{i}" for i in range(3)]
+
+    def advertised_hosts(self) -> set[str]:
+        """Every host name a member advertises to clients or peers, per member."""
+        urls = self.flags["--advertise-client-urls"].split(",")
+        urls += self.flags["--initial-advertise-peer-urls"].split(",")
+        return {
+            u.replace("$(POD_NAME)", m).split("://")[1].rsplit(":", 1)[0] for u in urls for m in self.members
+        }
+
+
+def secret_mount(pod: dict[str, Any], container: dict[str, Any], path: str) -> tuple[str, str]:
+    """(Secret name, key) that a file path in the container comes from."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        if path.startswith(mount["mountPath"] + "/"):
+            assert mount.get("readOnly") is True, mount
+            secret = volumes[mount["name"]]["secret"]
+            return secret["secretName"], path[len(mount["mountPath"]) + 1 :]
+    raise AssertionError(f"{path} is not in a mounted volume")
+
+
+@needs_kubectl
+def test_etcd_serves_clients_and_peers_over_tls_to_certificates_from_its_ca() -> None:
+    etcd = Etcd(rendered(K8S))
+    flags = etcd.flags
+    assert "--client-cert-auth" in flags and "--peer-client-cert-auth" in flags
+    for name in ("--listen-client-urls", "--listen-peer-urls", "--advertise-client-urls"):
+        assert all(u.startswith("https://") for u in flags[name].split(",")), name
+    assert flags["--initial-advertise-peer-urls"].startswith("https://")
+    peers = dict(p.split("=", 1) for p in flags["--initial-cluster"].split(","))
+    assert set(peers) == set(etcd.members) and all(u.startswith("https://") for u in peers.values())
+    assert "http://" not in " ".join(v for k, v in flags.items() if k != "--listen-metrics-urls")
+    files = {f: flags[f] for f in flags if f.endswith(("-file",))}
+    assert set(files) == {
+        "--cert-file",
+        "--key-file",
+        "--trusted-ca-file",
+        "--peer-cert-file",
+        "--peer-key-file",
+        "--peer-trusted-ca-file",
+    }
+    sources = {secret_mount(etcd.pod, etcd.container, path) for path in files.values()}
+    assert {s[0] for s in sources} == {"meshgate-etcd-server-tls"}
+    assert {s[1] for s in sources} == {"ca.crt", "tls.crt", "tls.key"}
+    # the probe needs no client certificate: it reads the plaintext metrics listener (no keys there)
+    metrics_port = int(flags["--listen-metrics-urls"].rsplit(":", 1)[1])
+    ports = {p["name"]: p["containerPort"] for p in etcd.container["ports"]}
+    assert ports[etcd.container["readinessProbe"]["httpGet"]["port"]] == metrics_port
+    assert metrics_port not in {p["port"] for p in etcd.headless["spec"]["ports"]}
+
+
+@needs_kubectl
+def test_control_reaches_etcd_over_tls_with_its_mounted_client_certificate() -> None:
+    objects = rendered(K8S)
+    ctl, etcd = Control(objects), Etcd(objects)
+    args = ctl.args
+    assert args.etcd.startswith("https://")
+    host, _, port = args.etcd.removeprefix("https://").rpartition(":")
+    client = one(objects, "Service", host.split(".")[0])
+    assert host.split(".")[1] == etcd.namespace
+    assert client["spec"]["selector"] == etcd.statefulset["spec"]["selector"]["matchLabels"]
+    assert int(port) in {p["port"] for p in client["spec"]["ports"]}
+    sources = {secret_mount(ctl.pod, ctl.container, p) for p in (args.etcd_ca, args.etcd_cert, args.etcd_key)}
+    assert sources == {
+        ("meshgate-etcd-client-tls", "ca.crt"),
+        ("meshgate-etcd-client-tls", "tls.crt"),
+        ("meshgate-etcd-client-tls", "tls.key"),
+    }
+
+
+def etcd_certs(tmp: Path) -> dict[str, dict[str, bytes]]:
+    """Run deploy/k8s/etcd-certs.sh: its Secrets (validated) by name, their data decoded."""
+    out = subprocess.run(
+        ["bash", str(ETCD_CERTS), "-o", str(tmp)], capture_output=True, text=True, timeout=60, check=True
+    )
+    secrets: dict[str, dict[str, bytes]] = {}
+    for obj in yaml.safe_load_all(out.stdout):
+        if not obj:
+            continue
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        assert obj["kind"] == "Secret" and obj["metadata"]["namespace"] == "meshgate-system"
+        secrets[obj["metadata"]["name"]] = {k: base64.b64decode(v) for k, v in obj["data"].items()}
+    assert oct(tmp.stat().st_mode & 0o777) == "0o700"
+    return secrets
+
+
+def covers(sans: list[str], host: str) -> bool:
+    return any(n == host or (n.startswith("*.") and host.split(".", 1)[1] == n[2:]) for n in sans)
+
+
+@needs_kubectl
+@needs_openssl
+def test_the_etcd_certs_script_makes_the_secrets_the_base_mounts(tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    objects = rendered(K8S)
+    ctl, etcd = Control(objects), Etcd(objects)
+    secrets = etcd_certs(tmp_path / "certs")
+    assert set(secrets) == {"meshgate-etcd-server-tls", "meshgate-etcd-client-tls"}
+    ca = x509.load_pem_x509_certificate(secrets["meshgate-etcd-server-tls"]["ca.crt"])
+    assert secrets["meshgate-etcd-client-tls"]["ca.crt"] == secrets["meshgate-etcd-server-tls"]["ca.crt"]
+    assert "ca.key" not in {k for s in secrets.values() for k in s}  # the CA key stays out of the cluster
+    server = x509.load_pem_x509_certificate(secrets["meshgate-etcd-server-tls"]["tls.crt"])
+    client = x509.load_pem_x509_certificate(secrets["meshgate-etcd-client-tls"]["tls.crt"])
+    for cert in (server, client):
+        cert.verify_directly_issued_by(ca)
+    usage = {
+        c: set(c.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) for c in (server, client)
+    }
+    assert usage[server] == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}  # peers
+    assert usage[client] == {ExtendedKeyUsageOID.CLIENT_AUTH}
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = sans.get_values_for_type(x509.DNSName)
+    control_host = ctl.args.etcd.removeprefix("https://").rsplit(":", 1)[0]
+    for host in etcd.advertised_hosts() | {control_host}:
+        assert covers(names, host), host
+
+
+async def _control_gets_in(port: int, tls: Any) -> None:
+    """control's Store opens over TLS (retrying while etcd starts); a plaintext client does not."""
+    import aetcd
+    from meshgate.control.store import Store
+
+    store = Store(f"https://127.0.0.1:{port}", "/deploy-tls/", tls=tls)
+    for _ in range(100):
+        try:
+            await store.open()
+            break
+        except ConnectionError:
+            await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("control's certificate did not get into etcd")
+    assert (await store.load_state()).revision >= 1
+    await store.close()
+    plain = aetcd.Client(host="127.0.0.1", port=port, timeout=3)
+    with pytest.raises(aetcd.ClientError):
+        await plain.get_prefix(b"/")
+    await plain.close()
+
+
+@needs_kubectl
+@needs_openssl
+def test_the_scripts_certificates_work_with_etcd_run_with_the_base_flags(tmp_path: Path) -> None:
+    """A real etcd on loopback with the base's TLS flags (mount path -> the script's files) and https
+    peer URLs: control's certificate from the script gets in, a plaintext client does not."""
+    from meshgate.control.etcd_local import EtcdNotFound, find_etcd, free_port
+    from meshgate.control.store import EtcdTLS
+
+    try:
+        binary = find_etcd()
+    except EtcdNotFound as exc:
+        pytest.skip(str(exc))
+    secrets = etcd_certs(tmp_path / "certs")
+    files: dict[str, Path] = {}
+    for name, data in secrets.items():
+        (tmp_path / name).mkdir()
+        for key, value in data.items():
+            files[f"{name}/{key}"] = tmp_path / name / key
+            files[f"{name}/{key}"].write_bytes(value)
+    etcd = Etcd(rendered(K8S))
+    mount = next(m["mountPath"] for m in etcd.container["volumeMounts"] if m["name"] != "data")
+    tls = [
+        f"{k}={v.replace(mount, str(tmp_path / 'meshgate-etcd-server-tls'))}" if v else k
+        for k, v in etcd.flags.items()
+        if k.endswith(("-file", "-auth"))
+    ]
+    assert len(tls) == 8, tls
+    port, peer = free_port(), free_port()
+    client_url, peer_url = f"https://127.0.0.1:{port}", f"https://127.0.0.1:{peer}"
+    proc = subprocess.Popen(
+        [
+            binary,
+            *("--name", "m0", "--data-dir", str(tmp_path / "data"), "--log-level", "error"),
+            *("--listen-client-urls", client_url, "--advertise-client-urls", client_url),
+            *("--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url),
+            *("--initial-cluster", f"m0={peer_url}", *tls),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        c = "meshgate-etcd-client-tls"
+        creds = EtcdTLS(files[f"{c}/ca.crt"], files[f"{c}/tls.crt"], files[f"{c}/tls.key"])
+        asyncio.run(_control_gets_in(port, creds))
+    finally:
+        proc.terminate()
+        proc.wait(10)
