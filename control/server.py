@@ -67,6 +67,16 @@ class ControlServer:
         await self.store.close()
 
 
+async def _open_store(store: Store) -> Store:
+    """Open the store (etcd unreachable or refusing its TLS: one ConnectionError line), closed again if not."""
+    try:
+        await store.open()
+    except BaseException:
+        await store.close()
+        raise
+    return store
+
+
 async def start_control(
     etcd_endpoint: str,
     *,
@@ -93,12 +103,9 @@ async def start_control(
     control_id = control_id or f"{socket.gethostname()}-{os.getpid()}"
     keys = keys or generate_keys()
     authority = Authority(keys.ca_cert, keys.ca_key, trust_domain)
-    store = Store(etcd_endpoint, prefix, cluster_cidrs=cluster_cidrs, keys=keys, tls=etcd_tls)
-    try:
-        await store.open()
-    except BaseException:
-        await store.close()
-        raise
+    store = await _open_store(
+        Store(etcd_endpoint, prefix, cluster_cidrs=cluster_cidrs, keys=keys, tls=etcd_tls)
+    )
     mirror = EtcdMirror(store)  # one load and one watch of the prefix, for the streamer and the controller
     try:
         await asyncio.wait_for(mirror.start(), 10)
