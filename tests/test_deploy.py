@@ -579,6 +579,10 @@ def test_the_etcd_certs_script_makes_the_secrets_the_base_mounts(tmp_path: Path)
     control_host = ctl.args.etcd.removeprefix("https://").rsplit(":", 1)[0]
     for host in etcd.advertised_hosts() | {control_host}:
         assert covers(names, host), host
+    # run again with the same -o DIR (rotation): the same CA, new certificates
+    again = etcd_certs(tmp_path / "certs")
+    assert again["meshgate-etcd-server-tls"]["ca.crt"] == secrets["meshgate-etcd-server-tls"]["ca.crt"]
+    assert again["meshgate-etcd-server-tls"]["tls.crt"] != secrets["meshgate-etcd-server-tls"]["tls.crt"]
 
 
 async def _control_gets_in(port: int, tls: Any) -> None:

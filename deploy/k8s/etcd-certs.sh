@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # etcd's TLS for deploy/k8s, as two Secret manifests on stdout (nothing is sent anywhere):
 #
-#   deploy/k8s/etcd-certs.sh | kubectl apply -f -      # once, before or after `kubectl apply -k deploy/k8s`
+#   deploy/k8s/etcd-certs.sh | kubectl apply -f -      # once, after `kubectl apply -k deploy/k8s` made
+#                                                      # the namespace (etcd and control pods wait for it)
 #
 #   meshgate-etcd-server-tls  etcd members: serving clients and peers (tls.crt, tls.key, ca.crt)
 #   meshgate-etcd-client-tls  control's client certificate for etcd         (tls.crt, tls.key, ca.crt)
 #
 # A CA of its own (EC P-256, 10 years) signs both certificates (2 years); etcd trusts only that CA
 # for clients (--client-cert-auth) and peers (--peer-client-cert-auth). The CA key is not put in
-# the cluster: with -o DIR every PEM, the CA key too, stays in DIR (0700) to issue more client
-# certificates later; without it the CA key is thrown away and rotation is running this again
-# (then `kubectl -n NAMESPACE rollout restart statefulset/meshgate-etcd deployment/meshgate-control`).
+# the cluster: with -o DIR every PEM, the CA key too, stays in DIR (0700), and a later run with the
+# same DIR keeps that CA and issues new certificates (rotation: apply, then
+# `kubectl -n NAMESPACE rollout restart statefulset/meshgate-etcd deployment/meshgate-control`).
+# Without -o the CA key is thrown away; a new CA means restarting every etcd pod at once, since
+# members with the old and the new CA refuse each other.
 #
 # Usage: etcd-certs.sh [-n NAMESPACE] [-d CLUSTER_DOMAIN] [-o DIR]
 #   (defaults: meshgate-system, cluster.local, a temporary dir removed at exit). Needs openssl >= 1.1.1.
@@ -24,7 +27,7 @@ while getopts "n:d:o:h" opt; do
     n) namespace=$OPTARG ;;
     d) domain=$OPTARG ;;
     o) out=$OPTARG ;;
-    *) sed -n '2,16s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,19s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
   esac
 done
 
@@ -41,10 +44,12 @@ cd "$out"
 ssl() { openssl "$@" 2>/dev/null || { echo "etcd-certs.sh: openssl $1 failed" >&2; exit 1; }; }
 newkey() { ssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1"; }
 
-newkey ca.key
-ssl req -x509 -new -key ca.key -sha256 -days 3650 -subj "/CN=meshgate-etcd-ca" \
-  -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
-  -addext "keyUsage=critical,keyCertSign,cRLSign" -out ca.crt
+if [[ ! -f ca.key || ! -f ca.crt ]]; then
+  newkey ca.key
+  ssl req -x509 -new -key ca.key -sha256 -days 3650 -subj "/CN=meshgate-etcd-ca" \
+    -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" -out ca.crt
+fi
 
 # name, extended key usage, subjectAltName (empty for a client)
 issue() {
