@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -61,6 +63,13 @@ def test_demo_starts_serves_prod_and_dev_and_stops_on_ctrl_c(tmp_path: Path) -> 
         assert status == 200 and body["service"] == "v2"
         status, body = http_get_json(port, "/prod/health")
         assert (status, body) == (200, {"ok": True})
+        # Every CLI line the demo prints runs as printed (the demo made the CLI's credential itself).
+        cli_lines = [x.strip() for x in printed if "meshgate " in x and x.strip().startswith(("MESHGATE_", "for "))]
+        assert len(cli_lines) >= 4, text
+        env = {**_env(), "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+        for line in cli_lines:
+            done = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=60, env=env)
+            assert done.returncode == 0, (line, done.stderr)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
     finally:
