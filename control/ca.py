@@ -84,7 +84,9 @@ class Principal:
     not_after: datetime.datetime | None = None
 
 
-def generate_ca(common_name: str = CA_COMMON_NAME) -> tuple[bytes, bytes]:
+def generate_ca(
+    common_name: str = CA_COMMON_NAME, validity: datetime.timedelta = CA_VALIDITY
+) -> tuple[bytes, bytes]:
     """A new CA: (certificate PEM, private key PEM)."""
     key = new_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -96,7 +98,7 @@ def generate_ca(common_name: str = CA_COMMON_NAME) -> tuple[bytes, bytes]:
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + CA_VALIDITY)
+        .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
@@ -159,11 +161,13 @@ class Authority:
             builder = builder.add_extension(ext, critical=False)
         return _pem(builder.sign(self._key, hashes.SHA256()))
 
-    def server_cert(self, hosts: list[str]) -> tuple[bytes, bytes]:
+    def server_cert(
+        self, hosts: list[str], validity: datetime.timedelta = SERVER_VALIDITY
+    ) -> tuple[bytes, bytes]:
         """Control's own serving cert for `hosts` (DNS names or IPs): (cert PEM, key PEM)."""
         key = new_key()
         cert = self._issue(
-            key.public_key(), hosts[0], _sans(hosts), [ExtendedKeyUsageOID.SERVER_AUTH], SERVER_VALIDITY
+            key.public_key(), hosts[0], _sans(hosts), [ExtendedKeyUsageOID.SERVER_AUTH], validity
         )
         return cert, private_pem(key)
 
