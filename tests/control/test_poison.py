@@ -286,4 +286,6 @@ async def test_an_apply_repairs_a_poisoned_key(store: Store) -> None:
     assert [r.action for r in result.results if r.kind == "Stage"] == ["created"]
     async with raw_etcd(store.endpoint) as client:
         value = await client.get(key.encode())
-    assert value is not None and resources_pb2.Stage.FromString(value.value).spec.variables["backend"] == "b:9"
+    assert (
+        value is not None and resources_pb2.Stage.FromString(value.value).spec.variables["backend"] == "b:9"
+    )

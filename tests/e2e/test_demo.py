@@ -64,7 +64,9 @@ def test_demo_starts_serves_prod_and_dev_and_stops_on_ctrl_c(tmp_path: Path) -> 
         status, body = http_get_json(port, "/prod/health")
         assert (status, body) == (200, {"ok": True})
         # Every CLI line the demo prints runs as printed (the demo made the CLI's credential itself).
-        cli_lines = [x.strip() for x in printed if "meshgate " in x and x.strip().startswith(("MESHGATE_", "for "))]
+        cli_lines = [
+            x.strip() for x in printed if "meshgate " in x and x.strip().startswith(("MESHGATE_", "for "))
+        ]
         assert len(cli_lines) >= 4, text
         env = {**_env(), "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
         for line in cli_lines:
