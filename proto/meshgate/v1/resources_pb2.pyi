@@ -71,7 +71,7 @@ class MockResponse(_message.Message):
     def __init__(self, status: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., body: _Optional[str] = ...) -> None: ...
 
 class Integration(_message.Message):
-    __slots__ = ("type", "uri", "http_method", "timeout_ms", "connect_timeout_ms", "request_parameters", "mock", "request_templates", "passthrough_behavior", "payload_format_version", "response_parameters", "response_templates", "remove_request_parameters", "remove_response_headers", "idle_timeout_ms", "max_duration_ms", "max_message_bytes", "grpc_method", "descriptor_set", "body", "route_selection_expression", "websocket_routes")
+    __slots__ = ("type", "uri", "http_method", "timeout_ms", "connect_timeout_ms", "request_parameters", "mock", "request_templates", "passthrough_behavior", "payload_format_version", "response_parameters", "response_templates", "remove_request_parameters", "remove_response_headers", "idle_timeout_ms", "max_duration_ms", "max_message_bytes", "grpc_method", "descriptor_set", "body", "route_selection_expression", "websocket_routes", "template_language")
     class RequestParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +129,7 @@ class Integration(_message.Message):
     BODY_FIELD_NUMBER: _ClassVar[int]
     ROUTE_SELECTION_EXPRESSION_FIELD_NUMBER: _ClassVar[int]
     WEBSOCKET_ROUTES_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     type: str
     uri: str
     http_method: str
@@ -151,7 +152,8 @@ class Integration(_message.Message):
     body: str
     route_selection_expression: str
     websocket_routes: _containers.MessageMap[str, Integration]
-    def __init__(self, type: _Optional[str] = ..., uri: _Optional[str] = ..., http_method: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., connect_timeout_ms: _Optional[int] = ..., request_parameters: _Optional[_Mapping[str, str]] = ..., mock: _Optional[_Union[MockResponse, _Mapping]] = ..., request_templates: _Optional[_Mapping[str, str]] = ..., passthrough_behavior: _Optional[str] = ..., payload_format_version: _Optional[str] = ..., response_parameters: _Optional[_Mapping[str, str]] = ..., response_templates: _Optional[_Mapping[str, str]] = ..., remove_request_parameters: _Optional[_Iterable[str]] = ..., remove_response_headers: _Optional[_Iterable[str]] = ..., idle_timeout_ms: _Optional[int] = ..., max_duration_ms: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., grpc_method: _Optional[str] = ..., descriptor_set: _Optional[bytes] = ..., body: _Optional[str] = ..., route_selection_expression: _Optional[str] = ..., websocket_routes: _Optional[_Mapping[str, Integration]] = ...) -> None: ...
+    template_language: str
+    def __init__(self, type: _Optional[str] = ..., uri: _Optional[str] = ..., http_method: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., connect_timeout_ms: _Optional[int] = ..., request_parameters: _Optional[_Mapping[str, str]] = ..., mock: _Optional[_Union[MockResponse, _Mapping]] = ..., request_templates: _Optional[_Mapping[str, str]] = ..., passthrough_behavior: _Optional[str] = ..., payload_format_version: _Optional[str] = ..., response_parameters: _Optional[_Mapping[str, str]] = ..., response_templates: _Optional[_Mapping[str, str]] = ..., remove_request_parameters: _Optional[_Iterable[str]] = ..., remove_response_headers: _Optional[_Iterable[str]] = ..., idle_timeout_ms: _Optional[int] = ..., max_duration_ms: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., grpc_method: _Optional[str] = ..., descriptor_set: _Optional[bytes] = ..., body: _Optional[str] = ..., route_selection_expression: _Optional[str] = ..., websocket_routes: _Optional[_Mapping[str, Integration]] = ..., template_language: _Optional[str] = ...) -> None: ...
 
 class RouteThrottle(_message.Message):
     __slots__ = ("rate_limit", "burst_limit")
@@ -235,7 +237,7 @@ class Model(_message.Message):
     def __init__(self, name: _Optional[str] = ..., content_type: _Optional[str] = ..., schema_json: _Optional[str] = ...) -> None: ...
 
 class ApiSpec(_message.Message):
-    __slots__ = ("description", "endpoint_type", "selector", "base_path", "routes", "authorizers", "models", "binary_media_types", "resource_policy", "cors", "gateway_responses", "escaped_slashes_action")
+    __slots__ = ("description", "endpoint_type", "selector", "base_path", "routes", "authorizers", "models", "binary_media_types", "resource_policy", "cors", "gateway_responses", "escaped_slashes_action", "template_language")
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_TYPE_FIELD_NUMBER: _ClassVar[int]
     SELECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -248,6 +250,7 @@ class ApiSpec(_message.Message):
     CORS_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_RESPONSES_FIELD_NUMBER: _ClassVar[int]
     ESCAPED_SLASHES_ACTION_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     description: str
     endpoint_type: str
     selector: Selector
@@ -260,7 +263,8 @@ class ApiSpec(_message.Message):
     cors: Cors
     gateway_responses: _containers.RepeatedCompositeFieldContainer[GatewayResponse]
     escaped_slashes_action: str
-    def __init__(self, description: _Optional[str] = ..., endpoint_type: _Optional[str] = ..., selector: _Optional[_Union[Selector, _Mapping]] = ..., base_path: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., authorizers: _Optional[_Iterable[_Union[Authorizer, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., binary_media_types: _Optional[_Iterable[str]] = ..., resource_policy: _Optional[_Union[ResourcePolicy, _Mapping]] = ..., cors: _Optional[_Union[Cors, _Mapping]] = ..., gateway_responses: _Optional[_Iterable[_Union[GatewayResponse, _Mapping]]] = ..., escaped_slashes_action: _Optional[str] = ...) -> None: ...
+    template_language: str
+    def __init__(self, description: _Optional[str] = ..., endpoint_type: _Optional[str] = ..., selector: _Optional[_Union[Selector, _Mapping]] = ..., base_path: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., authorizers: _Optional[_Iterable[_Union[Authorizer, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., binary_media_types: _Optional[_Iterable[str]] = ..., resource_policy: _Optional[_Union[ResourcePolicy, _Mapping]] = ..., cors: _Optional[_Union[Cors, _Mapping]] = ..., gateway_responses: _Optional[_Iterable[_Union[GatewayResponse, _Mapping]]] = ..., escaped_slashes_action: _Optional[str] = ..., template_language: _Optional[str] = ...) -> None: ...
 
 class Cors(_message.Message):
     __slots__ = ("allow_origins", "allow_methods", "allow_headers", "expose_headers", "allow_credentials", "max_age_seconds")
