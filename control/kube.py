@@ -6,7 +6,8 @@ module owns what meshgate needs from it, as plain JSON dicts: list and
 watch of the meshgate.io custom resources (newline-delimited watch events,
 `410 Gone` as an exception so the caller relists), merge-patches of the
 `/status` subresource, Secrets (the controller reads ApiKey material, the
-webhook creates and replaces its TLS Secret), coordination.k8s.io/v1 Leases,
+webhook creates and replaces its TLS Secret), Namespaces (list and watch) and
+ConfigMaps (control publishes its CA), coordination.k8s.io/v1 Leases,
 and admissionregistration.k8s.io/v1 MutatingWebhookConfigurations (the
 webhook's caBundle), with optimistic concurrency on `resourceVersion` (409 as
 a KubeError). Responses are read raw (`_preload_content=False`) so no
@@ -31,6 +32,7 @@ SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 REQUEST_TIMEOUT_S = 30.0
 
 JSON = dict[str, Any]
+Items = list[JSON]  # `list` is a KubeClient method: inside the class it names that
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,30 @@ async def _read_json_or_none(resp: Any) -> JSON | None:
         raise
 
 
+async def _watch_events(resp: Any) -> AsyncIterator[WatchEvent]:
+    """The events of a raw watch response (newline-delimited JSON); an ERROR event raises (Gone for 410)."""
+    if resp.status != 200:
+        await _read_json(resp)  # raises
+    try:
+        while True:
+            line = await resp.content.readline()
+            if not line:
+                return
+            if not line.strip():
+                continue
+            event = json.loads(line)
+            obj = event.get("object") if isinstance(event, dict) else None
+            if not isinstance(obj, dict) or "type" not in event:
+                raise KubeError(resp.status, f"not a watch event: {line[:100]!r}")
+            kind = str(event["type"])
+            if kind == "ERROR":
+                code = int(obj.get("code") or 500)
+                raise (Gone if code == 410 else KubeError)(code, str(obj.get("message", "")))
+            yield WatchEvent(kind, obj)
+    finally:
+        resp.release()
+
+
 class KubeClient:
     """meshgate's view of the Kubernetes API (the controller's and the webhook's)."""
 
@@ -188,26 +214,8 @@ class KubeClient:
             )
         else:
             resp = await self._custom.list_cluster_custom_object(GROUP, VERSION, res.plural, **kwargs)
-        if resp.status != 200:
-            await _read_json(resp)  # raises
-        try:
-            while True:
-                line = await resp.content.readline()
-                if not line:
-                    return
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                obj = event.get("object") if isinstance(event, dict) else None
-                if not isinstance(obj, dict) or "type" not in event:
-                    raise KubeError(resp.status, f"not a watch event: {line[:100]!r}")
-                kind = str(event["type"])
-                if kind == "ERROR":
-                    code = int(obj.get("code") or 500)
-                    raise (Gone if code == 410 else KubeError)(code, str(obj.get("message", "")))
-                yield WatchEvent(kind, obj)
-        finally:
-            resp.release()
+        async for event in _watch_events(resp):
+            yield event
 
     async def patch_status(self, res: Resource, namespace: str, name: str, status: JSON) -> JSON:
         """Merge-patch the /status subresource (custom resources take no strategic merge patch)."""
@@ -265,6 +273,48 @@ class KubeClient:
         body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}
         resp = await self._authz.create_subject_access_review(
             body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S
+        )
+        return await _read_json(resp)
+
+    async def list_namespaces(self) -> tuple[Items, str]:
+        """Every Namespace, and the list's resourceVersion (to watch from)."""
+        resp = await self._core.list_namespace(_preload_content=False, _request_timeout=REQUEST_TIMEOUT_S)
+        data = await _read_json(resp)
+        items = [i for i in data.get("items") or [] if isinstance(i, dict)]
+        return items, str((data.get("metadata") or {}).get("resourceVersion", ""))
+
+    async def watch_namespaces(
+        self, resource_version: str, timeout_s: int = 300
+    ) -> AsyncIterator[WatchEvent]:
+        """Namespace events after `resource_version` until the server ends the watch; Gone when too old."""
+        resp = await self._core.list_namespace(
+            watch=True,
+            resource_version=resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=timeout_s,
+            _preload_content=False,
+            _request_timeout=aiohttp.ClientTimeout(sock_connect=10, sock_read=timeout_s + 30),
+        )
+        async for event in _watch_events(resp):
+            yield event
+
+    async def get_configmap(self, namespace: str, name: str) -> JSON | None:
+        resp = await self._core.read_namespaced_config_map(
+            name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S
+        )
+        return await _read_json_or_none(resp)
+
+    async def create_configmap(self, namespace: str, body: JSON) -> JSON:
+        """POST a ConfigMap; 409 AlreadyExists (KubeError) when one of that name exists."""
+        resp = await self._core.create_namespaced_config_map(
+            namespace, body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S
+        )
+        return await _read_json(resp)
+
+    async def replace_configmap(self, namespace: str, name: str, body: JSON) -> JSON:
+        """PUT a ConfigMap; 409 Conflict (KubeError) when its resourceVersion moved on, 404 when it is gone."""
+        resp = await self._core.replace_namespaced_config_map(
+            name, namespace, body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S
         )
         return await _read_json(resp)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 from meshgate.control.authz import AdminAuthorizer
 from meshgate.control.ca import SIDECAR_VALIDITY, Authority
+from meshgate.control.ca_publisher import CaPublisher
 from meshgate.control.controller import Controller, ControllerOptions
 from meshgate.control.etcd_local import EtcdNotFound, LocalEtcd
 from meshgate.control.identity import Issuer
@@ -53,12 +54,15 @@ class ControlServer:
     authorizer: AdminAuthorizer
     token_port: int  # TLS without client certificates: IssueCertificate and bearer-token admin calls
     controller: Controller | None = None
+    publisher: CaPublisher | None = None  # Kubernetes: control's CA into every namespace
 
     def metrics(self) -> list[tuple[Family, list[tuple[Labels, Value]]]]:
         """Everything this replica reports: the config stream's, the mirror's poison and the refusals."""
         return [*self.streamer.metrics(), *self.mirror.metrics(), *self.authorizer.metrics()]
 
     async def stop(self, grace: float = 1.0) -> None:
+        if self.publisher is not None:
+            await self.publisher.stop()
         if self.controller is not None:
             await self.controller.stop()
         await self.streamer.stop()
@@ -169,9 +173,13 @@ async def start_control(
             await mirror.stop()
             await store.close()
             raise ConnectionError(f"Kubernetes API: {type(exc).__name__}: {exc}") from None
-    return ControlServer(
+    ctl = ControlServer(
         server, store, streamer, bound, control_id, mirror, authority, authorizer, token_bound, controller
     )
+    if kubernetes is not None and kube_auth is not None:  # the CA injected sidecars mount
+        ctl.publisher = CaPublisher(kube_auth, authority.ca_pem, namespace=kubernetes.namespace)
+        ctl.publisher.start()
+    return ctl
 
 
 def _split(address: str) -> tuple[str, int]:
