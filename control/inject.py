@@ -6,6 +6,12 @@ Ports, as Istio lays them out: the full admin port (/config_dump, /stats) binds 
 only from inside the pod; the kubelet probes a health port that serves only /ready and /live, and
 Prometheus scrapes a read-only metrics port that serves only /metrics.
 
+Identity, as Istio's istio-token and istio-ca-root-cert: the sidecar alone mounts a projected volume
+with a ServiceAccount token for audience `meshgate` (control checks it with a TokenReview and issues
+the first certificate for the pod it names) and control's CA from the ConfigMap control publishes in
+every namespace (control/ca_publisher.py); its node id is the pod's name, as control reads it from
+the token.
+
 Stop order: a native sidecar gets SIGTERM only once the app containers have exited, then drains for
 `--drain-seconds`; in legacy mode every container gets SIGTERM at once, so a preStop sleep keeps the
 sidecar serving the app's last requests first. Either way terminationGracePeriodSeconds leaves room.
@@ -29,6 +35,13 @@ ADMIN_PORT = 15000  # on 127.0.0.1: inside the pod only
 GRPC_PORT = 15002
 HEALTH_PORT = 15021  # /ready and /live only: the kubelet's probes (Istio's 15021)
 METRICS_PORT = 15090  # /metrics only: the Prometheus scrape (Istio's 15090)
+IDENTITY_VOLUME = "meshgate-identity"
+IDENTITY_DIR = "/var/run/secrets/meshgate"
+TOKEN_AUDIENCE = "meshgate"  # what control's TokenReview asks for (control/identity.py)
+TOKEN_FILE = "token"
+TOKEN_EXPIRATION_S = 3600  # the kubelet rotates it at 80 %; the sidecar re-reads it for a new certificate
+CA_CONFIGMAP = "meshgate-ca-root"  # control writes it into every namespace (control/ca_publisher.py)
+CA_KEY = "ca.crt"
 POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 DEFAULT_GRACE_S = 30  # Kubernetes' terminationGracePeriodSeconds when a pod spec sets none
 STOP_MARGIN_S = 5  # on top of the sidecar's drain: the last export, closing, scheduling slack
@@ -37,7 +50,8 @@ STOP_MARGIN_S = 5  # on top of the sidecar's drain: the last export, closing, sc
 @dataclass(frozen=True)
 class InjectConfig:
     image: str = "ghcr.io/meshgate/meshgate:latest"
-    control: str = "meshgate-control.meshgate-system.svc:7070"
+    control: str = "meshgate-control.meshgate-system.svc:7070"  # mTLS: streams and renewals
+    control_token: str = ""  # TLS for the first certificate; default: control's host, its port + 1
     otlp_endpoint: str = ""
     legacy: bool = False  # plain container + start hold, for clusters without native sidecars (< 1.29)
     cpu: str = "100m"
@@ -49,6 +63,14 @@ class InjectConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.drain_seconds <= 600:
             raise ValueError(f"drain_seconds must be within 0..600, got {self.drain_seconds}")
+
+    @property
+    def token_address(self) -> str:
+        """Control's token port (what the sidecar derives itself when told nothing)."""
+        if self.control_token:
+            return self.control_token
+        host, _, port = self.control.rpartition(":")
+        return f"{host}:{int(port) + 1}" if port.isdigit() else self.control
 
     @property
     def pre_stop_s(self) -> int:
@@ -89,7 +111,8 @@ def _app_ports(spec: dict[str, Any]) -> list[int]:
     return sorted(set(ports))
 
 
-def sidecar_container(cfg: InjectConfig, labels: dict[str, str]) -> dict[str, Any]:
+def sidecar_args(cfg: InjectConfig, labels: dict[str, str]) -> list[str]:
+    """`meshgate sidecar ...`: its ports, how it reaches and proves itself to control, its labels."""
     args = [
         "sidecar",
         "--listen",
@@ -108,15 +131,28 @@ def sidecar_container(cfg: InjectConfig, labels: dict[str, str]) -> dict[str, An
         f"$(POD_IP):{PROXY_PORT}",
         "--drain-seconds",
         f"{cfg.drain_seconds:g}",
+        "--control",
+        cfg.control,
+        "--control-token-address",
+        cfg.token_address,
+        "--control-ca",
+        f"{IDENTITY_DIR}/{CA_KEY}",
+        "--token-file",
+        f"{IDENTITY_DIR}/{TOKEN_FILE}",
+        "--node-id",  # control names the node by the pod the token is bound to
+        "$(POD_NAME)",
     ]
     for k, v in sorted(labels.items()):
         args += ["--label", f"{k}={v}"]
+    return args
+
+
+def sidecar_container(cfg: InjectConfig, labels: dict[str, str]) -> dict[str, Any]:
+    args = sidecar_args(cfg, labels)
     env = [
-        {"name": "MESHGATE_CONTROL", "value": cfg.control},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": "MESHGATE_NODE_ID", "value": "$(POD_NAME).$(POD_NAMESPACE)"},
     ]
     if cfg.otlp_endpoint:
         env.append({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": cfg.otlp_endpoint})
@@ -156,7 +192,31 @@ def sidecar_container(cfg: InjectConfig, labels: dict[str, str]) -> dict[str, An
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": STATE_VOLUME, "mountPath": "/var/lib/meshgate"}],
+        "volumeMounts": [
+            {"name": STATE_VOLUME, "mountPath": "/var/lib/meshgate"},
+            {"name": IDENTITY_VOLUME, "mountPath": IDENTITY_DIR, "readOnly": True},
+        ],
+    }
+
+
+def identity_volume() -> dict[str, Any]:
+    """The sidecar's proof of its pod (a projected ServiceAccount token for control) and control's CA.
+    The ConfigMap is not optional: without it the pod waits (the kubelet retries) instead of starting
+    a sidecar that cannot trust control."""
+    return {
+        "name": IDENTITY_VOLUME,
+        "projected": {
+            "sources": [
+                {
+                    "serviceAccountToken": {
+                        "audience": TOKEN_AUDIENCE,
+                        "expirationSeconds": TOKEN_EXPIRATION_S,
+                        "path": TOKEN_FILE,
+                    }
+                },
+                {"configMap": {"name": CA_CONFIGMAP, "items": [{"key": CA_KEY, "path": CA_KEY}]}},
+            ]
+        },
     }
 
 
@@ -232,6 +292,7 @@ def inject_object(
     spec["terminationGracePeriodSeconds"] = termination_grace(spec.get("terminationGracePeriodSeconds"), cfg)
     vols = spec.setdefault("volumes", [])
     vols.append({"name": STATE_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}})
+    vols.append(identity_volume())
     annotations[STATUS_ANNOTATION] = "true"
     annotations.setdefault("prometheus.io/scrape", "true")
     annotations.setdefault("prometheus.io/port", str(METRICS_PORT))

@@ -254,7 +254,16 @@ def parse_args(argv: list[str]) -> tuple[WebhookOptions, str]:
     )
     p.add_argument("--listen", default="0.0.0.0:8443")
     p.add_argument("--image", default="ghcr.io/meshgate/meshgate:latest")
-    p.add_argument("--control-address", default="meshgate-control.meshgate-system.svc:7070")
+    p.add_argument(
+        "--control-address",
+        default="meshgate-control.meshgate-system.svc:7070",
+        help="control's mTLS port, for injected sidecars (default %(default)s)",
+    )
+    p.add_argument(
+        "--control-token-address",
+        default="",
+        help="control's token port, for their first certificate (default: --control-address's port + 1)",
+    )
     p.add_argument("--otlp-endpoint", default="")
     p.add_argument("--legacy", action="store_true")
     p.add_argument("--log-level", default="info")
@@ -306,6 +315,7 @@ def parse_args(argv: list[str]) -> tuple[WebhookOptions, str]:
         inject=InjectConfig(
             image=args.image,
             control=args.control_address,
+            control_token=args.control_token_address,
             otlp_endpoint=args.otlp_endpoint,
             legacy=args.legacy,
         ),
