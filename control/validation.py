@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import jsonschema
 from meshgate.control.errors import InvalidConfig
@@ -114,27 +114,34 @@ def _constants(params: Mapping[str, str], prefix: str, where: str) -> None:
                 _fail(f"{where}.{key}", "the constant holds CR, LF or NUL")
 
 
+INTEGRATION_TYPES = ("http", "mock", "function", "websocket", "grpc", "websocket_api")
+WS_RESERVED_KEYS = ("$connect", "$disconnect", "$default")
+# what sidecar/wsapi.py `compile_selection` routes on: a (nested) field of the JSON message
+WS_SELECTION_RE = re.compile(r"^\$request\.body\.[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+WS_ROUTE_KEY_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")  # also sent as x-meshgate-route-key
+# the fields the sidecar reads (sidecar/integrations/websocket_api.py); any other would be ignored
+WS_API_FIELDS = frozenset({"type", "route_selection_expression", "websocket_routes", "max_message_bytes"})
+WS_ROUTE_FIELDS = frozenset({"type", "uri", "timeout_ms"})
+
+
 def _integration(integ: resources_pb2.Integration, params: list[str], where: str, has_greedy: bool) -> None:
     _constants(integ.request_parameters, "integration.request.header.", f"{where}.requestParameters")
     _constants(integ.response_parameters, "method.response.header.", f"{where}.responseParameters")
-    if integ.type not in ("http", "mock", "function", "websocket", "grpc"):
+    if integ.type not in INTEGRATION_TYPES:
         _fail(
-            f"{where}.type", f'must be "http", "function", "websocket", "grpc" or "mock", got {integ.type!r}'
+            f"{where}.type",
+            f'must be "http", "function", "websocket", "websocket_api", "grpc" or "mock", got {integ.type!r}',
         )
     if integ.type == "grpc":
-        if not re.match(r"^grpc://[A-Za-z0-9.\-\[\]:${}_]+:\d+/?$", integ.uri):
-            _fail(f"{where}.uri", f"a grpc integration takes grpc://HOST:PORT, got {integ.uri!r}")
-        if integ.grpc_method:
-            try:
-                Transcoder.compile(integ.grpc_method, integ.descriptor_set, integ.body)
-            except TranscodeError as exc:
-                _fail(f"{where}.grpcMethod", str(exc))
+        _grpc(integ, where)
         return
     if integ.type == "websocket":
         if not integ.uri.startswith("ws://") or len(integ.uri) <= len("ws://"):
             _fail(f"{where}.uri", f"a websocket integration takes a ws:// URL, got {integ.uri!r}")
-        if integ.max_message_bytes > 64 * 1024 * 1024:
-            _fail(f"{where}.maxMessageBytes", "must be at most 67108864")
+        _max_message_bytes(integ, where)
+        return
+    if integ.type == "websocket_api":
+        _websocket_api(integ, where)
         return
     if integ.payload_format_version not in ("", "1.0", "2.0"):
         _fail(f"{where}.payloadFormatVersion", 'must be "1.0" or "2.0"')
@@ -147,57 +154,123 @@ def _integration(integ: resources_pb2.Integration, params: list[str], where: str
             f"{where}.httpMethod", f"must be one of {', '.join(sorted(METHODS))}, got {integ.http_method!r}"
         )
     if integ.type in ("http", "function"):
-        uri = integ.uri
-        if not uri:
-            _fail(f"{where}.uri", "required for http integrations")
-        if not uri.startswith("http://"):
-            _fail(f"{where}.uri", f"must start with http:// (got {uri!r})")
-        rest = uri[len("http://") :]
-        authority = rest.split("/", 1)[0]
-        if not authority:
-            _fail(f"{where}.uri", f"has no host: {uri!r}")
-        plain = STAGE_VAR_REF_RE.sub("x", authority)
-        host, _, port = plain.rpartition(":") if ":" in plain else (plain, "", "")
-        if port and not (port.isdigit() and 0 < int(port) < 65536):
-            _fail(f"{where}.uri", f"invalid port in {uri!r}")
-        if not HOST_RE.match(host):
-            try:
-                ipaddress.ip_address(host.strip("[]"))
-            except ValueError:
-                _fail(f"{where}.uri", f"invalid host in {uri!r}")
-        for ref in URI_PARAM_RE.findall(STAGE_VAR_REF_RE.sub("", uri)):
-            if ref == "proxy" and has_greedy:
-                continue
-            if ref not in params:
-                _fail(f"{where}.uri", f"references {{{ref}}} which is not a parameter of the route path")
-        for key, value in integ.request_parameters.items():
-            if not MAPPING_KEY_RE.match(key):
-                _fail(
-                    f"{where}.requestParameters",
-                    f"invalid key {key!r} (integration.request.header|querystring|path.NAME)",
-                )
-            if not MAPPING_VALUE_RE.match(value):
-                _fail(
-                    f"{where}.requestParameters.{key}",
-                    f"invalid value {value!r} (method.request.path|querystring|header.NAME, "
-                    "context.stage|requestId|httpMethod|resourcePath, stageVariables.NAME or 'literal')",
-                )
-            if value.startswith("method.request.path."):
-                name = value.rsplit(".", 1)[1]
-                if name not in params:
-                    _fail(
-                        f"{where}.requestParameters.{key}",
-                        f"path parameter {name!r} is not in the route path",
-                    )
-        try:
-            compile_transform(integ, _AnyVariables())
-        except ValueError as exc:
-            _fail(where, str(exc))
+        _http_target(integ, params, where, has_greedy)
     else:
         status = integ.mock.status or 200
         if not 100 <= status <= 599:
             _fail(f"{where}.mock.status", f"must be between 100 and 599, got {status}")
         _header_constants(integ.mock.headers, f"{where}.mock.headers")
+
+
+def _grpc(integ: resources_pb2.Integration, where: str) -> None:
+    if not re.match(r"^grpc://[A-Za-z0-9.\-\[\]:${}_]+:\d+/?$", integ.uri):
+        _fail(f"{where}.uri", f"a grpc integration takes grpc://HOST:PORT, got {integ.uri!r}")
+    if integ.grpc_method:
+        try:
+            Transcoder.compile(integ.grpc_method, integ.descriptor_set, integ.body)
+        except TranscodeError as exc:
+            _fail(f"{where}.grpcMethod", str(exc))
+
+
+def _max_message_bytes(integ: resources_pb2.Integration, where: str) -> None:
+    if integ.max_message_bytes > 64 * 1024 * 1024:
+        _fail(f"{where}.maxMessageBytes", "must be at most 67108864")
+
+
+def _only_fields(integ: resources_pb2.Integration, allowed: frozenset[str], where: str, what: str) -> None:
+    """Refuse a field the sidecar would silently ignore for this kind of integration."""
+    for fd, _ in integ.ListFields():
+        if fd.name not in allowed:
+            names = ", ".join(f.json_name for f in integ.DESCRIPTOR.fields if f.name in allowed)
+            _fail(f"{where}.{fd.json_name}", f"not used by {what} (it takes {names})")
+
+
+def _websocket_api(integ: resources_pb2.Integration, where: str) -> None:
+    """A WebSocket API (sidecar/wsapi.py): a selection expression and HTTP integrations per route key."""
+    _only_fields(integ, WS_API_FIELDS, where, "a websocket_api integration")
+    expr = integ.route_selection_expression
+    if expr and not WS_SELECTION_RE.match(expr):
+        _fail(
+            f"{where}.routeSelectionExpression",
+            f"must be $request.body.FIELD[.FIELD...] (FIELD: letters, digits, '_', '-'), got {expr!r}",
+        )
+    _max_message_bytes(integ, where)
+    if not integ.websocket_routes:
+        _fail(
+            f"{where}.websocketRoutes", "at least one route ($connect, $disconnect, $default or a route key)"
+        )
+    for key in sorted(integ.websocket_routes):
+        if not WS_ROUTE_KEY_RE.match(key):
+            _fail(
+                f"{where}.websocketRoutes", f"route key {key!r}: 1 to 128 characters, no control characters"
+            )
+        if key.startswith("$") and key not in WS_RESERVED_KEYS:
+            _fail(
+                f"{where}.websocketRoutes",
+                f"route key {key!r}: keys starting with $ are $connect, $disconnect or $default",
+            )
+        sub, sub_where = integ.websocket_routes[key], f"{where}.websocketRoutes.{key}"
+        if sub.type != "http":
+            _fail(
+                f"{sub_where}.type",
+                f'must be "http" (each message is POSTed to the route\'s uri), got {sub.type!r}',
+            )
+        _only_fields(sub, WS_ROUTE_FIELDS, sub_where, "a WebSocket API route")
+        _integration(sub, [], sub_where, False)  # uri and timeout as any http integration; no path params
+
+
+def _http_target(integ: resources_pb2.Integration, params: list[str], where: str, has_greedy: bool) -> None:
+    """The uri and parameter mappings of an http or function integration."""
+    uri = integ.uri
+    if not uri:
+        _fail(f"{where}.uri", "required for http integrations")
+    if not uri.startswith("http://"):
+        _fail(f"{where}.uri", f"must start with http:// (got {uri!r})")
+    rest = uri[len("http://") :]
+    authority = rest.split("/", 1)[0]
+    if not authority:
+        _fail(f"{where}.uri", f"has no host: {uri!r}")
+    plain = STAGE_VAR_REF_RE.sub("x", authority)
+    host, _, port = plain.rpartition(":") if ":" in plain else (plain, "", "")
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        _fail(f"{where}.uri", f"invalid port in {uri!r}")
+    if not HOST_RE.match(host):
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            _fail(f"{where}.uri", f"invalid host in {uri!r}")
+    for ref in URI_PARAM_RE.findall(STAGE_VAR_REF_RE.sub("", uri)):
+        if ref == "proxy" and has_greedy:
+            continue
+        if ref not in params:
+            _fail(f"{where}.uri", f"references {{{ref}}} which is not a parameter of the route path")
+    _request_parameters(integ, params, where)
+    try:
+        compile_transform(integ, _AnyVariables())
+    except ValueError as exc:
+        _fail(where, str(exc))
+
+
+def _request_parameters(integ: resources_pb2.Integration, params: list[str], where: str) -> None:
+    for key, value in integ.request_parameters.items():
+        if not MAPPING_KEY_RE.match(key):
+            _fail(
+                f"{where}.requestParameters",
+                f"invalid key {key!r} (integration.request.header|querystring|path.NAME)",
+            )
+        if not MAPPING_VALUE_RE.match(value):
+            _fail(
+                f"{where}.requestParameters.{key}",
+                f"invalid value {value!r} (method.request.path|querystring|header.NAME, "
+                "context.stage|requestId|httpMethod|resourcePath, stageVariables.NAME or 'literal')",
+            )
+        if value.startswith("method.request.path."):
+            name = value.rsplit(".", 1)[1]
+            if name not in params:
+                _fail(
+                    f"{where}.requestParameters.{key}",
+                    f"path parameter {name!r} is not in the route path",
+                )
 
 
 class _AnyVariables(dict[str, str]):
@@ -210,28 +283,7 @@ class _AnyVariables(dict[str, str]):
         return ""
 
 
-def validate_api(api: resources_pb2.Api) -> None:
-    _meta(api.metadata, "metadata")
-    spec = api.spec
-    for i, g in enumerate(spec.gateway_responses):
-        _header_constants(g.headers, f"spec.gatewayResponses[{i}].headers")
-    if spec.endpoint_type not in ("", "cluster", "private"):
-        _fail("spec.endpointType", f'must be "cluster" or "private", got {spec.endpoint_type!r}')
-    if spec.escaped_slashes_action not in ("", "KEEP_UNCHANGED", "REJECT_REQUEST"):
-        _fail(
-            "spec.escapedSlashesAction",
-            f'must be "KEEP_UNCHANGED" or "REJECT_REQUEST", got {spec.escaped_slashes_action!r}',
-        )
-    if spec.base_path:
-        path_params("/" + spec.base_path.strip("/"), "spec.basePath")
-        if "{" in spec.base_path:
-            _fail("spec.basePath", "must not contain parameters")
-    for ns in spec.selector.namespaces:
-        if ns != "*" and not NAME_RE.match(ns):
-            _fail("spec.selector.namespaces", f"invalid namespace {ns!r}")
-    for k, v in spec.selector.match_labels.items():
-        if not LABEL_KEY_RE.match(k) or not LABEL_VALUE_RE.match(v):
-            _fail(f"spec.selector.matchLabels.{k}", f"invalid label {k}={v}")
+def _authorizers(spec: resources_pb2.ApiSpec) -> set[str]:
     authorizers = set()
     for i, a in enumerate(spec.authorizers):
         if not a.name:
@@ -267,11 +319,10 @@ def validate_api(api: resources_pb2.Api) -> None:
             if a.type == "token" and len(a.identity_sources) > 1:
                 _fail(f"{where}.identitySources", "a token authorizer takes one header")
         authorizers.add(a.name)
-    for cidr in [*spec.resource_policy.allow_cidrs, *spec.resource_policy.deny_cidrs]:
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            _fail("spec.resourcePolicy", f"{cidr!r} is not a CIDR")
+    return authorizers
+
+
+def _models(spec: resources_pb2.ApiSpec) -> set[str]:
     models = set()
     for i, m in enumerate(spec.models):
         if not m.name:
@@ -287,42 +338,86 @@ def validate_api(api: resources_pb2.Api) -> None:
         except jsonschema.exceptions.SchemaError as exc:
             _fail(f"spec.models[{i}].schemaJson", f"not a valid JSON Schema: {exc.message}")
         models.add(m.name)
+    return models
+
+
+def _route(
+    spec: resources_pb2.ApiSpec,
+    i: int,
+    seen: dict[tuple[str, str], int],
+    authorizers: set[str],
+    models: set[str],
+) -> None:
+    r, where = spec.routes[i], f"spec.routes[{i}]"
+    if r.method.upper() not in METHODS:
+        _fail(f"{where}.method", f"must be one of {', '.join(sorted(METHODS))}, got {r.method!r}")
+    params = path_params(r.path, f"{where}.path")
+    normalized = "/" + "/".join(PARAM_RE.sub("{}", s) for s in r.path.strip("/").split("/"))
+    key = (r.method.upper(), normalized)
+    if key in seen:
+        _fail(f"{where}.path", f"{r.method} {r.path} duplicates spec.routes[{seen[key]}]")
+    seen[key] = i
+    if not r.HasField("integration"):
+        _fail(f"{where}.integration", "required")
+    _integration(r.integration, params, f"{where}.integration", r.path.rstrip("/").endswith("+}"))
+    if r.integration.type == "websocket_api" and r.method.upper() not in ("GET", "ANY"):
+        _fail(f"{where}.method", f"a WebSocket API is opened with a GET upgrade: use GET, got {r.method!r}")
+    if r.authorizer and r.authorizer not in authorizers:
+        _fail(f"{where}.authorizer", f"no authorizer named {r.authorizer!r} in spec.authorizers")
+    if r.request_model and r.request_model not in models:
+        _fail(f"{where}.requestModel", f"no model named {r.request_model!r} in spec.models")
+    if r.throttling.rate_limit < 0:
+        _fail(f"{where}.throttling.rateLimit", "must not be negative")
+    if r.authorization_scopes:
+        kinds = {a.name: a.type for a in spec.authorizers}
+        if kinds.get(r.authorizer) != "jwt":
+            _fail(f"{where}.authorizationScopes", "scopes need a jwt authorizer on the route")
+    for j, p in enumerate(r.required_parameters):
+        if not re.match(r"^method\.request\.(querystring|header)\.[A-Za-z0-9\-_.]+$", p):
+            _fail(
+                f"{where}.requiredParameters[{j}]",
+                f"{p!r}: use method.request.querystring.NAME or method.request.header.NAME",
+            )
+    for j, p in enumerate(r.cache_key_parameters):
+        if not re.match(r"^method\.request\.(querystring|header)\.[A-Za-z0-9\-_.]+$", p):
+            _fail(
+                f"{where}.cacheKeyParameters[{j}]",
+                f"{p!r}: use method.request.querystring.NAME or method.request.header.NAME",
+            )
+
+
+def validate_api(api: resources_pb2.Api) -> None:
+    _meta(api.metadata, "metadata")
+    spec = api.spec
+    for i, g in enumerate(spec.gateway_responses):
+        _header_constants(g.headers, f"spec.gatewayResponses[{i}].headers")
+    if spec.endpoint_type not in ("", "cluster", "private"):
+        _fail("spec.endpointType", f'must be "cluster" or "private", got {spec.endpoint_type!r}')
+    if spec.escaped_slashes_action not in ("", "KEEP_UNCHANGED", "REJECT_REQUEST"):
+        _fail(
+            "spec.escapedSlashesAction",
+            f'must be "KEEP_UNCHANGED" or "REJECT_REQUEST", got {spec.escaped_slashes_action!r}',
+        )
+    if spec.base_path:
+        path_params("/" + spec.base_path.strip("/"), "spec.basePath")
+        if "{" in spec.base_path:
+            _fail("spec.basePath", "must not contain parameters")
+    for ns in spec.selector.namespaces:
+        if ns != "*" and not NAME_RE.match(ns):
+            _fail("spec.selector.namespaces", f"invalid namespace {ns!r}")
+    for k, v in spec.selector.match_labels.items():
+        if not LABEL_KEY_RE.match(k) or not LABEL_VALUE_RE.match(v):
+            _fail(f"spec.selector.matchLabels.{k}", f"invalid label {k}={v}")
+    authorizers = _authorizers(spec)
+    for cidr in [*spec.resource_policy.allow_cidrs, *spec.resource_policy.deny_cidrs]:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            _fail("spec.resourcePolicy", f"{cidr!r} is not a CIDR")
+    models = _models(spec)
     seen: dict[tuple[str, str], int] = {}
-    for i, r in enumerate(spec.routes):
-        where = f"spec.routes[{i}]"
-        if r.method.upper() not in METHODS:
-            _fail(f"{where}.method", f"must be one of {', '.join(sorted(METHODS))}, got {r.method!r}")
-        params = path_params(r.path, f"{where}.path")
-        normalized = "/" + "/".join(PARAM_RE.sub("{}", s) for s in r.path.strip("/").split("/"))
-        key = (r.method.upper(), normalized)
-        if key in seen:
-            _fail(f"{where}.path", f"{r.method} {r.path} duplicates spec.routes[{seen[key]}]")
-        seen[key] = i
-        if not r.HasField("integration"):
-            _fail(f"{where}.integration", "required")
-        _integration(r.integration, params, f"{where}.integration", r.path.rstrip("/").endswith("+}"))
-        if r.authorizer and r.authorizer not in authorizers:
-            _fail(f"{where}.authorizer", f"no authorizer named {r.authorizer!r} in spec.authorizers")
-        if r.request_model and r.request_model not in models:
-            _fail(f"{where}.requestModel", f"no model named {r.request_model!r} in spec.models")
-        if r.throttling.rate_limit < 0:
-            _fail(f"{where}.throttling.rateLimit", "must not be negative")
-        if r.authorization_scopes:
-            kinds = {a.name: a.type for a in spec.authorizers}
-            if kinds.get(r.authorizer) != "jwt":
-                _fail(f"{where}.authorizationScopes", "scopes need a jwt authorizer on the route")
-        for j, p in enumerate(r.required_parameters):
-            if not re.match(r"^method\.request\.(querystring|header)\.[A-Za-z0-9\-_.]+$", p):
-                _fail(
-                    f"{where}.requiredParameters[{j}]",
-                    f"{p!r}: use method.request.querystring.NAME or method.request.header.NAME",
-                )
-        for j, p in enumerate(r.cache_key_parameters):
-            if not re.match(r"^method\.request\.(querystring|header)\.[A-Za-z0-9\-_.]+$", p):
-                _fail(
-                    f"{where}.cacheKeyParameters[{j}]",
-                    f"{p!r}: use method.request.querystring.NAME or method.request.header.NAME",
-                )
+    for i in range(len(spec.routes)):
+        _route(spec, i, seen, authorizers, models)
 
 
 def validate_stage(stage: resources_pb2.Stage) -> None:
@@ -431,12 +526,9 @@ def check_private_targets(
     `localhost` and in-cluster service names (`*.svc`, `*.svc.cluster.local`).
     """
     nets = [ipaddress.ip_network(c, strict=False) for c in cluster_cidrs]
-    for i, route in enumerate(api.spec.routes):
-        integ = route.integration
-        if integ.type not in ("http", "function"):
-            continue
+    for where, target in _http_targets(api.spec):
         for variables in stage_variables:
-            uri = _substitute(integ.uri, variables)
+            uri = _substitute(target, variables)
             authority = uri[len("http://") :].split("/", 1)[0]
             if "${" in authority:
                 continue  # checked when the stage that defines the variable is applied
@@ -451,13 +543,25 @@ def check_private_targets(
                 addr = ipaddress.ip_address(host)
             except ValueError:
                 _fail(
-                    f"Api {api.metadata.name} is private: spec.routes[{i}].integration.uri",
+                    f"Api {api.metadata.name} is private: {where}",
                     f"host {host!r} is not an in-cluster service name (*.svc) or address",
                 )
                 continue
             if addr.is_loopback or any(addr in n for n in nets):
                 continue
             _fail(
-                f"Api {api.metadata.name} is private: spec.routes[{i}].integration.uri",
+                f"Api {api.metadata.name} is private: {where}",
                 f"{host} is outside the cluster networks ({', '.join(cluster_cidrs) or 'none configured'})",
             )
+
+
+def _http_targets(spec: resources_pb2.ApiSpec) -> Iterator[tuple[str, str]]:
+    """(field path, uri) of every HTTP call an Api's routes make, WebSocket API routes included."""
+    for i, route in enumerate(spec.routes):
+        integ = route.integration
+        if integ.type in ("http", "function"):
+            yield f"spec.routes[{i}].integration.uri", integ.uri
+        elif integ.type == "websocket_api":
+            for key in sorted(integ.websocket_routes):
+                where = f"spec.routes[{i}].integration.websocketRoutes.{key}.uri"
+                yield where, integ.websocket_routes[key].uri

@@ -157,3 +157,146 @@ def test_header_constants_that_would_split_a_message_are_refused(fragment: str, 
     gw = 'apiVersion: meshgate.io/v1\nkind: Api\nmetadata: {name: pets}\nspec:\n  routes: [{method: GET, path: /x, integration: {type: mock}}]\n  gatewayResponses: [{type: THROTTLED, headers: {x-g: "a\\rb"}}]\n'
     with pytest.raises(InvalidConfig, match="gatewayResponses"):
         check(gw)
+
+
+WS_API = """
+apiVersion: meshgate.io/v1
+kind: Api
+metadata: {name: chat}
+spec:
+  routes:
+    - method: GET
+      path: /chat
+      integration:
+        type: websocket_api
+        routeSelectionExpression: $request.body.action
+        websocketRoutes:
+          $connect:    {type: http, uri: "http://chat.svc:8080/connect"}
+          $disconnect: {type: http, uri: "http://chat.svc:8080/disconnect"}
+          $default:    {type: http, uri: "http://chat.svc:8080/default", timeoutMs: 5000}
+          sendMessage: {type: http, uri: "http://${stageVariables.chat}/message"}
+"""
+WS = "spec.routes[0].integration"
+
+
+def test_the_readmes_websocket_api_is_valid() -> None:
+    check(WS_API)
+    check(WS_API.replace("$request.body.action", "$request.body.meta.route-key"))  # nested fields
+    check(WS_API.replace("        routeSelectionExpression: $request.body.action\n", ""))  # the default
+    check(WS_API.replace("method: GET", "method: ANY"))
+    only_default = WS_API.split("        websocketRoutes:")[0] + (
+        '        websocketRoutes: {$default: {type: http, uri: "http://10.0.0.7/d"}}\n'
+    )
+    check(only_default)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ("$request.body.action", "$request.header.x-action", f"{WS}.routeSelectionExpression"),
+        ("$request.body.action", "${request.body.action}", f"{WS}.routeSelectionExpression"),
+        ("$request.body.action", "$request.body.", f"{WS}.routeSelectionExpression"),
+        ("$request.body.action", "$request.body.items[0]", f"{WS}.routeSelectionExpression"),
+        ("$request.body.action", "$request.body.a..b", f"{WS}.routeSelectionExpression"),
+        (
+            '$connect:    {type: http, uri: "http://chat.svc:8080/connect"}',
+            "$connect: {}",
+            f"{WS}.websocketRoutes.$connect.type",
+        ),
+        ("$connect:    {type: http", "$connect:    {type: mock", f"{WS}.websocketRoutes.$connect.type"),
+        ("$connect:    {type: http", "$connect:    {type: function", f"{WS}.websocketRoutes.$connect.type"),
+        (
+            'uri: "http://chat.svc:8080/connect"',
+            'uri: "ws://chat.svc:8080/connect"',
+            f"{WS}.websocketRoutes.$connect.uri",
+        ),
+        (
+            'uri: "http://chat.svc:8080/connect"',
+            'uri: "http:///connect"',
+            f"{WS}.websocketRoutes.$connect.uri",
+        ),
+        (
+            'uri: "http://chat.svc:8080/connect"',
+            'uri: "http://chat.svc:99999/c"',
+            f"{WS}.websocketRoutes.$connect.uri",
+        ),
+        ('uri: "http://chat.svc:8080/connect"', 'uri: ""', f"{WS}.websocketRoutes.$connect.uri"),
+        # a path parameter is never substituted into a WebSocket route's uri
+        (
+            'uri: "http://chat.svc:8080/connect"',
+            'uri: "http://chat.svc/{id}"',
+            f"{WS}.websocketRoutes.$connect.uri",
+        ),
+        ("timeoutMs: 5000", "timeoutMs: 10", f"{WS}.websocketRoutes.$default.timeoutMs"),
+        ("timeoutMs: 5000", "timeoutMs: 400000", f"{WS}.websocketRoutes.$default.timeoutMs"),
+        # fields the sidecar would silently ignore on a WebSocket route
+        ("timeoutMs: 5000", "httpMethod: PUT", f"{WS}.websocketRoutes.$default.httpMethod"),
+        (
+            "timeoutMs: 5000",
+            "requestTemplates: {application/json: '{}'}",
+            f"{WS}.websocketRoutes.$default.requestTemplates",
+        ),
+        (
+            "timeoutMs: 5000",
+            "requestParameters: {integration.request.header.x: \"'y'\"}",
+            f"{WS}.websocketRoutes.$default.requestParameters",
+        ),
+        ("timeoutMs: 5000", "mock: {status: 200}", f"{WS}.websocketRoutes.$default.mock"),
+        (
+            "timeoutMs: 5000",
+            "websocketRoutes: {$default: {type: http, uri: 'http://x/'}}",
+            f"{WS}.websocketRoutes.$default.websocketRoutes",
+        ),
+        ("type: websocket_api", "type: websocket_api\n        uri: http://chat.svc/", f"{WS}.uri"),
+        ("type: websocket_api", "type: websocket_api\n        timeoutMs: 1000", f"{WS}.timeoutMs"),
+        (
+            "type: websocket_api",
+            "type: websocket_api\n        maxMessageBytes: 70000000",
+            f"{WS}.maxMessageBytes",
+        ),
+        # route keys: the three reserved ones, or a key without control characters
+        ("$disconnect:", "$disconnected:", f"{WS}.websocketRoutes"),
+        ("sendMessage:", '"send\\nMessage":', f"{WS}.websocketRoutes"),
+        ("sendMessage:", f"{'k' * 129}:", f"{WS}.websocketRoutes"),
+        ("method: GET", "method: POST", "spec.routes[0].method"),
+    ],
+)
+def test_websocket_api_errors_name_the_field(old: str, new: str, field: str) -> None:
+    assert old in WS_API
+    with pytest.raises(InvalidConfig) as err:
+        check(WS_API.replace(old, new, 1))
+    assert f"{field}:" in str(err.value), str(err.value)
+
+
+def test_a_websocket_api_needs_a_route_and_says_what_a_route_key_is() -> None:
+    empty = WS_API.split("        websocketRoutes:")[0]
+    with pytest.raises(InvalidConfig, match=r"spec\.routes\[0\]\.integration\.websocketRoutes: at least one"):
+        check(empty)
+    with pytest.raises(InvalidConfig) as err:
+        check(WS_API.replace("$disconnect:", "$disconnected:", 1))
+    assert str(err.value) == (
+        "Api default/chat: spec.routes[0].integration.websocketRoutes: route key '$disconnected': "
+        "keys starting with $ are $connect, $disconnect or $default"
+    )
+    with pytest.raises(InvalidConfig) as err:
+        check(WS_API.replace("$connect:    {type: http", "$connect:    {type: mock", 1))
+    assert 'websocketRoutes.$connect.type: must be "http"' in str(err.value)
+    with pytest.raises(InvalidConfig) as err:
+        check(WS_API.replace("timeoutMs: 5000", "httpMethod: PUT", 1))
+    assert str(err.value).endswith(
+        "websocketRoutes.$default.httpMethod: not used by a WebSocket API route (it takes type, uri, timeoutMs)"
+    )
+
+
+def test_a_private_websocket_api_calls_only_in_cluster_services() -> None:
+    from meshgate.control.state import unwrap
+    from meshgate.control.validation import check_private_targets
+
+    text = WS_API.replace("spec:\n", "spec:\n  endpointType: private\n", 1)
+    api = unwrap(load_documents(text)[0])
+    check_private_targets(api, [{"chat": "10.1.2.3:80"}], ("10.0.0.0/8",))
+    with pytest.raises(InvalidConfig) as err:
+        check_private_targets(api, [{"chat": "203.0.113.5"}], ("10.0.0.0/8",))
+    assert str(err.value).startswith(
+        "Api chat is private: spec.routes[0].integration.websocketRoutes.sendMessage.uri: 203.0.113.5 is outside"
+    )
