@@ -102,7 +102,8 @@ class Issuer:
         if current is not None and current.node is not None:  # renewal: the same identity again
             return current.node
         token = bearer_token(context)
-        if token and self.keys.check_bootstrap(token):  # the installer's token vouches for the claim
+        # The installer's token vouches for the claim, where there is no API server to ask instead.
+        if token and self.kube is None and self.keys.check_bootstrap(token):
             if not claimed.id or not claimed.namespace:
                 raise Unauthenticated("a bootstrap request must name its node id and namespace")
             return NodeIdentity(claimed.id, claimed.namespace, "default", dict(claimed.labels))
@@ -115,7 +116,8 @@ class Issuer:
         if pod is None:
             raise Unauthenticated(f"pod {sa[0]}/{user.pod_name} does not exist")
         labels = (pod.get("metadata") or {}).get("labels") or {}
-        return NodeIdentity(user.pod_name, sa[0], sa[1], {str(k): str(v) for k, v in labels.items()})
+        node_id = f"{user.pod_name}.{sa[0]}"  # pod names repeat across namespaces (a StatefulSet's db-0)
+        return NodeIdentity(node_id, sa[0], sa[1], {str(k): str(v) for k, v in labels.items()})
 
     async def issue(
         self, request: control_pb2.CertificateRequest, context: Any

@@ -139,8 +139,8 @@ def sidecar_args(cfg: InjectConfig, labels: dict[str, str]) -> list[str]:
         f"{IDENTITY_DIR}/{CA_KEY}",
         "--token-file",
         f"{IDENTITY_DIR}/{TOKEN_FILE}",
-        "--node-id",  # control names the node by the pod the token is bound to
-        "$(POD_NAME)",
+        "--node-id",  # control names the node by the pod the token is bound to, and its namespace
+        "$(POD_NAME).$(POD_NAMESPACE)",
     ]
     for k, v in sorted(labels.items()):
         args += ["--label", f"{k}={v}"]

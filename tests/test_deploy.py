@@ -423,7 +423,7 @@ def test_the_injected_example_pod_proves_its_identity_to_control() -> None:
     assert 600 <= token["expirationSeconds"] <= 3600 * 24
     ca = source(args.control_ca, "configMap")
     assert ca["name"] == CA_CONFIGMAP and ca["items"] == [{"key": CA_KEY, "path": args.control_ca.name}]
-    assert args.node_id == "$(POD_NAME)"
+    assert args.node_id == "$(POD_NAME).$(POD_NAMESPACE)"
     # control publishes that ConfigMap into the app's namespace
     assert wanted(one(objects, "Namespace", app["metadata"]["namespace"]))
 

@@ -256,7 +256,7 @@ def test_the_sidecar_proves_its_pod_with_a_projected_token_and_trusts_the_publis
         others = [c for c in [*spec["initContainers"], *spec["containers"]] if c is not sidecar]
         assert not [m for c in others for m in c.get("volumeMounts", []) if m["name"] == mount["name"]]
         # the node id is the pod's name ($(POD_NAME) from the downward API, defined before use)
-        assert args.node_id == "$(POD_NAME)"
+        assert args.node_id == "$(POD_NAME).$(POD_NAMESPACE)"
         env = [e["name"] for e in sidecar["env"]]
         assert "POD_NAME" in env and "MESHGATE_NODE_ID" not in env
     # the audience the injector asks the kubelet for is the one control checks

@@ -122,7 +122,9 @@ async def test_a_sidecar_is_the_pod_its_service_account_token_names(cluster: Clu
     await ident.obtain(control_pb2.Node(id="pets-1", namespace="default", labels={"app": "admin"}))
     assert ident.identity == "spiffe://cluster.local/ns/shop/sa/pets"
     principal = ctl.authority.principal(ident.cert_pem)
-    assert principal is not None and principal.node == NodeIdentity("pets-1", "shop", "pets", {"app": "pets"})
+    assert principal is not None and principal.node == NodeIdentity(
+        "pets-1.shop", "shop", "pets", {"app": "pets"}
+    )
     # control asked the API server in the real wire format, for the audience the injector projects
     [review] = kube.reviews_of("TokenReview")
     assert review["apiVersion"] == "authentication.k8s.io/v1" and review["spec"]["audiences"] == ["meshgate"]
@@ -130,11 +132,11 @@ async def test_a_sidecar_is_the_pod_its_service_account_token_names(cluster: Clu
     assert review["status"]["user"]["username"] == "system:serviceaccount:shop:pets"
     assert any(r.path == "/api/v1/namespaces/shop/pods/pets-1" for r in kube.requests)  # the labels
     # the stream is shop's, app=pets: default's pets Api (selector app=pets too) is not in it
-    snap = await first_snapshot(ident, control_pb2.Node(id="pets-1"))
+    snap = await first_snapshot(ident, control_pb2.Node(id="pets-1.shop"))
     assert {(b.api.metadata.namespace, b.api.metadata.name) for b in snap.stages} == {("shop", "shop-pets")}
-    assert snap.node_id == "pets-1"
+    assert snap.node_id == "pets-1.shop"
     with pytest.raises(grpc.aio.AioRpcError) as forged:  # claiming default on the stream: refused
-        await first_snapshot(ident, control_pb2.Node(id="pets-1", namespace="default"))
+        await first_snapshot(ident, control_pb2.Node(id="pets-1.shop", namespace="default"))
     assert forged.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
     # tokens the API server does not vouch for, for this: no certificate
@@ -144,12 +146,14 @@ async def test_a_sidecar_is_the_pod_its_service_account_token_names(cluster: Clu
     kube.delete("Pod", "shop", "pets-1")
     gone_pod = kube.add_token({"username": "x"}, ("meshgate",), pod=("shop", "pets-1"))
     user = kube.add_token({"username": "jane", "groups": ["system:authenticated"]}, ("meshgate",))
-    for token in ("made-up", api_audience, gone_pod, user):
+    bootstrap = ctl.store.keys.bootstrap_token  # vouches for claims only where no API server can be asked
+    for token in ("made-up", api_audience, gone_pod, user, bootstrap):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await cluster.sidecar(token).obtain(control_pb2.Node(id="pets-1", namespace="shop"))
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, token
     verdicts = [r["status"].get("authenticated", False) for r in kube.reviews_of("TokenReview")[1:]]
-    assert verdicts == [False, False, False, True]  # the last is a user, not a pod's ServiceAccount
+    # the user is not a pod's ServiceAccount; the bootstrap token is reviewed too, and is nobody's
+    assert verdicts == [False, False, False, True, False]
 
 
 async def test_a_cli_user_may_do_what_kubernetes_rbac_allows(cluster: Cluster) -> None:
