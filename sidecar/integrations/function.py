@@ -40,7 +40,7 @@ class FunctionCall:
         try:
             resp = await invoke(self.runtime.session(), self.function, ex.ctx, self.timeout_s)
         except FunctionError as exc:
-            kind = "INTEGRATION_TIMEOUT" if exc.status == 504 else "INTEGRATION_FAILURE"
+            kind = exc.gateway_type or ("INTEGRATION_TIMEOUT" if exc.status == 504 else "INTEGRATION_FAILURE")
             ex.fail(GatewayError(exc.status, exc.reason, kind))
             return
         except Exception:

@@ -166,7 +166,16 @@ def test_binary_bodies_are_base64_both_ways(gateway: Gateway, fn: Function) -> N
             "invalid integration response: body must be a string",
         ),
         ({"status": 200}, 502, "invalid integration response: unexpected field(s) status"),
-        ({"statusCode": 200, "body": "!!", "isBase64Encoded": True}, 502, "not valid base64"),
+        (
+            {
+                "statusCode": 200,
+                "body": "!!",
+                "isBase64Encoded": True,
+                "headers": {"Content-Type": "image/png"},
+            },
+            502,
+            "not valid base64",
+        ),
         (web.Response(text="plain text"), 502, "not JSON"),
         (web.Response(status=500, text="boom"), 502, "function invocation failed: HTTP 500"),
         (3.0, 504, "integration timeout after 0.3s"),
@@ -176,7 +185,7 @@ def test_function_failures_are_gateway_errors(
     gateway: Gateway, fn: Function, behaviour: Any, status: int, reason: str
 ) -> None:
     fn.behaviour = behaviour
-    start(gateway, fn.port, timeout_ms=300)
+    start(gateway, fn.port, timeout_ms=300, binary=["image/*"])
     got, _, data = call(gateway.port, "/prod/pets/1")
     assert got == status and reason in json.loads(data)["reason"], data
 
