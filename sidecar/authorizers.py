@@ -231,6 +231,38 @@ class InvalidAuthorizerResponse(ValueError):
     pass
 
 
+def method_arn(req: RequestContext) -> str:
+    """AWS's methodArn structure under meshgate's partition:
+    arn:meshgate:execute-api:{namespace}:{accountId}:{api}/{stage}/{METHOD}/{path} (the path
+    stage-relative and normalised, as routing matched it). Policies are evaluated against it."""
+    from meshgate.sidecar.function import ACCOUNT_ID
+
+    ns, _, name = req.api.partition("/")
+    return f"arn:meshgate:execute-api:{ns}:{ACCOUNT_ID}:{name}/{req.stage}/{req.method}{req.stage_path}"
+
+
+def authorizer_event(kind: str, token: str, req: RequestContext) -> dict[str, Any]:
+    """API Gateway's Lambda authorizer input: TOKEN {type, authorizationToken, methodArn}, or
+    REQUEST with the request's headers, query, path parameters, stage variables and the REST
+    requestContext (empty parts are `{}`, as in AWS's example input)."""
+    if kind == "token":
+        return {"type": "TOKEN", "authorizationToken": token, "methodArn": method_arn(req)}
+    from meshgate.sidecar import function  # the event shapes live with the proxy events
+
+    parts = function.rest_request_parts(req)
+    return {
+        "type": "REQUEST",
+        "methodArn": method_arn(req),
+        "resource": req.resource,
+        "path": req.stage_path,
+        "httpMethod": req.method,
+        **{k: v or {} for k, v in parts.items()},
+        "pathParameters": function.path_parameters(req),
+        "stageVariables": dict(req.stage_variables),
+        "requestContext": function.rest_request_context(req, time.time(), req.headers.get("user-agent")),
+    }
+
+
 def parse_policy(doc: object) -> Policy:
     """The Lambda-authorizer output document -> Policy, or InvalidAuthorizerResponse."""
     if not isinstance(doc, dict):
@@ -351,7 +383,7 @@ class RequestAuthorizer:
         import aiohttp  # loaded with the first authorizer call, not with the sidecar
 
         self.calls += 1
-        event = req.authorizer_event(self.kind, ident[0] if self.kind == "token" else "")
+        event = authorizer_event(self.kind, ident[0] if self.kind == "token" else "", req)
         try:
             async with self.session().post(
                 self.uri,
@@ -379,7 +411,7 @@ class RequestAuthorizer:
     def _decide(self, policy: Policy | None, req: RequestContext) -> AuthResult:
         if policy is None:
             return AuthResult(401, f"authorizer {self.name!r}: Unauthorized")
-        if not policy.evaluate(req.arn):
+        if not policy.evaluate(method_arn(req)):
             return AuthResult(
                 403, f"authorizer {self.name!r} denied {req.method} {req.stage_path} for {policy.principal}"
             )

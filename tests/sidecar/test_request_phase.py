@@ -283,7 +283,8 @@ def authorizer_service(aux: Aux, delay: float = 0.0, mode: str = "ok") -> int:
         await asyncio.sleep(delay)
         if mode == "invalid":
             return web.json_response({"principal": "x"})
-        token = event.get("authorizationToken") or event.get("headers", {}).get("x-token", "")
+        headers = {k.lower(): v for k, v in event.get("headers", {}).items()}  # the client's case
+        token = event.get("authorizationToken") or headers.get("x-token", "")
         if token == "unauthorized":
             return web.Response(status=401)
         effect = "Allow" if token.startswith("good") else "Deny"
@@ -297,8 +298,8 @@ def authorizer_service(aux: Aux, delay: float = 0.0, mode: str = "ok") -> int:
                             "Action": "execute-api:Invoke",
                             "Effect": effect,
                             "Resource": [
-                                "arn:meshgate:execute-api:default:pets/prod/GET/pets*",
-                                "arn:meshgate:execute-api:default:pets/prod/GET/items/*",
+                                "arn:meshgate:execute-api:default:000000000000:pets/prod/GET/pets*",
+                                "arn:meshgate:execute-api:default:000000000000:pets/prod/GET/items/*",
                             ],
                         },
                         {
@@ -661,7 +662,7 @@ def test_route_path_not_the_integration_path_names_the_request(
     async def authorizer(request: web.Request) -> web.Response:
         event = await request.json()
         events.append(event)
-        allowed = "arn:meshgate:execute-api:default:pets/prod/GET/items/*"
+        allowed = "arn:meshgate:execute-api:default:000000000000:pets/prod/GET/items/*"
         effect = "Deny" if event["path"] == "/items/secret" else "Allow"
         doc = {"Version": "2012-10-17", "Statement": [{"Action": "*", "Effect": effect, "Resource": allowed}]}
         return web.json_response({"principalId": "ann", "policyDocument": doc})
@@ -691,7 +692,7 @@ def test_route_path_not_the_integration_path_names_the_request(
     assert (s1, s2) == (200, 200) and h1["x-meshgate-cache"] == h2["x-meshgate-cache"] == "miss"
     assert b1 != b2 and n["n"] == 2
     assert call(gateway.port, "/prod/items/8", headers=token)[1]["x-meshgate-cache"] == "hit"
-    assert events[0]["methodArn"] == "arn:meshgate:execute-api:default:pets/prod/GET/items/7"
+    assert events[0]["methodArn"] == "arn:meshgate:execute-api:default:000000000000:pets/prod/GET/items/7"
     assert (events[0]["path"], events[0]["resource"]) == ("/items/7", "/items/{id}")
     status, _, body = call(gateway.port, "/prod/items/secret", headers=token)
     assert status == 403 and "denied GET /items/secret for ann" in json.loads(body)["reason"]
