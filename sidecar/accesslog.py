@@ -32,7 +32,7 @@ class AccessLog:
 def error_fields(err: GatewayError) -> dict[str, object]:
     """API Gateway's `$context.error.*` for a refused or failed request, with the full reason."""
     return {
-        "error.message": err.kind.message,
+        "error.message": err.message,
         "error.responseType": err.response_type,
         "error.reason": err.reason,
     }

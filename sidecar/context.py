@@ -248,11 +248,6 @@ class RequestContext:
         self.body_chunks = [body]
         return body
 
-    @property
-    def arn(self) -> str:
-        ns, _, name = self.api.partition("/")
-        return f"arn:meshgate:execute-api:{ns}:{name}/{self.stage}/{self.method}{self.stage_path}"
-
     def template_params(self) -> dict[str, dict[str, str]]:
         return {
             "path": dict(self.params),
@@ -269,26 +264,4 @@ class RequestContext:
             "path": self.path,
             "sourceIp": self.source_ip,
             "authorizer": dict(self.auth_values),
-        }
-
-    def authorizer_event(self, kind: str, token: str) -> dict[str, Any]:
-        """What a request/token authorizer service receives (API Gateway's Lambda authorizer input)."""
-        if kind == "token":
-            return {"type": "TOKEN", "authorizationToken": token, "methodArn": self.arn}
-        return {
-            "type": "REQUEST",
-            "methodArn": self.arn,
-            "resource": self.resource,
-            "path": self.stage_path,
-            "httpMethod": self.method,
-            "headers": dict(self.headers),
-            "queryStringParameters": self.query_params(),
-            "pathParameters": dict(self.params),
-            "stageVariables": dict(self.stage_variables),
-            "requestContext": {
-                "stage": self.stage,
-                "requestId": self.request_id,
-                "httpMethod": self.method,
-                "identity": {"sourceIp": self.source_ip},
-            },
         }

@@ -93,6 +93,9 @@ GATEWAY_TYPES = frozenset(
     }
 )
 
+# Gateway-response types whose client-facing message is not their status's (API Gateway's wording).
+GATEWAY_MESSAGES: Mapping[str, str] = {"API_CONFIGURATION_ERROR": "Internal server error"}
+
 # An upstream gRPC status -> the HTTP status of a transcoded response (and of a gRPC call's metrics).
 HTTP_FOR_GRPC: Mapping[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
@@ -152,6 +155,11 @@ class GatewayError:
     @property
     def kind(self) -> ErrorKind:
         return kind_of(self.status)
+
+    @property
+    def message(self) -> str:
+        """What the client is told: the gateway type's message where it has its own, else the status's."""
+        return GATEWAY_MESSAGES.get(self.response_type) or kind_of(self.status).message
 
     @property
     def response_type(self) -> str:

@@ -229,7 +229,7 @@ class GrpcProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
 
     def _told(self, ctx: RequestContext, route: Route | None, err: GatewayError) -> str:
         """The status message a caller gets: the reason inside the mesh, the table's message outside."""
-        return err.reason if self.holder.table.shows_reason(route, ctx.source_ip) else err.kind.message
+        return err.reason if self.holder.table.shows_reason(route, ctx.source_ip) else err.message
 
     def _done(self, route: Route | None, outcome: _Outcome, t0: float, span: RequestSpan | None) -> None:
         """Metrics (status class from the HTTP mapping of the gRPC code) and the span's end."""

@@ -208,7 +208,7 @@ def error(
     else:
         status = err.status
         headers = ((b"content-type", b"application/json"),)
-        body = error_body(err.status, reason, request_id, details=err.details)
+        body = error_body(err.status, reason, request_id, err.message, err.details)
         kind = err.kind.error_type
     head = [status_line(status)]
     _lines(headers, head)

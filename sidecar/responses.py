@@ -65,7 +65,7 @@ class ApiResponses:
         )
         if over is None:
             return None
-        message = err.kind.message
+        message = err.message
         values = {
             "$context.requestId": request_id,
             "$context.error.messageString": json.dumps(message),

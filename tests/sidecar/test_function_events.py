@@ -464,11 +464,6 @@ def test_malformed_result_overridable_as_api_configuration_error(gateway: Gatewa
     assert (status, json.loads(body)) == (502, {"oops": True})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs errors.py/respond.py: the message of a GatewayError typed API_CONFIGURATION_ERROR "
-    "is 'Internal server error' whatever its status (the table's 502 row says 'Bad gateway')",
-)
 def test_malformed_result_body_is_api_gateways(gateway: Gateway, fn: Function) -> None:
     fn.behaviour = {"statusCode": "abc"}
     start(gateway, [fn_route(fn.port, "/r", method="GET")])
