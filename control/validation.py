@@ -283,6 +283,25 @@ class _AnyVariables(dict[str, str]):
         return ""
 
 
+def _with_template_language(
+    integ: resources_pb2.Integration, spec: resources_pb2.ApiSpec, where: str
+) -> resources_pb2.Integration:
+    """The integration with its templates' language resolved (its own, else the Api's), so that
+    `_integration` checks them in that language (a VTL template that does not parse is refused)."""
+    for value, field in (
+        (spec.template_language, "spec.templateLanguage"),
+        (integ.template_language, f"{where}.templateLanguage"),
+    ):
+        if value not in ("", "jinja", "vtl"):
+            _fail(field, f'must be "jinja" or "vtl", got {value!r}')
+    if integ.template_language or not spec.template_language:
+        return integ
+    resolved = resources_pb2.Integration()
+    resolved.CopyFrom(integ)
+    resolved.template_language = spec.template_language
+    return resolved
+
+
 def _authorizers(spec: resources_pb2.ApiSpec) -> set[str]:
     authorizers = set()
     for i, a in enumerate(spec.authorizers):
@@ -359,7 +378,8 @@ def _route(
     seen[key] = i
     if not r.HasField("integration"):
         _fail(f"{where}.integration", "required")
-    _integration(r.integration, params, f"{where}.integration", r.path.rstrip("/").endswith("+}"))
+    integ = _with_template_language(r.integration, spec, f"{where}.integration")
+    _integration(integ, params, f"{where}.integration", r.path.rstrip("/").endswith("+}"))
     if r.integration.type == "websocket_api" and r.method.upper() not in ("GET", "ANY"):
         _fail(f"{where}.method", f"a WebSocket API is opened with a GET upgrade: use GET, got {r.method!r}")
     if r.authorizer and r.authorizer not in authorizers:

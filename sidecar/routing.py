@@ -199,7 +199,7 @@ def _build_side(
     binary = tuple(spec.binary_media_types)
     for r in spec.routes:
         where = f"route {r.method} {r.path} of {api} (stage {stage!r})"
-        rspec = RouteSpec(r, stage, api, variables, binary, filters.runtime)
+        rspec = RouteSpec(r, stage, api, variables, binary, filters.runtime, spec.template_language)
         error = ""
         integration: Integration | None = None
         try:

@@ -17,13 +17,12 @@ both paths give the same output by construction.
 
 from __future__ import annotations
 
-import functools
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from jinja2 import Environment, nodes
 from meshgate.sidecar import jsoncodec
+from meshgate.sidecar.transform import path_steps, walk
 
 ROOTS = frozenset({"input", "context", "stageVariables", "util"})
 INPUT_METHODS = frozenset({"json", "path", "params"})
@@ -40,30 +39,6 @@ FILTERS: Mapping[str, Callable[[Any], Any]] = {
 Scope = Mapping[str, Any]  # root name -> object
 Expr = Callable[[Scope], Any]
 Plan = tuple[bytes | Callable[[Scope], bytes], ...]  # literal UTF-8 text, or a hole rendering to UTF-8
-
-
-_STEP = re.compile(r"\.([A-Za-z0-9_\-]+)|\['([^']*)'\]|\[(\d+)\]")
-
-
-@functools.lru_cache(maxsize=1024)
-def path_steps(path: str) -> tuple[str | int, ...]:
-    """The steps of a JSONPath subset: $, .name, ['name'], [index]. ValueError if it is not one."""
-    if not path.startswith("$"):
-        raise ValueError(f"JSONPath must start with $: {path!r}")
-    return tuple(name or quoted or int(index) for name, quoted, index in _STEP.findall(path[1:]))
-
-
-def walk(doc: Any, steps: tuple[str | int, ...]) -> Any:
-    """The value at `steps` in a parsed JSON document, None where there is none."""
-    cur = doc
-    for step in steps:
-        if isinstance(step, str):
-            cur = cur.get(step) if isinstance(cur, dict) else None
-        else:
-            cur = cur[step] if isinstance(cur, list) and step < len(cur) else None
-        if cur is None:
-            return None
-    return cur
 
 
 class Fallback(Exception):

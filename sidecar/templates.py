@@ -13,23 +13,29 @@ same output, a fraction of the cost. Jinja2 loads with the first template a snap
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote
 
 from jinja2 import TemplateError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from meshgate.sidecar import jsoncodec, template_plan
-from meshgate.sidecar.transform import MAX_INPUT, TemplateLimit
+from meshgate.sidecar import template_plan
+from meshgate.sidecar.transform import (
+    MAX_INPUT,
+    MAX_OUTPUT,
+    MAX_SECONDS,
+    MAX_STEPS,
+    UNPARSED,
+    UTIL,
+    TemplateInput,
+    TemplateLimit,
+    Util,
+)
 
-MAX_STEPS = 200_000
-MAX_SECONDS = 0.25
-MAX_OUTPUT = 1024 * 1024
+__all__ = ["UTIL", "BodyTemplate", "TemplateInput", "TemplateLimit", "Util"]
+
 ROOT_NAMES = ("input", "context", "stageVariables", "util")
 
 _FOR_LINE = re.compile(r"^(\s*)for .*:\s*$")
@@ -87,103 +93,6 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
             if m:
                 lines.append(f"{m.group(1)}    environment.tick()")
         return super()._compile("\n".join(lines), filename)
-
-
-def _json_path(doc: Any, path: str) -> Any:
-    """A JSONPath subset: $, .name, ['name'], [index]."""
-    try:
-        steps = template_plan.path_steps(path)
-    except ValueError as exc:
-        raise TemplateLimit(str(exc)) from None
-    return template_plan.walk(doc, steps)
-
-
-UNPARSED = jsoncodec.UNPARSED  # `doc` not given: parse the body when a template first asks for it
-
-
-class TemplateInput:
-    """`input` in a template: the request (or response) body and parameters.
-
-    The body is decoded and parsed only when the template reads it, once; request
-    validation hands over the document it already parsed. `params` may be a
-    zero-argument callable, called only if the template asks for a parameter.
-    """
-
-    __slots__ = ("_doc", "_params", "_parsed", "_raw", "_text")
-
-    def __init__(
-        self,
-        body: bytes,
-        params: Mapping[str, Mapping[str, str]] | Callable[[], Mapping[str, Mapping[str, str]]],
-        doc: Any = UNPARSED,
-    ) -> None:
-        self._raw = body
-        self._text: str | None = None
-        self._params = params
-        self._doc = None if doc is UNPARSED else doc
-        self._parsed = doc is not UNPARSED
-
-    @property
-    def body(self) -> str:
-        if self._text is None:
-            self._text = self._raw.decode("utf-8", "replace")
-        return self._text
-
-    def doc(self) -> Any:
-        """The body parsed as JSON (None when it is not JSON), parsed at most once."""
-        if not self._parsed:
-            self._parsed = True
-            try:
-                self._doc = jsoncodec.loads(self._raw) if self._raw else None
-            except (ValueError, RecursionError):
-                self._doc = None
-        return self._doc
-
-    def path(self, p: str) -> Any:
-        return _json_path(self.doc(), p)
-
-    def json(self, p: str = "$") -> str:
-        return jsoncodec.dumps(self.path(p))
-
-    def params(self, name: str | None = None) -> Any:
-        if callable(self._params):
-            self._params = self._params()
-        if name is None:
-            return {k: dict(v) for k, v in self._params.items()}
-        for kind in ("path", "querystring", "header"):
-            v = self._params.get(kind, {}).get(name if kind != "header" else name.lower())
-            if v is not None:
-                return v
-        return ""
-
-
-class Util:
-    @staticmethod
-    def escapeJavaScript(s: Any) -> str:
-        return json.dumps(str(s))[1:-1]
-
-    @staticmethod
-    def base64Encode(s: Any) -> str:
-        return base64.b64encode(str(s).encode()).decode()
-
-    @staticmethod
-    def base64Decode(s: Any) -> str:
-        return base64.b64decode(str(s)).decode("utf-8", "replace")
-
-    @staticmethod
-    def urlEncode(s: Any) -> str:
-        return quote(str(s), safe="")
-
-    @staticmethod
-    def urlDecode(s: Any) -> str:
-        return unquote(str(s))
-
-    @staticmethod
-    def parseJson(s: Any) -> Any:
-        return json.loads(str(s))
-
-
-UTIL = Util()
 
 
 @dataclass(frozen=True)

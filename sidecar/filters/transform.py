@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from meshgate.sidecar.errors import GatewayError
-from meshgate.sidecar.transform import TemplateLimit, Transform, select
+from meshgate.sidecar.transform import Rendered, TemplateLimit, Transform, select
 
 if TYPE_CHECKING:
     from meshgate.sidecar.context import RequestContext
@@ -52,6 +52,8 @@ class TransformFilter:
             return GatewayError(
                 500, f"request mapping template: {exc}", gateway_type="API_CONFIGURATION_ERROR"
             )
+        if isinstance(out, Rendered) and out.overrides.headers:  # VTL's $context.requestOverride.header
+            ctx.upstream_headers = ctx.upstream_headers + out.overrides.headers
         ctx.body_chunks = [out]
         ctx.content_length = len(out)
         ctx.chunked = False
@@ -79,12 +81,13 @@ class TransformFilter:
 
     def render_response(
         self, ctx: RequestContext, headers: HeaderList, body: bytes
-    ) -> tuple[HeaderList, bytes] | GatewayError:
+    ) -> tuple[HeaderList, bytes, int | None] | GatewayError:
+        """The headers, body and status (None = the integration's) the client gets."""
         tr = self.transform
         ctype = next((v for n, v in headers if n.lower() == b"content-type"), b"").decode("latin-1")
         chosen = None if tr.is_binary(ctype) else select(tr.response_templates, ctype, "WHEN_NO_MATCH")
         if chosen is None or isinstance(chosen, bool):
-            return headers, body
+            return headers, body, None
 
         def params() -> dict[str, dict[str, str]]:
             return {"header": {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers}}
@@ -97,4 +100,10 @@ class TransformFilter:
             )
         out = [(n, v) for n, v in headers if n.lower() != b"content-type"]
         out.append((b"content-type", chosen.content_type_header))
-        return out, body
+        if not isinstance(body, Rendered):
+            return out, body, None
+        over = body.overrides  # VTL's $context.responseOverride.status / .header
+        names = {n for n, _ in over.headers}
+        out = [(n, v) for n, v in out if n.lower() not in names]
+        out.extend(over.headers)
+        return out, bytes(body), over.status

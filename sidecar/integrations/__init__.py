@@ -53,6 +53,7 @@ class RouteSpec:
     variables: Mapping[str, str]
     binary_media_types: tuple[str, ...]
     runtime: Runtime | None = None
+    template_language: str = ""  # the Api's (jinja | vtl); the integration's own wins
 
     @property
     def integ(self) -> resources_pb2.Integration:

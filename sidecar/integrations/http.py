@@ -172,7 +172,7 @@ def compile_http(spec: RouteSpec) -> HttpIntegration:
     except MappingError as exc:
         raise CompileError(f"{spec.where}: requestParameters: {exc}") from None
     try:
-        transform = compile_transform(integ, spec.variables, spec.binary_media_types)
+        transform = compile_transform(integ, spec.variables, spec.binary_media_types, spec.template_language)
     except ValueError as exc:
         raise CompileError(f"{spec.where}: {exc}") from None
     port = int(port_s)
@@ -434,7 +434,8 @@ class HttpCall:
             if isinstance(out, GatewayError):
                 ex.fail(out)
             else:
-                ex.respond_full(held.status, out[0], out[1], held.reason)
+                status = out[2]  # a VTL template's $context.responseOverride.status
+                ex.respond_full(status or held.status, out[0], out[1], b"" if status else held.reason)
             return
         if self.chunked_out:
             self.conn.write(b"0\r\n\r\n")
