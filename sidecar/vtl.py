@@ -219,6 +219,8 @@ def _name_or_call(self: Any, current: Any, loader: Any, top: Any) -> Any:
     result = lookup(current, self.name)
     if result is None:
         return None
+    if self.parameters is None and callable(result) and not isinstance(result, _op._FunctionDefinition):
+        return None  # a method named without a call: nothing, as a missing property
     if isinstance(result, _op._FunctionDefinition):  # a #define'd block used as $name
         params = (self.parameters and self.parameters.calculate(top, loader)) or []
         stream = _op.StoppableStream()

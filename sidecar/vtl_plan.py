@@ -58,8 +58,11 @@ def plan(root: Any) -> Plan | None:
                 parts.append(child.text.encode())
             elif isinstance(child, _op.Comment):
                 continue
-            elif isinstance(child, _op.FormalReference) and child.alternate is None and child.expression:
-                parts.append(_output(_expr(child.expression)))
+            elif isinstance(child, _op.FormalReference) and child.alternate is None:
+                if child.expression is None:  # `$5`: not a reference, printed as it is
+                    parts.append(child.my_text().encode())
+                else:
+                    parts.append(_output(_expr(child.expression)))
             else:
                 return None
     except _NotPlannable:
