@@ -15,7 +15,7 @@ from typing import Any
 from google.protobuf import json_format
 from meshgate.control.etcd_local import free_port
 
-from .conftest import bundle, mock_route, snapshot
+from .conftest import bundle, http_route, mock_route, snapshot
 
 
 def sidecar(*args: str) -> list[str]:
@@ -301,7 +301,7 @@ import json, sys
 from google.protobuf import json_format
 from meshgate.sidecar.routing import compile_snapshot
 from meshgate.v1 import control_pb2
-libs = ("jinja2", "jsonschema", "aiohttp")
+libs = ("jinja2", "jsonschema", "aiohttp", "airspeed")
 seen = []
 for doc in json.loads(sys.argv[1]):
     compile_snapshot(json_format.ParseDict(doc, control_pb2.Snapshot()))
@@ -325,3 +325,15 @@ def test_template_and_model_libraries_load_with_the_first_snapshot_that_uses_the
     done = subprocess.run([sys.executable, "-c", LAZY, docs], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [[], ["jinja2", "jsonschema"]]  # aiohttp: only with a first call
+
+
+def test_vtl_engine_loads_with_the_first_vtl_template_and_jinja_does_not() -> None:
+    plain = snapshot(bundle([mock_route("GET", "/x", '"x"')]))
+    vtl = http_route(
+        "POST", "/y", "http://127.0.0.1:9/y", requestTemplates={"application/json": "$input.body"}
+    )
+    rich = snapshot(bundle([vtl], api_spec={"templateLanguage": "vtl"}))
+    docs = json.dumps([json_format.MessageToDict(plain), json_format.MessageToDict(rich)])
+    done = subprocess.run([sys.executable, "-c", LAZY, docs], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [[], ["airspeed"]]
