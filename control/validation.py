@@ -120,7 +120,9 @@ WS_RESERVED_KEYS = ("$connect", "$disconnect", "$default")
 WS_SELECTION_RE = re.compile(r"^\$request\.body\.[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 WS_ROUTE_KEY_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")  # also sent as x-meshgate-route-key
 # the fields the sidecar reads (sidecar/integrations/websocket_api.py); any other would be ignored
-WS_API_FIELDS = frozenset({"type", "route_selection_expression", "websocket_routes", "max_message_bytes"})
+WS_API_FIELDS = frozenset(
+    {"type", "route_selection_expression", "websocket_routes", "max_message_bytes", "template_language"}
+)  # template_language: the Api's, resolved onto every route (no templates here to render)
 WS_ROUTE_FIELDS = frozenset({"type", "uri", "timeout_ms"})
 
 

@@ -300,3 +300,9 @@ def test_a_private_websocket_api_calls_only_in_cluster_services() -> None:
     assert str(err.value).startswith(
         "Api chat is private: spec.routes[0].integration.websocketRoutes.sendMessage.uri: 203.0.113.5 is outside"
     )
+
+
+def test_an_api_wide_template_language_does_not_trip_a_websocket_api() -> None:
+    check(WS_API.replace("spec:\n", "spec:\n  templateLanguage: vtl\n", 1))
+    with pytest.raises(InvalidConfig, match=r"websocketRoutes\.\$default\.templateLanguage: not used"):
+        check(WS_API.replace("timeoutMs: 5000", "templateLanguage: vtl", 1))
