@@ -228,10 +228,9 @@ def decode(prefix: str, key: str, value: bytes) -> ResourceMsg | None:
     return msg
 
 
-# Also poison values the apply-time validators refuse (control/validation.py). Off while apply still
-# refuses an integration the sidecar serves (websocket_api: such Apis are written to etcd directly,
-# tests/control/test_connection_ids.py, tests/sidecar/test_wsapi_control.py); on, they would vanish.
-VALIDATE_STORED = False
+# Also poison values the apply-time validators refuse (control/validation.py): what no apply would
+# write (a hand-edited key, an older control's looser rules) isolates its own object.
+VALIDATE_STORED = True
 
 
 class Poison(ValueError):

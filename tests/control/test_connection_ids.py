@@ -4,20 +4,21 @@ restarts; every snapshot carries the key, its node id and the sidecars serving e
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 from meshgate.control import state as keys
 from meshgate.control.etcd_local import LocalEtcd
-from meshgate.control.server import start_control
+from meshgate.control.server import ControlServer, start_control
 from meshgate.control.snapshots import build_snapshot
-from meshgate.control.state import State, unwrap
+from meshgate.control.state import State
 from meshgate.control.store import Store
-from meshgate.v1 import control_pb2, resources_pb2
+from meshgate.v1 import control_pb2, control_pb2_grpc, resources_pb2
+from tls import admin_credentials
 
-from .conftest import docs, dump, raw_etcd, wipe
+from .conftest import docs, dump, wipe
 from .test_stream import Sidecar, until
 
 WS = """
@@ -53,16 +54,14 @@ spec: {api: plain}
 """
 
 
-async def seed(endpoint: str, prefix: str, text: str) -> None:
-    """Write resources as the store would, straight to etcd: apply still refuses websocket_api
-    integrations (control/validation.py), so a WebSocket Api cannot be applied yet."""
-    async with raw_etcd(endpoint) as client:
-        for res in docs(text):
-            msg = unwrap(res)
-            msg.metadata.namespace = msg.metadata.namespace or "default"
-            msg.api_version, msg.kind = "meshgate.io/v1", msg.DESCRIPTOR.name
-            msg.metadata.generation, msg.metadata.update_time_unix_nano = 1, time.time_ns()
-            await client.put(keys.key_for(prefix, res).encode(), msg.SerializeToString(deterministic=True))
+def apply(ctl: ControlServer, text: str) -> control_pb2.ApplyResponse:
+    """The Apply RPC, as `meshgate apply -f` sends it."""
+    with grpc.secure_channel(f"127.0.0.1:{ctl.port}", admin_credentials(ctl).channel()) as channel:
+        stub = control_pb2_grpc.ControlServiceStub(channel)
+        response: control_pb2.ApplyResponse = stub.Apply(
+            control_pb2.ApplyRequest(resources=docs(text)), timeout=10
+        )
+        return response
 
 
 @pytest.fixture
@@ -127,7 +126,8 @@ def test_snapshot_lists_the_sidecars_serving_each_websocket_api() -> None:
 async def test_replicas_and_restarts_send_the_same_key(etcd: LocalEtcd, prefix: str) -> None:
     one = await start_control(etcd.endpoint, port=0, prefix=prefix, control_id="c1")
     two = await start_control(etcd.endpoint, port=0, prefix=prefix, control_id="c2", keys=one.store.keys)
-    await seed(etcd.endpoint, prefix, WS)
+    applied = await asyncio.to_thread(apply, one, WS)
+    assert [r.action for r in applied.results] == ["created"] * 4
     await one.store.deploy("default", "chat", "prod")
     a = Sidecar(one, "sc-a", {"app": "chat"})
     a.node.advertise = "127.0.0.1:1001"

@@ -96,9 +96,8 @@ async def control(etcd: LocalEtcd) -> AsyncIterator[ControlServer]:
 
 
 async def test_a_poisoned_stage_keeps_its_last_good_and_the_rest_propagates(
-    control: ControlServer, etcd: LocalEtcd, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    control: ControlServer, etcd: LocalEtcd, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(keys, "VALIDATE_STORED", True)  # off by default: see control/state.py
     caplog.set_level(logging.INFO, "meshgate.control")
     prefix, mirror = control.store.prefix, control.mirror
     await control.store.apply(docs(PETS) + docs(CATS))
@@ -155,9 +154,36 @@ async def test_a_poisoned_stage_keeps_its_last_good_and_the_rest_propagates(
         await sc.close()
 
 
-def test_validation_is_off_by_default_so_seeded_websocket_apis_stay() -> None:
-    assert keys.VALIDATE_STORED is False
-    assert keys.check_stored("/p/", "/p/stages/default/cats/prod", BAD_STAGE) is not None
+WS_API = resources_pb2.Api(
+    metadata=resources_pb2.ObjectMeta(name="chat", namespace="default"),
+    spec=resources_pb2.ApiSpec(
+        routes=[
+            resources_pb2.Route(
+                method="GET",
+                path="/chat",
+                integration=resources_pb2.Integration(
+                    type="websocket_api",
+                    websocket_routes={
+                        "$default": resources_pb2.Integration(type="http", uri="http://c.svc/d")
+                    },
+                ),
+            )
+        ]
+    ),
+)
+
+
+def test_stored_values_are_validated_by_default_and_websocket_apis_pass() -> None:
+    assert keys.VALIDATE_STORED is True
+    with pytest.raises(keys.Poison, match="fails validation: .*spec.variables.backend"):
+        keys.check_stored("/p/", "/p/stages/default/cats/prod", BAD_STAGE)
+    api_key = keys.api_key("/p/", "default", "chat")
+    assert keys.check_stored("/p/", api_key, WS_API.SerializeToString()) == WS_API  # apply accepts it
+    broken = resources_pb2.Api()
+    broken.CopyFrom(WS_API)
+    broken.spec.routes[0].integration.websocket_routes["$default"].type = "mock"
+    with pytest.raises(keys.Poison, match=r"websocketRoutes\.\$default\.type"):
+        keys.check_stored("/p/", api_key, broken.SerializeToString())
 
 
 async def test_poison_present_before_control_starts(etcd: LocalEtcd) -> None:

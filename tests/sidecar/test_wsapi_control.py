@@ -1,6 +1,6 @@
-"""@connections through a real control process: the Stage applied and deployed over its RPCs, etcd,
-the snapshot stream to two sidecars (key, peer listing, node id), a genuine id forwarded to its
-owner, crafted ids refused with 410 and no connection."""
+"""@connections through a real control process: the WebSocket Api and its Stage applied and deployed
+over its RPCs, etcd, the snapshot stream to two sidecars (key, peer listing, node id), a genuine id
+forwarded to its owner, crafted ids refused with 410 and no connection."""
 
 from __future__ import annotations
 
@@ -13,15 +13,11 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import aetcd
 import grpc
 import pytest
 from e2e.harness import wait_port
-from meshgate.control import state as keys
 from meshgate.control.etcd_local import LocalEtcd, free_port
 from meshgate.control.resources import load_documents
-from meshgate.control.state import unwrap
-from meshgate.control.store import parse_endpoint
 from meshgate.sidecar.config_client import ConfigClient
 from meshgate.sidecar.credentials import cli_credentials, default_state_dir
 from meshgate.sidecar.identity import SidecarIdentity
@@ -56,22 +52,6 @@ kind: Stage
 metadata: {name: prod}
 spec: {api: chat}
 """
-
-
-async def _seed_api(endpoint: str, prefix: str, text: str) -> None:
-    """The Api straight into etcd, as the store writes it: apply still refuses websocket_api
-    integrations (control/validation.py); the Stage and the deployment go through control."""
-    host, port = parse_endpoint(endpoint)
-    client = aetcd.Client(host=host, port=port, timeout=10)
-    await client.connect()
-    try:
-        for res in load_documents(text):
-            msg = unwrap(res)
-            msg.api_version, msg.kind = "meshgate.io/v1", msg.DESCRIPTOR.name
-            msg.metadata.generation, msg.metadata.update_time_unix_nano = 1, time.time_ns()
-            await client.put(keys.key_for(prefix, res).encode(), msg.SerializeToString())
-    finally:
-        await client.close()
 
 
 @pytest.fixture
@@ -130,14 +110,15 @@ class ControlledSidecar:
         self.gw.stop()
 
 
-def test_connections_through_control(lt: LoopThread, control: tuple[int, str], etcd: LocalEtcd) -> None:
-    control_port, prefix = control
+def test_connections_through_control(lt: LoopThread, control: tuple[int, str]) -> None:
+    control_port, _ = control
     backend = Backend(lt)
     rec, rec_port = recorder(lt)
-    lt.run(_seed_api(etcd.endpoint, prefix, CHAT.format(port=backend.port)))
     channel = grpc.secure_channel(f"127.0.0.1:{control_port}", cli_credentials().channel())
     stub = control_pb2_grpc.ControlServiceStub(channel)
-    stub.Apply(control_pb2.ApplyRequest(resources=load_documents(STAGE)), timeout=10)
+    text = CHAT.format(port=backend.port) + "---" + STAGE
+    applied = stub.Apply(control_pb2.ApplyRequest(resources=load_documents(text)), timeout=10)
+    assert [r.action for r in applied.results] == ["created", "created"]
     stub.Deploy(control_pb2.DeployRequest(namespace="default", api="chat", stage="prod"), timeout=10)
     a = ControlledSidecar(lt, control_port, "sc-a")
     b = ControlledSidecar(lt, control_port, "sc-b")
