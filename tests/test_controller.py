@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import hashlib
 import hmac
 import http.client
@@ -547,3 +548,87 @@ async def test_real_kubectl_apply_and_wait_for_applied(env: Env) -> None:
     )
     assert shown.stdout == "1/1 sidecars applied deployment 1"
     shutil.rmtree(home, ignore_errors=True)
+
+
+async def test_a_websocket_api_custom_resource_is_accepted_and_served(env: Env) -> None:
+    """The README's WebSocket API as a custom resource: it fits the CRD's schema, the controller
+    accepts it with the same validation as apply, and the sidecar routes a message by its action."""
+    import jsonschema
+    import yaml
+    from aiohttp import web
+    from test_deploy import K8S, _structural
+    from websockets.sync.client import connect
+
+    async def integration(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.json_response({"route": request.headers["x-meshgate-route-key"], "got": json.loads(body)})
+
+    app = web.Application()
+    app.router.add_post("/{name}", integration)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    api: JSON = {
+        "apiVersion": "meshgate.io/v1",
+        "kind": "Api",
+        "metadata": {"name": "chat", "namespace": "shop"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "pets"}},
+            "routes": [
+                {
+                    "method": "GET",
+                    "path": "/chat",
+                    "integration": {
+                        "type": "websocket_api",
+                        "routeSelectionExpression": "$request.body.action",
+                        "websocketRoutes": {
+                            "$default": {"type": "http", "uri": f"{base}/default"},
+                            "sendMessage": {"type": "http", "uri": f"{base}/message", "timeoutMs": 5000},
+                        },
+                    },
+                }
+            ],
+        },
+    }
+    stage: JSON = {
+        "apiVersion": "meshgate.io/v1",
+        "kind": "Stage",
+        "metadata": {"name": "live", "namespace": "shop"},
+        "spec": {"api": "chat"},
+    }
+    crds = {d["spec"]["names"]["kind"]: d for d in yaml.safe_load_all((K8S / "crds.yaml").read_text())}
+    schema = _structural(crds["Api"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    jsonschema.validate(api, schema)
+    routes = schema["properties"]["spec"]["properties"]["routes"]["items"]["properties"]
+    assert {"websocketRoutes", "routeSelectionExpression"} <= set(routes["integration"]["properties"])
+    try:
+        env.kube.create(api)
+        env.kube.create(stage)
+        accepted = await wait_condition(env.kube, "Api", "chat", "Accepted", "True")
+        assert accepted["reason"] == "Stored"
+        await wait_condition(env.kube, "Stage", "live", "Applied", "True")
+        [stored] = await env.store.get("Api", "shop", "chat")
+        integ = stored.api.spec.routes[0].integration
+        assert sorted(integ.websocket_routes) == ["$default", "sendMessage"]
+
+        def talk() -> list[str]:
+            with connect(f"ws://127.0.0.1:{env.sidecar.port}/live/chat", open_timeout=5) as ws:
+                ws.send(json.dumps({"action": "sendMessage", "text": "hi"}))
+                first = str(ws.recv(timeout=5))
+                ws.send(json.dumps({"action": "nothing"}))
+                return [first, str(ws.recv(timeout=5))]
+
+        first, second = await asyncio.to_thread(talk)
+        assert json.loads(first) == {"route": "sendMessage", "got": {"action": "sendMessage", "text": "hi"}}
+        assert json.loads(second) == {"route": "$default", "got": {"action": "nothing"}}
+        # a websocket_api the sidecar could not serve is refused with the field path, as apply does
+        bad = copy.deepcopy(api)
+        bad["metadata"]["name"] = "chat-bad"
+        bad["spec"]["routes"][0]["integration"]["websocketRoutes"]["$default"]["type"] = "mock"
+        env.kube.create(bad)
+        refused = await wait_condition(env.kube, "Api", "chat-bad", "Accepted", "False")
+        assert refused["message"].startswith("spec.routes[0].integration.websocketRoutes.$default.type:")
+    finally:
+        await runner.cleanup()
