@@ -570,34 +570,24 @@ async def test_a_websocket_api_custom_resource_is_accepted_and_served(env: Env) 
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-    api: JSON = {
-        "apiVersion": "meshgate.io/v1",
-        "kind": "Api",
-        "metadata": {"name": "chat", "namespace": "shop"},
-        "spec": {
-            "selector": {"matchLabels": {"app": "pets"}},
-            "routes": [
-                {
-                    "method": "GET",
-                    "path": "/chat",
-                    "integration": {
-                        "type": "websocket_api",
-                        "routeSelectionExpression": "$request.body.action",
-                        "websocketRoutes": {
-                            "$default": {"type": "http", "uri": f"{base}/default"},
-                            "sendMessage": {"type": "http", "uri": f"{base}/message", "timeoutMs": 5000},
-                        },
-                    },
-                }
-            ],
-        },
-    }
-    stage: JSON = {
-        "apiVersion": "meshgate.io/v1",
-        "kind": "Stage",
-        "metadata": {"name": "live", "namespace": "shop"},
-        "spec": {"api": "chat"},
-    }
+    api, stage = yaml.safe_load_all(f"""
+apiVersion: meshgate.io/v1
+kind: Api
+metadata: {{name: chat, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: pets}}}}
+  routes:
+    - method: GET
+      path: /chat
+      integration:
+        type: websocket_api
+        routeSelectionExpression: $request.body.action
+        websocketRoutes:
+          $default: {{type: http, uri: "{base}/default"}}
+          sendMessage: {{type: http, uri: "{base}/message", timeoutMs: 5000}}
+---
+{{apiVersion: meshgate.io/v1, kind: Stage, metadata: {{name: live, namespace: shop}}, spec: {{api: chat}}}}
+""")
     crds = {d["spec"]["names"]["kind"]: d for d in yaml.safe_load_all((K8S / "crds.yaml").read_text())}
     schema = _structural(crds["Api"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
     jsonschema.validate(api, schema)
