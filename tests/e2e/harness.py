@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,6 +177,24 @@ class Mesh:
             sc.wait_ready()
         return sc
 
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """`meshgate --control 127.0.0.1:PORT ARGS...` as a user runs it; check: exit code 0 or raise."""
+        out = subprocess.run(
+            meshgate("--control", f"127.0.0.1:{self.control_port}", *args),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if check and out.returncode != 0:
+            raise AssertionError(f"meshgate {' '.join(args)} exited {out.returncode}: {out.stderr}")
+        return out
+
+    def apply(self, text: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Write the YAML a user would write to a file and `meshgate apply -f` it."""
+        path = self.workdir / f"apply-{uuid.uuid4().hex[:8]}.yaml"
+        path.write_text(text)
+        return self.cli("apply", "-f", str(path), check=check)
+
     def stub(self) -> control_pb2_grpc.ControlServiceStub:
         channel = grpc.secure_channel(f"127.0.0.1:{self.control_port}", cli_credentials().channel())
         return control_pb2_grpc.ControlServiceStub(channel)
@@ -211,6 +229,21 @@ class Sidecar:
 
     def get(self, path: str) -> tuple[int, dict[str, Any]]:
         return http_get_json(self.port, path)
+
+
+def wait_until(pred: Callable[[], object], timeout: float = 10.0, what: str = "") -> Any:
+    """Poll pred until it returns something truthy (returned), for at most timeout seconds."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = pred()
+        except (OSError, ValueError) as exc:  # not listening yet, a half-written line
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(0.03)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 @contextmanager
