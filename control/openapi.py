@@ -373,10 +373,27 @@ def export_openapi(
             security.append({"api_key": []})
         if security:
             op["security"] = [dict(kv for s in security for kv in s.items())]
-        op["responses"] = {"default": {"description": "integration response"}}
+        op["responses"] = _responses(r["integration"])
         op[X_INTEGRATION] = r["integration"]
         extra = {k: v for k, v in r.items() if k in ("throttling", "cacheKeyParameters")}
         if extra:
             op[X_ROUTE] = extra
         path_item[key] = op
     return doc
+
+
+def _responses(integration: dict[str, Any]) -> dict[str, Any]:
+    """What an operation answers, for readers of the export (import reads the integration itself)."""
+    kind = integration.get("type")
+    if kind == "websocket_api":
+        keys = ", ".join(sorted(integration.get("websocketRoutes", {})))
+        return {
+            "101": {
+                "description": "Switching Protocols: a WebSocket API; each message goes to the route "
+                f"its {integration.get('routeSelectionExpression') or '$request.body.action'} names "
+                f"({keys}), see {X_INTEGRATION}"
+            }
+        }
+    if kind == "websocket":
+        return {"101": {"description": "Switching Protocols: a WebSocket relayed to the integration"}}
+    return {"default": {"description": "integration response"}}
