@@ -13,7 +13,7 @@ import grpc
 import pytest
 from meshgate.control.etcd_local import LocalEtcd, free_port
 
-from .harness import mesh, wait_until
+from .harness import NO_DRAIN, mesh, wait_until
 
 CONFIG = """
 apiVersion: meshgate.io/v1
@@ -95,7 +95,7 @@ def channel(
         m.apply(CONFIG.format(port=upstream.port))
         m.cli("deploy", "orders", "--stage", "prod")
         grpc_port = free_port()
-        m.start_sidecar(extra=("--grpc-listen", f"127.0.0.1:{grpc_port}"))
+        m.start_sidecar(extra=(*NO_DRAIN, "--grpc-listen", f"127.0.0.1:{grpc_port}"))
         ch = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
         unary = ch.unary_unary("/test.Echo/Unary")
 

@@ -17,7 +17,7 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from meshgate.control.etcd_local import LocalEtcd
 
-from .harness import Sidecar, mesh, wait_until
+from .harness import NO_DRAIN, Sidecar, mesh, wait_until
 
 T = descriptor_pb2.FieldDescriptorProto
 
@@ -119,7 +119,7 @@ def sidecar(
         m.start_control()
         m.apply(CONFIG.format(port=pets_service, ds=base64.b64encode(DS).decode()))
         m.cli("deploy", "pets", "--stage", "prod")
-        sc = m.start_sidecar()
+        sc = m.start_sidecar(extra=NO_DRAIN)
         wait_until(lambda: call(sc, "GET", "/prod/v1/pets/1")[0] == 200, what="the transcoded route served")
         yield sc
 

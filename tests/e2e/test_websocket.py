@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 from websockets.sync.server import ServerConnection, serve
 
-from .harness import Sidecar, http_get_json, mesh, wait_until
+from .harness import NO_DRAIN, Sidecar, http_get_json, mesh, wait_until
 
 CONFIG = """
 apiVersion: meshgate.io/v1
@@ -86,7 +86,7 @@ def sidecar(etcd: LocalEtcd, tmp_path_factory: pytest.TempPathFactory, echo: Ech
         m.start_control()
         m.apply(CONFIG.format(port=echo.port, dead=free_port()))
         m.cli("deploy", "chat", "--stage", "prod")
-        sc = m.start_sidecar()
+        sc = m.start_sidecar(extra=NO_DRAIN)
         # a plain GET on a WebSocket route is 426 once the route is served (404 before)
         wait_until(lambda: sc.get("/prod/chat")[0] == 426, what="the websocket route served")
         yield sc
