@@ -231,7 +231,10 @@ class WsApiConnection:
                 doc = doc.get(part) if isinstance(doc, dict) else None
         except (ValueError, RecursionError):
             doc = None
-        return doc if isinstance(doc, str) and doc in self.api.routes else "$default"
+        # A message never selects $connect or $disconnect: a client would fake a new connection or
+        # its own end to the backend; any $-key from the client goes to $default.
+        routed = isinstance(doc, str) and not doc.startswith("$") and doc in self.api.routes
+        return doc if routed else "$default"
 
     async def route(self, message: bytes) -> None:
         key = self.route_key(message)

@@ -144,7 +144,7 @@ def manage(port: int, method: str, conn_id: str, body: bytes | None = None) -> t
 
 
 def test_routes_replies_and_connect_rejection(pair: tuple[Gateway, Gateway, Backend]) -> None:
-    a, _, _ = pair
+    a, _, backend = pair
     url = f"ws://127.0.0.1:{a.port}/prod/chat"
     with pytest.raises(InvalidStatus) as err:
         connect(url, open_timeout=5)
@@ -165,6 +165,10 @@ def test_routes_replies_and_connect_rejection(pair: tuple[Gateway, Gateway, Back
         assert ws.recv(timeout=5) == "default:not json at all"
         ws.send(json.dumps({"action": "unknownAction"}))
         assert ws.recv(timeout=5).startswith("default:")
+        for forged in ("$connect", "$disconnect"):  # a message cannot fake a connect or a disconnect
+            ws.send(json.dumps({"action": forged}))
+            assert ws.recv(timeout=5) == "default:" + json.dumps({"action": forged})
+        assert conn_id not in backend.disconnected
 
 
 def test_connections_api_across_sidecars(pair: tuple[Gateway, Gateway, Backend]) -> None:
