@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from meshgate.control.etcd_local import LocalEtcd
 
-from .harness import AioServer, Sidecar, http_request, mesh
+from .harness import NO_DRAIN, AioServer, Sidecar, http_request, mesh
 
 CONFIG = """
 apiVersion: meshgate.io/v1
@@ -104,7 +104,7 @@ def env(etcd: LocalEtcd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E
         backend = m.start_backend("v1")
         m.apply(CONFIG.format(authz=authz.port, backend=backend))
         m.cli("deploy", "orders", "--stage", "prod")
-        yield Env(m.start_sidecar(), events)
+        yield Env(m.start_sidecar(extra=NO_DRAIN), events)
 
 
 def get(env: Env, path: str, **headers: str) -> tuple[int, dict[str, Any]]:

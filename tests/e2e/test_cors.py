@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from meshgate.control.etcd_local import LocalEtcd
 
-from .harness import Sidecar, http_request, mesh
+from .harness import NO_DRAIN, Sidecar, http_request, mesh
 
 CONFIG = """
 apiVersion: meshgate.io/v1
@@ -50,7 +50,7 @@ def sidecar(etcd: LocalEtcd, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         backend = m.start_backend("v1")
         m.apply(CONFIG.format(backend=backend, dead=dead))
         m.cli("deploy", "shop", "--stage", "prod")
-        yield m.start_sidecar()
+        yield m.start_sidecar(extra=NO_DRAIN)
 
 
 def served(sc: Sidecar) -> int:

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from meshgate.control.etcd_local import LocalEtcd
 
-from .harness import AioServer, Sidecar, http_request, mesh
+from .harness import NO_DRAIN, AioServer, Sidecar, http_request, mesh
 
 CONFIG = """
 apiVersion: meshgate.io/v1
@@ -74,7 +74,7 @@ def env(etcd: LocalEtcd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E
         m.start_control()
         m.apply(CONFIG.format(fn=fn.port))
         m.cli("deploy", "shop", "--stage", "prod")
-        yield Env(m.start_sidecar(), events)
+        yield Env(m.start_sidecar(extra=NO_DRAIN), events)
 
 
 def test_the_function_gets_the_1_0_event_and_its_result_is_the_response(env: Env) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from meshgate.control.etcd_local import LocalEtcd
 
-from .harness import Sidecar, http_request, mesh
+from .harness import NO_DRAIN, Sidecar, http_request, mesh
 
 CONFIG = """
 apiVersion: meshgate.io/v1
@@ -53,7 +53,7 @@ def sidecar(etcd: LocalEtcd, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         m.start_control()
         m.apply(CONFIG.format(dead=dead))
         m.cli("deploy", "shop", "--stage", "prod")
-        yield m.start_sidecar()
+        yield m.start_sidecar(extra=NO_DRAIN)
 
 
 def test_unauthorized_override_status_headers_and_body(sidecar: Sidecar) -> None:

@@ -18,7 +18,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 from meshgate.control.etcd_local import LocalEtcd
 
-from .harness import AioServer, Sidecar, http_request, mesh
+from .harness import NO_DRAIN, AioServer, Sidecar, http_request, mesh
 
 ISSUER = "https://idp.example.com"
 
@@ -81,7 +81,7 @@ def env(etcd: LocalEtcd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E
         backend = m.start_backend("v1")
         m.apply(CONFIG.format(issuer=ISSUER, jwks=idp.port, backend=backend))
         m.cli("deploy", "orders", "--stage", "prod")
-        yield Env(m.start_sidecar(), key, fetches)
+        yield Env(m.start_sidecar(extra=NO_DRAIN), key, fetches)
 
 
 def token(key: rsa.RSAPrivateKey, kid: str = "k1", **claims: Any) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from meshgate.control.etcd_local import LocalEtcd
 
-from .harness import Sidecar, http_request, mesh
+from .harness import NO_DRAIN, Sidecar, http_request, mesh
 
 CONFIG = """
 apiVersion: meshgate.io/v1
@@ -66,7 +66,7 @@ def sidecar(etcd: LocalEtcd, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         backend = m.start_backend("v1")
         m.apply(CONFIG.format(backend=backend))
         m.cli("deploy", "shop", "--stage", "prod")
-        yield m.start_sidecar()
+        yield m.start_sidecar(extra=NO_DRAIN)
 
 
 def test_jinja_request_template_and_query_to_header_mapping(sidecar: Sidecar) -> None:

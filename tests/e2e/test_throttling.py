@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from meshgate.control.etcd_local import LocalEtcd
 
-from .harness import Sidecar, http_request, mesh
+from .harness import NO_DRAIN, Sidecar, http_request, mesh
 
 GOLD = "gold-key-0123456789abcdef"
 QUOTA = "quota-key-0123456789abcdef"
@@ -69,7 +69,7 @@ def sidecar(etcd: LocalEtcd, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         m.start_control(extra=("--cluster-cidr", "127.0.0.0/8"))  # the client sees the reason
         m.apply(CONFIG.format(gold=GOLD, quota=QUOTA))
         m.cli("deploy", "pets", "--stage", "prod")
-        yield m.start_sidecar()
+        yield m.start_sidecar(extra=NO_DRAIN)
 
 
 Result = tuple[int, dict[str, str], dict[str, Any]]

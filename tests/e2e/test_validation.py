@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from meshgate.control.etcd_local import LocalEtcd
 
-from .harness import Sidecar, http_request, mesh
+from .harness import NO_DRAIN, Sidecar, http_request, mesh
 
 CONFIG = """
 apiVersion: meshgate.io/v1
@@ -55,7 +55,7 @@ def sidecar(etcd: LocalEtcd, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         backend = m.start_backend("v1")
         m.apply(CONFIG.format(backend=backend))
         m.cli("deploy", "shop", "--stage", "prod")
-        yield m.start_sidecar()
+        yield m.start_sidecar(extra=NO_DRAIN)
 
 
 def post(
