@@ -100,7 +100,7 @@ def test_messages_cross_both_ways(sidecar: Sidecar, echo: Echo) -> None:
         assert ws.recv(timeout=5) == b"\x00\x01bin"
         ws.send(["frag", "mented"])  # a fragmented message crosses as one
         assert ws.recv(timeout=5) == "fragmented"
-        assert ws.response.headers["x-meshgate-request-id"]
+        assert ws.response is not None and ws.response.headers["x-meshgate-request-id"]
     assert echo.paths[-1] == "/ws"  # the integration uri, not the client's path
     wait_until(lambda: (1000, "") in echo.closes, what="the client's normal close at the upstream")
 
