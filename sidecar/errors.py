@@ -94,7 +94,10 @@ GATEWAY_TYPES = frozenset(
 )
 
 # Gateway-response types whose client-facing message is not their status's (API Gateway's wording).
-GATEWAY_MESSAGES: Mapping[str, str] = {"API_CONFIGURATION_ERROR": "Internal server error"}
+GATEWAY_MESSAGES: Mapping[str, str] = {
+    "API_CONFIGURATION_ERROR": "Internal server error",
+    "BAD_REQUEST_BODY": "Invalid request body",
+}
 
 # An upstream gRPC status -> the HTTP status of a transcoded response (and of a gRPC call's metrics).
 HTTP_FOR_GRPC: Mapping[grpc.StatusCode, int] = {

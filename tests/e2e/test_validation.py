@@ -73,7 +73,7 @@ def test_a_good_request_passes(sidecar: Sidecar) -> None:
 
 def test_a_bad_body_is_400_with_the_validation_errors(sidecar: Sidecar) -> None:
     code, body = post(sidecar, {"customer": "", "items": [{"sku": "a-1", "qty": 0}, {"qty": 1}]})
-    assert code == 400 and body["message"] == "Bad request" and "service" not in body, body
+    assert code == 400 and body["message"] == "Invalid request body" and "service" not in body, body
     errors = {(e["path"], e["message"]) for e in body["errors"]}
     paths = {p for p, _ in errors}
     assert {"/customer", "/items/0/qty", "/items/1"} <= paths, errors
