@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import json_format
+from meshgate.control import openapi_aws as aws
 from meshgate.v1 import resources_pb2
 
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch")
@@ -80,13 +81,22 @@ def _nullable_30(node: Any) -> Any:
 
 
 class _Importer:
-    def __init__(self, doc: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        doc: dict[str, Any],
+        warnings: list[str],
+        namespace: str = "default",
+        function_url: str = aws.DEFAULT_FUNCTION_URL,
+    ) -> None:
         self.doc = doc
-        self.warnings: list[str] = []
+        self.warnings = warnings
+        self.aws = aws.is_aws(doc)  # API Gateway semantics: VTL templates, validators
+        self.namespace = namespace
+        self.function_url = function_url
         version = str(doc.get("openapi", ""))
         if not version.startswith(("3.0", "3.1")):
             raise OpenApiError(
-                f"#/openapi: only OpenAPI 3.0 and 3.1 are supported, got {version or 'none'!r}"
+                f"#/openapi: only OpenAPI 3.0, 3.1 and Swagger 2.0 are supported, got {version or 'none'!r}"
             )
         self.v31 = version.startswith("3.1")
         comps = doc.get("components") or {}
@@ -148,6 +158,8 @@ class _Importer:
     def run(self, api_name: str, namespace: str) -> resources_pb2.Api:
         doc = self.doc
         spec: dict[str, Any] = {}
+        if self.aws:
+            spec.update(aws.api_fields(doc, self.warn))
         x_api = doc.get(X_API) or {}
         for key in API_FIELDS_IN_X:
             if key in x_api:
@@ -160,6 +172,18 @@ class _Importer:
             where = _ptr("components", "securitySchemes", name)
             kind = scheme.get("type")
             ext = scheme.get(X_AUTHORIZER)
+            if isinstance(scheme.get(aws.X_AWS_AUTHORIZER), dict):
+                mapped = aws.authorizer(
+                    name,
+                    scheme[aws.X_AWS_AUTHORIZER],
+                    f"{where}/{aws.X_AWS_AUTHORIZER}",
+                    self.warn,
+                    self.function_url,
+                    self.namespace,
+                )
+                if mapped is not None:
+                    authorizers[name] = mapped
+                continue
             if kind == "apiKey":
                 if scheme.get("in") == "header" and str(scheme.get("name", "")).lower() == "x-api-key":
                     api_key_schemes.add(name)
@@ -192,7 +216,7 @@ class _Importer:
                     "servers",
                 ) and not key.startswith("x-"):
                     self.warn(_ptr(*pwhere, key), f"{key!r} is not supported")
-            for method in (*METHODS, X_ANY):
+            for method in (*METHODS, X_ANY, aws.X_AWS_ANY):
                 op = item.get(method)
                 if op is None:
                     continue
@@ -205,10 +229,12 @@ class _Importer:
             if doc.get(key):
                 self.warn(_ptr(key), "not supported")
         spec["routes"] = routes
+        for name in self.schemas:  # every schema is a model, as on API Gateway (response ones too)
+            self.model(name, self.defs[name])
         if authorizers:
             spec["authorizers"] = list(authorizers.values())
         if self.models:
-            spec["models"] = [json_format.MessageToDict(m) for m in self.models.values()]
+            spec["models"] = [json_format.MessageToDict(self.models[k]) for k in sorted(self.models)]
         api = resources_pb2.Api(api_version="meshgate.io/v1", kind="Api")
         api.metadata.name = api_name
         api.metadata.namespace = namespace
@@ -228,10 +254,20 @@ class _Importer:
         api_key_schemes: set[str],
         where: str,
     ) -> dict[str, Any]:
-        r: dict[str, Any] = {"method": "ANY" if method == X_ANY else method.upper(), "path": path}
+        r: dict[str, Any] = {
+            "method": "ANY" if method in (X_ANY, aws.X_AWS_ANY) else method.upper(),
+            "path": path,
+        }
         if op.get("operationId"):
             r["operationName"] = op["operationId"]
         integration = op.get(X_INTEGRATION) or item.get(X_INTEGRATION) or self.doc.get(X_INTEGRATION)
+        x_aws = op.get(aws.X_AWS_INTEGRATION)
+        if integration is None and x_aws is not None:
+            integration, cache_keys = aws.integration(
+                x_aws, f"{where}/{aws.X_AWS_INTEGRATION}", self.warn, self.function_url, self.namespace
+            )
+            if cache_keys:
+                r["cacheKeyParameters"] = cache_keys
         if integration is None:
             self.warn(where, f"no {X_INTEGRATION}: the route answers 501 until you add one")
             integration = {"type": "mock", "mock": {"status": 501, "body": '{"message": "Not implemented"}'}}
@@ -245,10 +281,11 @@ class _Importer:
             elif loc in ("query", "header") and p.get("required"):
                 kind = "querystring" if loc == "query" else "header"
                 required.append(f"method.request.{kind}.{name}")
-        if required:
+        check_params, check_body = aws.validator(self.doc, op) if self.aws else (True, True)
+        if required and check_params:
             r["requiredParameters"] = sorted(set(required))
         body = self.deref(op.get("requestBody"), self.bodies, "#/components/requestBodies/")
-        if isinstance(body, dict):
+        if isinstance(body, dict) and check_body:
             content = body.get("content") or {}
             media = content.get("application/json")
             if media is None:
@@ -277,7 +314,8 @@ class _Importer:
                     r["authorizer"] = scheme
                     if scopes:
                         r["authorizationScopes"] = list(scopes)
-            break  # API Gateway takes the first requirement
+            if not self.aws:
+                break  # OpenAPI: alternatives, the first is taken; AWS exports list each one that applies
         for key in ("callbacks",):
             if op.get(key):
                 self.warn(f"{where}/{key}", "not supported")
@@ -285,10 +323,17 @@ class _Importer:
         return r
 
 
-def import_openapi(doc: Any, api_name: str, namespace: str = "default") -> ImportResult:
+def import_openapi(
+    doc: Any, api_name: str, namespace: str = "default", *, function_url: str = aws.DEFAULT_FUNCTION_URL
+) -> ImportResult:
+    """An Api from an OpenAPI 3.0/3.1 or Swagger 2.0 document (AWS API Gateway exports included:
+    `function_url` is where a Lambda function runs, with {function} and {namespace})."""
     if not isinstance(doc, dict):
         raise OpenApiError("#: an OpenAPI document is an object")
-    imp = _Importer(doc)
+    warnings: list[str] = []
+    if str(doc.get("swagger", "")) == "2.0":
+        doc = aws.swagger2_to_oas3(doc, lambda where, msg: warnings.append(f"{where}: {msg}"))
+    imp = _Importer(doc, warnings, namespace, function_url)
     api = imp.run(api_name, namespace)
     return ImportResult(api, imp.warnings)
 

@@ -1,0 +1,239 @@
+"""AWS API Gateway exports import (issue 16, parts 2 and 5): OpenAPI 3.0 and Swagger 2.0 with
+`x-amazon-apigateway-*` extensions become Apis that control accepts, with API Gateway's meaning:
+mock/http/http_proxy/aws_proxy integrations, Lambda and Cognito authorizers, validators, gateway
+responses, binary media types, ANY methods, stage variables, and every schema as a model."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from meshgate.control.openapi import export_openapi, import_openapi
+from meshgate.control.validation import validate
+from meshgate.sidecar.validation import BodyModel
+from meshgate.v1 import resources_pb2
+
+FIXTURES = Path(__file__).parent / "fixtures" / "aws"
+PETSTORE = yaml.safe_load((FIXTURES / "petstore-oas30.yaml").read_text())
+ORDERS = yaml.safe_load((FIXTURES / "orders-swagger2.yaml").read_text())
+
+
+def routes(api: resources_pb2.Api) -> dict[tuple[str, str], resources_pb2.Route]:
+    return {(r.method, r.path): r for r in api.spec.routes}
+
+
+def imported(doc: dict[str, Any], **kw: Any) -> tuple[resources_pb2.Api, list[str]]:
+    result = import_openapi(copy.deepcopy(doc), "pets", "shop", **kw)
+    validate(resources_pb2.Resource(api=result.api))  # control takes it as it is
+    return result.api, result.warnings
+
+
+def test_petstore_mock_root_page_and_cors_preflights() -> None:
+    api, warnings = imported(PETSTORE)
+    assert warnings == []
+    assert api.spec.template_language == "vtl"  # API Gateway's templates are VTL
+    root = routes(api)[("GET", "/")].integration
+    assert root.type == "mock" and root.mock.status == 200
+    assert dict(root.mock.headers) == {"Content-Type": "text/html"}
+    assert root.mock.body.startswith("<html>") and "Welcome to your Pet Store API" in root.mock.body
+    preflight = routes(api)[("OPTIONS", "/pets")].integration
+    assert preflight.type == "mock" and preflight.mock.status == 200 and not preflight.mock.body
+    assert dict(preflight.mock.headers) == {
+        "Access-Control-Allow-Methods": "POST,GET,OPTIONS",
+        "Access-Control-Allow-Headers": "Content-Type,X-Amz-Date,Authorization,X-Api-Key",
+        "Access-Control-Allow-Origin": "*",
+    }
+
+
+def test_petstore_http_integrations_keep_mapping_and_response_parameters() -> None:
+    api, _ = imported(PETSTORE)
+    r = routes(api)
+    one = r[("GET", "/pets/{petId}")].integration
+    assert (one.type, one.uri, one.http_method) == (
+        "http",
+        "http://petstore.execute-api.com/petstore/pets/{petId}",
+        "GET",
+    )
+    assert dict(one.request_parameters) == {"integration.request.path.petId": "method.request.path.petId"}
+    assert dict(one.response_parameters) == {"method.response.header.Access-Control-Allow-Origin": "'*'"}
+    assert one.passthrough_behavior == "WHEN_NO_MATCH"
+    listing = r[("GET", "/pets")]
+    assert listing.integration.timeout_ms == 29000 and listing.operation_name == "listPets"
+    assert listing.integration.request_parameters["integration.request.querystring.type"] == (
+        "method.request.querystring.type"
+    )
+    # no x-amazon-apigateway-request-validator: API Gateway validates nothing
+    assert not r[("POST", "/pets")].request_model and not listing.required_parameters
+
+
+def test_every_schema_is_a_model_and_export_writes_them_back() -> None:
+    api, _ = imported(PETSTORE)
+    names = sorted(m.name for m in api.spec.models)
+    # Pets, Pet, NewPetResponse are used only in responses, Empty nowhere: API Gateway keeps them all
+    assert names == ["Empty", "NewPet", "NewPetResponse", "Pet", "PetType", "Pets"]
+    pets = next(m for m in api.spec.models if m.name == "Pets")
+    checker = BodyModel.compile(pets.name, pets.content_type, pets.schema_json)
+    assert checker.check("application/json", b'[{"id": 1, "type": "dog"}]') is None
+    assert checker.check("application/json", b'[{"id": "x"}]') is not None
+    doc = export_openapi("pets", api.spec)
+    assert sorted(doc["components"]["schemas"]) == names
+    again = import_openapi(json.loads(json.dumps(doc)), "pets", "shop").api
+    assert sorted(m.name for m in again.spec.models) == names
+
+
+def test_swagger2_definitions_body_parameters_and_validators() -> None:
+    api, _ = imported(ORDERS)
+    r = routes(api)
+    assert sorted(m.name for m in api.spec.models) == ["Error", "NewOrder", "Order", "Orders"]
+    create = r[("POST", "/orders")]
+    assert create.request_model == "NewOrder"  # `in: body` + validator "all"
+    new_order = next(m for m in api.spec.models if m.name == "NewOrder")
+    checker = BodyModel.compile(new_order.name, new_order.content_type, new_order.schema_json)
+    assert checker.check("application/json", b'{"quantity": 2}') is not None
+    # the document's default validator "params-only": required query parameters, no body model
+    assert list(r[("GET", "/orders")].required_parameters) == ["method.request.querystring.status"]
+    assert not api.spec.base_path  # basePath is the AWS stage (ignored, as API Gateway's import does)
+
+
+def test_swagger2_lambda_proxy_and_authorizers() -> None:
+    api, warnings = imported(ORDERS)
+    r = routes(api)
+    listing = r[("GET", "/orders")]
+    assert listing.integration.type == "function"
+    assert listing.integration.uri == "http://listorders.shop.svc.cluster.local/"
+    assert listing.integration.timeout_ms == 10000 and listing.authorizer == "tokenAuth"
+    create = r[("POST", "/orders")]
+    assert create.integration.uri == "http://${stageVariables.createFn}.shop.svc.cluster.local/"
+    assert create.integration.payload_format_version == "1.0"
+    assert create.authorizer == "cognito" and create.api_key_required  # AWS lists each that applies
+    auth = {a.name: a for a in api.spec.authorizers}
+    token = auth["tokenAuth"]
+    assert (token.type, token.uri, list(token.identity_sources), token.result_ttl_seconds) == (
+        "token",
+        "http://orders-authorizer.shop.svc.cluster.local/",
+        ["method.request.header.Authorization"],
+        120,
+    )
+    jwt = auth["cognito"]
+    assert jwt.type == "jwt"
+    assert jwt.issuer == "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbCdEf123"
+    assert jwt.jwks_uri == jwt.issuer + "/.well-known/jwks.json"
+    assert any("identityValidationExpression" in w for w in warnings)
+
+
+def test_function_url_template_is_an_import_option() -> None:
+    api, _ = imported(ORDERS, function_url="http://lambda-shim.{namespace}:8080/fn/{function}")
+    assert routes(api)[("GET", "/orders")].integration.uri == "http://lambda-shim.shop:8080/fn/listorders"
+    assert api.spec.authorizers[0].uri == "http://lambda-shim.shop:8080/fn/orders-authorizer"
+
+
+def test_service_integration_answers_501_with_a_warning() -> None:
+    api, warnings = imported(ORDERS)
+    archive = routes(api)[("GET", "/archive")].integration
+    assert archive.type == "mock" and archive.mock.status == 501
+    assert json.loads(archive.mock.body) == {"message": "Not implemented"}
+    assert any(
+        w.startswith("#/paths/~1archive/get/x-amazon-apigateway-integration: AWS service integration")
+        for w in warnings
+    )
+
+
+def test_http_template_mapping_stage_variables_cache_keys_and_any() -> None:
+    api, _ = imported(ORDERS)
+    r = routes(api)
+    one = r[("GET", "/orders/{orderId}")]
+    assert one.integration.uri == "http://${stageVariables.ordersHost}/orders/{orderId}"
+    assert one.integration.request_templates["application/json"] == """{"id": "$input.params('orderId')"}"""
+    assert one.integration.response_templates["application/json"] == """{"order": $input.json('$')}"""
+    assert one.integration.request_parameters["integration.request.header.X-Source"] == "'apigateway'"
+    assert one.api_key_required and not one.cache_key_parameters  # the path is always in the key
+    proxy = r[("ANY", "/proxy/{proxy+}")].integration
+    assert proxy.type == "http" and not proxy.http_method and not proxy.request_templates
+
+
+def test_api_level_extensions() -> None:
+    api, _ = imported(ORDERS)
+    assert list(api.spec.binary_media_types) == ["image/png", "application/octet-stream"]
+    gw = {g.type: g for g in api.spec.gateway_responses}
+    assert gw["UNAUTHORIZED"].status == 401
+    assert dict(gw["UNAUTHORIZED"].headers) == {"WWW-Authenticate": "Bearer"}
+    assert gw["UNAUTHORIZED"].body_template.startswith('{"error": $context.error.messageString')
+    assert gw["DEFAULT_5XX"].status == 0
+
+
+def test_mock_status_from_request_template_selects_the_response() -> None:
+    doc: dict[str, Any] = {
+        "openapi": "3.0.1",
+        "info": {"title": "t", "version": "1"},
+        "x-amazon-apigateway-cors": {"allowOrigins": ["https://app.example.com"], "maxAge": 600},
+        "paths": {
+            "/gone": {
+                "get": {
+                    "x-amazon-apigateway-integration": {
+                        "type": "mock",
+                        "requestTemplates": {"application/json": '{"statusCode": 410}'},
+                        "responses": {
+                            "default": {"statusCode": "200"},
+                            "4\\d{2}": {
+                                "statusCode": "410",
+                                "responseTemplates": {"application/json": '{"message": "gone"}'},
+                            },
+                        },
+                    }
+                }
+            }
+        },
+    }
+    api, warnings = imported(doc)
+    gone = routes(api)[("GET", "/gone")].integration.mock
+    assert (gone.status, gone.body, dict(gone.headers)) == (
+        410,
+        '{"message": "gone"}',
+        {"Content-Type": "application/json"},
+    )
+    assert list(api.spec.cors.allow_origins) == ["https://app.example.com"]
+    assert api.spec.cors.max_age_seconds == 600 and warnings == []
+
+
+@pytest.mark.parametrize(
+    ("scheme", "expected"),
+    [
+        (
+            {"type": "request", "authorizerUri": "arn:aws:lambda:us-east-1:1:function:ReqAuth",
+             "identitySource": "method.request.header.X-User, method.request.querystring.token",
+             "authorizerResultTtlInSeconds": 0},
+            {"type": "request", "uri": "http://reqauth.shop.svc.cluster.local/",
+             "identitySources": ["method.request.header.X-User", "method.request.querystring.token"],
+             "resultTtlSeconds": 0},
+        ),
+        (
+            {"type": "jwt", "identitySource": "$request.header.Authorization",
+             "jwtConfiguration": {"issuer": "https://idp.example.com", "audience": ["shop"]}},
+            {"type": "jwt", "issuer": "https://idp.example.com", "audiences": ["shop"],
+             "jwksUri": "https://idp.example.com/.well-known/jwks.json",
+             "identitySources": ["method.request.header.Authorization"]},
+        ),
+    ],
+)  # fmt: skip
+def test_request_and_http_api_jwt_authorizers(scheme: dict[str, Any], expected: dict[str, Any]) -> None:
+    from google.protobuf import json_format
+
+    doc: dict[str, Any] = {
+        "openapi": "3.0.1",
+        "info": {"title": "t", "version": "1"},
+        "components": {
+            "securitySchemes": {
+                "auth": {"type": "apiKey", "name": "Authorization", "in": "header",
+                         "x-amazon-apigateway-authorizer": scheme}
+            }
+        },
+        "paths": {"/x": {"get": {"security": [{"auth": []}],
+                                 "x-amazon-apigateway-integration": {"type": "mock"}}}},
+    }  # fmt: skip
+    api, _ = imported(doc)
+    assert json_format.MessageToDict(api.spec.authorizers[0]) == {"name": "auth", **expected}
+    assert routes(api)[("GET", "/x")].authorizer == "auth"
