@@ -11,7 +11,7 @@ from typing import TextIO
 
 from meshgate.sidecar.errors import GatewayError
 
-_VAR = re.compile(r"\$context\.([A-Za-z.]+)")
+_VAR = re.compile(r"\$context\.([A-Za-z]+(?:\.[A-Za-z]+)*)")  # a dot after a name is text
 
 
 def access_line(fmt: str, ctx: Mapping[str, object]) -> str:
