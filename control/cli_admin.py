@@ -162,6 +162,7 @@ def cmd_canary(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from meshgate.control.openapi import OpenApiError, import_openapi
+    from meshgate.control.openapi_aws import DEFAULT_FUNCTION_URL
 
     path = Path(args.file)
     if not path.exists():
@@ -170,8 +171,17 @@ def cmd_import(args: argparse.Namespace) -> int:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise CliError(f"{args.file}: invalid YAML/JSON: {str(exc).splitlines()[0]}") from None
+    # AWS exports: where a Lambda function (aws_proxy integration, token/request authorizer) runs;
+    # `--function-url` once control/cli.py defines it (default http://{function}.{namespace}.svc.cluster.local/)
+    function_url = getattr(args, "function_url", None) or DEFAULT_FUNCTION_URL
     try:
-        result = import_openapi(doc, args.api, args.namespace or "default")
+        function_url.format(function="f", namespace="n")
+    except (KeyError, IndexError, ValueError):
+        raise CliError(
+            f"--function-url {function_url!r}: only {{function}} and {{namespace}} may be substituted"
+        ) from None
+    try:
+        result = import_openapi(doc, args.api, args.namespace or "default", function_url=function_url)
     except OpenApiError as exc:
         raise CliError(f"{args.file}: {exc}") from None
     for w in result.warnings:

@@ -237,3 +237,26 @@ def test_request_and_http_api_jwt_authorizers(scheme: dict[str, Any], expected: 
     api, _ = imported(doc)
     assert json_format.MessageToDict(api.spec.authorizers[0]) == {"name": "auth", **expected}
     assert routes(api)[("GET", "/x")].authorizer == "auth"
+
+
+def test_cli_import_takes_a_function_url_template(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from meshgate.control.cli_admin import CliError, cmd_import
+
+    args = argparse.Namespace(
+        file=str(FIXTURES / "orders-swagger2.yaml"),
+        api="orders",
+        namespace="shop",
+        fail_on_warnings=False,
+        dry_run=False,
+        show=True,
+        function_url="http://fn-{function}.{namespace}:9000/",
+    )
+    assert cmd_import(args) == 0
+    doc = yaml.safe_load(capsys.readouterr().out)
+    uris = {r["path"] + " " + r["method"]: r["integration"].get("uri") for r in doc["spec"]["routes"]}
+    assert uris["/orders GET"] == "http://fn-listorders.shop:9000/"
+    args.function_url = "http://{fn}/"
+    with pytest.raises(CliError, match="only {function} and {namespace}"):
+        cmd_import(args)
