@@ -155,17 +155,8 @@ class _Importer:
                 return table.get(ref[len(prefix) :], {})
         return obj
 
-    def run(self, api_name: str, namespace: str) -> resources_pb2.Api:
-        doc = self.doc
-        spec: dict[str, Any] = {}
-        if self.aws:
-            spec.update(aws.api_fields(doc, self.warn))
-        x_api = doc.get(X_API) or {}
-        for key in API_FIELDS_IN_X:
-            if key in x_api:
-                spec[key] = x_api[key]
-        if "description" not in spec and (doc.get("info") or {}).get("description"):
-            spec["description"] = doc["info"]["description"]
+    def security_schemes(self) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        """Authorizers (by scheme name) and the names of the x-api-key schemes."""
         authorizers: dict[str, dict[str, Any]] = {}
         api_key_schemes: set[str] = set()
         for name, scheme in self.schemes.items():
@@ -202,6 +193,20 @@ class _Importer:
                 )
             else:
                 self.warn(where, f"security scheme type {kind!r} is not supported")
+        return authorizers, api_key_schemes
+
+    def run(self, api_name: str, namespace: str) -> resources_pb2.Api:
+        doc = self.doc
+        spec: dict[str, Any] = {}
+        if self.aws:
+            spec.update(aws.api_fields(doc, self.warn))
+        x_api = doc.get(X_API) or {}
+        for key in API_FIELDS_IN_X:
+            if key in x_api:
+                spec[key] = x_api[key]
+        if "description" not in spec and (doc.get("info") or {}).get("description"):
+            spec["description"] = doc["info"]["description"]
+        authorizers, api_key_schemes = self.security_schemes()
         routes = []
         for path, item in (doc.get("paths") or {}).items():
             pwhere = ("paths", path)
