@@ -66,8 +66,10 @@ def sandboxed(t: BodyTemplate, body: bytes = BODY) -> bytes | str:
     }
     try:
         out = t._render_sandboxed(scope)
-    except Exception:  # that it fails is the outcome being compared
-        return "error: TemplateLimit"  # render() turns every template error into TemplateLimit
+    except TemplateLimit as exc:
+        return f"error: TemplateLimit: {exc}"
+    except Exception as exc:  # render() turns this into TemplateLimit carrying the type and message
+        return f"error: TemplateLimit: template failed: {type(exc).__name__}: {str(exc)[:200]}"
     return re.sub(rb" at 0x[0-9a-f]+", b"", out)  # a method's repr carries its object's address
 
 
@@ -77,8 +79,8 @@ def rendered(t: BodyTemplate, doc: Any = None) -> bytes | str:
             out = t.render(BODY, lambda: PARAMS, lambda: CONTEXT, VARIABLES)
         else:
             out = t.render(BODY, PARAMS, CONTEXT, VARIABLES, doc)
-    except TemplateLimit:
-        return "error: TemplateLimit"
+    except TemplateLimit as exc:  # the type and message, so two different failures do not compare equal
+        return f"error: TemplateLimit: {exc}"
     return re.sub(rb" at 0x[0-9a-f]+", b"", out)
 
 
