@@ -156,11 +156,20 @@ def _add_release_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
 
 def _add_resource_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     """import, export, inject, cache, get, delete."""
-    im = sub.add_parser("import", help="create or update an Api from an OpenAPI 3.0/3.1 document")
+    im = sub.add_parser(
+        "import",
+        help="create or update an Api from an OpenAPI 3.0/3.1 or Swagger 2.0 document (AWS API Gateway exports too)",
+    )
     im.add_argument("file")
     im.add_argument("--api", required=True, help="name of the Api to create or update")
     im.add_argument(
         "--fail-on-warnings", action="store_true", help="refuse the import when anything was not understood"
+    )
+    im.add_argument(
+        "--function-url",
+        default="",
+        help="where the Lambda functions of AWS exports run: {function}, {namespace} "
+        "(default http://{function}.{namespace}.svc.cluster.local/)",
     )
     im.add_argument("--dry-run", action="store_true")
     im.add_argument("--show", action="store_true", help="print the Api document instead of applying it")

@@ -109,7 +109,9 @@ def test_openapi_30_nullable_and_refusals() -> None:
     }
     api = import_openapi(doc, "x").api
     assert model(api, "X").check("application/json", b'{"v": null}') is None
-    with pytest.raises(OpenApiError, match="only OpenAPI 3.0 and 3.1"):
+    with pytest.raises(OpenApiError, match="only OpenAPI 3.0, 3.1 and Swagger 2.0"):
+        import_openapi({"openapi": "2.5.0", "paths": {}}, "x")
+    with pytest.raises(OpenApiError, match="no operations"):  # Swagger 2.0 is read (AWS exports)
         import_openapi({"swagger": "2.0"}, "x")
     with pytest.raises(OpenApiError, match="no operations"):
         import_openapi({"openapi": "3.1.0", "paths": {}}, "x")
