@@ -19,7 +19,7 @@ from meshgate.control.etcd_local import LocalEtcd
 from meshgate.control.resources import load_documents
 from meshgate.v1 import control_pb2, resources_pb2
 
-from .harness import Mesh, mesh, meshgate
+from .harness import Mesh, http_get_json, mesh, meshgate
 
 PETS_YAML = """
 apiVersion: meshgate.io/v1
@@ -86,6 +86,16 @@ def _wait_until(pred, timeout: float = 10.0, what: str = "") -> None:  # type: i
             return
         time.sleep(0.03)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def _sticky_canary_applied(admin_port: int, stage: str, header: str) -> bool:
+    """The sidecar's applied snapshot (/config_dump) has the stage's canary, sticky by `header`."""
+    code, dump = http_get_json(admin_port, "/config_dump")
+    for bundle in dump.get("stages", []) if code == 200 else []:
+        if bundle["stage"]["metadata"]["name"] == stage:
+            canary = bundle["stage"]["spec"].get("canary", {})
+            return canary.get("stickyHeader") == header and "canaryDeployment" in bundle
+    return False
 
 
 @pytest.fixture
@@ -162,7 +172,7 @@ def test_sticky_canary_by_header(pets: Mesh) -> None:
     pets.stub().SetCanary(
         control_pb2.CanaryRequest(namespace="default", api="pets", stage="prod", canary=canary), timeout=10
     )
-    time.sleep(0.3)
+    _wait_until(lambda: _sticky_canary_applied(sc.admin_port, "prod", "x-user"), what="canary applied")
     sides = set()
     for user in ("alice", "bob", "carol", "dave", "erin", "frank"):
         conn = http.client.HTTPConnection("127.0.0.1", sc.port, timeout=5)
