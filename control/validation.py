@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import jsonschema
 from meshgate.control.errors import InvalidConfig
 from meshgate.control.state import unwrap
+from meshgate.sidecar.errors import GATEWAY_TYPES
 from meshgate.sidecar.respond import InvalidHeader, check_headers
 from meshgate.sidecar.transcode import TranscodeError, Transcoder
 from meshgate.sidecar.transform import compile_transform
@@ -408,11 +409,71 @@ def _route(
             )
 
 
+# A gateway response's status: API Gateway takes any 3-digit [1-5]xx; 1xx is refused here because
+# an interim status can never end an exchange (the client keeps waiting for the final response).
+GATEWAY_STATUS_MIN, GATEWAY_STATUS_MAX = 200, 599
+CORS_METHODS = frozenset(METHODS - {"ANY"}) | {"*"}
+CORS_MAX_AGE = 86400  # API Gateway's cap (and Chromium's, 2 h, is below it)
+# An Origin header as a browser sends it: lowercase scheme and host, no path (RFC 6454 §6.1).
+_ORIGIN_HOST = r"([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*|\[[0-9a-f:.]+\]"
+ORIGIN_RE = re.compile(rf"^[a-z][a-z0-9+.-]*://({_ORIGIN_HOST})(:[0-9]{{1,5}})?$")
+WILDCARD_ORIGIN_RE = re.compile(rf"^https://\*\.({_ORIGIN_HOST})(:[0-9]{{1,5}})?$")
+
+
+def _gateway_responses(spec: resources_pb2.ApiSpec) -> None:
+    """Only the types the sidecar raises (sidecar/errors.py), a final status, headers it can write."""
+    seen: dict[str, int] = {}
+    for i, g in enumerate(spec.gateway_responses):
+        where = f"spec.gatewayResponses[{i}]"
+        if g.type not in GATEWAY_TYPES:
+            _fail(
+                f"{where}.type",
+                f"{g.type!r} is not a gateway response type ({', '.join(sorted(GATEWAY_TYPES))})",
+            )
+        if g.type in seen:
+            _fail(f"{where}.type", f"{g.type} is already overridden by spec.gatewayResponses[{seen[g.type]}]")
+        seen[g.type] = i
+        if g.status and not GATEWAY_STATUS_MIN <= g.status <= GATEWAY_STATUS_MAX:
+            _fail(
+                f"{where}.status",
+                f"must be 0 (keep the default) or between {GATEWAY_STATUS_MIN} and {GATEWAY_STATUS_MAX}, got {g.status}",
+            )
+        _header_constants(g.headers, f"{where}.headers")
+
+
+def _cors(c: resources_pb2.Cors) -> None:
+    """Origins a browser's Origin header can equal, methods and header names the filter can write."""
+    for j, origin in enumerate(c.allow_origins):
+        if origin != "*" and not ORIGIN_RE.match(origin) and not WILDCARD_ORIGIN_RE.match(origin):
+            _fail(
+                f"spec.cors.allowOrigins[{j}]",
+                f'{origin!r}: use "*", an origin (scheme://host[:port], lowercase, no path) '
+                "or https://*.domain",
+            )
+        if origin == "*" and c.allow_credentials:
+            _fail(
+                f"spec.cors.allowOrigins[{j}]",
+                'browsers refuse credentials with origin "*": list the origins with allowCredentials',
+            )
+    for j, m in enumerate(c.allow_methods):
+        if m not in CORS_METHODS:
+            _fail(f"spec.cors.allowMethods[{j}]", f"{m!r}: use {', '.join(sorted(CORS_METHODS))}")
+    for field, names in (("allowHeaders", c.allow_headers), ("exposeHeaders", c.expose_headers)):
+        for j, name in enumerate(names):
+            try:
+                check_headers(((name.encode("latin-1", "replace"), b""),))
+            except InvalidHeader as exc:
+                _fail(f"spec.cors.{field}[{j}]", str(exc))
+    if c.max_age_seconds > CORS_MAX_AGE:
+        _fail("spec.cors.maxAgeSeconds", f"must be at most {CORS_MAX_AGE}, got {c.max_age_seconds}")
+
+
 def validate_api(api: resources_pb2.Api) -> None:
     _meta(api.metadata, "metadata")
     spec = api.spec
-    for i, g in enumerate(spec.gateway_responses):
-        _header_constants(g.headers, f"spec.gatewayResponses[{i}].headers")
+    _gateway_responses(spec)
+    if spec.HasField("cors"):
+        _cors(spec.cors)
     if spec.endpoint_type not in ("", "cluster", "private"):
         _fail("spec.endpointType", f'must be "cluster" or "private", got {spec.endpoint_type!r}')
     if spec.escaped_slashes_action not in ("", "KEEP_UNCHANGED", "REJECT_REQUEST"):
