@@ -8,6 +8,7 @@ import json
 import socket
 import time
 
+import pytest
 from meshgate.sidecar.http1 import Limits
 
 from .conftest import Backends, Gateway, bundle, http_route, mock_route, read_request, snapshot
@@ -435,7 +436,10 @@ def test_random_garbage_never_gets_a_5xx_and_the_listener_survives(
 ) -> None:
     import random
 
-    port = proxy_gateway(gateway, backends.start(echo))
+    # short gateway timeouts: whatever a mutated request leaves unfinished, the gateway answers or
+    # closes well within the client's 5 s, so a client timeout is a hang, and fails the test
+    short = Limits(header_timeout_s=0.3, body_idle_timeout_s=0.3, keepalive_timeout_s=0.3, lingering_s=0.2)
+    port = proxy_gateway(gateway, backends.start(echo), short)
     rng = random.Random(1234)
     seeds = [
         b"GET /prod/mock HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -446,16 +450,19 @@ def test_random_garbage_never_gets_a_5xx_and_the_listener_survives(
         base = bytearray(rng.choice(seeds))
         for _ in range(rng.randint(1, 6)):
             base[rng.randrange(len(base))] = rng.randrange(256)
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             s.sendall(bytes(base) + b"\r\n\r\n")
             out = b""
             try:
                 while chunk := s.recv(65536):
                     out += chunk
-            except (TimeoutError, ConnectionResetError):
-                pass  # an incomplete request may legitimately wait for more bytes
+            except ConnectionResetError:
+                pass  # closed (a reset after an error response is still the gateway closing)
+            except TimeoutError:
+                pytest.fail(f"gateway neither answered nor closed in 5 s: {i} {bytes(base)!r} {out[:300]!r}")
         statuses = [int(line.split()[1]) for line in out.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
-        assert all(s < 500 or s == 502 for s in statuses), (i, bytes(base), out[:300])
+        # every connection gets an answer before the close (a 400, a 408 at the header timeout, ...)
+        assert statuses and all(s < 500 or s == 502 for s in statuses), (i, bytes(base), out[:300])
         assert b"Traceback" not in out
     resp, data = get(port, "/prod/mock")
     assert resp.status == 200 and json.loads(data) == {"m": 1}
