@@ -353,6 +353,11 @@ def _models(spec: resources_pb2.ApiSpec) -> set[str]:
             schema = json.loads(m.schema_json or "{}")
         except ValueError as exc:
             _fail(f"spec.models[{i}].schemaJson", f"not valid JSON: {exc}")
+        if not isinstance(schema, dict):  # `5` or `"x"` is JSON but no schema (jsonschema raises TypeError)
+            _fail(
+                f"spec.models[{i}].schemaJson",
+                f"must be a JSON object (a JSON Schema), got {m.schema_json!r}",
+            )
         try:
             jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(
                 schema
@@ -514,9 +519,13 @@ def validate_stage(stage: resources_pb2.Stage) -> None:
         if not VAR_VALUE_RE.match(value):
             _fail(f"spec.variables.{name}", f"value {value!r} has characters outside [A-Za-z0-9-._~:/?#&=,]")
     _secret_variables(spec)
+    hosts: dict[str, int] = {}
     for i, host in enumerate(spec.hosts):
         if not HOST_RE.match(host):
             _fail(f"spec.hosts[{i}]", f"invalid host name {host!r}")
+        if host.lower() in hosts:  # the sidecar maps hosts case-insensitively and NACKs a second claim
+            _fail(f"spec.hosts[{i}]", f"{host} is already spec.hosts[{hosts[host.lower()]}]")
+        hosts[host.lower()] = i
     c = spec.canary
     if not 0 <= c.percent <= 100:
         _fail("spec.canary.percent", f"must be between 0 and 100, got {c.percent:g}")

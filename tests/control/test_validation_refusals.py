@@ -138,6 +138,8 @@ API_CASES = [
     # models
     (api("  models: [{name: '', schemaJson: '{}'}]\n" + route()), "spec.models[0].name"),
     (api("  models: [{name: Pet, schemaJson: '{'}]\n" + route()), "spec.models[0].schemaJson"),
+    (api("  models: [{name: Pet, schemaJson: '0.5'}]\n" + route()), "spec.models[0].schemaJson"),
+    (api("  models: [{name: Pet, schemaJson: 'true'}]\n" + route()), "spec.models[0].schemaJson"),
     (api("  models: [{name: Pet, schemaJson: '{\"type\": 5}'}]\n" + route()), "spec.models[0].schemaJson"),
     # routes
     (api(route(extra=", authorizer: nobody")), "spec.routes[0].authorizer"),
@@ -241,6 +243,8 @@ STAGE_CASES = [
     (stage("variables: {a: '1'}, secretVariables: [b]"), "spec.secretVariables[0]"),
     (stage("variables: {a: '1'}, secretVariables: [a, a]"), "spec.secretVariables[1]"),
     (stage("tracingSampleRatio: 1.5"), "spec.tracingSampleRatio"),
+    (stage("hosts: [api.example.com, API.example.com]"), "spec.hosts[1]"),
+    (stage("hosts: [bad_host]"), "spec.hosts[0]"),
 ]
 
 PLAN = "apiVersion: meshgate.io/v1\nkind: UsagePlan\nmetadata: {name: gold}\nspec: "
