@@ -88,9 +88,13 @@ async def test_push_on_change_and_ack_status(control: ControlServer) -> None:
             and snap.nonce != sc.received[0].nonce
         )
         assert other.received[-1].stages == []  # not bound: selector app=pets
-        await asyncio.sleep(0.1)
-        assert len(other.received) == 1  # its content did not change: nothing pushed
-        await until(lambda: control.streamer.pushes >= 3)
+        # a later change that binds to sc-2 only: its push comes after any the deploy caused, so once
+        # it is in, sc-2 got nothing in between (its content did not change with the deploy)
+        shop = PETS.replace("name: pets", "name: shop").replace("app: pets", "app: shop")
+        await store.apply(docs(shop.replace("api: pets", "api: shop")))
+        await until(lambda: [b.api.metadata.name for b in other.received[-1].stages] == ["shop"])
+        assert len(other.received) == 2 and len(sc.received) == 2
+        assert control.streamer.pushes == 4  # the first snapshots, the deploy to sc-1, the shop to sc-2
 
         async def acked() -> bool:
             return (await statuses(control)).get(
@@ -124,8 +128,14 @@ async def test_bursts_are_coalesced_but_steady_changes_not_starved(control: Cont
         ]
         await asyncio.gather(*(store.apply(d) for d in burst))
         await until(lambda: len(sc.received[-1].stages) == 21)
-        await asyncio.sleep(0.1)
-        burst_pushes = len(sc.received) - 1
+        # a marker change after the burst: the pushes before it are all the burst caused
+        await store.apply(docs(PETS.replace("body: ok", "body: marker")))
+
+        def marker(snap: control_pb2.Snapshot) -> bool:
+            return any(r.integration.mock.body == "marker" for b in snap.stages for r in b.api.spec.routes)
+
+        await until(lambda: marker(sc.received[-1]))
+        burst_pushes = next(i for i, snap in enumerate(sc.received) if marker(snap)) - 1
         assert 1 <= burst_pushes < 10, burst_pushes
         # a write every 20 ms for 0.6 s: pushes keep flowing (max delay bounds the wait)
         before = len(sc.received)
@@ -155,8 +165,11 @@ async def test_nack_is_recorded_and_not_resent(control: ControlServer) -> None:
                 await asyncio.sleep(0.01)
         assert st.last_nack_version == sc.received[1].version and "claimed twice" in st.last_nack_error
         assert st.acked_version == sc.received[0].version
-        await asyncio.sleep(0.2)
-        assert len(sc.received) == 2  # the same version is not sent again
+        # a later change: its push comes after any resend of the NACKed version, and there was none
+        await store.apply(docs(PETS.replace("b:1", "b:2")))
+        await until(lambda: len(sc.received) >= 3)
+        assert len(sc.received) == 3 and len({snap.version for snap in sc.received}) == 3
+        assert sc.received[2].stages[0].stage.spec.variables["backend"] == "b:2"
     finally:
         await sc.close()
 
