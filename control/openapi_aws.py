@@ -11,6 +11,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from meshgate.sidecar.errors import GATEWAY_TYPES
+
 X_AWS = "x-amazon-apigateway-"
 X_AWS_INTEGRATION = "x-amazon-apigateway-integration"
 X_AWS_AUTHORIZER = "x-amazon-apigateway-authorizer"
@@ -342,9 +344,15 @@ def _gateway_responses(x: dict[str, Any], warn: Warn) -> list[dict[str, Any]]:
         if not isinstance(r, dict):
             continue
         where = _ptr("x-amazon-apigateway-gateway-responses", kind)
+        if kind not in GATEWAY_TYPES:  # AWS-only (EXPIRED_TOKEN, WAF_FILTERED, ...): never raised here
+            warn(where, f"gateway response type {kind} is never raised by meshgate: dropped")
+            continue
         g: dict[str, Any] = {"type": kind}
-        if r.get("statusCode"):
-            g["status"] = int(r["statusCode"])
+        status = str(r.get("statusCode") or "")
+        if status and not (status.isdigit() and 200 <= int(status) <= 599):
+            warn(f"{where}/statusCode", f"status {status!r} cannot end a response: the default is kept")
+        elif status:
+            g["status"] = int(status)
         headers = _header_constants(
             r.get("responseParameters") or {}, "gatewayresponse.header.", f"{where}/responseParameters", warn
         )

@@ -165,6 +165,22 @@ def test_api_level_extensions() -> None:
     assert gw["DEFAULT_5XX"].status == 0
 
 
+def test_aws_only_gateway_responses_are_dropped_with_a_warning() -> None:
+    """EXPIRED_TOKEN, WAF_FILTERED, a 1xx status: what meshgate never raises or cannot send is left
+    out at import (control would refuse it at apply), each with its JSON pointer."""
+    doc = copy.deepcopy(ORDERS)
+    doc["x-amazon-apigateway-gateway-responses"] = {
+        "EXPIRED_TOKEN": {"statusCode": "403"},
+        "WAF_FILTERED": {"statusCode": "403"},
+        "THROTTLED": {"statusCode": "100"},
+    }
+    api, warnings = imported(doc)
+    assert [(g.type, g.status) for g in api.spec.gateway_responses] == [("THROTTLED", 0)]
+    text = " ".join(warnings)
+    assert "EXPIRED_TOKEN" in text and "WAF_FILTERED" in text and "THROTTLED/statusCode" in text
+    validate(resources_pb2.Resource(api=api))
+
+
 def test_mock_status_from_request_template_selects_the_response() -> None:
     doc: dict[str, Any] = {
         "openapi": "3.0.1",
