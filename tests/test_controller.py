@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,25 @@ def events(kube: KubeApi, kind: str, name: str) -> list[tuple[str, str, str]]:
     ]
     found.sort(key=lambda o: int(o["metadata"]["resourceVersion"]))
     return [(o["type"], o["reason"], o["message"]) for o in found]
+
+
+def lease_writes(kube: KubeApi, who: str) -> list[JSON]:
+    """The Lease specs `who` wrote that the API server took, in the order it took them."""
+    return [
+        r.body["spec"]
+        for r in kube.writes_by(who)
+        if "/leases" in r.path and r.method in ("POST", "PUT") and r.status in (200, 201)
+    ]
+
+
+def micro(stamp: str) -> float:
+    """A Lease MicroTime (RFC 3339, microseconds, Z) as seconds since the epoch."""
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def held_by(kube: KubeApi, identity: str) -> JSON | None:
+    lease = kube.get("Lease", "meshgate-system", "meshgate-controller")
+    return lease if lease is not None and lease["spec"]["holderIdentity"] == identity else None
 
 
 async def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
@@ -362,7 +382,18 @@ async def test_watch_410_gone_relists_and_catches_up(env: Env) -> None:
     refused = await wait_condition(env.kube, "Api", "legacy", "Accepted", "False", reason="NotManaged")
     assert "made with the meshgate CLI" in refused["message"]
     env.kube.delete("Api", "shop", "legacy")
-    await asyncio.sleep(0.2)
+    # one worker takes the queue in order, and the watch delivers in order: once an Api created after
+    # the delete is stored, the delete has been reconciled
+    env.kube.create(
+        {
+            "apiVersion": "meshgate.io/v1",
+            "kind": "Api",
+            "metadata": {"name": "later", "namespace": "shop"},
+            "spec": {"routes": [{"method": "GET", "path": "/later", "integration": {"type": "mock"}}]},
+        }
+    )
+    await wait_condition(env.kube, "Api", "later", "Accepted", "True")
+    assert [r.api.metadata.name for r in await env.store.get("Api", "shop")] == ["cats", "later", "legacy"]
     [legacy] = await env.store.get("Api", "shop", "legacy")
     assert len(legacy.api.spec.routes) == 1
 
@@ -456,14 +487,15 @@ async def test_one_leader_writes_and_the_other_takes_over_when_its_lease_expires
         lease = kube.get("Lease", "meshgate-system", "meshgate-controller")
         assert lease is not None and lease["spec"]["holderIdentity"] == "ctl-a"
 
-        crashed = time.monotonic()
         await a.stop(release=False)  # a crash: the Lease is left to expire
-        await wait_for("ctl-b leads", b.is_leader, 10)
-        took = time.monotonic() - crashed
-        assert 1.5 < took < 4.0, took  # not before the 2 s lease ran out (seen from b's clock)
-        lease = kube.get("Lease", "meshgate-system", "meshgate-controller")
-        assert lease is not None
-        assert (lease["spec"]["holderIdentity"], lease["spec"]["leaseTransitions"]) == ("ctl-b", 1)
+        lease = await wait_for("ctl-b holds the Lease", lambda: held_by(kube, "ctl-b"), 10)
+        await wait_for("ctl-b leads", b.is_leader, 5)
+        assert lease["spec"]["leaseTransitions"] == 1
+        by_a = lease_writes(kube, "ctl-a")
+        assert by_a and all(spec["holderIdentity"] == "ctl-a" for spec in by_a)  # crashed: never released
+        # b took it only after the 2 s since a's last renewal ran out (both stamps from the Lease writes)
+        waited = micro(lease["spec"]["acquireTime"]) - max(micro(spec["renewTime"]) for spec in by_a)
+        assert waited >= 2.0, waited
 
         await replay(kube, "pets-v2")
         await wait_condition(kube, "Api", "pets", "Accepted", "True", generation=2)
@@ -474,10 +506,14 @@ async def test_one_leader_writes_and_the_other_takes_over_when_its_lease_expires
 
 async def test_a_graceful_stop_hands_the_lease_over_at_once(etcd: LocalEtcd, kube: KubeApi) -> None:
     async with two_controllers(etcd, kube) as (_, a, b):
-        stopped = time.monotonic()
         await a.stop()  # releases the Lease: empty holder
+        lease = await wait_for("ctl-b holds the Lease", lambda: held_by(kube, "ctl-b"), 5)
         await wait_for("ctl-b leads", b.is_leader, 5)
-        assert time.monotonic() - stopped < 1.0  # no waiting for the 2 s lease to run out
+        *renewals, released = lease_writes(kube, "ctl-a")
+        assert released["holderIdentity"] == "" and all(s["holderIdentity"] == "ctl-a" for s in renewals)
+        # b took it before a's last renewal would have run out: it did not wait for the 2 s lease
+        waited = micro(lease["spec"]["acquireTime"]) - micro(renewals[-1]["renewTime"])
+        assert 0 < waited < 2.0, waited
 
 
 async def test_a_leader_that_loses_its_lease_stops_writing_at_once(etcd: LocalEtcd, kube: KubeApi) -> None:
@@ -500,16 +536,39 @@ async def test_a_leader_that_loses_its_lease_stops_writing_at_once(etcd: LocalEt
             ) as resp,
         ):
             assert resp.status == 200
-        lost = time.monotonic()
+        won = next(i for i, r in enumerate(kube.requests) if r.user_agent == "intruder")
+        intruder = kube.requests[won].body["spec"]
         await wait_for("ctl-a steps down", lambda: not a.is_leader(), 2)
-        assert time.monotonic() - lost < 0.5  # at its next look at the Lease, not at a deadline
+
+        def a_lease_requests(start: int, end: int | None = None) -> list[str]:
+            return [
+                r.method for r in kube.requests[start:end] if "ctl-a" in r.user_agent and "/leases" in r.path
+            ]
+
+        # at its next look at the Lease (a GET, no write over the intruder), not at the 1.2 s renew
+        # deadline (six looks at 0.2 s)
+        assert a_lease_requests(won + 1) in (["GET"], ["GET", "GET"]), a_lease_requests(won + 1)
         await replay(kube, "pets")
-        await asyncio.sleep(0.5)
-        assert condition(kube.get("Api", "shop", "pets"), "Accepted") == {}
-        assert await store.get("Api", "shop") == []
+        replayed = len(kube.requests)
         # the intruder never renews: after its 2 s, ctl-a takes the Lease back and catches up
         await wait_condition(kube, "Api", "pets", "Accepted", "True")
-        assert time.monotonic() - lost > 1.5
+        retaken = next(
+            i
+            for i, r in enumerate(kube.requests)
+            if i > won and "ctl-a" in r.user_agent and r.method == "PUT" and "/leases/" in r.path
+        )
+        assert retaken >= replayed, "ctl-a led again before the objects were there: nothing was tested"
+        # while it followed, ctl-a wrote nothing to the API server (no status, no Event) ...
+        following = kube.requests[won + 1 : retaken]
+        assert [r.path for r in following if "ctl-a" in r.user_agent and r.method != "GET"] == []
+        spec = kube.requests[retaken].body["spec"]
+        assert (
+            spec["holderIdentity"] == "ctl-a" and spec["leaseTransitions"] == intruder["leaseTransitions"] + 1
+        )
+        assert micro(spec["acquireTime"]) - micro(intruder["renewTime"]) >= 2.0  # the intruder's 2 s ran out
+        # ... and nothing to etcd: what it stored, it stored after it led again
+        [api] = await store.get("Api", "shop", "pets")
+        assert api.api.metadata.update_time_unix_nano / 1e9 >= micro(spec["acquireTime"])
     finally:
         await a.stop()
         await wipe(store)
