@@ -81,6 +81,43 @@ async def _open_store(store: Store) -> Store:
     return store
 
 
+def _grpc_server(
+    servicer: ControlServicer,
+    authorizer: AdminAuthorizer,
+    authority: Authority,
+    host: str,
+    port: int,
+    token_port: int | None,
+    tls_hosts: Sequence[str],
+) -> tuple[grpc.aio.Server, int, int]:
+    """The gRPC server on its two TLS ports: (server, certificate port, token port; 0 = not bound).
+    grpc can require a client certificate or not ask for one, nothing between: certificate callers
+    (sidecar streams, renewals, the local CLI) on one port, token callers on the other."""
+    server = grpc.aio.server(
+        interceptors=[authorizer],
+        options=[
+            ("grpc.keepalive_time_ms", 20000),
+            ("grpc.keepalive_timeout_ms", 10000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ],
+    )
+    control_pb2_grpc.add_ControlServiceServicer_to_server(servicer, server)
+    cert, key = authority.server_cert(list(tls_hosts))
+    mtls = grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=authority.ca_pem, require_client_auth=True
+    )
+    bound = server.add_secure_port(f"{host}:{port}", mtls)
+    token_bound = 0
+    if bound and token_port is not None:
+        token_bound = server.add_secure_port(
+            f"{host}:{token_port}", grpc.ssl_server_credentials([(key, cert)])
+        )
+    return server, bound, token_bound
+
+
 async def start_control(
     etcd_endpoint: str,
     *,
@@ -127,31 +164,10 @@ async def start_control(
     )
     await streamer.start()
     authorizer = AdminAuthorizer(authority, kube_auth)
-    server = grpc.aio.server(
-        interceptors=[authorizer],
-        options=[
-            ("grpc.keepalive_time_ms", 20000),
-            ("grpc.keepalive_timeout_ms", 10000),
-            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
-        ],
-    )
     issuer = Issuer(authority, keys, kube_auth, cert_validity)
-    control_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(store, streamer, issuer), server)
-    cert, key = authority.server_cert(list(tls_hosts))
-    # grpc can require a client certificate or not ask for one, nothing between: certificate callers
-    # (sidecar streams, renewals, the local CLI) on one port, token callers on another.
-    mtls = grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=keys.ca_cert, require_client_auth=True
+    server, bound, token_bound = _grpc_server(
+        ControlServicer(store, streamer, issuer), authorizer, authority, host, port, token_port, tls_hosts
     )
-    bound = server.add_secure_port(f"{host}:{port}", mtls)
-    token_bound = 0
-    if bound and token_port is not None:
-        token_bound = server.add_secure_port(
-            f"{host}:{token_port}", grpc.ssl_server_credentials([(key, cert)])
-        )
     if not bound or (token_port is not None and not token_bound):
         await streamer.stop()
         await mirror.stop()
