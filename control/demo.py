@@ -210,6 +210,10 @@ def _print_lines(args: argparse.Namespace, control: str, listen: str, admin: str
         "dev stage (backend v2)": f"curl -s http://{listen}/dev/pets",
         "POST through the proxy": f'curl -s -XPOST -d \'{{"type":"bird"}}\' http://{listen}/prod/pets',
         "mock integration": f"curl -s http://{listen}/prod/health",
+        "VTL response template": f"curl -s http://{listen}/prod/pets/1/card",
+        'WebSocket API (then type {"action": "sendMessage", "text": "hi"})': (
+            f"{sys.executable} -m websockets ws://{listen}/prod/chat"
+        ),
         "gateway error (404)": f"curl -s http://{listen}/nostage/pets",
         "stages and sidecars": f"{env} meshgate get stages; {env} meshgate get sidecars",
         "20% canary to v2": f"{env} meshgate canary set pets --stage prod --percent 20 "

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from meshgate.control.etcd_local import free_port
+from websockets.sync.client import connect
 
 from .harness import _env, http_get_json, meshgate
 
@@ -63,7 +64,20 @@ def test_demo_starts_serves_prod_and_dev_and_stops_on_ctrl_c(tmp_path: Path) -> 
         assert status == 200 and body["service"] == "v2"
         status, body = http_get_json(port, "/prod/health")
         assert (status, body) == (200, {"ok": True})
-        # Every CLI line the demo prints runs as printed (the demo made the CLI's credential itself).
+        # The VTL route and the WebSocket API the demo prints lines for
+        status, body = http_get_json(port, "/prod/pets/1/card")
+        assert status == 200 and body == {
+            "card": "pet 1 is a dog for 249.99",
+            "servedBy": "v1",
+            "stage": "prod",
+        }
+        ws_line = next(x.strip() for x in printed if " -m websockets ws://" in x)
+        with connect(ws_line.split()[-1], open_timeout=10) as ws:
+            ws.send(json.dumps({"action": "sendMessage", "text": "hi"}))
+            reply = json.loads(ws.recv(timeout=10))
+            assert reply["path"] == "/chat/message" and reply["service"] == "v1", reply
+            assert reply["headers"]["x-meshgate-route-key"] == "sendMessage"
+            # Every CLI line the demo prints runs as printed (the demo made the CLI's credential itself).
         cli_lines = [
             x.strip() for x in printed if "meshgate " in x and x.strip().startswith(("MESHGATE_", "for "))
         ]
