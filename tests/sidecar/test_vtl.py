@@ -195,10 +195,16 @@ def test_language_per_api_and_per_integration(gateway: Gateway, backends: Backen
 @pytest.mark.parametrize(
     ("template", "why"),
     [
-        ("#foreach($i in [1..1000])#foreach($j in [1..1000])#foreach($k in [1..1000])#end#end#end", "steps"),
+        (
+            "#foreach($i in [1..1000])#foreach($j in [1..1000])#foreach($k in [1..1000])#end#end#end",
+            "steps|ran longer than",
+        ),
         ("#foreach($i in [1..1001])x#end", "at most 1000"),
         ("#set($s = 'yyyyyyyyyyyyyyyy')#foreach($i in [1..100])#set($s = \"$s$s\")#end$s", "larger than"),
-        ("#foreach($i in [1..1000])#foreach($j in [1..1000])yyyyyyyyyyyyyyyyyyyy#end#end", "output larger"),
+        (
+            "#foreach($i in [1..1000])#foreach($j in [1..1000])yyyyyyyyyyyyyyyyyyyy#end#end",
+            "output larger|ran longer than",
+        ),
         ("#macro(f $n)#f($n)#end#f(1)", "nested deeper"),
         ("#set($s = '#evaluate($s)')#evaluate($s)", "nested deeper"),
         ("#set($x = 'x' * 1000000000)", "too large a value"),
@@ -214,7 +220,8 @@ def test_runaway_templates_are_a_500(gateway: Gateway, backends: Backends, templ
     port = backends.start(echo)
     start(gateway, port, requestTemplates={"application/json": template})
     status, _, data = post(gateway.port, "/prod/pets/1", b"a" * 2000)
-    assert status == 500 and why in json.loads(data)["reason"], data
+    # a busy machine may hit the time bound before the step or size bound: either one stops it
+    assert status == 500 and any(w in json.loads(data)["reason"] for w in why.split("|")), data
     start(gateway, port)
     assert post(gateway.port, "/prod/pets/1", b"{}")[0] == 200  # the sidecar is unaffected
 
