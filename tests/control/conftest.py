@@ -28,6 +28,23 @@ spec: {api: pets, variables: {backend: "b:1"}}
 """
 
 
+# The same Api and stage in namespace shop: a sidecar of namespace default must never get them.
+SHOP = """
+apiVersion: meshgate.io/v1
+kind: Api
+metadata: {name: shop-pets, namespace: shop}
+spec:
+  selector: {matchLabels: {app: pets}}
+  routes:
+    - {method: GET, path: /health, integration: {type: mock, mock: {body: shop}}}
+---
+apiVersion: meshgate.io/v1
+kind: Stage
+metadata: {name: prod, namespace: shop}
+spec: {api: shop-pets}
+"""
+
+
 @pytest.fixture
 async def store(etcd: LocalEtcd) -> AsyncIterator[Store]:
     s = Store(etcd.endpoint, f"/t-{uuid.uuid4().hex[:8]}/")

@@ -17,23 +17,8 @@ from meshgate.sidecar.metrics import prometheus_text
 from meshgate.v1 import control_pb2, control_pb2_grpc
 from tls import admin_channel, bootstrap_identity, sidecar_channel
 
-from .conftest import PETS, docs, dump
+from .conftest import PETS, SHOP, docs, dump
 from .test_stream import Sidecar, until
-
-SHOP = """
-apiVersion: meshgate.io/v1
-kind: Api
-metadata: {name: shop-pets, namespace: shop}
-spec:
-  selector: {matchLabels: {app: pets}}
-  routes:
-    - {method: GET, path: /health, integration: {type: mock, mock: {body: shop}}}
----
-apiVersion: meshgate.io/v1
-kind: Stage
-metadata: {name: prod, namespace: shop}
-spec: {api: shop-pets}
-"""
 
 
 @pytest.fixture

@@ -23,23 +23,8 @@ from meshgate.sidecar.credentials import ClientCredentials
 from meshgate.sidecar.identity import SidecarIdentity
 from meshgate.v1 import control_pb2, control_pb2_grpc
 
-from .conftest import PETS, docs, dump, wipe
+from .conftest import PETS, SHOP, docs, dump, wipe
 from .test_stream import until
-
-SHOP = """
-apiVersion: meshgate.io/v1
-kind: Api
-metadata: {name: shop-pets, namespace: shop}
-spec:
-  selector: {matchLabels: {app: pets}}
-  routes:
-    - {method: GET, path: /health, integration: {type: mock, mock: {body: shop}}}
----
-apiVersion: meshgate.io/v1
-kind: Stage
-metadata: {name: prod, namespace: shop}
-spec: {api: shop-pets}
-"""
 
 
 @dataclass
