@@ -93,6 +93,13 @@ def stats(state: AdminState) -> list[Stat]:
         idle = state.pool.idle_counts()
         out.append(("upstream.connects", state.pool.connects))
         out.append(("upstream.idle", sum(idle.values())))
+        pool = state.pool
+        out += [
+            ("upstream.read_pauses", pool.read_pauses),
+            ("upstream.read_resumes", pool.read_resumes),
+            ("upstream.write_pauses", pool.write_pauses),
+            ("upstream.write_resumes", pool.write_resumes),
+        ]
         out += [(f"upstream.{host}:{port}.idle", n) for (host, port), n in idle.items()]
     if state.grpc is not None:
         out.append(("grpc.upstream_channels", len(state.grpc.channels)))

@@ -152,10 +152,26 @@ class ClientConn(_Wire):
         self.upgrade_buffer: list[bytes] = []  # those bytes, until a tunnel takes the connection
         self.tunnel: Tunnel | None = None
         self.tunnel_lost: Callable[[], None] | None = None
+        self.upstream_paused_at = 0.0  # when the upstream's full write buffer paused our reading
 
     @property
     def paused_by_upstream(self) -> bool:
         return "upstream" in self.paused
+
+    def pause_reading_from(self, why: str) -> None:
+        if why == "upstream" and why not in self.paused:
+            self.upstream_paused_at = self.loop.time()
+        super().pause_reading_from(why)
+
+    def resume_reading_from(self, why: str) -> None:
+        if why == "upstream" and why in self.paused:  # the time we did not read is not the client's
+            held = self.loop.time() - self.upstream_paused_at
+            self.body_since += held
+            self.body_last += held
+            ex = self.current
+            if ex is not None and self.deadline and self.deadline_cb == self._body_timeout:
+                self.deadline = self._body_deadline(ex.ctx.body_received)
+        super().resume_reading_from(why)
 
     # ------------------------------------------------------------------ transport
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -260,6 +276,9 @@ class ClientConn(_Wire):
 
     def _body_timeout(self) -> None:
         ex = self.current
+        if self.paused_by_upstream:  # we stopped reading, not the client: its clock starts again on resume
+            self._arm(self.limits.body_idle_timeout_s, self._body_timeout)
+            return
         if ex is not None and not ex.ctx.body_complete:
             if ex.state == STREAMING:
                 self.abort()
@@ -439,17 +458,20 @@ class ClientConn(_Wire):
         ctx.body_received += len(body)
         if ctx.body_received > self.limits.max_body_bytes:
             raise _Abort(413, f"request body exceeds the {self.limits.max_body_bytes}-byte limit")
-        if self.deadline:  # the body's deadline moves on: idle timeout, capped by the minimum rate
-            lim = self.limits
-            self.body_last = now = self.loop.time()
-            deadline = now + lim.body_idle_timeout_s
-            if lim.min_body_rate_bps > 0:
-                deadline = min(
-                    deadline,
-                    self.body_since + lim.body_rate_grace_s + ctx.body_received / lim.min_body_rate_bps,
-                )
-            self.deadline = deadline
+        if self.deadline:  # the body's deadline moves on
+            self.body_last = self.loop.time()
+            self.deadline = self._body_deadline(ctx.body_received)
         ex.feed_body(body)
+
+    def _body_deadline(self, received: int) -> float:
+        """The idle timeout from the body's last bytes, capped by the minimum rate."""
+        lim = self.limits
+        deadline = self.body_last + lim.body_idle_timeout_s
+        if lim.min_body_rate_bps > 0:
+            deadline = min(
+                deadline, self.body_since + lim.body_rate_grace_s + received / lim.min_body_rate_bps
+            )
+        return deadline
 
     def on_message_complete(self) -> None:
         ex = self.current

@@ -117,10 +117,12 @@ class UpstreamConn(asyncio.Protocol):
                 listener.on_upstream_error("upstream connection lost mid-response", False)
 
     def pause_writing(self) -> None:
+        self.pool.write_pauses += 1  # the upstream reads slower than the client sends
         if self.listener is not None:
             self.listener.on_upstream_writable(False)
 
     def resume_writing(self) -> None:
+        self.pool.write_resumes += 1
         if self.listener is not None:
             self.listener.on_upstream_writable(True)
 
@@ -178,11 +180,14 @@ class UpstreamConn(asyncio.Protocol):
         out.clear()
 
     def pause_reading(self) -> None:
+        """The client reads slower than the upstream sends: stop reading the upstream."""
         if self.transport is not None and not self.transport.is_closing():
+            self.pool.read_pauses += 1
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
+            self.pool.read_resumes += 1
             self.transport.resume_reading()
 
     def _fail(self, reason: str) -> None:
@@ -218,6 +223,9 @@ class UpstreamPool:
         self.max_idle = max_idle_per_key
         self.idle_timeout_s = idle_timeout_s
         self.connects = 0
+        # flow control, for /stats: reading from upstreams paused for slow clients (and resumed),
+        # upstreams' write buffers full so their clients' reading paused (and resumed)
+        self.read_pauses = self.read_resumes = self.write_pauses = self.write_resumes = 0
 
     def take_idle(self, host: str, port: int) -> UpstreamConn | None:
         conns = self._idle.get((host, port))

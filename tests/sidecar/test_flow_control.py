@@ -1,0 +1,35 @@
+"""Flow control in process: the time the sidecar itself stops reading a request body, because the
+upstream reads slower than the client sends, is not held against the client's body timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from meshgate.sidecar.http1 import Limits
+
+from .conftest import Backends, Gateway, bundle, call, http_route, snapshot
+
+BODY = 8 * 1024 * 1024
+# a body must go on within 0.3 s and average 4 MB/s after 0.2 s: what a client that sends as fast as
+# it can always does, unless the sidecar stops reading it
+TIGHT = Limits(body_idle_timeout_s=0.3, body_rate_grace_s=0.2, min_body_rate_bps=4 * 1024 * 1024)
+
+
+def test_an_upstream_that_stalls_is_not_a_slow_client(gateway: Gateway, backends: Backends) -> None:
+    async def stalling(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        head = await r.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await asyncio.sleep(1.0)  # the upstream's stall (the behaviour under test): longer than both limits
+        n = 0
+        while n < length:
+            n += len(await r.read(65536))
+        body = json.dumps({"bytes": n}).encode()
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
+        await w.drain()
+
+    port = backends.start(stalling)
+    route = http_route("POST", "/up", f"http://127.0.0.1:{port}/up")
+    gateway.start(snapshot(bundle([route])), limits=TIGHT)
+    status, _, data = call(gateway.port, "/prod/up", method="POST", body=b"x" * BODY)
+    assert (status, json.loads(data)) == (200, {"bytes": BODY}), data
