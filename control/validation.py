@@ -18,6 +18,7 @@ from meshgate.sidecar.errors import GATEWAY_TYPES
 from meshgate.sidecar.respond import InvalidHeader, check_headers
 from meshgate.sidecar.transcode import TranscodeError, Transcoder
 from meshgate.sidecar.transform import compile_transform
+from meshgate.sidecar.transform_responses import compile_pattern, compile_response
 from meshgate.v1 import resources_pb2
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -135,6 +136,7 @@ def _integration(integ: resources_pb2.Integration, params: list[str], where: str
             f"{where}.type",
             f'must be "http", "function", "websocket", "websocket_api", "grpc" or "mock", got {integ.type!r}',
         )
+    _integration_responses(integ, where)
     if integ.type == "grpc":
         _grpc(integ, where)
         return
@@ -163,6 +165,50 @@ def _integration(integ: resources_pb2.Integration, params: list[str], where: str
         if not 100 <= status <= 599:
             _fail(f"{where}.mock.status", f"must be between 100 and 599, got {status}")
         _header_constants(integ.mock.headers, f"{where}.mock.headers")
+
+
+def _integration_responses(integ: resources_pb2.Integration, where: str) -> None:
+    """`proxy` and `responses` (sidecar/transform_responses.py): patterns that compile and cannot
+    backtrack without bound, statuses a response can have, one default, templates that compile
+    (a mock's request template too)."""
+    if integ.HasField("proxy") and integ.type not in ("http", "function"):
+        _fail(f"{where}.proxy", f"only http and function integrations are proxies or not, not {integ.type!r}")
+    if integ.type == "mock" and integ.request_templates:
+        try:
+            compile_transform(integ, _AnyVariables())
+        except ValueError as exc:
+            _fail(f"{where}.requestTemplates", str(exc))
+    if not integ.responses:
+        return
+    if integ.type not in ("http", "function", "mock"):
+        _fail(
+            f"{where}.responses", f"integration responses are for http, function and mock, not {integ.type!r}"
+        )
+    for field in ("response_parameters", "response_templates"):
+        if getattr(integ, field):
+            name = resources_pb2.Integration.DESCRIPTOR.fields_by_name[field].json_name
+            _fail(
+                f"{where}.{name}", "with responses, each response has its own: move it into the default one"
+            )
+    default = -1
+    language = integ.template_language or "jinja"
+    for j, r in enumerate(integ.responses):
+        rw = f"{where}.responses[{j}]"
+        if r.status and not 100 <= r.status <= 599:
+            _fail(f"{rw}.status", f"must be between 100 and 599 (0: the integration's), got {r.status}")
+        if not r.selection_pattern:
+            if default >= 0:
+                _fail(f"{rw}.selectionPattern", f"required: responses[{default}] is already the default")
+            default = j
+        _constants(r.response_parameters, "method.response.header.", f"{rw}.responseParameters")
+        try:
+            compile_pattern(r.selection_pattern)
+        except ValueError as exc:
+            _fail(f"{rw}.selectionPattern", str(exc))
+        try:
+            compile_response(r, language, _AnyVariables())
+        except ValueError as exc:
+            _fail(rw, str(exc))
 
 
 def _grpc(integ: resources_pb2.Integration, where: str) -> None:

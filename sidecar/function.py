@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+from meshgate.sidecar import jsoncodec
 from meshgate.sidecar.transform import media_type_matches
 
 if TYPE_CHECKING:
@@ -384,21 +385,32 @@ class FunctionError(Exception):
 async def invoke(
     session: aiohttp.ClientSession, fn: FunctionIntegration, req: RequestContext, timeout_s: float
 ) -> FunctionResponse:
-    import aiohttp  # loaded with the first function call, not with the sidecar
-
-    event = build_event(fn, req)
-    try:
-        async with session.post(fn.uri, json=event, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-            raw = await resp.read()
-            if resp.status != 200:
-                raise FunctionError(502, f"function invocation failed: HTTP {resp.status} from {fn.uri}")
-    except TimeoutError:
-        raise FunctionError(504, f"integration timeout after {timeout_s:g}s") from None
-    except aiohttp.ClientConnectorError as exc:
-        raise FunctionError(503, f"function unreachable ({fn.uri}): {exc.os_error or exc}") from None
-    except aiohttp.ClientError as exc:
-        raise FunctionError(502, f"function invocation failed: {type(exc).__name__}") from None
+    status, raw = await post(session, fn.uri, jsoncodec.dumps_bytes(build_event(fn, req)), timeout_s)
+    if status != 200:
+        raise FunctionError(502, f"function invocation failed: HTTP {status} from {fn.uri}")
     try:
         return map_response(fn, raw)
     except InvalidResponse as exc:
         raise FunctionError(502, f"invalid integration response: {exc}", "API_CONFIGURATION_ERROR") from None
+
+
+async def post(
+    session: aiohttp.ClientSession, uri: str, payload: bytes, timeout_s: float
+) -> tuple[int, bytes]:
+    """One invocation: the payload POSTed as JSON; the status and body (FunctionError when there is none)."""
+    import aiohttp  # loaded with the first function call, not with the sidecar
+
+    try:
+        async with session.post(
+            uri,
+            data=payload,
+            headers={"Content-Type": "application/json"},
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        ) as resp:
+            return resp.status, await resp.read()
+    except TimeoutError:
+        raise FunctionError(504, f"integration timeout after {timeout_s:g}s") from None
+    except aiohttp.ClientConnectorError as exc:
+        raise FunctionError(503, f"function unreachable ({uri}): {exc.os_error or exc}") from None
+    except aiohttp.ClientError as exc:
+        raise FunctionError(502, f"function invocation failed: {type(exc).__name__}") from None

@@ -1,13 +1,16 @@
 """Integration `http`: the HTTP/1.1 proxy over pooled keep-alive upstream connections.
 
-Compiled per route: upstream address, URI template, parameter mapping, timeouts.
-Per request `HttpCall` writes the integration request (head and streamed
-body), receives the response as `UpstreamListener` events and streams it back
-through the exchange; a response template holds it until it is complete.
+Compiled per route: upstream address, URI template, parameter mapping, timeouts,
+integration responses. Per request `HttpCall` writes the integration request (head
+and streamed body), receives the response as `UpstreamListener` events and streams
+it back through the exchange; a response template holds it until it is complete.
+A non-proxy integration (`proxy: false`, AWS's `http` type) sends only the mapped
+query parameters and headers, and returns only mapped headers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import socket
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from meshgate.sidecar.mapping import MappingError, ParamMapping, compile_paramet
 from meshgate.sidecar.respond import HOP_BY_HOP, proxied, refuse_request_headers
 from meshgate.sidecar.transform import MAX_INPUT as TEMPLATE_MAX_INPUT
 from meshgate.sidecar.transform import Transform, compile_transform
+from meshgate.sidecar.transform_responses import IntegrationResponses, compile_responses, is_proxy
 from meshgate.sidecar.upstream import UpstreamConn
 
 if TYPE_CHECKING:
@@ -37,6 +41,10 @@ REQUEST_OWN = HOP_BY_HOP | {
     b"x-meshgate-request-id",
     b"expect",
 }
+# What a non-proxy integration request keeps of the client's headers (LocalStack, checked against AWS:
+# the mapped ones, Content-Type on requests with a body, API Gateway's Accept and User-Agent).
+NON_PROXY_KEEP = frozenset({b"content-type"})
+NO_BODY_METHODS = (b"GET", b"HEAD", b"OPTIONS")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +64,9 @@ class HttpIntegration:
     host_header: bytes
     static_path: str | None  # the upstream path when it never varies (no parameters in the URI)
     static_target: bytes | None  # the whole request target, for a request without a query string
+    responses: IntegrationResponses | None = None  # selected per status code; None: the answer as it is
+    proxy: bool = True  # the client's query string and headers go on (false: mapped ones only)
+    user_agent: bytes = b""  # non-proxy: API Gateway's AmazonAPIGateway_{apiId}
 
     @property
     def needs_body(self) -> bool:
@@ -63,7 +74,7 @@ class HttpIntegration:
 
     def request_target(self, ctx: RequestContext) -> tuple[bytes, tuple[tuple[bytes, bytes], ...]]:
         """The upstream request target (path?query) and the headers the parameter mapping sets."""
-        query = ctx.query
+        query = ctx.query if self.proxy else ""  # non-proxy: mapped query parameters only
         if not query and self.static_target is not None:
             return self.static_target, ()  # (attach checks this first, without the call)
         m = self.mapping
@@ -120,7 +131,7 @@ class HttpIntegration:
 
     def start(self, ex: Exchange) -> None:
         ctx = ex.ctx
-        if ctx.query or self.static_target is None:
+        if (ctx.query and self.proxy) or self.static_target is None:
             target, set_headers = self.request_target(ctx)
         else:
             target, set_headers = self.static_target, ()
@@ -175,6 +186,15 @@ def compile_http(spec: RouteSpec) -> HttpIntegration:
         transform = compile_transform(integ, spec.variables, spec.binary_media_types, spec.template_language)
     except ValueError as exc:
         raise CompileError(f"{spec.where}: {exc}") from None
+    responses: IntegrationResponses | None = None
+    try:
+        responses = compile_responses(integ, spec.variables, spec.template_language)
+    except ValueError as exc:
+        raise CompileError(f"{spec.where}: {exc}") from None
+    if responses is not None and transform is not None:  # the responses map the answer, not the transform
+        transform = dataclasses.replace(
+            transform, response_headers=(), remove_response_headers=frozenset(), response_templates={}
+        )
     port = int(port_s)
     static = "".join(t for _, t in parts) or "/" if all(k == 0 for k, _ in parts) else None
     return HttpIntegration(
@@ -197,6 +217,9 @@ def compile_http(spec: RouteSpec) -> HttpIntegration:
             and not mapping.late_headers
             else None
         ),
+        responses=responses,
+        proxy=integ.type != "http" or is_proxy(integ),
+        user_agent=f"AmazonAPIGateway_{spec.api.partition('/')[2]}".encode(),
     )
 
 
@@ -298,9 +321,12 @@ class HttpCall:
         for name, value in raw:
             if len(name) == 10 and name.lower() == b"connection":
                 drop = drop | {v.strip().lower() for v in value.split(b",")}
+        keep = None if integ.proxy else self._non_proxy_keep(lines, added)
         for name, value in raw:
             low = name.lower()
             if low in drop or low.startswith(b"x-meshgate-"):  # the gateway's own headers are never spoofed
+                continue
+            if keep is not None and low not in keep:
                 continue
             if low == b"x-forwarded-for":
                 xff = value + b", " + peer
@@ -333,6 +359,17 @@ class HttpCall:
         up.write(b"".join(lines), conn.batching > 0)
         if conn.paused_by_upstream:
             conn.resume_reading_from("upstream")
+
+    def _non_proxy_keep(self, lines: list[bytes], added: tuple[tuple[bytes, bytes], ...]) -> frozenset[bytes]:
+        """A non-proxy request: API Gateway's Accept and User-Agent unless mapped; the client's headers
+        that still go (Content-Type where a body may be)."""
+        names = {n.lower() for n, _ in added}
+        if b"accept" not in names:
+            lines.append(b"accept: application/json\r\n")
+        if b"user-agent" not in names:
+            lines += (b"user-agent: ", self.integ.user_agent, b"\r\n")
+        method = self.integ.method or self.ex.ctx.method.encode()
+        return frozenset() if method in NO_BODY_METHODS else NON_PROXY_KEEP
 
     # ------------------------------------------------------------------ the request body, streamed
     def body(self, chunk: bytes) -> None:
@@ -381,12 +418,37 @@ class HttpCall:
         ex.status_code = status
         ex.t_head = perf_counter()
         self.retry_ok = False
+        if self.integ.responses is not None:
+            self._integration_response(status, reason, headers)
+            return
         tf = ex.route_transform
         if tf is not None:
             headers = tf.response_head(ex.ctx, headers)
             if tf.holds_response(ex.is_head):  # rendered at the end (on_upstream_end)
                 self.held = _Held(status, reason, headers)
                 return
+        self._stream_head(status, reason, headers)
+
+    def _integration_response(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """The integration response selected on the status: held for its template or body mapping,
+        else its head goes now and the body streams."""
+        ex, rs = self.ex, self.integ.responses
+        assert rs is not None
+        chosen = rs.pick(str(status))
+        if chosen is None or (chosen.needs_body and not ex.is_head):
+            self.held = _Held(status, reason, headers)
+            return
+        out = rs.answer(ex.ctx, str(status), status, headers, b"")
+        if isinstance(out, GatewayError):
+            ex.fail(out)
+            return
+        framing = [(n, v) for n, v in headers if n.lower() in (b"content-length", b"transfer-encoding")]
+        new_status, new_headers, _ = out
+        ex.status_code = new_status
+        self._stream_head(new_status, reason if new_status == status else b"", new_headers + framing)
+
+    def _stream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        ex = self.ex
         head = proxied(
             status, reason, headers, is_head=ex.is_head, http10=ex.http10, keep=ex.ctx.cache is not None
         )
@@ -427,6 +489,15 @@ class HttpCall:
         held, self.held = self.held, None
         if up is not None:
             self._hand_back(up, keep_alive)
+        if held is not None and self.integ.responses is not None:
+            body = b"".join(held.body)
+            answered = self.integ.responses.answer(ex.ctx, str(held.status), held.status, held.headers, body)
+            if isinstance(answered, GatewayError):
+                ex.fail(answered)
+            else:
+                code, hs, data = answered
+                ex.respond_full(code, hs, data, held.reason if code == held.status else b"")
+            return
         if held is not None:  # the response template runs now, on the whole body
             tf = ex.route_transform
             assert tf is not None

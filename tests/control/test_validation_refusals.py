@@ -57,6 +57,40 @@ API_CASES = [
         api(route('{type: http, uri: "http://svc/", payloadFormatVersion: "3.0"}')),
         "spec.routes[0].integration.payloadFormatVersion",
     ),
+    # integration responses and proxy: false (issue 16)
+    (api(route("{type: mock, proxy: false}")), "spec.routes[0].integration.proxy"),
+    (
+        api(route('{type: grpc, uri: "grpc://g.ns.svc:50051", responses: [{status: 200}]}')),
+        "spec.routes[0].integration.responses",
+    ),
+    (
+        api(route(HTTP[:-1] + ", responseTemplates: {text/plain: x}, responses: [{status: 200}]}")),
+        "spec.routes[0].integration.responseTemplates",
+    ),
+    (
+        api(route(HTTP[:-1] + ", responses: [{status: 700}]}")),
+        "spec.routes[0].integration.responses[0].status",
+    ),
+    (
+        api(route(HTTP[:-1] + ", responses: [{status: 200}, {status: 201}]}")),
+        "spec.routes[0].integration.responses[1].selectionPattern",
+    ),
+    (
+        api(route(HTTP[:-1] + ", responses: [{selectionPattern: '4(', status: 400}]}")),
+        "spec.routes[0].integration.responses[0].selectionPattern",
+    ),
+    (
+        api(route(HTTP[:-1] + ", responses: [{selectionPattern: '(a+)+', status: 400}]}")),
+        "spec.routes[0].integration.responses[0].selectionPattern",
+    ),
+    (
+        api(route(HTTP[:-1] + ", responses: [{responseTemplates: {application/json: '{{ x'}}]}")),
+        "spec.routes[0].integration.responses[0]",
+    ),
+    (
+        api(route("{type: mock, requestTemplates: {application/json: '{% if %}'}}")),
+        "spec.routes[0].integration.requestTemplates",
+    ),
     (
         api(route('{type: http, uri: "http://svc/", timeoutMs: 10}')),
         "spec.routes[0].integration.timeoutMs",

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ObjectMeta(_message.Message):
-    __slots__ = ("name", "namespace", "labels", "annotations", "revision", "update_time_unix_nano", "generation")
+    __slots__ = ("name", "namespace", "labels", "annotations", "revision", "update_time_unix_nano", "generation", "creation_time_unix_nano")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,7 @@ class ObjectMeta(_message.Message):
     REVISION_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CREATION_TIME_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
     name: str
     namespace: str
     labels: _containers.ScalarMap[str, str]
@@ -36,7 +37,8 @@ class ObjectMeta(_message.Message):
     revision: int
     update_time_unix_nano: int
     generation: int
-    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., annotations: _Optional[_Mapping[str, str]] = ..., revision: _Optional[int] = ..., update_time_unix_nano: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
+    creation_time_unix_nano: int
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., annotations: _Optional[_Mapping[str, str]] = ..., revision: _Optional[int] = ..., update_time_unix_nano: _Optional[int] = ..., generation: _Optional[int] = ..., creation_time_unix_nano: _Optional[int] = ...) -> None: ...
 
 class Selector(_message.Message):
     __slots__ = ("namespaces", "match_labels")
@@ -70,8 +72,34 @@ class MockResponse(_message.Message):
     body: str
     def __init__(self, status: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., body: _Optional[str] = ...) -> None: ...
 
+class IntegrationResponse(_message.Message):
+    __slots__ = ("selection_pattern", "status", "response_parameters", "response_templates")
+    class ResponseParametersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ResponseTemplatesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SELECTION_PATTERN_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    selection_pattern: str
+    status: int
+    response_parameters: _containers.ScalarMap[str, str]
+    response_templates: _containers.ScalarMap[str, str]
+    def __init__(self, selection_pattern: _Optional[str] = ..., status: _Optional[int] = ..., response_parameters: _Optional[_Mapping[str, str]] = ..., response_templates: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
 class Integration(_message.Message):
-    __slots__ = ("type", "uri", "http_method", "timeout_ms", "connect_timeout_ms", "request_parameters", "mock", "request_templates", "passthrough_behavior", "payload_format_version", "response_parameters", "response_templates", "remove_request_parameters", "remove_response_headers", "idle_timeout_ms", "max_duration_ms", "max_message_bytes", "grpc_method", "descriptor_set", "body", "route_selection_expression", "websocket_routes", "template_language")
+    __slots__ = ("type", "uri", "http_method", "timeout_ms", "connect_timeout_ms", "request_parameters", "mock", "request_templates", "passthrough_behavior", "payload_format_version", "response_parameters", "response_templates", "remove_request_parameters", "remove_response_headers", "idle_timeout_ms", "max_duration_ms", "max_message_bytes", "grpc_method", "descriptor_set", "body", "route_selection_expression", "websocket_routes", "template_language", "responses", "proxy")
     class RequestParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +158,8 @@ class Integration(_message.Message):
     ROUTE_SELECTION_EXPRESSION_FIELD_NUMBER: _ClassVar[int]
     WEBSOCKET_ROUTES_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    PROXY_FIELD_NUMBER: _ClassVar[int]
     type: str
     uri: str
     http_method: str
@@ -153,7 +183,9 @@ class Integration(_message.Message):
     route_selection_expression: str
     websocket_routes: _containers.MessageMap[str, Integration]
     template_language: str
-    def __init__(self, type: _Optional[str] = ..., uri: _Optional[str] = ..., http_method: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., connect_timeout_ms: _Optional[int] = ..., request_parameters: _Optional[_Mapping[str, str]] = ..., mock: _Optional[_Union[MockResponse, _Mapping]] = ..., request_templates: _Optional[_Mapping[str, str]] = ..., passthrough_behavior: _Optional[str] = ..., payload_format_version: _Optional[str] = ..., response_parameters: _Optional[_Mapping[str, str]] = ..., response_templates: _Optional[_Mapping[str, str]] = ..., remove_request_parameters: _Optional[_Iterable[str]] = ..., remove_response_headers: _Optional[_Iterable[str]] = ..., idle_timeout_ms: _Optional[int] = ..., max_duration_ms: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., grpc_method: _Optional[str] = ..., descriptor_set: _Optional[bytes] = ..., body: _Optional[str] = ..., route_selection_expression: _Optional[str] = ..., websocket_routes: _Optional[_Mapping[str, Integration]] = ..., template_language: _Optional[str] = ...) -> None: ...
+    responses: _containers.RepeatedCompositeFieldContainer[IntegrationResponse]
+    proxy: bool
+    def __init__(self, type: _Optional[str] = ..., uri: _Optional[str] = ..., http_method: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., connect_timeout_ms: _Optional[int] = ..., request_parameters: _Optional[_Mapping[str, str]] = ..., mock: _Optional[_Union[MockResponse, _Mapping]] = ..., request_templates: _Optional[_Mapping[str, str]] = ..., passthrough_behavior: _Optional[str] = ..., payload_format_version: _Optional[str] = ..., response_parameters: _Optional[_Mapping[str, str]] = ..., response_templates: _Optional[_Mapping[str, str]] = ..., remove_request_parameters: _Optional[_Iterable[str]] = ..., remove_response_headers: _Optional[_Iterable[str]] = ..., idle_timeout_ms: _Optional[int] = ..., max_duration_ms: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., grpc_method: _Optional[str] = ..., descriptor_set: _Optional[bytes] = ..., body: _Optional[str] = ..., route_selection_expression: _Optional[str] = ..., websocket_routes: _Optional[_Mapping[str, Integration]] = ..., template_language: _Optional[str] = ..., responses: _Optional[_Iterable[_Union[IntegrationResponse, _Mapping]]] = ..., proxy: _Optional[bool] = ...) -> None: ...
 
 class RouteThrottle(_message.Message):
     __slots__ = ("rate_limit", "burst_limit")
