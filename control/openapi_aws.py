@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from meshgate.sidecar.errors import GATEWAY_TYPES
+from meshgate.sidecar.transform_responses import compile_pattern, response_parameter
 
 X_AWS = "x-amazon-apigateway-"
 X_AWS_INTEGRATION = "x-amazon-apigateway-integration"
@@ -180,7 +181,78 @@ def _header_constants(params: dict[str, Any], prefix: str, where: str, warn: War
     return headers
 
 
+class _AnyVariables(dict[str, str]):
+    """Stage variables are the stage's: at import any name may be defined later."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+def integration_responses(raw: Any, where: str, warn: Warn) -> list[dict[str, Any]]:
+    """meshgate `responses` for an AWS integration's `responses` (keyed by selection pattern, or
+    `default`); what the sidecar cannot run is left out with a warning naming its pointer."""
+    out: list[dict[str, Any]] = []
+    has_default = False
+    for key, resp in (raw or {}).items() if isinstance(raw, dict) else ():
+        rw = f"{where}/responses/{str(key).replace('~', '~0').replace('/', '~1')}"
+        if not isinstance(resp, dict):
+            warn(rw, "not an integration response object: left out")
+            continue
+        pattern = str(resp.get("selectionPattern", "" if key == "default" else key) or "")
+        status = str(resp.get("statusCode", ""))
+        if not (status.isdigit() and 100 <= int(status) <= 599):
+            warn(f"{rw}/statusCode", f"{status!r} is not a status a response can have: left out")
+            continue
+        if pattern:
+            try:
+                compile_pattern(pattern)
+            except ValueError as exc:
+                warn(f"{rw}/selectionPattern", f"{exc}: left out")
+                continue
+        elif has_default:
+            warn(rw, "a second default integration response: left out")
+            continue
+        has_default = has_default or not pattern
+        r: dict[str, Any] = {"status": int(status)}
+        if pattern:
+            r["selectionPattern"] = pattern
+        params = {}
+        for k, v in (resp.get("responseParameters") or {}).items():
+            try:
+                response_parameter(str(k), str(v), _AnyVariables())
+            except ValueError as exc:
+                warn(f"{rw}/responseParameters/{k}", f"{exc}: left out")
+                continue
+            params[str(k)] = str(v)
+        if params:
+            r["responseParameters"] = params
+        templates = {
+            str(k): str(v) for k, v in (resp.get("responseTemplates") or {}).items() if v is not None
+        }
+        if templates:
+            r["responseTemplates"] = templates
+        if resp.get("contentHandling"):
+            warn(f"{rw}/contentHandling", "not supported: the body passes as it is")
+        out.append(r)
+    return out
+
+
 def _mock(x: dict[str, Any], where: str, warn: Warn) -> dict[str, Any]:
+    """A fixed mock where nothing varies per request, else API Gateway's: the request template's
+    statusCode selects one of the integration responses, whose templates run."""
+    if _varies(x):
+        out: dict[str, Any] = {"type": "mock"}
+        if x.get("requestTemplates"):
+            out["requestTemplates"] = {
+                str(k): str(v) for k, v in x["requestTemplates"].items() if v is not None
+            }
+        out["responses"] = integration_responses(x.get("responses"), where, warn)
+        if x.get("passthroughBehavior"):
+            out["passthroughBehavior"] = str(x["passthroughBehavior"]).upper()
+        return out
     status = "200"
     templates = x.get("requestTemplates") or {}
     tpl = templates.get("application/json") or next(iter(templates.values()), "")
@@ -198,14 +270,26 @@ def _mock(x: dict[str, Any], where: str, warn: Warn) -> dict[str, Any]:
     if body_templates:
         media = "application/json" if "application/json" in body_templates else next(iter(body_templates))
         body = body_templates[media] or ""
-        if VTL_RE.search(body):
-            warn(f"{where}/responses", "a mock's response template is sent as written (not rendered)")
         mock["body"] = body
         if not any(h.lower() == "content-type" for h in headers) and body:
             headers["Content-Type"] = media
     if headers:
         mock["headers"] = headers
     return {"type": "mock", "mock": mock}
+
+
+def _varies(x: dict[str, Any]) -> bool:
+    """Whether a mock's answer depends on the request: VTL in a template, or mapped values."""
+    texts = [str(v) for v in (x.get("requestTemplates") or {}).values() if v is not None]
+    responses = x.get("responses") if isinstance(x.get("responses"), dict) else {}
+    for resp in responses.values():
+        if isinstance(resp, dict):
+            texts += [str(v) for v in (resp.get("responseTemplates") or {}).values() if v is not None]
+            for v in (resp.get("responseParameters") or {}).values():
+                value = str(v)
+                if not (len(value) >= 2 and value[0] == value[-1] == "'"):
+                    return True
+    return any(VTL_RE.search(t) for t in texts)
 
 
 def _http(x: dict[str, Any], where: str, warn: Warn, proxy: bool) -> dict[str, Any]:
@@ -221,16 +305,19 @@ def _http(x: dict[str, Any], where: str, warn: Warn, proxy: bool) -> dict[str, A
         out["httpMethod"] = method
     _common(x, out)
     if not proxy:
-        if x.get("requestTemplates"):
-            out["requestTemplates"] = dict(x["requestTemplates"])
-        resp = _pick_response(x.get("responses") or {}, "200")
-        if [k for k in (x.get("responses") or {}) if k != "default"]:
-            warn(f"{where}/responses", "integration responses other than the 2XX one are not selected yet")
-        if resp.get("responseTemplates"):
-            out["responseTemplates"] = dict(resp["responseTemplates"])
-        if resp.get("responseParameters"):
-            out["responseParameters"] = dict(resp["responseParameters"])
+        _custom(x, out, where, warn)
     return out
+
+
+def _custom(x: dict[str, Any], out: dict[str, Any], where: str, warn: Warn) -> None:
+    """What a non-proxy (AWS `http`, or `aws` to Lambda) integration adds: only mapped parameters
+    go, its request templates, and the integration responses."""
+    out["proxy"] = False
+    if x.get("requestTemplates"):
+        out["requestTemplates"] = {str(k): str(v) for k, v in x["requestTemplates"].items() if v is not None}
+    responses = integration_responses(x.get("responses"), where, warn)
+    if responses:
+        out["responses"] = responses
 
 
 def _common(x: dict[str, Any], out: dict[str, Any]) -> None:
@@ -265,6 +352,14 @@ def integration(
         if x.get("payloadFormatVersion"):
             out["payloadFormatVersion"] = str(x["payloadFormatVersion"])
         _common(x, out)
+        return out, cache_keys
+    if kind == "aws" and ":lambda:path/" in str(x.get("uri", "")):  # Lambda custom integration
+        out = {
+            "type": "function",
+            "uri": function_url.format(function=function_name(str(x["uri"])), namespace=namespace),
+        }
+        _common(x, out)
+        _custom(x, out, where, warn)
         return out, cache_keys
     if kind in ("aws", "aws_proxy"):
         return _not_implemented(

@@ -51,7 +51,8 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
         raise ValueError(f"not a regular expression: {exc}") from None
 
 
-def _parameter(key: str, value: str, variables: Mapping[str, str]) -> tuple[bytes, str, Any]:
+def response_parameter(key: str, value: str, variables: Mapping[str, str]) -> tuple[bytes, str, Any]:
+    """One compiled responseParameters entry (ValueError when the sidecar cannot map it)."""
     m = _RESPONSE_KEY.match(key)
     if not m:
         raise ValueError(f"responseParameters: {key!r} is not method.response.header.NAME")
@@ -212,7 +213,7 @@ def compile_response(r: Any, language: str, variables: Mapping[str, str]) -> Res
     return ResponseMapping(
         compile_pattern(pattern) if pattern else None,
         getattr(r, "status", 0),
-        tuple(_parameter(k, v, variables) for k, v in sorted(r.response_parameters.items())),
+        tuple(response_parameter(k, v, variables) for k, v in sorted(r.response_parameters.items())),
         compiled,
     )
 

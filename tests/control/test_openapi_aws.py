@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from google.protobuf import json_format
 from meshgate.control.openapi import export_openapi, import_openapi
 from meshgate.control.validation import validate
 from meshgate.sidecar.validation import BodyModel
@@ -59,7 +60,11 @@ def test_petstore_http_integrations_keep_mapping_and_response_parameters() -> No
         "GET",
     )
     assert dict(one.request_parameters) == {"integration.request.path.petId": "method.request.path.petId"}
-    assert dict(one.response_parameters) == {"method.response.header.Access-Control-Allow-Origin": "'*'"}
+    # AWS's `http` is a non-proxy integration: its integration responses (here only the default)
+    assert not one.proxy and one.HasField("proxy")
+    assert [json_format.MessageToDict(x) for x in one.responses] == [
+        {"status": 200, "responseParameters": {"method.response.header.Access-Control-Allow-Origin": "'*'"}}
+    ]
     assert one.passthrough_behavior == "WHEN_NO_MATCH"
     listing = r[("GET", "/pets")]
     assert listing.integration.timeout_ms == 29000 and listing.operation_name == "listPets"
@@ -148,11 +153,14 @@ def test_http_template_mapping_stage_variables_cache_keys_and_any() -> None:
     one = r[("GET", "/orders/{orderId}")]
     assert one.integration.uri == "http://${stageVariables.ordersHost}/orders/{orderId}"
     assert one.integration.request_templates["application/json"] == """{"id": "$input.params('orderId')"}"""
-    assert one.integration.response_templates["application/json"] == """{"order": $input.json('$')}"""
+    assert [json_format.MessageToDict(x) for x in one.integration.responses] == [
+        {"status": 200, "responseTemplates": {"application/json": """{"order": $input.json('$')}"""}}
+    ]
     assert one.integration.request_parameters["integration.request.header.X-Source"] == "'apigateway'"
     assert one.api_key_required and not one.cache_key_parameters  # the path is always in the key
     proxy = r[("ANY", "/proxy/{proxy+}")].integration
     assert proxy.type == "http" and not proxy.http_method and not proxy.request_templates
+    assert not proxy.HasField("proxy") and not proxy.responses  # http_proxy: meshgate's proxy
 
 
 def test_api_level_extensions() -> None:
@@ -236,8 +244,6 @@ def test_mock_status_from_request_template_selects_the_response() -> None:
     ],
 )  # fmt: skip
 def test_request_and_http_api_jwt_authorizers(scheme: dict[str, Any], expected: dict[str, Any]) -> None:
-    from google.protobuf import json_format
-
     doc: dict[str, Any] = {
         "openapi": "3.0.1",
         "info": {"title": "t", "version": "1"},
@@ -276,3 +282,99 @@ def test_cli_import_takes_a_function_url_template(capsys: pytest.CaptureFixture[
     args.function_url = "http://{fn}/"
     with pytest.raises(CliError, match="only {function} and {namespace}"):
         cmd_import(args)
+
+
+RESPONSES = yaml.safe_load((FIXTURES / "responses-oas30.yaml").read_text())
+
+
+def test_integration_responses_import_with_their_selection_patterns() -> None:
+    api, warnings = imported(RESPONSES)
+    assert warnings == []
+    r = {k: json_format.MessageToDict(v.integration) for k, v in routes(api).items()}
+    aws_http = RESPONSES["paths"]["/items/{id}"]["get"]["x-amazon-apigateway-integration"]
+    assert r[("GET", "/items/{id}")] == {
+        "type": "http",
+        "uri": "http://catalog.example.com/status/{id}",
+        "httpMethod": "GET",
+        "requestParameters": aws_http["requestParameters"],
+        "passthroughBehavior": "WHEN_NO_MATCH",
+        "proxy": False,
+        "responses": [
+            {
+                "selectionPattern": "4\\d{2}",
+                "status": 404,
+                "responseParameters": {"method.response.header.X-Reason": "integration.response.body.detail"},
+                "responseTemplates": aws_http["responses"]["4\\d{2}"]["responseTemplates"],
+            },
+            {
+                "selectionPattern": "5\\d{2}",
+                "status": 502,
+                "responseTemplates": {"application/json": '{"message": "the catalog is down"}'},
+            },
+            {"status": 200, "responseParameters": aws_http["responses"]["default"]["responseParameters"]},
+        ],
+    }
+    aws_fn = RESPONSES["paths"]["/pets/{id}"]["post"]["x-amazon-apigateway-integration"]
+    assert r[("POST", "/pets/{id}")] == {  # a Lambda custom integration: a function, not a proxy
+        "type": "function",
+        "uri": "http://savepet.shop.svc.cluster.local/",
+        "passthroughBehavior": "WHEN_NO_TEMPLATES",
+        "proxy": False,
+        "requestTemplates": aws_fn["requestTemplates"],
+        "responses": [
+            {
+                "selectionPattern": ".*Not found.*",
+                "status": 404,
+                "responseTemplates": {"application/json": """{"message": $input.json('$.errorMessage')}"""},
+            },
+            {"selectionPattern": "Invalid.*", "status": 400},
+            {"status": 201, "responseTemplates": {"application/json": """{"saved": $input.json('$')}"""}},
+        ],
+    }
+    aws_mock = RESPONSES["paths"]["/status/{code}"]["get"]["x-amazon-apigateway-integration"]
+    assert r[("GET", "/status/{code}")] == {  # VTL in its templates: the mock runs them
+        "type": "mock",
+        "requestTemplates": aws_mock["requestTemplates"],
+        "passthroughBehavior": "WHEN_NO_MATCH",
+        "responses": [
+            {
+                "selectionPattern": "404",
+                "status": 404,
+                "responseTemplates": aws_mock["responses"]["404"]["responseTemplates"],
+            },
+            {
+                "status": 200,
+                "responseParameters": {"method.response.header.X-Code": "'fine'"},
+                "responseTemplates": {"application/json": """{"code": "$input.params('code')"}"""},
+            },
+        ],
+    }
+
+
+def test_integration_responses_the_sidecar_cannot_run_are_left_out_with_a_warning() -> None:
+    doc = copy.deepcopy(RESPONSES)
+    x = doc["paths"]["/items/{id}"]["get"]["x-amazon-apigateway-integration"]
+    x["responses"] = {
+        "4(\\d": {"statusCode": "400"},  # not a regular expression
+        "(a+)+": {"statusCode": "400"},  # backtracks without bound
+        "5\\d{2}": {"statusCode": "abc"},
+        "default": {
+            "statusCode": "200",
+            "responseParameters": {"method.response.header.X-Q": "method.request.querystring.q"},
+            "contentHandling": "CONVERT_TO_TEXT",
+        },
+    }
+    api, warnings = imported(doc)
+    assert [
+        json_format.MessageToDict(x) for x in routes(api)[("GET", "/items/{id}")].integration.responses
+    ] == [{"status": 200}]
+    base = "#/paths/~1items~1{id}/get/x-amazon-apigateway-integration/responses/"
+    assert sorted(w.split(": ", 1)[0] for w in warnings) == sorted(
+        [
+            base + "4(\\d/selectionPattern",
+            base + "(a+)+/selectionPattern",
+            base + "5\\d{2}/statusCode",
+            base + "default/responseParameters/method.response.header.X-Q",
+            base + "default/contentHandling",
+        ]
+    )
