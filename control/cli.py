@@ -180,7 +180,12 @@ def _add_resource_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
         "--stage", default="", help="export the deployment this stage serves (default: the live Api)"
     )
     ex.add_argument("-o", "--output", default="-", help="file to write (default stdout)")
-    ex.add_argument("--format", choices=["yaml", "json"], default="yaml")
+    ex.add_argument(
+        "--format",
+        choices=["yaml", "json", "aws"],
+        default="yaml",
+        help="aws: API Gateway's export format, OpenAPI 3.0 with x-amazon-apigateway-* (YAML)",
+    )
 
     ij = sub.add_parser(
         "inject", help="add the sidecar to Kubernetes workloads offline (like istioctl kube-inject)"

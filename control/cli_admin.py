@@ -202,7 +202,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from meshgate.control.openapi import export_openapi
+    from meshgate.control.openapi import export_document
 
     ns = args.namespace or "default"
     version = "live"
@@ -231,7 +231,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         if not apis.resources:
             raise CliError(f"Api {ns}/{args.api} not found")
         spec = apis.resources[0].api.spec
-    doc = export_openapi(args.api, spec, stage=args.stage or "", version=version)
+    doc = export_document(
+        args.api, spec, stage=args.stage or "", version=version, fmt=args.format, namespace=ns
+    )
     text = json.dumps(doc, indent=2) + "\n" if args.format == "json" else yaml.safe_dump(doc, sort_keys=False)
     if args.output and args.output != "-":
         Path(args.output).write_text(text)

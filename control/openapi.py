@@ -34,6 +34,7 @@ API_FIELDS_IN_X = (
     "resourcePolicy",
     "cors",
     "gatewayResponses",
+    "templateLanguage",
 )
 
 
@@ -430,6 +431,24 @@ def export_openapi(
             op[X_ROUTE] = extra
         path_item[key] = op
     return doc
+
+
+def export_document(
+    api_name: str,
+    spec: resources_pb2.ApiSpec,
+    *,
+    stage: str = "",
+    version: str = "1",
+    fmt: str | None = None,
+    namespace: str = "default",
+) -> dict[str, Any]:
+    """`meshgate export`: OpenAPI 3.1 with meshgate's extensions, or with `fmt` "aws" API Gateway's
+    export format (OpenAPI 3.0 with the x-amazon-apigateway-* extensions, control/openapi_aws_export.py)."""
+    if fmt == "aws":
+        from meshgate.control.openapi_aws_export import export_aws
+
+        return export_aws(api_name, spec, namespace=namespace, version=version)
+    return export_openapi(api_name, spec, stage=stage, version=version)
 
 
 def _responses(integration: dict[str, Any]) -> dict[str, Any]:

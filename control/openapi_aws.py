@@ -154,7 +154,8 @@ def function_name(uri: str) -> str:
 
 def _not_implemented(where: str, warn: Warn, why: str) -> dict[str, Any]:
     warn(where, f"{why}: the route answers 501")
-    return {"type": "mock", "mock": {"status": 501, "body": NOT_IMPLEMENTED}}
+    headers = {"Content-Type": "application/json"}
+    return {"type": "mock", "mock": {"status": 501, "headers": headers, "body": NOT_IMPLEMENTED}}
 
 
 def _pick_response(responses: dict[str, Any], status: str) -> dict[str, Any]:

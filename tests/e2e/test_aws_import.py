@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
 from aiohttp import web
+from google.protobuf import json_format
 from meshgate.control.etcd_local import LocalEtcd
+from meshgate.v1 import control_pb2
 
 from .harness import NO_DRAIN, AioServer, http_request, mesh
 
@@ -65,6 +68,21 @@ def test_petstore_export_imports_deploys_and_answers_as_api_gateway(etcd: LocalE
         echoed = json.loads(body)
         assert echoed["path"] == "/petstore/pets/1" and echoed["service"] == "petstore", echoed
         assert headers["access-control-allow-origin"] == "*"  # the integration response's parameter
+
+        # export --format aws writes API Gateway's format back; importing it gives the same Api
+        exported = yaml.safe_load(m.cli("export", "petstore", "--format", "aws").stdout)
+        root = exported["paths"]["/"]["get"]
+        assert (
+            root["x-amazon-apigateway-integration"]["type"] == "mock" and "x-meshgate-integration" not in root
+        )
+        again = tmp_path / "again.yaml"
+        again.write_text(yaml.safe_dump(exported))
+        m.cli("import", str(again), "--api", "petstore-again", "--fail-on-warnings")
+        specs = [
+            m.stub().Get(control_pb2.GetRequest(kind="Api", name=name)).resources[0].api.spec
+            for name in ("petstore", "petstore-again")
+        ]
+        assert json_format.MessageToDict(specs[1]) == json_format.MessageToDict(specs[0])
 
         code, _, body = http_request(sc.port, "GET", "/prod/pets?type=dog&page=2&debug=1")
         assert code == 200, body
