@@ -282,7 +282,8 @@ def _mock(x: dict[str, Any], where: str, warn: Warn) -> dict[str, Any]:
 def _varies(x: dict[str, Any]) -> bool:
     """Whether a mock's answer depends on the request: VTL in a template, or mapped values."""
     texts = [str(v) for v in (x.get("requestTemplates") or {}).values() if v is not None]
-    responses = x.get("responses") if isinstance(x.get("responses"), dict) else {}
+    raw = x.get("responses")
+    responses: dict[Any, Any] = raw if isinstance(raw, dict) else {}
     for resp in responses.values():
         if isinstance(resp, dict):
             texts += [str(v) for v in (resp.get("responseTemplates") or {}).values() if v is not None]
