@@ -440,7 +440,7 @@ class Exchange(_RequestBody):
                 "request %s %s %s -> %d: %s",
                 ctx.request_id,
                 ctx.method,
-                ctx.target[:200],
+                ctx.target[:200].decode("ascii", "backslashreplace"),  # text, not b'...'
                 err.status,
                 err.reason,
             )

@@ -268,9 +268,10 @@ class _Sidecar:
         self.task = None if args.snapshot_file is not None else asyncio.create_task(self.client.run())
         self.serving = True
         source = f"snapshot file {args.snapshot_file}" if args.snapshot_file else f"control {args.control}"
+        grpc_at = [f"grpc {args.grpc_listen[0]}:{args.grpc_listen[1]}"] if args.grpc_listen else []
         print(
             f"meshgate sidecar {args.node_id} listening on {listen_host}:{listen_port} "
-            f"({', '.join(self.admin_addresses)}, {source})",
+            f"({', '.join([*grpc_at, *self.admin_addresses, source])})",
             flush=True,
         )
         return True
