@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from meshgate.control import openapi_aws_params as params
 from meshgate.sidecar.errors import GATEWAY_TYPES
 from meshgate.sidecar.transform_responses import compile_pattern, response_parameter
 
@@ -220,19 +221,17 @@ def integration_responses(raw: Any, where: str, warn: Warn) -> list[dict[str, An
         r: dict[str, Any] = {"status": int(status)}
         if pattern:
             r["selectionPattern"] = pattern
-        params = {}
+        mapped = {}
         for k, v in (resp.get("responseParameters") or {}).items():
             try:
                 response_parameter(str(k), str(v), _AnyVariables())
             except ValueError as exc:
                 warn(f"{rw}/responseParameters/{k}", f"{exc}: left out")
                 continue
-            params[str(k)] = str(v)
-        if params:
-            r["responseParameters"] = params
-        templates = {
-            str(k): str(v) for k, v in (resp.get("responseTemplates") or {}).items() if v is not None
-        }
+            mapped[str(k)] = str(v)
+        if mapped:
+            r["responseParameters"] = mapped
+        templates = params.templates(resp.get("responseTemplates"), f"{rw}/responseTemplates", warn)
         if templates:
             r["responseTemplates"] = templates
         if resp.get("contentHandling"):
@@ -247,9 +246,9 @@ def _mock(x: dict[str, Any], where: str, warn: Warn) -> dict[str, Any]:
     if _varies(x):
         out: dict[str, Any] = {"type": "mock"}
         if x.get("requestTemplates"):
-            out["requestTemplates"] = {
-                str(k): str(v) for k, v in x["requestTemplates"].items() if v is not None
-            }
+            out["requestTemplates"] = params.templates(
+                x["requestTemplates"], f"{where}/requestTemplates", warn
+            )
         out["responses"] = integration_responses(x.get("responses"), where, warn)
         if x.get("passthroughBehavior"):
             out["passthroughBehavior"] = str(x["passthroughBehavior"]).upper()
@@ -305,7 +304,7 @@ def _http(x: dict[str, Any], where: str, warn: Warn, proxy: bool) -> dict[str, A
     method = str(x.get("httpMethod", "")).upper()
     if method and method != "ANY":
         out["httpMethod"] = method
-    _common(x, out)
+    _common(x, out, where, warn)
     if not proxy:
         _custom(x, out, where, warn)
     return out
@@ -316,15 +315,20 @@ def _custom(x: dict[str, Any], out: dict[str, Any], where: str, warn: Warn) -> N
     go, its request templates, and the integration responses."""
     out["proxy"] = False
     if x.get("requestTemplates"):
-        out["requestTemplates"] = {str(k): str(v) for k, v in x["requestTemplates"].items() if v is not None}
+        out["requestTemplates"] = params.templates(x["requestTemplates"], f"{where}/requestTemplates", warn)
     responses = integration_responses(x.get("responses"), where, warn)
     if responses:
         out["responses"] = responses
 
 
-def _common(x: dict[str, Any], out: dict[str, Any]) -> None:
-    if x.get("requestParameters"):
-        out["requestParameters"] = dict(x["requestParameters"])
+def _common(x: dict[str, Any], out: dict[str, Any], where: str, warn: Warn) -> None:
+    mapped, removes = params.request_parameters(
+        x.get("requestParameters"), f"{where}/requestParameters", warn
+    )
+    if mapped:
+        out["requestParameters"] = mapped
+    if removes:
+        out["removeRequestParameters"] = removes
     if x.get("passthroughBehavior"):
         out["passthroughBehavior"] = str(x["passthroughBehavior"]).upper()
     if x.get("timeoutInMillis"):
@@ -353,14 +357,14 @@ def integration(
         }
         if x.get("payloadFormatVersion"):
             out["payloadFormatVersion"] = str(x["payloadFormatVersion"])
-        _common(x, out)
+        _common(x, out, where, warn)
         return out, cache_keys
     if kind == "aws" and ":lambda:path/" in str(x.get("uri", "")):  # Lambda custom integration
         out = {
             "type": "function",
             "uri": function_url.format(function=function_name(str(x["uri"])), namespace=namespace),
         }
-        _common(x, out)
+        _common(x, out, where, warn)
         _custom(x, out, where, warn)
         return out, cache_keys
     if kind in ("aws", "aws_proxy"):
@@ -404,7 +408,7 @@ def authorizer(
         if kind == "token" and not sources:
             sources = ["method.request.header.Authorization"]
         if "authorizerResultTtlInSeconds" in x:
-            out["resultTtlSeconds"] = int(x["authorizerResultTtlInSeconds"])
+            out["resultTtlSeconds"] = min(3600, max(0, int(x["authorizerResultTtlInSeconds"])))
         if x.get("identityValidationExpression"):
             warn(f"{where}/identityValidationExpression", "not checked; the authorizer sees every token")
     elif kind in ("cognito_user_pools", "jwt"):
@@ -427,6 +431,7 @@ def authorizer(
     else:
         warn(where, f"authorizer type {kind!r} is not supported")
         return None
+    sources = params.identity_sources(sources, where, warn)
     if sources:
         out["identitySources"] = sources
     return out
@@ -462,30 +467,18 @@ def _gateway_responses(x: dict[str, Any], warn: Warn) -> list[dict[str, Any]]:
     return out
 
 
-def _cors(x: dict[str, Any]) -> dict[str, Any]:
-    names = {
-        "allowOrigins": "allowOrigins",
-        "allowMethods": "allowMethods",
-        "allowHeaders": "allowHeaders",
-        "exposeHeaders": "exposeHeaders",
-        "allowCredentials": "allowCredentials",
-        "maxAge": "maxAgeSeconds",
-    }
-    return {names[k]: v for k, v in x.items() if k in names}
-
-
 def api_fields(doc: dict[str, Any], warn: Warn) -> dict[str, Any]:
     """Api spec fields from the document-level AWS extensions (templates are VTL, as on AWS)."""
     spec: dict[str, Any] = {"templateLanguage": "vtl"}
     binary = doc.get("x-amazon-apigateway-binary-media-types")
     if binary:
-        spec["binaryMediaTypes"] = [str(b) for b in binary]
+        spec["binaryMediaTypes"] = [str(b).replace("~1", "/") for b in binary]  # as AWS's API stores them
     responses = doc.get("x-amazon-apigateway-gateway-responses")
     if isinstance(responses, dict) and responses:
         spec["gatewayResponses"] = _gateway_responses(responses, warn)
     cors = doc.get("x-amazon-apigateway-cors")
     if isinstance(cors, dict):
-        spec["cors"] = _cors(cors)
+        spec["cors"] = params.cors(cors, warn)
     source = str(doc.get("x-amazon-apigateway-api-key-source", "HEADER")).upper()
     if source != "HEADER":
         warn(_ptr("x-amazon-apigateway-api-key-source"), "API keys come from the x-api-key header only")

@@ -132,6 +132,9 @@ def integration_aws(
     ):
         if integ.get(ours):
             out[theirs] = dict(integ[ours])
+    for item in integ.get("removeRequestParameters", []):  # HTTP APIs' form: remove:header.NAME
+        where, _, name = item[len("integration.request.") :].partition(".")
+        out.setdefault("requestParameters", {})[f"remove:{where}.{name}"] = "''"
     if integ.get("passthroughBehavior"):
         out["passthroughBehavior"] = str(integ["passthroughBehavior"]).lower()
     if integ.get("timeoutMs"):

@@ -288,11 +288,17 @@ def _http_target(integ: resources_pb2.Integration, params: list[str], where: str
             ipaddress.ip_address(host.strip("[]"))
         except ValueError:
             _fail(f"{where}.uri", f"invalid host in {uri!r}")
+    mapped = {
+        k.rsplit(".", 1)[1] for k in integ.request_parameters if k.startswith("integration.request.path.")
+    }
     for ref in URI_PARAM_RE.findall(STAGE_VAR_REF_RE.sub("", uri)):
         if ref == "proxy" and has_greedy:
             continue
-        if ref not in params:
-            _fail(f"{where}.uri", f"references {{{ref}}} which is not a parameter of the route path")
+        if ref not in params and ref not in mapped:  # integration.request.path.NAME sets {NAME} too
+            _fail(
+                f"{where}.uri",
+                f"references {{{ref}}}: neither a parameter of the route path nor integration.request.path.{ref}",
+            )
     _request_parameters(integ, params, where)
     try:
         compile_transform(integ, _AnyVariables())

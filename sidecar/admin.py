@@ -22,7 +22,7 @@ import httptools
 from google.protobuf import json_format
 from meshgate.sidecar import respond
 from meshgate.sidecar.config_client import ConfigClient
-from meshgate.sidecar.metrics import Metrics
+from meshgate.sidecar.metrics import CONFIG_FAMILIES, Family, Labels, Metrics, Value, prometheus_text
 from meshgate.sidecar.redact import redact
 from meshgate.sidecar.routing import TableHolder
 
@@ -120,6 +120,21 @@ def stats(state: AdminState) -> list[Stat]:
     return sorted(out, key=lambda stat: stat[0])
 
 
+def config_families(c: ConfigClient) -> list[tuple[Family, list[tuple[Labels, Value]]]]:
+    """The config stream as this sidecar sees it (per sidecar once scraped: the pod's labels)."""
+    connected, acks, nacks, info, latency = CONFIG_FAMILIES
+    applied: list[tuple[Labels, Value]] = []
+    if c.applied is not None:
+        applied.append(((("version", c.applied_version), ("source", c.applied_from)), 1))
+    return [
+        (connected, [((), int(c.connected))]),
+        (acks, [((), c.acks)]),
+        (nacks, [((), c.nacks)]),
+        (info, applied),
+        (latency, [((), c.apply_latency)]),
+    ]
+
+
 def config_dump(state: AdminState) -> dict[str, object] | None:
     snap = state.client.applied
     if snap is None:
@@ -190,6 +205,7 @@ def routes(state: AdminState, detail: bool = True) -> Handlers:
 
     def metrics(query: dict[str, str]) -> Answer:
         text = state.metrics.render() if state.metrics is not None else ""
+        text += prometheus_text(config_families(state.client))
         return 200, (*_TEXT, (b"x-prometheus", b"0.0.4")), text.encode()
 
     return {

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 from meshgate.sidecar.identity import SidecarIdentity
+from meshgate.sidecar.metrics import Histogram
 from meshgate.v1 import control_pb2, control_pb2_grpc
 
 log = logging.getLogger("meshgate.sidecar.config")
@@ -88,6 +89,9 @@ class ConfigClient:
         self.last_error = ""
         self.acks = 0
         self.nacks = 0
+        # etcd change -> applied here, for changes pushed on an open stream (a stream's first snapshot
+        # after connecting is startup, not propagation)
+        self.apply_latency = Histogram()
         self._stopping = False
 
     @property
@@ -194,6 +198,7 @@ class ConfigClient:
 
     def handle(self, snap: control_pb2.Snapshot) -> control_pb2.Ack:
         """Apply a snapshot from control (unless already applied from control) and say how it went."""
+        pushed = self.connected  # not the first snapshot since (re)connecting
         if not self.connected:
             self.connected = True
             self.last_error = ""
@@ -202,6 +207,8 @@ class ConfigClient:
         try:
             if self.applied is None or snap.version != self.applied.version or self.applied_from != "control":
                 self._apply(snap)
+                if pushed and snap.source_time_unix_nano:
+                    self.apply_latency.observe(max(0, time.time_ns() - snap.source_time_unix_nano) / 1e9)
                 self._persist(snap)
             self.applied = snap
             self.applied_from = "control"

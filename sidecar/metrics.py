@@ -122,6 +122,25 @@ AUTHORIZER_LATENCY = Family(
 )
 
 
+# The config stream, per sidecar (sidecar/admin.py renders them from its ConfigClient on /metrics).
+CONFIG_FAMILIES = (
+    Family("meshgate_config_connected", "1 while the config stream to control is open", "gauge"),
+    Family("meshgate_config_acks", "Snapshots applied and acknowledged", "counter"),
+    Family("meshgate_config_nacks", "Snapshots refused (NACKed); the last good one keeps serving", "counter"),
+    Family(
+        "meshgate_config_info",
+        "The applied snapshot: its version and source (control, persisted, file)",
+        "gauge",
+    ),
+    Family(
+        "meshgate_config_apply_latency",
+        "Time from the etcd change to its apply on this sidecar (changes pushed on an open stream)",
+        "histogram",
+        "s",
+    ),
+)
+
+
 def _labels(key: Key) -> Labels:
     return (("api", key[0]), ("stage", key[1]), ("route", key[2]))
 

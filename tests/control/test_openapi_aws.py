@@ -378,3 +378,68 @@ def test_integration_responses_the_sidecar_cannot_run_are_left_out_with_a_warnin
             base + "default/contentHandling",
         ]
     )
+
+
+HTTP_API = yaml.safe_load((FIXTURES / "httpapi-oas30.yaml").read_text())
+
+
+def test_http_api_export_imports_with_mappings_cors_and_authorizers_control_accepts() -> None:
+    api, warnings = imported(HTTP_API)
+    r = {k: json_format.MessageToDict(v.integration) for k, v in routes(api).items()}
+    assert r[("GET", "/orders/{id}")] == {
+        "type": "function",
+        "uri": "http://getorder.shop.svc.cluster.local/",
+        "payloadFormatVersion": "2.0",
+        "timeoutMs": 30000,
+    }
+    assert r[("ANY", "/legacy/{proxy+}")] == {  # HTTP API parameter mapping in REST's terms
+        "type": "http",
+        "uri": "http://legacy.example.internal/{proxy}",
+        "requestParameters": {
+            "integration.request.header.x-tenant": "method.request.header.x-org",
+            "integration.request.querystring.source": "'http-api'",
+            "integration.request.header.x-request-id": "context.requestId",
+        },
+        "removeRequestParameters": ["integration.request.header.x-debug"],
+    }
+    assert r[("GET", "/services/{service}")] == {  # a path parameter renamed for the uri
+        "type": "http",
+        "uri": "http://svc.example.internal/{op}",
+        "httpMethod": "GET",
+        "proxy": False,
+        "requestParameters": {
+            "integration.request.querystring.stage": "method.request.querystring.version",
+            "integration.request.header.x-userid": "method.request.header.x-user-id",
+            "integration.request.path.op": "method.request.path.service",
+            "integration.request.header.x-values": "method.request.header.x-value",
+        },
+        "responses": [{"status": 200}],
+    }
+    assert json_format.MessageToDict(api.spec.cors) == {
+        "allowOrigins": ["https://shop.example.com", "http://localhost:3000"],
+        "allowMethods": ["GET", "POST", "*"],
+        "allowHeaders": ["authorization", "content-type"],
+        "exposeHeaders": ["x-request-id"],
+        "allowCredentials": True,
+        "maxAgeSeconds": 86400,
+    }
+    auth = {a.name: json_format.MessageToDict(a) for a in api.spec.authorizers}
+    assert auth["lambda"] == {
+        "name": "lambda",
+        "type": "request",
+        "uri": "http://orgauth.shop.svc.cluster.local/",
+        "identitySources": ["method.request.header.x-org"],
+        "resultTtlSeconds": 3600,
+    }
+    assert list(routes(api)[("GET", "/orders/{id}")].authorization_scopes) == ["orders.read"]
+    base = "#/paths/~1legacy~1{proxy+}/x-amazon-apigateway-any-method/x-amazon-apigateway-integration/"
+    where = {w.split(": ", 1)[0] for w in warnings}
+    assert {
+        base + "requestParameters/append:querystring.source",
+        base + "requestParameters/overwrite:path",
+        "#/paths/~1services~1{service}/get/x-amazon-apigateway-integration/requestParameters/"
+        "integration.request.header.x-item",
+        "#/x-amazon-apigateway-cors/allowOrigins",
+        "#/x-amazon-apigateway-cors/maxAge",
+        "#/components/securitySchemes/lambda/x-amazon-apigateway-authorizer/identitySource",
+    } <= where, warnings

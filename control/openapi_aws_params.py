@@ -1,0 +1,131 @@
+"""AWS's ways of writing parameter mappings, identity sources, CORS and templates -> the forms control
+accepts (control/validation.py), for the AWS importer (control/openapi_aws.py): REST mappings kept,
+HTTP API mappings (`overwrite:header.x: $request.header.y`) translated, and whatever the sidecar
+cannot do left out with a warning naming its JSON pointer, so that an export imports whole.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from meshgate.control import validation as v
+from meshgate.sidecar.transform import template_compiler
+
+Warn = Callable[[str, str], None]
+_HTTP_API_KEY = re.compile(r"^(overwrite|append|remove):(header|querystring)\.([A-Za-z0-9\-_.]+)$")
+_HTTP_API_VALUE = re.compile(
+    r"^\$(request\.(header|querystring|path)\.[A-Za-z0-9\-_.]+|context\.\w+|stageVariables\.\w+)$"
+)
+_MULTI = re.compile(r"^method\.request\.multivalue(header|querystring)\.")
+
+
+def _ptr(where: str, key: str) -> str:
+    return f"{where}/{key.replace('~', '~0').replace('/', '~1')}"
+
+
+def _value(value: str) -> str:
+    """An HTTP API mapping value in REST's terms ($request.header.x -> method.request.header.x)."""
+    if value.startswith("${") and value.endswith("}") and value.count("$") == 1:
+        value = "$" + value[2:-1]  # ${request.header.name} is $request.header.name
+    m = _HTTP_API_VALUE.match(value)
+    if m:
+        inner = m.group(1)
+        return "method." + inner if inner.startswith("request.") else inner
+    return value if "$" in value else f"'{value}'"  # HTTP APIs write static values bare
+
+
+def request_parameters(raw: Any, where: str, warn: Warn) -> tuple[dict[str, str], list[str]]:
+    """(requestParameters, removeRequestParameters) for an integration's `requestParameters`."""
+    params: dict[str, str] = {}
+    removes: list[str] = []
+    for key, value in (raw or {}).items() if isinstance(raw, dict) else ():
+        key, text = str(key), str(value)
+        m = _HTTP_API_KEY.match(key)
+        if m:
+            target = f"integration.request.{m.group(2)}.{m.group(3)}"
+            if m.group(1) == "remove":
+                removes.append(target)
+                continue
+            if m.group(1) == "append":
+                warn(_ptr(where, key), "append: is mapped as overwrite: (one value)")
+            key, text = target, _value(text)
+        elif _MULTI.match(text):
+            warn(_ptr(where, key), "a multi-value parameter is mapped as its single value")
+            text = _MULTI.sub(lambda m: f"method.request.{m.group(1)}.", text)
+        if not v.MAPPING_KEY_RE.match(key):
+            warn(
+                _ptr(where, key),
+                "not a mapping meshgate makes (integration.request.header|querystring|path): left out",
+            )
+        elif not v.MAPPING_VALUE_RE.match(text):
+            warn(_ptr(where, key), f"{text!r} is not a value meshgate maps: left out")
+        else:
+            params[key] = text
+    return params, removes
+
+
+def identity_sources(sources: list[str], where: str, warn: Warn) -> list[str]:
+    """The identity sources control accepts (headers, query strings, stage variables, the source IP)."""
+    kept = [s for s in sources if v.IDENTITY_SOURCE_RE.match(s)]
+    for s in sources:
+        if s not in kept:
+            warn(f"{where}/identitySource", f"{s!r} is not an identity source meshgate reads: left out")
+    return kept
+
+
+def cors(x: dict[str, Any], warn: Warn) -> dict[str, Any]:
+    """x-amazon-apigateway-cors (HTTP APIs) -> Api.cors, keeping what the CORS filter can serve."""
+    where = "#/x-amazon-apigateway-cors"
+    out: dict[str, Any] = {}
+    origins = []
+    for o in x.get("allowOrigins") or []:
+        origin = str(o).strip().lower().rstrip("/")
+        if origin == "*" or v.ORIGIN_RE.match(origin) or v.WILDCARD_ORIGIN_RE.match(origin):
+            origins.append(origin)
+        else:
+            warn(f"{where}/allowOrigins", f"{o!r} is not an origin a browser sends: left out")
+    credentials = bool(x.get("allowCredentials"))
+    if credentials and "*" in origins:
+        warn(
+            f"{where}/allowCredentials",
+            'browsers refuse credentials with origin "*": allowCredentials left out',
+        )
+        credentials = False
+    if origins:
+        out["allowOrigins"] = origins
+    if credentials:
+        out["allowCredentials"] = True
+    methods = [str(m).upper() for m in x.get("allowMethods") or []]
+    if [m for m in methods if m not in v.CORS_METHODS]:
+        warn(f"{where}/allowMethods", f"only {', '.join(sorted(v.CORS_METHODS))}: the others are left out")
+    if methods:
+        out["allowMethods"] = [m for m in methods if m in v.CORS_METHODS]
+    for name in ("allowHeaders", "exposeHeaders"):
+        if x.get(name):
+            out[name] = [str(h).strip() for h in x[name] if str(h).strip()]
+    if x.get("maxAge") is not None:
+        age = int(x["maxAge"])
+        if age > v.CORS_MAX_AGE or age < 0:
+            warn(
+                f"{where}/maxAge", f"must be 0..{v.CORS_MAX_AGE}: {min(max(age, 0), v.CORS_MAX_AGE)} is used"
+            )
+        out["maxAgeSeconds"] = min(max(age, 0), v.CORS_MAX_AGE)
+    return out
+
+
+def templates(raw: Any, where: str, warn: Warn) -> dict[str, str]:
+    """Mapping templates (VTL) by content type, without those the sidecar cannot compile."""
+    compile_vtl = template_compiler("vtl")
+    out = {}
+    for ctype, source in (raw or {}).items() if isinstance(raw, dict) else ():
+        if source is None:
+            continue
+        try:
+            compile_vtl(str(ctype), str(source))
+        except ValueError as exc:
+            warn(_ptr(where, str(ctype)), f"{exc}: left out")
+            continue
+        out[str(ctype)] = str(source)
+    return out
