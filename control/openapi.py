@@ -339,6 +339,8 @@ def import_openapi(
     warnings: list[str] = []
     if str(doc.get("swagger", "")) == "2.0":
         doc = aws.swagger2_to_oas3(doc, lambda where, msg: warnings.append(f"{where}: {msg}"))
+    elif aws.is_aws(doc):
+        doc = aws.model_refs(doc)
     imp = _Importer(doc, warnings, namespace, function_url)
     api = imp.run(api_name, namespace)
     return ImportResult(api, imp.warnings)

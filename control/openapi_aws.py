@@ -48,10 +48,17 @@ def is_aws(doc: Any) -> bool:
 # ---- Swagger 2.0 -> OpenAPI 3.0 -------------------------------------------------------------
 
 
+MODEL_URL_RE = re.compile(r"^https://apigateway\.amazonaws\.com/restapis/[^/]+/models/([^/#]+)$")
+
+
 def _refs_v3(node: Any) -> Any:
+    """Swagger 2.0 `$ref`s as OpenAPI 3's; API Gateway's model URLs (`$ref` in its model schemas:
+    https://apigateway.amazonaws.com/restapis/ID/models/NAME) as the component schema NAME."""
     if isinstance(node, dict):
         out = {}
         for k, v in node.items():
+            if k == "$ref" and isinstance(v, str) and (m := MODEL_URL_RE.match(v)):
+                v = "#/components/schemas/" + m.group(1)
             if k == "$ref" and isinstance(v, str):
                 for old, new in (
                     ("#/definitions/", "#/components/schemas/"),
@@ -63,6 +70,24 @@ def _refs_v3(node: Any) -> Any:
         return out
     if isinstance(node, list):
         return [_refs_v3(v) for v in node]
+    return node
+
+
+def model_refs(doc: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI 3 document whose API Gateway model URLs are component references."""
+    return {k: (_model_urls(v) if k in ("components", "paths") else v) for k, v in doc.items()}
+
+
+def _model_urls(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {
+            k: ("#/components/schemas/" + m.group(1))
+            if k == "$ref" and isinstance(v, str) and (m := MODEL_URL_RE.match(v))
+            else _model_urls(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_model_urls(v) for v in node]
     return node
 
 
@@ -409,6 +434,12 @@ def authorizer(
             sources = ["method.request.header.Authorization"]
         if "authorizerResultTtlInSeconds" in x:
             out["resultTtlSeconds"] = min(3600, max(0, int(x["authorizerResultTtlInSeconds"])))
+        for key, why in (
+            ("enableSimpleResponses", "simple responses ({isAuthorized}) are not read: return a policy"),
+            ("authorizerPayloadFormatVersion", "the authorizer gets the REST (1.0) TOKEN/REQUEST event"),
+        ):
+            if x.get(key) and str(x[key]) not in ("false", "1.0"):
+                warn(f"{where}/{key}", why)
         if x.get("identityValidationExpression"):
             warn(f"{where}/identityValidationExpression", "not checked; the authorizer sees every token")
     elif kind in ("cognito_user_pools", "jwt"):

@@ -443,3 +443,30 @@ def test_http_api_export_imports_with_mappings_cors_and_authorizers_control_acce
         "#/x-amazon-apigateway-cors/maxAge",
         "#/components/securitySchemes/lambda/x-amazon-apigateway-authorizer/identitySource",
     } <= where, warnings
+
+
+def test_model_urls_become_component_refs_and_http_api_authorizer_options_are_warned() -> None:
+    doc = copy.deepcopy(HTTP_API)
+    doc["components"]["schemas"] = {
+        "Item": {"type": "object", "required": ["sku"], "properties": {"sku": {"type": "string"}}},
+        "Order": {
+            "type": "object",
+            "properties": {"item": {"$ref": "https://apigateway.amazonaws.com/restapis/abc123/models/Item"}},
+        },
+    }
+    doc["components"]["securitySchemes"]["lambda"]["x-amazon-apigateway-authorizer"][
+        "enableSimpleResponses"
+    ] = True
+    api, warnings = imported(doc)
+    order = next(m for m in api.spec.models if m.name == "Order")
+    assert json.loads(order.schema_json) == {
+        "$schema": "http://json-schema.org/draft-04/schema#",
+        "type": "object",
+        "properties": {"item": {"$ref": "#/$defs/Item"}},
+        "$defs": {"Item": {"type": "object", "required": ["sku"], "properties": {"sku": {"type": "string"}}}},
+    }
+    checker = BodyModel.compile(order.name, order.content_type, order.schema_json)
+    assert checker.check("application/json", b'{"item": {}}') is not None  # Item's `required` applies
+    base = "#/components/securitySchemes/lambda/x-amazon-apigateway-authorizer/"
+    where = {w.split(": ", 1)[0] for w in warnings}
+    assert {base + "enableSimpleResponses", base + "authorizerPayloadFormatVersion"} <= where
