@@ -17,7 +17,20 @@ existing name: 409 AlreadyExists) and the cluster-scoped
 admissionregistration.k8s.io/v1 MutatingWebhookConfigurations, v1 Pods,
 ConfigMaps and Namespaces. Each request is logged with its answer's status
 code; `on_request` hooks can hold a request (to force a race). No auth of
-its own callers, no admission, no schema validation.
+its own callers and no admission webhooks.
+
+meshgate.io objects go through their CRD's own openAPIV3Schema
+(deploy/k8s/crds.yaml, kubeschema.py) as on a real API server: unknown fields
+are pruned (a `Warning` header each, or 400 under `fieldValidation=Strict`,
+what kubectl sends), defaults are set, and a value the schema refuses is a
+422 Invalid with the field path; `/openapi/v3` publishes the schemas and the
+`fieldValidation` parameter, so `kubectl apply` validates on the server
+(no `--validate=false`). Deletion honours `metadata.finalizers`: a DELETE of
+an object that has some sets `deletionTimestamp` (and bumps `generation`),
+no finalizer may be added after that, and the object goes (DELETED) when the
+last one is removed. A watch or an Exact list from a compacted
+resourceVersion is refused with 410 Gone: as an ERROR event in the stream
+(the watch cache's way) or, with `gone_as_status`, as the HTTP status.
 
 It also answers what a control plane asks an API server about others, in the
 real wire format: TokenReview (authentication.k8s.io/v1; tokens the test
@@ -40,8 +53,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from kubeschema import Cause, apply_defaults, invalid_message, load_schemas, prune, validate
 
 JSON = dict[str, Any]
+SCHEMAS = load_schemas()  # (apiVersion, kind) -> openAPIV3Schema of the meshgate.io CRDs
 
 
 @dataclass(frozen=True)
@@ -186,6 +201,8 @@ class KubeApi:
         self.on_request: list[Callable[[Request], Awaitable[None]]] = []
         self.watch_gate = asyncio.Event()
         self.watch_gate.set()
+        self.gone_as_status = False  # a watch from a compacted resourceVersion: HTTP 410, not an ERROR event
+        self.warnings: list[str] = []  # Warning headers of the request being served
         self.tokens: dict[str, Token] = {}
         self.grants: list[Grant] = []
         self.reviews: list[JSON] = []  # TokenReviews and SubjectAccessReviews, as answered
@@ -226,13 +243,32 @@ class KubeApi:
         assert not isinstance(created, web.Response), created.text
         return created
 
-    def delete(self, kind: str, namespace: str, name: str) -> None:
+    def delete(self, kind: str, namespace: str, name: str) -> JSON:
+        """Delete as a DELETE would: at once, or (finalizers pending) mark it with deletionTimestamp."""
         k = self.kind(kind)
-        obj = self.objects.pop((k, namespace, name))
+        obj = copy.deepcopy(self.objects[(k, namespace, name)])
+        meta = obj["metadata"]
+        if meta.get("finalizers"):
+            if meta.get("deletionTimestamp"):
+                return obj  # already being deleted: nothing changes
+            meta["deletionTimestamp"] = now()
+            meta["deletionGracePeriodSeconds"] = 0
+            if meta.get("generation"):
+                meta["generation"] = int(meta["generation"]) + 1
+            self.rv += 1
+            meta["resourceVersion"] = str(self.rv)
+            self.objects[(k, namespace, name)] = obj
+            self._emit(k, namespace, "MODIFIED", obj)
+            return copy.deepcopy(obj)
+        self._remove(k, namespace, name)
+        return obj
+
+    def _remove(self, kind: Kind, namespace: str, name: str) -> JSON:
+        obj = copy.deepcopy(self.objects.pop((kind, namespace, name)))
         self.rv += 1
-        obj = copy.deepcopy(obj)
         obj["metadata"]["resourceVersion"] = str(self.rv)
-        self._emit(k, namespace, "DELETED", obj)
+        self._emit(kind, namespace, "DELETED", obj)
+        return obj
 
     def compact(self) -> None:
         """Forget the event history: a watch from an older resourceVersion gets 410 Gone."""
@@ -367,11 +403,60 @@ class KubeApi:
             and (not w.name or w.name == obj["metadata"].get("name"))
         )
 
-    def _create(self, kind: Kind, ns: str, obj: JSON, manager: str) -> JSON | web.Response:
+    def _admit(self, kind: Kind, obj: JSON, validation: str, old: JSON | None = None) -> web.Response | None:
+        """A meshgate.io object as the API server stores it: pruned, defaulted and validated against its
+        CRD's schema (`validation`: the fieldValidation directive); a refusal as the server words it."""
+        schema = SCHEMAS.get((kind.api_version, kind.kind))
+        if schema is None:
+            return None
+        name = str((obj.get("metadata") or {}).get("name", ""))
+        dropped = prune(obj, schema)
+        if dropped and validation == "Strict":
+            unknown = ", ".join(f'unknown field "{d}"' for d in dropped)
+            return status_error(
+                400,
+                "BadRequest",
+                f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: '
+                f"strict decoding error: {unknown}",
+            )
+        if validation != "Ignore":
+            self.warnings += [f'unknown field "{d}"' for d in dropped]
+        apply_defaults(obj, schema)
+        causes = validate(obj, schema)
+        new_finalizers = set((obj.get("metadata") or {}).get("finalizers") or [])
+        if old is not None and old["metadata"].get("deletionTimestamp"):
+            added = sorted(new_finalizers - set(old["metadata"].get("finalizers") or []))
+            if added:
+                found = "[]string{" + ", ".join(f'"{f}"' for f in added) + "}"
+                causes.append(
+                    Cause(
+                        "FieldValueForbidden",
+                        "metadata.finalizers",
+                        f"Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {found}",
+                    )
+                )
+        if not causes:
+            return None
+        return status_error(
+            422,
+            "Invalid",
+            invalid_message(kind.kind, kind.group, name, causes),
+            name=name,
+            group=kind.group,
+            kind=kind.kind,
+            causes=[{"reason": c.reason, "message": c.message, "field": c.field} for c in causes],
+        )
+
+    def _create(
+        self, kind: Kind, ns: str, obj: JSON, manager: str, validation: str = "Warn"
+    ) -> JSON | web.Response:
         meta = obj.setdefault("metadata", {})
         name = meta.get("name")
         if not name:
             return status_error(422, "Invalid", "metadata.name: Required value")
+        refused = self._admit(kind, obj, validation)
+        if refused is not None:
+            return refused
         if (kind, ns, name) in self.objects:
             return status_error(
                 409,
@@ -418,7 +503,15 @@ class KubeApi:
         return entry
 
     def _update(
-        self, kind: Kind, ns: str, name: str, new: JSON, manager: str, subresource: str, operation: str
+        self,
+        kind: Kind,
+        ns: str,
+        name: str,
+        new: JSON,
+        manager: str,
+        subresource: str,
+        operation: str,
+        validation: str = "Warn",
     ) -> JSON | web.Response:
         old = self.objects.get((kind, ns, name))
         if old is None:
@@ -458,8 +551,14 @@ class KubeApi:
                 if "status" in new:
                     result["status"] = copy.deepcopy(new["status"])
             _encode_string_data(kind, result)
+        refused = self._admit(kind, result, validation, old)
+        if refused is not None:
+            return refused
         if result == old:
             return copy.deepcopy(old)  # a no-op write keeps the resourceVersion, as the real server does
+        if result["metadata"].get("deletionTimestamp") and not result["metadata"].get("finalizers"):
+            self.objects[(kind, ns, name)] = result
+            return self._remove(kind, ns, name)  # the last finalizer is gone: so is the object
         if kind.status and subresource != "status":
             spec_old = {k: v for k, v in old.items() if k not in ("metadata", "status")}
             spec_new = {k: v for k, v in result.items() if k not in ("metadata", "status")}
@@ -500,14 +599,17 @@ class KubeApi:
         self.requests.append(entry)
         for hook in self.on_request:
             await hook(entry)
+        self.warnings = []
         resp = await self._serve(request, body)
+        for warning in self.warnings:  # (set by the synchronous write _serve just made)
+            resp.headers.add("Warning", f'299 - "{_go_quote(warning)}"')
         entry.status = resp.status
         return resp
 
     async def _serve(self, request: web.Request, body: Any) -> web.StreamResponse:
         parts = [p for p in request.path.split("/") if p]
         if request.method == "GET":
-            discovery = self._discovery(parts)
+            discovery = self._discovery(parts) or _openapi_v3(parts)
             if discovery is not None:
                 return web.json_response(discovery)
         if parts[:1] == ["api"] and len(parts) >= 2:
@@ -531,6 +633,11 @@ class KubeApi:
         if subresource and (subresource != "status" or not kind.status):
             return status_error(404, "NotFound", "the server could not find the requested resource")
         manager = request.query.get("fieldManager") or _manager(request.headers.get("User-Agent", ""))
+        validation = request.query.get("fieldValidation") or "Warn"
+        if validation not in ("Ignore", "Warn", "Strict"):
+            return status_error(
+                400, "BadRequest", f"fieldValidation must be one of Ignore, Warn or Strict, got {validation}"
+            )
         if not name:
             if request.method == "GET":
                 if _bool(request.query.get("watch")):
@@ -548,7 +655,7 @@ class KubeApi:
                     )
                 if request.query.get("dryRun"):
                     return web.json_response(body, status=201)
-                return _answer(self._create(kind, ns, body, manager), 201)
+                return _answer(self._create(kind, ns, body, manager, validation), 201)
             return status_error(405, "MethodNotAllowed", f"{request.method} is not supported")
         key = (kind, ns, name)
         if request.method == "GET":
@@ -559,7 +666,9 @@ class KubeApi:
         if request.method == "PUT":
             if not isinstance(body, dict):
                 return status_error(400, "BadRequest", "expected an object")
-            return _answer(self._update(kind, ns, name, body, manager, subresource, "Update"), 200)
+            return _answer(
+                self._update(kind, ns, name, body, manager, subresource, "Update", validation), 200
+            )
         if request.method == "PATCH":
             ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
             if ctype != "application/merge-patch+json":
@@ -577,12 +686,15 @@ class KubeApi:
             patched = merge_patch(copy.deepcopy(old), body)
             if "resourceVersion" not in ((body or {}).get("metadata") or {}):
                 patched["metadata"].pop("resourceVersion", None)
-            return _answer(self._update(kind, ns, name, patched, manager, subresource, "Update"), 200)
+            return _answer(
+                self._update(kind, ns, name, patched, manager, subresource, "Update", validation), 200
+            )
         if request.method == "DELETE":
             obj = self.objects.get(key)
             if obj is None:
                 return object_not_found(kind, name)
-            self.delete(kind.kind, ns, name)
+            if self.delete(kind.kind, ns, name)["metadata"].get("finalizers"):
+                return web.json_response(self.objects[key])  # marked for deletion: the object, as it is now
             return web.json_response(
                 {
                     "kind": "Status",
@@ -623,6 +735,9 @@ class KubeApi:
         ]
 
     def _list(self, request: web.Request, kind: Kind, ns: str) -> web.Response:
+        rv = request.query.get("resourceVersion", "")
+        if request.query.get("resourceVersionMatch") == "Exact" and rv and int(rv) < self.compacted:
+            return _expired(rv, self.compacted)  # that version of the list is compacted away
         return web.json_response(
             {
                 "apiVersion": kind.api_version,
@@ -637,9 +752,12 @@ class KubeApi:
         rv_param = request.query.get("resourceVersion", "")
         timeout = float(request.query.get("timeoutSeconds") or 1800)
         w = _Watcher(kind, ns, _field_name(request.query.get("fieldSelector", "")))
+        too_old = rv_param not in ("", "0") and int(rv_param) < self.compacted
+        if too_old and self.gone_as_status:
+            return _expired(rv_param, self.compacted)
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         await resp.prepare(request)
-        if rv_param not in ("", "0") and int(rv_param) < self.compacted:
+        if too_old:
             error = {
                 "type": "ERROR",
                 "object": {
@@ -746,6 +864,73 @@ class KubeApi:
                 "resources": resources,
             }
         return None
+
+
+def _expired(rv: str, compacted: int) -> web.Response:
+    """410 Gone for a resourceVersion older than the last compaction, as the HTTP answer."""
+    return status_error(410, "Expired", f"too old resource version: {rv} ({compacted})")
+
+
+def _go_quote(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _openapi_v3(parts: list[str]) -> JSON | None:
+    """`/openapi/v3` (the index) and a document per group version: each kind's paths with, on its
+    PATCH, the `fieldValidation` parameter kubectl looks for before it leaves validation to the
+    server, and the meshgate.io kinds' schemas."""
+    versions = sorted({k.api_version for k in KINDS})
+    prefix = {gv: ("api/" if "/" not in gv else "apis/") + gv for gv in versions}
+    if parts == ["openapi", "v3"]:
+        return {"paths": {p: {"serverRelativeURL": f"/openapi/v3/{p}?hash=0"} for p in prefix.values()}}
+    gv = next((gv for gv, p in prefix.items() if parts[2:] == p.split("/")), None)
+    if parts[:2] != ["openapi", "v3"] or gv is None:
+        return None
+    paths: JSON = {}
+    schemas: JSON = {}
+    params = [
+        {"name": n, "in": "query", "schema": {"type": "string", "uniqueItems": True}}
+        for n in ("dryRun", "fieldManager", "fieldValidation", "force")
+    ]
+    for kind in KINDS:
+        if kind.api_version != gv:
+            continue
+        gvk = {"group": kind.group, "version": kind.version, "kind": kind.kind}
+        collection = f"/{prefix[gv]}/{'namespaces/{namespace}/' if kind.namespaced else ''}{kind.plural}"
+        schema = SCHEMAS.get((gv, kind.kind))
+        patch: JSON = {
+            "x-kubernetes-action": "patch",
+            "x-kubernetes-group-version-kind": gvk,
+            "parameters": params,
+        }
+        if schema is not None:
+            ref = ".".join([*reversed(kind.group.split(".")), kind.version, kind.kind])
+            schemas[ref] = {**copy.deepcopy(schema), "x-kubernetes-group-version-kind": [gvk]}
+            patch["requestBody"] = {
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}
+            }
+        paths[collection] = {
+            "post": {
+                "x-kubernetes-action": "post",
+                "x-kubernetes-group-version-kind": gvk,
+                "parameters": params,
+            }
+        }
+        paths[collection + "/{name}"] = {
+            "get": {"x-kubernetes-action": "get", "x-kubernetes-group-version-kind": gvk},
+            "put": {
+                "x-kubernetes-action": "put",
+                "x-kubernetes-group-version-kind": gvk,
+                "parameters": params,
+            },
+            "patch": patch,
+        }
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.32.0"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
 
 
 def _encode_string_data(kind: Kind, obj: JSON) -> None:

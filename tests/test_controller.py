@@ -591,9 +591,16 @@ async def test_real_kubectl_apply_and_wait_for_applied(env: Env) -> None:
             timeout=60,
         )
 
-    applied = await asyncio.to_thread(
-        kubectl, "apply", "--validate=false", "-f", str(FIXTURES / "src" / "pets.yaml")
+    # kubectl validates on the server (fieldValidation=Strict): the CRD schema refuses a field it does
+    # not declare, naming it, and nothing is stored
+    typo = Path(home) / "typo.yaml"
+    typo.write_text((FIXTURES / "src" / "pets.yaml").read_text().replace("variables:", "varaibles:"))
+    refused = await asyncio.to_thread(kubectl, "apply", "-f", str(typo))
+    assert (
+        refused.returncode == 1 and 'strict decoding error: unknown field "spec.varaibles"' in refused.stderr
     )
+    assert env.kube.get("Stage", "shop", "prod") is None
+    applied = await asyncio.to_thread(kubectl, "apply", "-f", str(FIXTURES / "src" / "pets.yaml"))
     assert applied.returncode == 0, applied.stderr
     assert "stage.meshgate.io/prod created" in applied.stdout
     waited = await asyncio.to_thread(
