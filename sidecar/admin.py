@@ -27,7 +27,7 @@ from meshgate.sidecar.redact import redact
 from meshgate.sidecar.routing import TableHolder
 
 if TYPE_CHECKING:
-    from meshgate.sidecar.grpc_proxy import GrpcProxy
+    from meshgate.sidecar.grpc_server import GrpcRelay
     from meshgate.sidecar.http1 import HttpServer
     from meshgate.sidecar.otlp_metrics import OtlpMetricsExporter
     from meshgate.sidecar.runtime import Runtime
@@ -49,7 +49,7 @@ class AdminState:
     http: HttpServer | None = None
     pool: UpstreamPool | None = None
     runtime: Runtime | None = None
-    grpc: GrpcProxy | None = None
+    grpc: GrpcRelay | None = None
     otlp_metrics: OtlpMetricsExporter | None = None
 
 

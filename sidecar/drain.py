@@ -22,7 +22,7 @@ from meshgate.sidecar.exchange import INTEGRATING
 from meshgate.sidecar.websocket import WsRelay
 
 if TYPE_CHECKING:
-    import grpc
+    from meshgate.sidecar.grpc_server import GrpcServer
     from meshgate.sidecar.http1 import HttpServer
 
 log = logging.getLogger("meshgate.sidecar.drain")
@@ -37,7 +37,7 @@ class Drain:
         self,
         http: HttpServer,
         window_s: float,
-        grpc_server: grpc.aio.Server | None = None,
+        grpc_server: GrpcServer | None = None,
         *,
         idle_grace_s: float = 1.0,
         quiet_s: float = 1.0,

@@ -1,7 +1,7 @@
 """The one error table: HTTP status -> gRPC status, error type, gateway-response type, default message.
 
 Every refusal the gateway makes is a `GatewayError` value; `respond.py` renders
-it for HTTP/1.1 and `grpc_proxy.py` for gRPC, both from this table. The reverse
+it for HTTP/1.1 and `grpc_relay.py` for gRPC, both from this table. The reverse
 mapping (an upstream's gRPC status -> HTTP status, as grpc-gateway and Envoy's
 transcoder map it) lives here too.
 """

@@ -32,7 +32,7 @@ from meshgate.sidecar.wsapi import Registry
 from meshgate.v1 import control_pb2
 
 if TYPE_CHECKING:
-    import grpc
+    from meshgate.sidecar.grpc_server import GrpcServer
     from meshgate.sidecar.otlp_metrics import OtlpMetricsExporter
 
 log = logging.getLogger("meshgate.sidecar")
@@ -226,7 +226,7 @@ class _Sidecar:
         )
         self.admin_servers: list[AdminServer] = []  # admin, then health and metrics when asked for
         self.admin_addresses: list[str] = []  # "admin 127.0.0.1:15000", ... for the startup line
-        self.grpc_server: grpc.aio.Server | None = None
+        self.grpc_server: GrpcServer | None = None
         self.exporter: OtlpMetricsExporter | None = None
         self.task: asyncio.Task[None] | None = None
         self.drain: Drain | None = None
@@ -300,7 +300,7 @@ class _Sidecar:
             await self.admin_servers.pop().cleanup()
 
     async def _start_grpc(self) -> bool:
-        from meshgate.sidecar.grpc_proxy import serve_grpc
+        from meshgate.sidecar.grpc_server import serve_grpc
 
         ghost, gport = self.args.grpc_listen
         self.grpc_server, self.admin.grpc, bound = await serve_grpc(

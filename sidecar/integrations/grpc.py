@@ -1,5 +1,6 @@
-"""Integration `grpc`: a gRPC method. Served by the gRPC listener (`grpc_proxy.py`) as a relay; on the
-HTTP listener a route with a descriptor set is transcoded REST -> gRPC (`transcode.py`)."""
+"""Integration `grpc`: a gRPC method. Served by the gRPC listener (`grpc_server.py`, `grpc_relay.py`)
+as a frame relay; on the HTTP listener a route with a descriptor set is transcoded REST -> gRPC
+(`transcode.py`)."""
 
 from __future__ import annotations
 

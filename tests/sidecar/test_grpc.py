@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
-from meshgate.sidecar.grpc_proxy import serve_grpc
+from meshgate.sidecar.grpc_server import serve_grpc
 from meshgate.sidecar.routing import TableHolder, compile_snapshot
 from meshgate.sidecar.runtime import Runtime
 
