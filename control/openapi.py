@@ -226,9 +226,9 @@ class _Importer:
                 op = item.get(method)
                 if op is None:
                     continue
-                routes.append(
-                    self.route(path, method, op, item, authorizers, api_key_schemes, _ptr(*pwhere, method))
-                )
+                where = _ptr(*pwhere, method)
+                for served in self._paths_of(path, method, doc.get("paths") or {}):
+                    routes.append(self.route(served, method, op, item, authorizers, api_key_schemes, where))
         if not routes:
             raise OpenApiError("#/paths: no operations to import")
         for key in ("webhooks",):
@@ -249,6 +249,17 @@ class _Importer:
         except json_format.ParseError as exc:
             raise OpenApiError(f"{X_API} or {X_INTEGRATION}: {str(exc).splitlines()[0]}") from None
         return api
+
+    def _paths_of(self, path: str, method: str, paths: dict[str, Any]) -> list[str]:
+        """The route paths of a path key: an HTTP API's `$default` route catches every path (the root
+        and `/{proxy+}`) that no other route of the document takes."""
+        if path != "$default" or not self.aws:
+            return [path]
+        out = [p for p in ("/", "/{proxy+}") if not isinstance((paths.get(p) or {}).get(method), dict)]
+        self.warn(
+            _ptr("paths", path, method), f"the $default route is served as {' and '.join(out) or 'nothing'}"
+        )
+        return out
 
     def route(
         self,

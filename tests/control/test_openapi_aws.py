@@ -470,3 +470,18 @@ def test_model_urls_become_component_refs_and_http_api_authorizer_options_are_wa
     base = "#/components/securitySchemes/lambda/x-amazon-apigateway-authorizer/"
     where = {w.split(": ", 1)[0] for w in warnings}
     assert {base + "enableSimpleResponses", base + "authorizerPayloadFormatVersion"} <= where
+
+
+def test_an_http_api_default_route_serves_the_root_and_every_path_below() -> None:
+    doc = copy.deepcopy(HTTP_API)
+    fallback = copy.deepcopy(doc["paths"]["/orders/{id}"]["get"])
+    fallback.pop("parameters")
+    doc["paths"]["$default"] = {"x-amazon-apigateway-any-method": fallback}
+    api, warnings = imported(doc)
+    r = routes(api)
+    assert r[("ANY", "/")].integration == r[("ANY", "/{proxy+}")].integration
+    assert r[("ANY", "/{proxy+}")].integration.uri == "http://getorder.shop.svc.cluster.local/"
+    assert (
+        "#/paths/$default/x-amazon-apigateway-any-method: the $default route is served as / and /{proxy+}"
+        in warnings
+    )
