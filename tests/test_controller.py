@@ -325,13 +325,17 @@ async def test_invalid_api_is_refused_with_the_field_path_and_nothing_is_stored(
     assert events(env.kube, "Api", "broken")[1][:2] == ("Normal", "Stored")
 
 
-async def test_watch_410_gone_relists_and_catches_up(env: Env) -> None:
+@pytest.mark.parametrize("gone", ["event", "status"])
+async def test_watch_410_gone_relists_and_catches_up(env: Env, gone: str) -> None:
+    # the watch cache's ERROR event in a 200 stream, or 410 as the HTTP answer to the watch request
+    env.kube.gone_as_status = gone == "status"
     await replay(env.kube, "pets")
     await wait_condition(env.kube, "Stage", "prod", "Applied", "True")
     await env.serves("/prod/pets", 200)
     await env.store.apply(load_documents(LEGACY))  # made with `meshgate apply`: no object, never collected
     # the watches end and cannot come back until the changes below are compacted away
     env.kube.watch_gate.clear()
+    refused = len(env.kube.requests)  # the watches from here on are the ones the compaction refuses
     env.kube.close_watches()
     await wait_for("watches closed", lambda: not env.kube.watchers)
     env.kube.delete("Stage", "shop", "prod")
@@ -364,6 +368,8 @@ async def test_watch_410_gone_relists_and_catches_up(env: Env) -> None:
     await wait_condition(env.kube, "Stage", "dev", "Applied", "True")
     # every kind got 410 Gone and listed again
     await wait_for("relists", lambda: all(env.controller.relists[k] > relists[k] for k in relists))
+    watches = [r for r in env.kube.requests[refused:] if r.query.get("watch") and r.status]
+    assert {r.status for r in watches[:4]} == ({410} if gone == "status" else {200}), watches
     await env.serves("/dev/cats", 200, "meow")
     await env.serves("/prod/pets", 404)
     # the relists run per kind: an Api listed before its Stage is deleted on the retry after the Stage
@@ -396,6 +402,86 @@ async def test_watch_410_gone_relists_and_catches_up(env: Env) -> None:
     assert [r.api.metadata.name for r in await env.store.get("Api", "shop")] == ["cats", "later", "legacy"]
     [legacy] = await env.store.get("Api", "shop", "legacy")
     assert len(legacy.api.spec.routes) == 1
+
+
+async def merge_patch(kube: KubeApi, plural: str, name: str, patch: JSON) -> JSON:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.patch(
+            f"{kube.url}/apis/meshgate.io/v1/namespaces/shop/{plural}/{name}",
+            data=json.dumps(patch),
+            headers={"Content-Type": "application/merge-patch+json", "User-Agent": KUBECTL_UA},
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        body: JSON = await resp.json()
+        return body
+
+
+async def test_an_object_being_deleted_is_removed_from_etcd_before_its_finalizers_are_done(env: Env) -> None:
+    """Another controller's finalizer holds the Stage (and the Api) in the API server after `kubectl
+    delete`: deletionTimestamp is set, and that alone takes them out of etcd and off the sidecar.
+    When the finalizers go, so do the objects; a Stage made again under the same name is served."""
+    await replay(env.kube, "pets")
+    await wait_condition(env.kube, "Stage", "prod", "Applied", "True")
+    await env.serves("/prod/pets", 200, '{"version": 1}')
+    for plural, name in (("stages", "prod"), ("apis", "pets")):
+        await merge_patch(env.kube, plural, name, {"metadata": {"finalizers": ["example.com/hold"]}})
+    await delete(env.kube, "stages", "prod")
+    await delete(env.kube, "apis", "pets")
+    held = env.kube.get("Stage", "shop", "prod")
+    assert held is not None and held["metadata"]["deletionTimestamp"]
+    await wait_for("etcd empty", lambda: not env.controller.state.apis and not env.controller.state.stages)
+    assert await env.store.get("Api", "shop") == [] and await env.store.get("Stage", "shop") == []
+    await env.serves("/prod/pets", 404)
+    assert env.kube.get("Api", "shop", "pets") is not None  # still there: only its finalizer may end it
+    writes = len(env.kube.writes_by("ctl-a"))
+    for plural, name in (("stages", "prod"), ("apis", "pets")):
+        await merge_patch(env.kube, plural, name, {"metadata": {"finalizers": None}})
+    assert env.kube.get("Stage", "shop", "prod") is None and env.kube.get("Api", "shop", "pets") is None
+    await replay(env.kube, "pets")  # made again: served again, nothing left over from the deletion
+    await wait_condition(env.kube, "Stage", "prod", "Applied", "True")
+    await env.serves("/prod/pets", 200, '{"version": 1}')
+    # while it was being deleted the controller wrote no status on it (the next writes are the new objects')
+    first = env.kube.writes_by("ctl-a")[writes]
+    assert first.method == "PATCH" and first.path.endswith("/status")
+    held_status = (held.get("status") or {}).get("conditions")
+    assert condition(held, "Accepted").get("status") == "True" and held_status
+
+
+async def test_the_watch_goes_on_from_a_bookmark(etcd: LocalEtcd, kube: KubeApi) -> None:
+    """A bookmark moves the controller's resourceVersion on although none of its objects changed: a
+    watch that ends after it starts again from the bookmark, so a compaction up to it costs no relist
+    (without bookmarks it would resume from the older version, get 410 and list again)."""
+    store = Store(etcd.endpoint, f"/k8s-{uuid.uuid4().hex[:8]}/")
+    await store.open()
+    ctl = Controller(store, options(kube), identity="ctl-a", cluster_cidrs=CIDRS)
+    await ctl.start()
+    try:
+        await wait_for("synced", lambda: all(e.is_set() for e in ctl.synced.values()))
+        await wait_for("four watches", lambda: len(kube.watchers) == 4)
+        kube.create(
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "other", "namespace": "shop"}}
+        )
+        relists = dict(ctl.relists)
+        start = len(kube.requests)
+        kube.bookmark()  # every watch gets the newest resourceVersion...
+        mark = str(kube.rv)
+        kube.compact()  # ...which is all the history there is now
+        kube.close_watches()
+        again = await wait_for(
+            "four new watches",
+            lambda: (w := [r for r in kube.requests[start:] if r.query.get("watch")])[3:] and w,
+        )
+        assert [r.query["resourceVersion"] for r in again[:4]] == [mark] * 4, [r.query for r in again]
+        assert all(r.query.get("allowWatchBookmarks") in ("true", "True") for r in again)
+        await replay(kube, "pets")  # the new watches deliver
+        await wait_condition(kube, "Api", "pets", "Accepted", "True")
+        assert ctl.relists == relists
+    finally:
+        await ctl.stop()
+        await wipe(store)
+        await store.close()
 
 
 async def test_api_key_from_a_secret_opens_a_keyed_route(env: Env) -> None:
