@@ -173,7 +173,7 @@ def _integration_responses(integ: resources_pb2.Integration, where: str) -> None
     (a mock's request template too)."""
     if integ.HasField("proxy") and integ.type not in ("http", "function"):
         _fail(f"{where}.proxy", f"only http and function integrations are proxies or not, not {integ.type!r}")
-    if integ.type == "mock" and integ.request_templates:
+    if integ.type == "mock" and (integ.request_templates or integ.response_templates):
         try:
             compile_transform(integ, _AnyVariables())
         except ValueError as exc:

@@ -93,7 +93,7 @@ def compile_mock(spec: RouteSpec) -> MockIntegration | TemplatedMock:
     headers = tuple(
         (k.lower().encode("latin-1"), v.encode("latin-1", "replace")) for k, v in sorted(mock.headers.items())
     )
-    if integ.responses or integ.request_templates:
+    if integ.responses or integ.request_templates or integ.response_templates or integ.response_parameters:
         try:
             request = compile_transform(integ, spec.variables, (), spec.template_language)
             responses = compile_responses(integ, spec.variables, spec.template_language)

@@ -93,6 +93,13 @@ spec:
               method.response.header.Content-Type: "'text/plain'"
             responseTemplates:
               text/plain: "kind=$input.params('kind') stage=$context.stage"
+    - method: GET
+      path: /hello/{name}
+      integration:
+        type: mock
+        responseParameters: {method.response.header.X-Mock: "'yes'"}
+        responseTemplates:
+          application/json: '{"hello": "$input.params(''name'')"}'
 ---
 apiVersion: meshgate.io/v1
 kind: Stage
@@ -193,3 +200,9 @@ def test_a_mock_runs_its_vtl_request_and_response_templates(env: Env) -> None:
     assert headers["content-type"] == "application/json"
     code, headers, body = http_request(env.sidecar.port, "GET", "/prod/mock/cat")
     assert (code, body, headers["content-type"]) == (200, b"kind=cat stage=prod", "text/plain")
+
+
+def test_a_mock_with_only_a_response_template_renders_it(env: Env) -> None:
+    code, headers, body = http_request(env.sidecar.port, "GET", "/prod/hello/rex")
+    assert (code, json.loads(body), headers["x-mock"]) == (200, {"hello": "rex"}, "yes"), body
+    assert headers["content-type"] == "application/json"
