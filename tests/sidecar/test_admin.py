@@ -138,6 +138,7 @@ NOT_SECRET = {
     ("meshgate.v1.Route", "authorizer"),
     ("meshgate.v1.Route", "required_parameters"),
     ("meshgate.v1.Integration", "response_parameters"),
+    ("meshgate.v1.IntegrationResponse", "response_parameters"),  # what the client is sent anyway
     ("meshgate.v1.Integration", "remove_request_parameters"),
     ("meshgate.v1.CanarySettings", "sticky_cookie"),
     ("meshgate.v1.Cors", "allow_credentials"),
