@@ -90,7 +90,7 @@ class ConfigClient:
         self.acks = 0
         self.nacks = 0
         # etcd change -> applied here, for changes pushed on an open stream (a stream's first snapshot
-        # after connecting is startup, not propagation)
+        # after connecting is startup, not propagation; a snapshot with no newer change is a resend)
         self.apply_latency = Histogram()
         self._stopping = False
 
@@ -207,7 +207,11 @@ class ConfigClient:
         try:
             if self.applied is None or snap.version != self.applied.version or self.applied_from != "control":
                 self._apply(snap)
-                if pushed and snap.source_time_unix_nano:
+                newer = (
+                    self.applied is not None
+                    and snap.source_time_unix_nano > self.applied.source_time_unix_nano
+                )
+                if pushed and newer:  # a new etcd change, not a resend (peers, a new stream)
                     self.apply_latency.observe(max(0, time.time_ns() - snap.source_time_unix_nano) / 1e9)
                 self._persist(snap)
             self.applied = snap
