@@ -143,6 +143,10 @@ def test_readme_shows_the_lines_the_demo_prints() -> None:
     blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
     shown = [row.split("   # ", 1)[0] for row in blocks[-1].splitlines()]
     assert shown == [line.command for line in demo_lines()]
+    # and a demo line quoted elsewhere in the README (`.venv/bin/...` against the demo's ports) is one too
+    commands = {line.command for line in demo_lines()}
+    for quoted in re.findall(r"`(\.venv/bin/[^`]*127\.0\.0\.1:80[0-9]{2}[^`]*)`", readme):
+        assert quoted in commands, quoted
 
 
 @pytest.mark.timeout(300)
