@@ -176,6 +176,9 @@ class _Importer:
                 if mapped is not None:
                     authorizers[name] = mapped
                 continue
+            if str(scheme.get("x-amazon-apigateway-authtype", "")).lower() in ("awssigv4", "aws_iam"):
+                self.warn(where, "AWS SigV4 (IAM) is not checked: routes using it are open")
+                continue
             if kind == "apiKey":
                 if scheme.get("in") == "header" and str(scheme.get("name", "")).lower() == "x-api-key":
                     api_key_schemes.add(name)
@@ -278,7 +281,16 @@ class _Importer:
         if op.get("operationId"):
             r["operationName"] = op["operationId"]
         integration = op.get(X_INTEGRATION) or item.get(X_INTEGRATION) or self.doc.get(X_INTEGRATION)
-        x_aws = op.get(aws.X_AWS_INTEGRATION)
+        # an HTTP API's shared integration: {$ref: "#/components/x-amazon-apigateway-integrations/NAME"}
+        x_aws = self.deref(
+            op.get(aws.X_AWS_INTEGRATION),
+            (self.doc.get("components") or {}).get("x-amazon-apigateway-integrations") or {},
+            "#/components/x-amazon-apigateway-integrations/",
+        )
+        if str((op.get("x-amazon-apigateway-auth") or {}).get("type", "")).lower() == "aws_iam":
+            self.warn(
+                f"{where}/x-amazon-apigateway-auth", "AWS_IAM (SigV4) is not checked: the route is open"
+            )
         if integration is None and x_aws is not None:
             integration, cache_keys = aws.integration(
                 x_aws, f"{where}/{aws.X_AWS_INTEGRATION}", self.warn, self.function_url, self.namespace

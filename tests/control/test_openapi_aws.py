@@ -485,3 +485,42 @@ def test_an_http_api_default_route_serves_the_root_and_every_path_below() -> Non
         "#/paths/$default/x-amazon-apigateway-any-method: the $default route is served as / and /{proxy+}"
         in warnings
     )
+
+
+def test_shared_http_api_integrations_and_iam_routes() -> None:
+    shared = {
+        "type": "aws_proxy",
+        "httpMethod": "POST",
+        "uri": "arn:aws:apigateway:us-east-2:lambda:path/2015-03-31/functions/"
+        "arn:aws:lambda:us-east-2:123456789012:function:my-function/invocations",
+        "payloadFormatVersion": "1.0",
+    }
+    ref = {"$ref": "#/components/x-amazon-apigateway-integrations/integration1"}
+    doc: dict[str, Any] = {
+        "openapi": "3.0.1",
+        "info": {"title": "t", "version": "1"},
+        "paths": {
+            "/": {"get": {"x-amazon-apigateway-integration": ref}},
+            "/pets": {
+                "get": {"x-amazon-apigateway-integration": ref, "x-amazon-apigateway-auth": {"type": "AWS_IAM"}}
+            },
+        },
+        "components": {
+            "x-amazon-apigateway-integrations": {"integration1": shared},
+            "securitySchemes": {
+                "sigv4": {"type": "apiKey", "name": "Authorization", "in": "header",
+                          "x-amazon-apigateway-authtype": "awsSigv4"}
+            },
+        },
+    }  # fmt: skip
+    api, warnings = imported(doc)
+    expected = {
+        "type": "function",
+        "uri": "http://my-function.shop.svc.cluster.local/",
+        "payloadFormatVersion": "1.0",
+    }
+    assert [json_format.MessageToDict(r.integration) for r in api.spec.routes] == [expected, expected]
+    assert warnings == [
+        "#/components/securitySchemes/sigv4: AWS SigV4 (IAM) is not checked: routes using it are open",
+        "#/paths/~1pets/get/x-amazon-apigateway-auth: AWS_IAM (SigV4) is not checked: the route is open",
+    ]
