@@ -229,23 +229,31 @@ async def test_a_real_control_process_serves_past_poison(etcd: LocalEtcd, tmp_pa
         await asyncio.to_thread(wait_port, metrics_port, 20.0, proc.popen)
         sc = Sidecar(LocalControl(port), "sc-1", {"app": "pets"})
         await until(lambda: sc is not None and sc.received, 10)
-        await put_raw(etcd.endpoint, cats_key(prefix), GARBAGE)  # while it runs
-        await asyncio.sleep(0.3)
-        t0 = time.monotonic()
-        await asyncio.to_thread(apply_rpc, LocalControl(port), PETS.replace('"b:1"', '"b:4"'))
-        await until(lambda: sc is not None and variables(sc.received[-1], "pets") == {"backend": "b:4"}, 2)
-        assert time.monotonic() - t0 < 2
-        assert stage_names(sc.received[-1]) == {("pets", "prod"), ("cats", "prod")}  # last good kept
 
         def scrape() -> str:
             with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
                 body: bytes = resp.read()
                 return body.decode()
 
+        async def poisoned() -> float:
+            return metric(await asyncio.to_thread(scrape), "meshgate_control_poisoned_objects")
+
+        await put_raw(etcd.endpoint, cats_key(prefix), GARBAGE)  # while it runs
+        async with asyncio.timeout(10):  # control has seen it
+            while await poisoned() != 2:
+                await asyncio.sleep(0.02)
+        t0 = time.monotonic()
+        await asyncio.to_thread(apply_rpc, LocalControl(port), PETS.replace('"b:1"', '"b:4"'))
+        await until(lambda: sc is not None and variables(sc.received[-1], "pets") == {"backend": "b:4"}, 2)
+        assert time.monotonic() - t0 < 2
+        assert stage_names(sc.received[-1]) == {("pets", "prod"), ("cats", "prod")}  # last good kept
         text = await asyncio.to_thread(scrape)
         assert metric(text, "meshgate_control_poisoned_objects") == 2
         assert metric(text, "meshgate_control_poisoned_total") == 2
-        await asyncio.sleep(1.0)
+        # a later change reaches the sidecar: what the poisoned value could have set off (a reload, a
+        # second log line) would have come before it
+        await asyncio.to_thread(apply_rpc, LocalControl(port), PETS.replace('"b:1"', '"b:5"'))
+        await until(lambda: sc is not None and variables(sc.received[-1], "pets") == {"backend": "b:5"}, 5)
         log = proc.output()
         assert "reloading" not in log, log
         assert sum(1 for line in log.splitlines() if cats_key(prefix) in line) == 1, log

@@ -264,7 +264,10 @@ def test_otlp_metrics_export_stops_at_a_traces_only_collector(lt: LoopThread) ->
             f"http://127.0.0.1:{port}", "meshgate-sidecar", "sc-1", Metrics().families, 0.05
         )
         exporter.start()
-        await asyncio.sleep(0.3)
+        task = exporter._task
+        assert task is not None
+        # the first UNIMPLEMENTED turns it off: its loop ends (no later attempt can come)
+        await asyncio.wait_for(asyncio.shield(task), 10)
         await exporter.stop()
         return exporter
 

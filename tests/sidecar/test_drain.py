@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+from e2e.harness import wait_until
 from meshgate.control.etcd_local import free_port
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -80,10 +81,14 @@ def echo_upstream(lt: LoopThread) -> int:
     return int(next(iter(lt.run(go()).sockets)).getsockname()[1])
 
 
-def slow_backend(backends: Backends, delay_s: float) -> int:
+def slow_backend(backends: Backends, delay_s: float, arrived: list[bytes] | None = None) -> int:
+    """A backend that answers each request after `delay_s`; `arrived` gets each request line at once."""
+
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         while True:
-            await read_request(r)
+            line, _, _ = await read_request(r)
+            if arrived is not None:
+                arrived.append(line)
             await asyncio.sleep(delay_s)
             w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow")
             await w.drain()
@@ -129,7 +134,8 @@ def ws_close_code(ws: ClientConnection) -> int | None:
 
 
 def test_sigterm_drains_without_losing_a_request(tmp_path: Path, lt: LoopThread, backends: Backends) -> None:
-    slow = slow_backend(backends, 0.6)
+    arrived: list[bytes] = []
+    slow = slow_backend(backends, 0.6, arrived)
     ws_port = echo_upstream(lt)
     ws_route = {
         "method": "GET",
@@ -153,11 +159,15 @@ def test_sigterm_drains_without_losing_a_request(tmp_path: Path, lt: LoopThread,
     ]
     proc, port, admin = serve_file(tmp_path, snapshot(bundle(routes)), "--drain-seconds", str(DRAIN_S))
     with contextlib.ExitStack() as open_sockets:
-        _drain_under_load(proc, port, admin, open_sockets)
+        _drain_under_load(proc, port, admin, open_sockets, arrived)
 
 
 def _drain_under_load(
-    proc: subprocess.Popen[str], port: int, admin: int, open_sockets: contextlib.ExitStack
+    proc: subprocess.Popen[str],
+    port: int,
+    admin: int,
+    open_sockets: contextlib.ExitStack,
+    arrived: list[bytes],
 ) -> None:
     load: Load | None = None
     try:
@@ -179,9 +189,9 @@ def _drain_under_load(
 
         slow_thread = threading.Thread(target=slow_call)
         load = Load(port)
-        time.sleep(0.3)
+        wait_until(lambda: len(load.results) >= 20, what="the load flowing before SIGTERM")
         slow_thread.start()
-        time.sleep(0.2)
+        wait_until(lambda: any(b"/slow" in line for line in arrived), what="the slow request at its backend")
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
 
@@ -216,12 +226,12 @@ def _drain_under_load(
 
 
 def test_new_connections_are_answered_and_the_sidecar_exits_once_none_remain(tmp_path: Path) -> None:
-    proc, port, _ = serve_file(tmp_path, snapshot(bundle([mock_route("GET", "/hello", '{"hi": 1}')])))
+    proc, port, admin = serve_file(tmp_path, snapshot(bundle([mock_route("GET", "/hello", '{"hi": 1}')])))
     try:  # the default window (5 s)
         assert proc.stdout is not None and "listening" in proc.stdout.readline()
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        wait_until(lambda: get(admin, "/ready")[0] == 503, what="the drain window")  # it has begun
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         c.request("GET", "/prod/hello")
         resp = c.getresponse()

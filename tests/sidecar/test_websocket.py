@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from e2e.harness import wait_until
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
@@ -23,6 +24,7 @@ class Upstream:
         self.lt = lt
         self.closes: list[tuple[int, str]] = []
         self.headers: list[dict[str, str]] = []
+        self.flooded = 0  # floods sent whole
 
         async def handler(ws: ServerConnection) -> None:
             self.headers.append({k.lower(): v for k, v in ws.request.headers.raw_items()})
@@ -34,6 +36,7 @@ class Upstream:
                     if msg in ("flood", "bigflood"):
                         for i in range(200 if msg == "flood" else 2000):
                             await ws.send("x" * 10000 + str(i))
+                        self.flooded += 1
                         continue
                     await ws.send(msg)
             except ConnectionClosed:
@@ -139,11 +142,27 @@ def test_idle_timeout_closes_1001(gateway: Gateway, upstream: Upstream) -> None:
     assert 0.25 < time.monotonic() - t0 < 3
 
 
+def relay_paused(gateway: Gateway) -> bool:
+    """Whether a WebSocket relay of the gateway has stopped reading its upstream (its client is slow)."""
+
+    async def check() -> bool:
+        for c in gateway.http.conns:
+            up = getattr(getattr(c, "tunnel", None), "upstream", None)
+            transport = getattr(up, "transport", None)
+            if transport is not None and not transport.is_closing() and not transport.is_reading():
+                return True
+        return False
+
+    return gateway.lt.run(check())
+
+
 def test_large_upstream_burst_reaches_a_slow_client(gateway: Gateway, upstream: Upstream) -> None:
     url = start(gateway, upstream.port, maxMessageBytes=1_000_000)
     with connect(url, max_size=None) as ws:
         ws.send("flood")
-        time.sleep(0.5)  # the client is not reading: the relay must hold back, not drop
+        # the client is not reading: the burst is held on the way (sent whole into buffers, or the relay
+        # paused its upstream), not dropped
+        wait_until(lambda: upstream.flooded or relay_paused(gateway), what="the burst held back")
         got = [ws.recv(timeout=5) for _ in range(200)]
     assert [m[-3:].lstrip("x") for m in got[:3]] == ["0", "1", "2"] and got[-1].endswith("199")
 
@@ -167,7 +186,7 @@ def test_slow_reader_does_not_grow_sidecar_buffers(gateway: Gateway, upstream: U
     url = start(gateway, upstream.port, maxMessageBytes=1_000_000)
     with connect(url, max_size=None) as ws:
         ws.send("bigflood")  # 2000 x 10 KB = 20 MB while the client reads nothing
-        time.sleep(1.0)
+        wait_until(lambda: relay_paused(gateway), what="the relay pausing its upstream")
 
         async def buffered() -> int:
             return max(c.transport.get_write_buffer_size() for c in gateway.http.conns if c.transport)
