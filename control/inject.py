@@ -111,6 +111,38 @@ def _app_ports(spec: dict[str, Any]) -> list[int]:
     return sorted(set(ports))
 
 
+HTTP_PORTS_ANNOTATION = "meshgate.io/http-ports"
+OPAQUE_PORTS_ANNOTATION = "meshgate.io/opaque-ports"
+_HTTP_NAMES = ("http", "grpc", "h2c")  # Istio's port naming: http, http2, grpc, grpc-web, h2c
+_HTTP_APP_PROTOCOLS = {"http", "http2", "grpc", "grpc-web", "h2c", "kubernetes.io/h2c", "kubernetes.io/ws"}
+_OPAQUE_NAMES = ("tcp", "tls", "https", "mysql", "mongo", "redis", "amqp", "kafka", "postgres", "smtp")
+
+
+def port_protocols(spec: dict[str, Any], annotations: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """(HTTP ports, opaque ports) of a pod: by the ports' names or appProtocol, as Istio reads them,
+    and the meshgate.io/http-ports and meshgate.io/opaque-ports annotations (which win). The rest
+    are detected by the sidecar."""
+    http: set[int] = set()
+    opaque: set[int] = set()
+    for c in spec.get("containers", []):
+        for p in c.get("ports", []) or []:
+            port = p.get("containerPort")
+            if not isinstance(port, int):
+                continue
+            name = str(p.get("name", "")).lower()
+            proto = str(p.get("appProtocol", "")).lower()
+            if proto in _HTTP_APP_PROTOCOLS or (not proto and name.startswith(_HTTP_NAMES)):
+                http.add(port)
+            elif proto or name.startswith(_OPAQUE_NAMES):
+                opaque.add(port)
+    for key, into, other in ((HTTP_PORTS_ANNOTATION, http, opaque), (OPAQUE_PORTS_ANNOTATION, opaque, http)):
+        for item in str(annotations.get(key, "")).split(","):
+            if item.strip().isdigit():
+                into.add(int(item))
+                other.discard(int(item))
+    return sorted(http), sorted(opaque)
+
+
 def sidecar_args(cfg: InjectConfig, labels: dict[str, str]) -> list[str]:
     """`meshgate sidecar ...`: its ports, how it reaches and proves itself to control, its labels."""
     args = [
@@ -147,8 +179,13 @@ def sidecar_args(cfg: InjectConfig, labels: dict[str, str]) -> list[str]:
     return args
 
 
-def sidecar_container(cfg: InjectConfig, labels: dict[str, str]) -> dict[str, Any]:
+def sidecar_container(
+    cfg: InjectConfig, labels: dict[str, str], protocols: tuple[list[int], list[int]] = ([], [])
+) -> dict[str, Any]:
     args = sidecar_args(cfg, labels)
+    for flag, ports in zip(("--http-ports", "--opaque-ports"), protocols, strict=True):
+        if ports:
+            args += [flag, ",".join(map(str, ports))]
     env = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -270,7 +307,7 @@ def inject_object(
     ):
         return out, "opted out"
     labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
-    sidecar = sidecar_container(cfg, labels)
+    sidecar = sidecar_container(cfg, labels, port_protocols(spec, annotations))
     init = init_container(cfg, _app_ports(spec))
     inits = spec.setdefault("initContainers", [])
     if cfg.legacy:

@@ -342,15 +342,16 @@ class GrpcRelay:
 class GrpcServer:
     """The listening socket and the drain."""
 
-    def __init__(self, relay: GrpcRelay, server: asyncio.base_events.Server) -> None:
+    def __init__(self, relay: GrpcRelay, server: asyncio.base_events.Server | None) -> None:
         self.relay = relay
-        self.server = server
+        self.server = server  # None: the relay's connections came in on the HTTP listener
 
     async def stop(self, grace: float | None) -> None:
         """GOAWAY to every client at once, no new streams; calls in flight have `grace` to finish."""
         relay = self.relay
         relay.draining = True
-        self.server.close()
+        if self.server is not None:
+            self.server.close()
         for conn in list(relay.conns):
             conn.conn.goaway()
             conn.wake()
@@ -373,17 +374,13 @@ async def serve_grpc(
     port: int,
     telemetry: Telemetry | None = None,
     metrics: Metrics | None = None,
+    relay: GrpcRelay | None = None,
 ) -> tuple[GrpcServer, GrpcRelay, int]:
     loop = asyncio.get_running_loop()
-    relay = GrpcRelay(holder, loop, telemetry, metrics)
+    relay = relay or GrpcRelay(holder, loop, telemetry, metrics)
     try:
         server = await loop.create_server(lambda: DownstreamConn(relay), host, port, backlog=1024)
     except OSError:
-        return GrpcServer(relay, _Closed()), relay, 0  # type: ignore[arg-type]
+        return GrpcServer(relay, None), relay, 0
     bound = server.sockets[0].getsockname()[1]
     return GrpcServer(relay, server), relay, bound
-
-
-class _Closed:
-    def close(self) -> None:
-        pass

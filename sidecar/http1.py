@@ -575,13 +575,17 @@ async def serve_http(
     sock: socket.socket | None = None,
     pool: UpstreamPool | None = None,
     http_server: HttpServer | None = None,
+    entrance: Callable[[Callable[[], asyncio.Protocol]], Callable[[], asyncio.Protocol]] | None = None,
 ) -> asyncio.Server:
+    """The HTTP/1.1 listener; `entrance` (sidecar/inbound.py) may put a protocol sniffer first."""
     loop = asyncio.get_running_loop()
     pool = pool or UpstreamPool()
     hs = http_server or HttpServer()
 
-    def factory() -> ClientConn:
+    def conn() -> ClientConn:
         return ClientConn(holder, pool, limits, hs)
+
+    factory: Callable[[], asyncio.Protocol] = conn if entrance is None else entrance(conn)
 
     if sock is not None:
         server = await loop.create_server(factory, sock=sock, backlog=1024)

@@ -32,7 +32,10 @@ from meshgate.sidecar.wsapi import Registry
 from meshgate.v1 import control_pb2
 
 if TYPE_CHECKING:
-    from meshgate.sidecar.grpc_server import GrpcServer
+    from collections.abc import Callable
+
+    from meshgate.sidecar.grpc_server import GrpcRelay, GrpcServer
+    from meshgate.sidecar.inbound import Entrance
     from meshgate.sidecar.otlp_metrics import OtlpMetricsExporter
 
 log = logging.getLogger("meshgate.sidecar")
@@ -56,6 +59,42 @@ def _labels(items: list[str]) -> dict[str, str]:
                 raise SystemExit(f"error: --label expects KEY=VALUE, got {part!r}")
             out[k] = v
     return out
+
+
+def _ports(value: str) -> frozenset[int]:
+    try:
+        ports = frozenset(int(v) for v in value.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected PORT[,PORT...], got {value!r}") from None
+    if any(not 0 < port < 65536 for port in ports):
+        raise argparse.ArgumentTypeError(f"ports are 1-65535, got {value!r}")
+    return ports
+
+
+def _inbound_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "inbound", "the app's ports, which the injected init container redirects to --listen"
+    )
+    g.add_argument(
+        "--http-ports",
+        type=_ports,
+        default=frozenset(),
+        help="PORT,... that speak HTTP/1.1 or HTTP/2 (gRPC, h2c) only: never passed through as TCP "
+        "(the injector lists ports named http*, grpc*, h2c* and the meshgate.io/http-ports annotation)",
+    )
+    g.add_argument(
+        "--opaque-ports",
+        type=_ports,
+        default=frozenset(),
+        help="PORT,... passed through as TCP to the app at once (the meshgate.io/opaque-ports annotation)",
+    )
+    g.add_argument(
+        "--detect-timeout-ms",
+        type=float,
+        default=300.0,
+        help="on other redirected ports: a connection whose client says nothing for this long is "
+        "passed through as TCP (server-first protocols: MySQL, SMTP); default 300",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default %(default)s)",
     )
     p.add_argument("--log-level", default="info")
+    _inbound_args(p)
     return p
 
 
@@ -227,6 +267,7 @@ class _Sidecar:
         self.admin_servers: list[AdminServer] = []  # admin, then health and metrics when asked for
         self.admin_addresses: list[str] = []  # "admin 127.0.0.1:15000", ... for the startup line
         self.grpc_server: GrpcServer | None = None
+        self.entrance: Entrance | None = None
         self.exporter: OtlpMetricsExporter | None = None
         self.task: asyncio.Task[None] | None = None
         self.drain: Drain | None = None
@@ -254,6 +295,7 @@ class _Sidecar:
                 limits=Limits(max_body_bytes=args.max_body_bytes, min_body_rate_bps=args.min_body_rate),
                 pool=self.pool,
                 http_server=self.http,
+                entrance=self._entrance,
             )
         except OSError as exc:
             print(f"error: cannot listen on {listen_host}:{listen_port}: {exc.strerror}", file=sys.stderr)
@@ -299,12 +341,35 @@ class _Sidecar:
         while self.admin_servers:
             await self.admin_servers.pop().cleanup()
 
+    def _entrance(self, http: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        """Every connection on --listen meets the entrance first (sidecar/inbound.py)."""
+        from meshgate.sidecar.inbound import Entrance
+
+        args = self.args
+
+        def h2() -> asyncio.Protocol:
+            from meshgate.sidecar.grpc_server import DownstreamConn
+
+            return DownstreamConn(self._relay())
+
+        self.entrance = Entrance(http, h2, args.http_ports, args.opaque_ports, args.detect_timeout_ms / 1000)
+        return self.entrance.factory
+
+    def _relay(self) -> GrpcRelay:
+        """The HTTP/2 relay, made on first use: the --grpc-listen port and h2 on --listen share it."""
+        if self.admin.grpc is None:
+            from meshgate.sidecar.grpc_server import GrpcRelay
+
+            loop = asyncio.get_running_loop()
+            self.admin.grpc = GrpcRelay(self.holder, loop, self.http.telemetry, self.metrics)
+        return self.admin.grpc
+
     async def _start_grpc(self) -> bool:
         from meshgate.sidecar.grpc_server import serve_grpc
 
         ghost, gport = self.args.grpc_listen
-        self.grpc_server, self.admin.grpc, bound = await serve_grpc(
-            self.holder, ghost, gport, self.http.telemetry, self.metrics
+        self.grpc_server, _, bound = await serve_grpc(
+            self.holder, ghost, gport, self.http.telemetry, self.metrics, self._relay()
         )
         if not bound:
             print(f"error: cannot listen for gRPC on {ghost}:{gport}", file=sys.stderr)
@@ -316,7 +381,12 @@ class _Sidecar:
             self.drain.cut.set()
             return
         log.info("draining (up to %.1fs)", self.args.drain_seconds)
-        self.drain = Drain(self.http, self.args.drain_seconds, self.grpc_server)
+        grpc_server = self.grpc_server
+        if grpc_server is None and self.admin.grpc is not None:  # h2 came in on --listen only
+            from meshgate.sidecar.grpc_server import GrpcServer
+
+            grpc_server = GrpcServer(self.admin.grpc, None)
+        self.drain = Drain(self.http, self.args.drain_seconds, grpc_server)
         self.drain.begin()
 
     async def stop(self) -> None:

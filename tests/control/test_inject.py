@@ -269,3 +269,39 @@ def test_the_token_address_can_be_set() -> None:
     cfg = InjectConfig(control="ctl:7070", control_token="tokens.example:9443")
     _, sidecar = _sidecar_of(inject_object(next(yaml.safe_load_all(DEPLOYMENT)), cfg)[0])
     assert build_parser().parse_args(sidecar["args"][1:]).control_token_address == "tokens.example:9443"
+
+
+def test_each_port_is_declared_by_its_name_app_protocol_or_annotation() -> None:
+    """HTTP ports (never passed through) and opaque ports (passed through at once) reach the sidecar's
+    flags, read as Istio reads port names and appProtocol; the annotations win; the rest is detected."""
+    dep = yaml.safe_load(
+        """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: pets}
+spec:
+  template:
+    metadata:
+      annotations: {meshgate.io/opaque-ports: "6379,8443", meshgate.io/http-ports: "7000"}
+    spec:
+      containers:
+        - name: app
+          image: pets:1
+          ports:
+            - {name: http-api, containerPort: 8080}
+            - {name: grpc, containerPort: 9090}
+            - {containerPort: 8081, appProtocol: kubernetes.io/h2c}
+            - {name: mysql, containerPort: 3306}
+            - {name: cache, containerPort: 6379}
+            - {name: https, containerPort: 8443}
+            - {name: tcp-legacy, containerPort: 7000}
+            - {containerPort: 5000}
+"""
+    )
+    out, _ = inject_object(dep, InjectConfig(control="ctl:7070"))
+    sidecar = out["spec"]["template"]["spec"]["initContainers"][1]
+    args = build_parser().parse_args(sidecar["args"][1:])
+    assert args.http_ports == {7000, 8080, 8081, 9090}
+    assert args.opaque_ports == {3306, 6379, 8443}  # 5000: undeclared, detected
+    init = out["spec"]["template"]["spec"]["initContainers"][0]
+    assert "5000" in init["args"] and "3306" in init["args"]  # every port is still redirected
