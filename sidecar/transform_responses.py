@@ -6,7 +6,9 @@ function). Compiled per route when a snapshot is applied; used by integrations/{
 
 from __future__ import annotations
 
+import functools
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -140,7 +142,9 @@ class IntegrationResponses:
                 out.append((b"content-type", b"application/json"))
             return status, out, body
         try:
-            rendered = template.render(body, ctx.template_params, ctx.template_context, self.stage_variables)
+            rendered = template.render(
+                body, ctx.template_params, functools.partial(template_context, ctx), self.stage_variables
+            )
         except TemplateLimit as exc:
             return GatewayError(500, f"response mapping template: {exc}", "API_CONFIGURATION_ERROR")
         if not any(n == b"content-type" for n, _, _ in chosen.headers):  # a mapped one wins
@@ -252,6 +256,17 @@ def compile_responses(
     )
 
 
+def template_context(ctx: RequestContext) -> dict[str, Any]:
+    """`$context` of a mapping template: API Gateway's request context (accountId, apiId, domainName,
+    identity, requestTime, resourceId, ... as a 1.0 event's requestContext has them), with meshgate's
+    own keys (sourceIp, authorizer values). Built only when a template reads it."""
+    from meshgate.sidecar.function import rest_request_context
+
+    out = rest_request_context(ctx, time.time(), ctx.headers.get("user-agent"))
+    out.update(ctx.template_context())
+    return out
+
+
 def request_body(tr: Transform | None, ctx: RequestContext) -> bytes | GatewayError:
     """The body a mock or non-proxy function integration gets: the request template's output, or
     the request's own body (passthrough), or a 415."""
@@ -267,7 +282,8 @@ def request_body(tr: Transform | None, ctx: RequestContext) -> bytes | GatewayEr
     if chosen is None or chosen is True:
         return body
     try:
-        return bytes(chosen.render(body, ctx.template_params, ctx.template_context, tr.stage_variables))
+        context = functools.partial(template_context, ctx)
+        return bytes(chosen.render(body, ctx.template_params, context, tr.stage_variables))
     except TemplateLimit as exc:
         return GatewayError(500, f"request mapping template: {exc}", "API_CONFIGURATION_ERROR")
 

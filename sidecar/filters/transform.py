@@ -4,11 +4,13 @@ mapping, and the response template of the integration response's content type.""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from meshgate.sidecar.errors import GatewayError
 from meshgate.sidecar.transform import Rendered, TemplateLimit, Transform, select
+from meshgate.sidecar.transform_responses import template_context
 
 if TYPE_CHECKING:
     from meshgate.sidecar.context import RequestContext
@@ -46,7 +48,11 @@ class TransformFilter:
             return None
         try:
             out = chosen.render(
-                ctx.whole_body(), ctx.template_params, ctx.template_context, tr.stage_variables, ctx.body_doc
+                ctx.whole_body(),
+                ctx.template_params,
+                functools.partial(template_context, ctx),
+                tr.stage_variables,
+                ctx.body_doc,
             )
         except TemplateLimit as exc:
             return GatewayError(
@@ -93,7 +99,7 @@ class TransformFilter:
             return {"header": {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers}}
 
         try:
-            body = chosen.render(body, params, ctx.template_context, tr.stage_variables)
+            body = chosen.render(body, params, functools.partial(template_context, ctx), tr.stage_variables)
         except TemplateLimit as exc:
             return GatewayError(
                 500, f"response mapping template: {exc}", gateway_type="API_CONFIGURATION_ERROR"

@@ -7,6 +7,7 @@ non-proxy http integration sends only mapped query parameters and headers (API G
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -100,6 +101,28 @@ spec:
         responseParameters: {method.response.header.X-Mock: "'yes'"}
         responseTemplates:
           application/json: '{"hello": "$input.params(''name'')"}'
+    - method: GET
+      path: /context
+      integration:
+        type: mock
+        requestTemplates: {application/json: '{"statusCode": 200}'}
+        responses:
+          - status: 200
+            responseTemplates:
+              application/json: |
+                {"accountId": "$context.accountId", "apiId": "$context.apiId", "stage": "$context.stage",
+                 "sourceIp": "$context.identity.sourceIp", "userAgent": "$context.identity.userAgent",
+                 "domainName": "$context.domainName", "protocol": "$context.protocol",
+                 "resourcePath": "$context.resourcePath", "path": "$context.path",
+                 "extendedRequestId": "$context.extendedRequestId", "requestId": "$context.requestId",
+                 "epoch": $context.requestTimeEpoch, "resourceId": "$context.resourceId"}
+    - method: POST
+      path: /echo
+      integration:
+        type: http
+        uri: "http://127.0.0.1:PORT/echo"
+        requestTemplates:
+          application/json: '{"apiId": "$context.apiId", "deploymentId": "$context.deploymentId", "time": "$context.requestTime"}'
 ---
 apiVersion: meshgate.io/v1
 kind: Stage
@@ -133,7 +156,11 @@ def env(etcd: LocalEtcd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E
             return web.json_response({"errorMessage": f"Invalid id {payload['id']}", "errorType": "E"})
         return web.json_response({"pet": payload})
 
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"got": await request.json()})
+
     app = web.Application()
+    app.router.add_post("/echo", echo)
     app.router.add_get("/status/{code}", status)
     app.router.add_post("/fn", fn)
     with AioServer(app) as backend, mesh(etcd.endpoint, tmp_path_factory.mktemp("responses")) as m:
@@ -206,3 +233,34 @@ def test_a_mock_with_only_a_response_template_renders_it(env: Env) -> None:
     code, headers, body = http_request(env.sidecar.port, "GET", "/prod/hello/rex")
     assert (code, json.loads(body), headers["x-mock"]) == (200, {"hello": "rex"}, "yes"), body
     assert headers["content-type"] == "application/json"
+
+
+def test_templates_see_api_gateways_context(env: Env) -> None:
+    """$context holds what API Gateway's does (the 1.0 event's requestContext), in a response template
+    (through the integration responses) and in a request template (through the transform filter)."""
+    code, headers, body = http_request(
+        env.sidecar.port, "GET", "/prod/context", {"Host": "shop.example.test:8080", "User-Agent": "agent/1"}
+    )
+    assert code == 200, body
+    got = json.loads(body)
+    request_id = headers["x-meshgate-request-id"]
+    assert len(got.pop("resourceId")) == 6 and got.pop("epoch") > 1_700_000_000_000
+    assert got == {
+        "accountId": "000000000000",
+        "apiId": "shop",
+        "stage": "prod",
+        "sourceIp": "127.0.0.1",
+        "userAgent": "agent/1",
+        "domainName": "shop.example.test",
+        "protocol": "HTTP/1.1",
+        "resourcePath": "/context",
+        "path": "/prod/context",
+        "extendedRequestId": request_id,
+        "requestId": request_id,
+    }
+    code, _, body = http_request(
+        env.sidecar.port, "POST", "/prod/echo", {"Content-Type": "application/json"}, b"{}"
+    )
+    got = json.loads(body)["got"]
+    assert code == 200 and got["apiId"] == "shop" and got["deploymentId"] == "1", got
+    assert re.fullmatch(r"\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} \+0000", got["time"]), got
