@@ -158,3 +158,72 @@ def test_integration_responses_of_an_export_answer_as_api_gateway(etcd: LocalEtc
         }, body
         code, headers, body = http_request(sc.port, "GET", "/prod/status/201")
         assert (code, json.loads(body), headers["x-code"]) == (200, {"code": "201"}, "fine")
+
+
+def _http_api_app(seen: list[dict[str, object]]) -> web.Application:
+    async def authorize(request: web.Request) -> web.Response:
+        event = await request.json()
+        seen.append({"authorizer": event["type"]})
+        allow = event["headers"].get("x-org") == "acme"
+        return web.json_response(
+            {
+                "principalId": "acme",
+                "policyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {"Action": "execute-api:Invoke", "Effect": "Allow" if allow else "Deny",
+                         "Resource": event["methodArn"]}
+                    ],
+                },
+            }
+        )  # fmt: skip
+
+    async def backend(request: web.Request) -> web.Response:
+        seen.append({"path": request.path_qs, "headers": {k.lower(): v for k, v in request.headers.items()}})
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/fn/orgauth", authorize)
+    app.router.add_route("*", "/{tail:.*}", backend)
+    return app
+
+
+def test_an_http_api_export_imports_and_maps_parameters_as_api_gateway(
+    etcd: LocalEtcd, tmp_path: Path
+) -> None:
+    seen: list[dict[str, object]] = []
+    with AioServer(_http_api_app(seen)) as app, mesh(etcd.endpoint, tmp_path) as m:
+        host = f"127.0.0.1:{app.port}"
+        text = (FIXTURES / "httpapi-oas30.yaml").read_text()
+        text = text.replace("legacy.example.internal", host).replace("svc.example.internal", host)
+        spec = tmp_path / "shop-http.yaml"
+        spec.write_text(text + SELECTOR)
+        m.start_control()
+        url = f"http://{host}/fn/{{function}}"
+        out = m.cli("import", str(spec), "--api", "shop", "--function-url", url)
+        assert "api/shop created (3 routes," in out.stdout, out.stdout + out.stderr
+        m.apply(STAGE.replace("api: petstore", "api: shop").format(backend=app.port))
+        m.cli("deploy", "shop", "--stage", "prod")
+        sc = m.start_sidecar(extra=NO_DRAIN)
+
+        # overwrite:header / append:querystring / remove:header, behind a Lambda REQUEST authorizer
+        headers = {"x-org": "acme", "x-debug": "1", "x-request-id": "client-said"}
+        code, _, body = http_request(sc.port, "GET", "/prod/legacy/a/b?q=1", headers)
+        assert code == 200, body
+        got = seen[-1]
+        assert seen[-2] == {"authorizer": "REQUEST"} and got["path"] == "/a/b?q=1&source=http-api", got
+        sent = got["headers"]
+        assert isinstance(sent, dict) and sent["x-tenant"] == "acme" and "x-debug" not in sent
+        assert sent["x-request-id"] != "client-said"  # context.requestId, not the client's
+        code, _, _ = http_request(sc.port, "GET", "/prod/legacy/a", {"x-org": "other"})
+        assert code == 403
+
+        # a path parameter renamed for the uri ({service} -> {op}), only mapped parameters go
+        code, _, body = http_request(
+            sc.port, "GET", "/prod/services/billing?version=7&other=x", {"x-user-id": "u1", "x-other": "o"}
+        )
+        assert code == 200, body
+        got = seen[-1]
+        assert got["path"] == "/billing?stage=7", got
+        sent = got["headers"]
+        assert isinstance(sent, dict) and sent["x-userid"] == "u1" and "x-other" not in sent
