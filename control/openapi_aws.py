@@ -298,6 +298,8 @@ def _mock(x: dict[str, Any], where: str, warn: Warn) -> dict[str, Any]:
         mock["body"] = body
         if not any(h.lower() == "content-type" for h in headers) and body:
             headers["Content-Type"] = media
+    if not any(h.lower() == "content-type" for h in headers):  # API Gateway's default, even when empty
+        headers["Content-Type"] = "application/json"
     if headers:
         mock["headers"] = headers
     return {"type": "mock", "mock": mock}

@@ -44,6 +44,7 @@ def test_petstore_mock_root_page_and_cors_preflights() -> None:
     preflight = routes(api)[("OPTIONS", "/pets")].integration
     assert preflight.type == "mock" and preflight.mock.status == 200 and not preflight.mock.body
     assert dict(preflight.mock.headers) == {
+        "Content-Type": "application/json",  # as API Gateway answers an empty mock
         "Access-Control-Allow-Methods": "POST,GET,OPTIONS",
         "Access-Control-Allow-Headers": "Content-Type,X-Amz-Date,Authorization,X-Api-Key",
         "Access-Control-Allow-Origin": "*",

@@ -58,7 +58,7 @@ def test_petstore_export_imports_deploys_and_answers_as_api_gateway(etcd: LocalE
             "/prod/pets",
             {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"},
         )
-        assert code == 200 and body == b"", (code, headers, body)
+        assert code == 200 and body == b"" and headers["content-type"] == "application/json", (code, headers)
         assert headers["access-control-allow-origin"] == "*"
         assert headers["access-control-allow-methods"] == "POST,GET,OPTIONS"
         assert headers["access-control-allow-headers"] == "Content-Type,X-Amz-Date,Authorization,X-Api-Key"
