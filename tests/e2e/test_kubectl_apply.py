@@ -3,8 +3,8 @@ git, real `kubectl apply -f` (validated on the server against the CRDs' own sche
 `--validate=false`) and `kubectl wait --for=condition=Applied` against the in-test API server
 (tests/kubeapi.py), the controller in a control service writing etcd, a sidecar process (namespace
 `shop`, `app=pets`) streaming from it, and a real client asserting the feature's behaviour. One case
-per feature, each on its own Api and Stage; the feature's own test_<feature>.py covers it in depth
-through `meshgate apply`."""
+per feature, each on its own Api and Stage (REST->gRPC transcoding with test_transcoding.py's own Api
+and service); the feature's own test_<feature>.py covers it in depth through `meshgate apply`."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ from meshgate.control.server import ControlServer, start_control
 from meshgate.sidecar.credentials import default_state_dir
 
 from .harness import NO_DRAIN, AioServer, Mesh, Sidecar, http_get_json, http_request, wait_until
+from .test_transcoding import CONFIG, DS, pets_service  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("kubectl") is None, reason="kubectl (Debian's kubernetes-client) is not installed"
@@ -94,6 +95,10 @@ class Side:
             pub: dict[str, Any] = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
             return web.json_response({"keys": [{**pub, "kid": "k1", "use": "sig", "alg": "RS256"}]})
 
+        async def route(request: web.Request) -> web.Response:  # a WebSocket API route's integration
+            got = json.loads(await request.read())
+            return web.json_response({"route": request.headers["x-meshgate-route-key"], "got": got})
+
         async def ws(request: web.Request) -> web.WebSocketResponse:
             sock = web.WebSocketResponse()
             await sock.prepare(request)
@@ -107,6 +112,7 @@ class Side:
         app.router.add_post("/invoke", invoke)
         app.router.add_get("/jwks", jwks)
         app.router.add_get("/ws", ws)
+        app.router.add_post("/route/{name}", route)
         return app
 
     def jwt(self) -> str:
@@ -502,6 +508,34 @@ def check_websocket(env: Env) -> None:
         assert ws.recv(timeout=5) == "echo:hello"
 
 
+def websocket_api(env: Env) -> str:
+    base = f"http://127.0.0.1:{env.side.port}/route"
+    return api(
+        "wsapi",
+        "    - method: GET\n"
+        "      path: /chat\n"
+        "      integration:\n"
+        "        type: websocket_api\n"
+        "        routeSelectionExpression: $request.body.action\n"
+        "        websocketRoutes:\n"
+        f'          $default: {{type: http, uri: "{base}/default"}}\n'
+        f'          sendMessage: {{type: http, uri: "{base}/message", timeoutMs: 5000}}',
+    )
+
+
+def check_websocket_api(env: Env) -> None:
+    from websockets.sync.client import connect
+
+    with connect(f"ws://127.0.0.1:{env.sidecar.port}/wsapi/chat", open_timeout=5) as ws:
+        ws.send(json.dumps({"action": "sendMessage", "text": "hi"}))
+        assert json.loads(ws.recv(timeout=5)) == {
+            "route": "sendMessage",
+            "got": {"action": "sendMessage", "text": "hi"},
+        }
+        ws.send(json.dumps({"action": "other"}))
+        assert json.loads(ws.recv(timeout=5))["route"] == "$default"
+
+
 CASES: dict[str, tuple[Callable[[Env], str], Callable[[Env], None]]] = {
     "cors": (cors, check_cors),
     "gateway_responses": (gateway_responses, check_gateway_responses),
@@ -520,14 +554,15 @@ CASES: dict[str, tuple[Callable[[Env], str], Callable[[Env], None]]] = {
     "secrets": (secrets, check_secrets),
     "access_log": (access_log, check_access_log),
     "websocket": (websocket, check_websocket),
+    "websocket_api": (websocket_api, check_websocket_api),
 }
 
 
-@pytest.mark.parametrize("feature", list(CASES))
-def test_kubectl_apply_serves_the_feature(env: Env, feature: str) -> None:
-    config, check = CASES[feature]
+def kubectl_apply(env: Env, feature: str, text: str) -> None:
+    """`kubectl apply -f` of a user's file, then `kubectl wait` until every meshgate.io object in it is
+    Applied (on the sidecar)."""
     path = env.tmp / f"{feature}.yaml"
-    path.write_text(config(env))
+    path.write_text(text)
     applied = env.kubectl("apply", "-f", str(path))
     assert "created" in applied.stdout, applied.stdout
     ours = [
@@ -535,5 +570,21 @@ def test_kubectl_apply_serves_the_feature(env: Env, feature: str) -> None:
         for d in yaml.safe_load_all(path.read_text())
         if d and d["apiVersion"] == "meshgate.io/v1"
     ]
-    env.kubectl("wait", "--for=condition=Applied", *ours, "--timeout=20s")  # every object, on the sidecar
+    env.kubectl("wait", "--for=condition=Applied", *ours, "--timeout=20s")
+
+
+@pytest.mark.parametrize("feature", list(CASES))
+def test_kubectl_apply_serves_the_feature(env: Env, feature: str) -> None:
+    config, check = CASES[feature]
+    kubectl_apply(env, feature, config(env))
     check(env)
+
+
+def test_kubectl_apply_serves_rest_to_grpc_transcoding(env: Env, request: pytest.FixtureRequest) -> None:
+    """test_transcoding.py's own Api and gRPC service (the descriptor set base64 in the YAML: the CRD's
+    `format: byte`)."""
+    port = request.getfixturevalue("pets_service")
+    kubectl_apply(env, "transcoding", CONFIG.format(port=port, ds=base64.b64encode(DS).decode()))
+    code, _, body = http_request(env.sidecar.port, "GET", "/prod/v1/pets/7?view=full", {"Authorization": "t"})
+    assert (code, json.loads(body)) == (200, {"id": "7", "name": "full:t", "age": 3}), body
+    assert env.get("/prod/v1/pets/404")[0] == 404
