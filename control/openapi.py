@@ -264,22 +264,9 @@ class _Importer:
         )
         return out
 
-    def route(
-        self,
-        path: str,
-        method: str,
-        op: dict[str, Any],
-        item: dict[str, Any],
-        authorizers: dict[str, dict[str, Any]],
-        api_key_schemes: set[str],
-        where: str,
-    ) -> dict[str, Any]:
-        r: dict[str, Any] = {
-            "method": "ANY" if method in (X_ANY, aws.X_AWS_ANY) else method.upper(),
-            "path": path,
-        }
-        if op.get("operationId"):
-            r["operationName"] = op["operationId"]
+    def _integration(self, op: dict[str, Any], item: dict[str, Any], r: dict[str, Any], where: str) -> Any:
+        """The route's integration: x-meshgate-integration (operation, path item, document), else the
+        AWS one (sets the route's cacheKeyParameters), else a 501 placeholder with a warning."""
         integration = op.get(X_INTEGRATION) or item.get(X_INTEGRATION) or self.doc.get(X_INTEGRATION)
         # an HTTP API's shared integration: {$ref: "#/components/x-amazon-apigateway-integrations/NAME"}
         x_aws = self.deref(
@@ -300,7 +287,25 @@ class _Importer:
         if integration is None:
             self.warn(where, f"no {X_INTEGRATION}: the route answers 501 until you add one")
             integration = {"type": "mock", "mock": {"status": 501, "body": '{"message": "Not implemented"}'}}
-        r["integration"] = integration
+        return integration
+
+    def route(
+        self,
+        path: str,
+        method: str,
+        op: dict[str, Any],
+        item: dict[str, Any],
+        authorizers: dict[str, dict[str, Any]],
+        api_key_schemes: set[str],
+        where: str,
+    ) -> dict[str, Any]:
+        r: dict[str, Any] = {
+            "method": "ANY" if method in (X_ANY, aws.X_AWS_ANY) else method.upper(),
+            "path": path,
+        }
+        if op.get("operationId"):
+            r["operationName"] = op["operationId"]
+        r["integration"] = self._integration(op, item, r, where)
         required = []
         for i, p in enumerate([*(item.get("parameters") or []), *(op.get("parameters") or [])]):
             p = self.deref(p, self.params, "#/components/parameters/")
