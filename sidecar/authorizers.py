@@ -15,8 +15,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import jwt
-
 if TYPE_CHECKING:
     import aiohttp
     from meshgate.sidecar.context import RequestContext
@@ -88,10 +86,10 @@ class JwksCache:
             keys: dict[str, Any] = {}
             for jwk in doc.get("keys", []) if isinstance(doc, dict) else []:
                 try:
-                    parsed = jwt.PyJWK.from_dict(jwk)
+                    parsed = _jwt().PyJWK.from_dict(jwk)
                 except (
-                    jwt.exceptions.PyJWKError,
-                    jwt.exceptions.InvalidKeyError,
+                    _jwt().exceptions.PyJWKError,
+                    _jwt().exceptions.InvalidKeyError,
                     KeyError,
                     ValueError,
                 ) as exc:
@@ -141,8 +139,8 @@ class JwtAuthorizer:
             del self._verified[raw]
         token = raw[7:].strip() if raw[:7].lower() == "bearer " else raw.strip()
         try:
-            header = jwt.get_unverified_header(token)
-        except jwt.exceptions.DecodeError as exc:
+            header = _jwt().get_unverified_header(token)
+        except _jwt().exceptions.DecodeError as exc:
             return AuthResult(401, f"malformed JWT: {exc}", response_headers=_www("invalid_token"))
         alg = header.get("alg")
         if alg not in self.algorithms:
@@ -166,7 +164,7 @@ class JwtAuthorizer:
             why = "no signing keys available" if not self.jwks.keys else f"unknown signing key {kid!r}"
             return AuthResult(401, f"JWT rejected: {why}", response_headers=_www("invalid_token"))
         try:
-            claims = jwt.decode(
+            claims = _jwt().decode(
                 token,
                 key.key,
                 algorithms=[alg],
@@ -175,7 +173,7 @@ class JwtAuthorizer:
                 leeway=self.leeway_s,
                 options={"require": ["exp"], "verify_aud": bool(self.audiences)},
             )
-        except jwt.exceptions.PyJWTError as exc:
+        except _jwt().exceptions.PyJWTError as exc:
             return AuthResult(401, f"JWT rejected: {exc}", response_headers=_www("invalid_token"))
         granted = claims.get("scope", claims.get("scp", ""))
         have = frozenset(str(x) for x in (granted.split() if isinstance(granted, str) else granted or []))
@@ -432,3 +430,16 @@ class AuthorizerError(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+_PYJWT: Any = None
+
+
+def _jwt() -> Any:
+    """PyJWT, loaded with the first JWT authorizer that verifies a token (or parses a JWKS)."""
+    global _PYJWT
+    if _PYJWT is None:
+        import jwt
+
+        _PYJWT = jwt
+    return _PYJWT

@@ -16,8 +16,11 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 
 ENTRY_OVERHEAD = 96  # bytes charged per entry on top of its payload
 
@@ -70,7 +73,7 @@ class ResponseCache:
     def __init__(self, capacity_bytes: int, ttl_s: float, key: bytes | None = None) -> None:
         self.capacity = capacity_bytes
         self.ttl_s = ttl_s
-        self._aead = AESGCM(key) if key is not None else None
+        self._aead = _aesgcm(key) if key is not None else None
         self._entries: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()
         self.size = 0
         self.hits = 0
@@ -142,3 +145,10 @@ class ResponseCache:
     def _drop(self, d: bytes) -> None:
         _, blob = self._entries.pop(d)
         self.size -= len(blob) + ENTRY_OVERHEAD
+
+
+def _aesgcm(key: bytes) -> AESGCM:
+    """The cipher of an encrypted cache (cryptography loads with the first one)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key)

@@ -9,10 +9,6 @@ import time
 from pathlib import Path
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from meshgate.v1 import control_pb2, control_pb2_grpc
 
 log = logging.getLogger("meshgate.sidecar.identity")
@@ -44,6 +40,9 @@ class SidecarIdentity:
         self.token_file = token_file
         self.token = token  # instead of a file (tests, embedding)
         self.ca_file: Path | None = None
+        from cryptography.hazmat.primitives import serialization  # loads with an identity (control mode)
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         self._key = ec.generate_private_key(ec.SECP256R1())
         self._key_pem = self._key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -80,6 +79,10 @@ class SidecarIdentity:
         return grpc.ssl_channel_credentials(self._ca())
 
     def _csr(self, node: control_pb2.Node) -> bytes:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.x509.oid import NameOID
+
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node.id[:64] or "sidecar")])
         csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(self._key, hashes.SHA256())
         return csr.public_bytes(serialization.Encoding.PEM)
@@ -102,6 +105,8 @@ class SidecarIdentity:
             stub = control_pb2_grpc.ControlServiceStub(channel)
             request = control_pb2.CertificateRequest(csr_pem=self._csr(node), node=node)
             resp = await stub.IssueCertificate(request, metadata=metadata, timeout=deadline_s)
+        from cryptography import x509
+
         cert = x509.load_pem_x509_certificate(resp.certificate_pem)
         start, end = time.time(), cert.not_valid_after_utc.timestamp()  # not_before is backdated
         self.cert_pem = resp.certificate_pem

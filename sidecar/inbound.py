@@ -20,10 +20,11 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from meshgate.sidecar.h2wire import PREFACE
-
 log = logging.getLogger("meshgate.sidecar.inbound")
 
+PREFACE = (
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # h2wire's (not imported: HTTP/2 loads with its first connection)
+)
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST has the same number
 _METHODS = (b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE ")
 H2, HTTP1, OTHER = "h2", "http/1.1", "opaque"

@@ -13,21 +13,17 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from meshgate.sidecar.otlp_metrics import otlp_target
 from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the SDK and the exporter load with the first Telemetry (a sidecar that traces)
     from meshgate.sidecar.context import RequestContext
     from meshgate.sidecar.routing import Route
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 _TRACECONTEXT = TraceContextTextMapPropagator()
 _BAGGAGE = W3CBaggagePropagator()
@@ -124,6 +120,13 @@ class Telemetry:
         self.provider: TracerProvider | None = None
         self.tracer: Any = None
         if self.enabled:
+            from meshgate.sidecar.otlp_metrics import otlp_target
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+            from opentelemetry.sdk.resources import Resource
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+            from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
             # Sampling is decided here (parent-based, per stage ratio); the SDK records what we start.
             self.provider = TracerProvider(
                 resource=Resource.create(
