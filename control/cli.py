@@ -3,9 +3,11 @@
 Process commands (control, sidecar, demo, ...) take their own flags and run
 their own module; admin subcommands (apply, get, deploy, ...) are in
 `control/cli_admin.py` and talk to a control service over gRPC (`--control`,
-env MESHGATE_CONTROL); every failure prints one line on stderr and exits
-non-zero. Each implementation is imported only when its command runs, so
-`meshgate sidecar` loads no control-plane library (aetcd, kubernetes_asyncio).
+env MESHGATE_CONTROL); every failure prints one line per error on stderr and
+exits non-zero. As with kubectl, `-n/--namespace` and `-o/--output` may stand
+before or after the subcommand. Each implementation is imported only when its
+command runs, so `meshgate sidecar` loads no control-plane library (aetcd,
+kubernetes_asyncio).
 """
 
 from __future__ import annotations
@@ -17,7 +19,21 @@ import time
 from collections.abc import Callable, Sequence
 
 DEFAULT_CONTROL = "127.0.0.1:7070"
+OUTPUTS = ("table", "yaml", "json")
 Subparsers = argparse._SubParsersAction  # what add_subparsers returns
+
+
+def _flags(output: bool = False) -> list[argparse.ArgumentParser]:
+    """The global flags an admin subcommand also takes after its name (kubectl's habit): given
+    there, they win; not given, the value before the subcommand (or the default) stays."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("-n", "--namespace", default=argparse.SUPPRESS, help="namespace")
+    if output:
+        p.add_argument(
+            "-o", "--output", choices=OUTPUTS, default=argparse.SUPPRESS, help="table, yaml or json"
+        )
+    return [p]
+
 
 # ---------------------------------------------------------------- process commands
 
@@ -110,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ca-file", help="control's CA certificate, with --token (env MESHGATE_CA_FILE)")
     p.add_argument("--token", help="a bearer token, e.g. `kubectl create token NAME` (env MESHGATE_TOKEN)")
     p.add_argument("-n", "--namespace", default="", help="namespace (default: 'default'; get: all)")
+    p.add_argument("-o", "--output", choices=OUTPUTS, default="table", help="get: table, yaml or json")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in (
         ("control", "run the control service"),
@@ -128,22 +145,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_release_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     """apply, deploy, rollback, canary."""
-    a = sub.add_parser("apply", help="validate and store resources from YAML/JSON files or directories")
+    a = sub.add_parser(
+        "apply", parents=_flags(), help="validate and store resources from YAML/JSON files or directories"
+    )
     a.add_argument("-f", "--filename", action="append", required=True, help="file, directory or - (stdin)")
     a.add_argument("--dry-run", action="store_true", help="validate and report, write nothing")
 
-    d = sub.add_parser("deploy", help="snapshot an Api into a new deployment and point a stage at it")
+    d = sub.add_parser(
+        "deploy", parents=_flags(), help="snapshot an Api into a new deployment and point a stage at it"
+    )
     d.add_argument("api")
     d.add_argument("--stage", required=True)
+    d.add_argument(
+        "--create-stage", action="store_true", help="create the stage if it does not exist (else refused)"
+    )
     d.add_argument("--description", default="")
     d.add_argument("--skip-canary", action="store_true", help="deploy to the base even if a canary is set")
 
-    r = sub.add_parser("rollback", help="point a stage at an earlier deployment")
+    r = sub.add_parser("rollback", parents=_flags(), help="point a stage at an earlier deployment")
     r.add_argument("api")
     r.add_argument("--stage", required=True)
     r.add_argument("--to", type=int, default=0, help="deployment id (default: the one before the current)")
 
-    c = sub.add_parser("canary", help="set, promote or remove a stage's canary")
+    c = sub.add_parser("canary", parents=_flags(), help="set, promote or remove a stage's canary")
     c.add_argument("action", choices=["set", "promote", "remove"])
     c.add_argument("api")
     c.add_argument("--stage", required=True)
@@ -158,6 +182,7 @@ def _add_resource_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     """import, export, inject, cache, get, delete."""
     im = sub.add_parser(
         "import",
+        parents=_flags(),
         help="create or update an Api from an OpenAPI 3.0/3.1 or Swagger 2.0 document (AWS API Gateway exports too)",
     )
     im.add_argument("file")
@@ -174,17 +199,18 @@ def _add_resource_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     im.add_argument("--dry-run", action="store_true")
     im.add_argument("--show", action="store_true", help="print the Api document instead of applying it")
 
-    ex = sub.add_parser("export", help="write an Api (as deployed to a stage) as OpenAPI 3.1")
+    ex = sub.add_parser(
+        "export", parents=_flags(), help="write an Api (as deployed to a stage) as OpenAPI 3.1"
+    )
     ex.add_argument("api")
     ex.add_argument(
         "--stage", default="", help="export the deployment this stage serves (default: the live Api)"
     )
-    ex.add_argument("-o", "--output", default="-", help="file to write (default stdout)")
+    ex.add_argument("-o", "--output", dest="file", default="-", help="file to write (default stdout)")
     ex.add_argument(
         "--format",
         choices=["yaml", "json", "aws"],
-        default="yaml",
-        help="aws: API Gateway's export format, OpenAPI 3.0 with x-amazon-apigateway-* (YAML)",
+        help="default yaml (or -o json before export); aws: API Gateway's export format (YAML)",
     )
 
     ij = sub.add_parser(
@@ -198,18 +224,22 @@ def _add_resource_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
         "--legacy", action="store_true", help="plain container + start hold (clusters before 1.29)"
     )
 
-    f = sub.add_parser("cache", help="stage cache operations")
+    f = sub.add_parser("cache", parents=_flags(), help="stage cache operations")
     f.add_argument("action", choices=["flush"])
     f.add_argument("api")
     f.add_argument("--stage", required=True)
 
-    g = sub.add_parser("get", help="list apis, stages, deployments, usageplans, apikeys or sidecars")
+    g = sub.add_parser(
+        "get",
+        parents=_flags(output=True),
+        help="list apis, stages, deployments, usageplans, apikeys or sidecars (-o yaml|json: a List; "
+        "with a NAME: the one object)",
+    )
     g.add_argument("kind")
     g.add_argument("name", nargs="?")
     g.add_argument("--api", default="", help="only stages/deployments of this Api")
-    g.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
 
-    x = sub.add_parser("delete", help="delete a resource")
+    x = sub.add_parser("delete", parents=_flags(), help="delete a resource")
     x.add_argument("kind")
     x.add_argument("name")
     x.add_argument("--api", default="", help="owning Api (stages, deployments)")
@@ -222,7 +252,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     i = 0
     while i < len(argv):
         word = argv[i]
-        if word in ("--control", "--timeout", "-n", "--namespace", "--credentials", "--ca-file", "--token"):
+        if word in (
+            "--control",
+            "--timeout",
+            "-n",
+            "--namespace",
+            "-o",
+            "--output",
+            "--credentials",
+            "--ca-file",
+            "--token",
+        ):
             i += 2
             continue
         if word.startswith("-"):

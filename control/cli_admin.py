@@ -1,5 +1,7 @@
 """The admin subcommands of `meshgate` (apply, get, deploy, canary, import, export, inject, ...):
-gRPC calls to a control service, tables and documents out, every failure one line on stderr.
+gRPC calls to a control service, tables and documents out, every failure on stderr one line per
+error, the field path first (`error: spec.routes[0].integration.type: must be ...`), the same for
+what the CLI finds and what control refuses.
 
 Imported by `control/cli.py` only when an admin subcommand runs, so process commands such as
 `meshgate sidecar` never load what these need.
@@ -9,26 +11,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import grpc
 import yaml
 from google.protobuf import json_format
-from meshgate.control.errors import ControlError
-from meshgate.control.resources import load_documents, to_document
-from meshgate.control.state import KIND_WORDS
+from meshgate.control.errors import (
+    ERRORS_TRAILER,
+    ControlError,
+    FieldError,
+    InvalidConfig,
+    errors_from_trailer,
+)
+from meshgate.control.resources import Document, holds_redacted, read_documents, to_document
+from meshgate.control.state import KIND_WORDS, unwrap
+from meshgate.control.validation import validate
 from meshgate.sidecar.credentials import cli_credentials
 from meshgate.v1 import control_pb2, control_pb2_grpc, resources_pb2
 
 KIND_ALIASES = {**KIND_WORDS, "dep": "Deployment"}
 
 
-class CliError(Exception):
-    """A user-facing failure: printed as one line, exit code 1."""
+class CliError(ControlError):
+    """A user-facing failure: one line per error on stderr, exit code 1."""
 
 
 def _kv(items: Sequence[str] | None, flag: str) -> dict[str, str]:
@@ -36,9 +47,21 @@ def _kv(items: Sequence[str] | None, flag: str) -> dict[str, str]:
     for item in items or ():
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise CliError(f"{flag} expects KEY=VALUE, got {item!r}")
+            raise CliError(FieldError(flag, f"expects KEY=VALUE, got {item!r}"))
         out[key] = value
     return out
+
+
+def _line(e: FieldError) -> str:
+    """One error as printed: the field path, the message, then where (file and document)."""
+    text = ": ".join(part for part in (e.field, e.message) if part)
+    return f"{text} ({e.resource})" if e.resource else text
+
+
+WHO = {
+    grpc.StatusCode.UNAUTHENTICATED: "unauthenticated: control did not accept this credential",
+    grpc.StatusCode.PERMISSION_DENIED: "permission denied to this credential",
+}
 
 
 def _stub(args: argparse.Namespace) -> control_pb2_grpc.ControlServiceStub:
@@ -46,44 +69,86 @@ def _stub(args: argparse.Namespace) -> control_pb2_grpc.ControlServiceStub:
         creds = cli_credentials(args.credentials, args.ca_file, args.token)
     except OSError as exc:
         raise CliError(str(exc)) from None
-    channel = grpc.secure_channel(args.control, creds.channel())
+    # a refusal's errors travel in its trailers (control's `errors_trailer`): room for all of them
+    channel = grpc.secure_channel(
+        args.control, creds.channel(), options=[("grpc.max_metadata_size", 1 << 20)]
+    )
     return control_pb2_grpc.ControlServiceStub(channel)
 
 
 def _call(args: argparse.Namespace, method: str, request: Any) -> Any:
-    """Call one admin RPC; turn gRPC failures into one-line CliErrors."""
+    """Call one admin RPC; a refusal becomes a CliError with control's errors, field by field (no
+    gRPC status names: `not_found:` tells a user nothing the message does not)."""
     stub = _stub(args)
     try:
         return getattr(stub, method)(request, timeout=args.timeout)
     except grpc.RpcError as exc:
         code = exc.code() if hasattr(exc, "code") else None
-        details = exc.details() if hasattr(exc, "details") else str(exc)
+        details = (exc.details() if hasattr(exc, "details") else str(exc)) or ""
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            raise CliError(
-                f"control service at {args.control} unreachable ({code.name.lower()}): "
-                f"{(details or '').splitlines()[0] if details else 'no answer'}"
-            ) from None
-        name = code.name if code is not None else "ERROR"
-        raise CliError(f"{name.lower()}: {details}") from None
+            why = "no answer in time" if code == grpc.StatusCode.DEADLINE_EXCEEDED else "unavailable"
+            first = details.splitlines()[0] if details else why
+            raise CliError(f"control service at {args.control} unreachable: {first}") from None
+        trailers = dict(exc.trailing_metadata() or ()) if hasattr(exc, "trailing_metadata") else {}
+        if ERRORS_TRAILER in trailers:
+            raise CliError(*errors_from_trailer(trailers[ERRORS_TRAILER])) from None
+        lines = details.splitlines() or ["control refused the call"]
+        if code in WHO:  # the identity, not the request, was refused: say so after control's reason
+            lines[-1] += f" ({WHO[code]})"
+        raise CliError(*lines) from None
 
 
 # ---------------------------------------------------------------- apply / delete
 
 
+def _place(doc: Document) -> str:
+    """Where a document is, as errors name it: `conf/pets.yaml document 2, Stage default/prod`."""
+    place = f"{doc.origin or 'stdin'} document {doc.number}" if doc.number else doc.origin or "stdin"
+    return f"{place}, {doc.subject}" if doc.subject else place
+
+
+def _refused(found: list[tuple[Document, FieldError]]) -> CliError:
+    """Every error of a document set, each placed at its document; then how many, when several."""
+    errors = [replace(e, resource=_place(doc)) for doc, e in found]
+    if len(errors) > 1:
+        docs = len({id(doc) for doc, _ in found})
+        errors.append(FieldError("", f"{len(errors)} errors in {docs} document(s); nothing was applied"))
+    return CliError(*errors)
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
-    resources: list[resources_pb2.Resource] = []
+    docs: list[Document] = []
     namespace = args.namespace or "default"
     for source in args.filename:
         if source == "-":
-            resources += load_documents(sys.stdin.read(), namespace)
+            docs += read_documents(sys.stdin.read(), namespace)
         else:
             path = Path(source)
             if not path.exists():
-                raise CliError(f"{source}: no such file or directory")
-            resources += load_documents(path, namespace)
-    if not resources:
+                raise CliError(FieldError("", "no such file or directory", source))
+            docs += read_documents(path, namespace)
+    if not docs:
         raise CliError("no documents found")
-    resp = _call(args, "Apply", control_pb2.ApplyRequest(resources=resources, dry_run=args.dry_run))
+    # the checks control makes of each resource on its own, here too: one apply shows every error,
+    # those of documents that do not parse and those of documents that do
+    for doc in docs:
+        if doc.resource is not None and not holds_redacted(unwrap(doc.resource)):
+            try:
+                validate(doc.resource)
+            except InvalidConfig as exc:
+                doc.errors += exc.errors
+    found = [(doc, e) for doc in docs for e in doc.errors]
+    if found:
+        raise _refused(found)
+    resources = [doc.resource for doc in docs if doc.resource is not None]
+    try:
+        resp = _call(args, "Apply", control_pb2.ApplyRequest(resources=resources, dry_run=args.dry_run))
+    except CliError as exc:  # control's refusals (references, private targets, stage variables)
+        if not any(e.index is not None for e in exc.errors):
+            raise
+        raise _refused(
+            [(docs[e.index] if e.index is not None else Document("", 0, e.resource), e) for e in exc.errors]
+        ) from None
     suffix = " (dry run)" if args.dry_run else ""
     for r in resp.results:
         print(f"{r.kind.lower()}/{r.name} {r.action}{suffix}")
@@ -93,7 +158,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     kind = _kind(args.kind)
     if kind in ("Stage", "Deployment") and not args.api:
-        raise CliError(f"delete {args.kind}: --api is required")
+        raise CliError(FieldError("--api", f"required to delete a {kind.lower()} (the Api it belongs to)"))
     ref = control_pb2.ObjectRef(
         kind=kind, namespace=args.namespace or "default", name=args.name, api=args.api
     )
@@ -115,6 +180,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             stage=args.stage,
             description=args.description,
             skip_canary=args.skip_canary,
+            create_stage=args.create_stage,
         ),
     )
     where = "canary of stage" if resp.to_canary else "stage"
@@ -138,7 +204,7 @@ def cmd_canary(args: argparse.Namespace) -> int:
     req = control_pb2.CanaryRequest(namespace=args.namespace or "default", api=args.api, stage=args.stage)
     if args.action == "set":
         if args.percent is None:
-            raise CliError("canary set: --percent is required")
+            raise CliError(FieldError("--percent", "required to set a canary"))
         req.canary.CopyFrom(
             resources_pb2.CanarySettings(
                 deployment=args.deployment,
@@ -192,7 +258,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.show:
         print(yaml.safe_dump(to_document(res), sort_keys=False), end="")
         return 0
-    resp = _call(args, "Apply", control_pb2.ApplyRequest(resources=[res], dry_run=args.dry_run))
+    try:
+        resp = _call(args, "Apply", control_pb2.ApplyRequest(resources=[res], dry_run=args.dry_run))
+    except CliError as exc:
+        subject = f"Api {result.api.metadata.namespace}/{result.api.metadata.name}"
+        raise CliError(*(replace(e, resource=f"{args.file}, {subject}") for e in exc.errors)) from None
     suffix = " (dry run)" if args.dry_run else ""
     for r in resp.results:
         print(
@@ -231,13 +301,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         if not apis.resources:
             raise CliError(f"Api {ns}/{args.api} not found")
         spec = apis.resources[0].api.spec
-    doc = export_document(
-        args.api, spec, stage=args.stage or "", version=version, fmt=args.format, namespace=ns
-    )
-    text = json.dumps(doc, indent=2) + "\n" if args.format == "json" else yaml.safe_dump(doc, sort_keys=False)
-    if args.output and args.output != "-":
-        Path(args.output).write_text(text)
-        print(f"wrote {args.output} ({len(doc['paths'])} paths)")
+    fmt = args.format or ("json" if args.output == "json" else "yaml")  # `meshgate -o json export ...`
+    doc = export_document(args.api, spec, stage=args.stage or "", version=version, fmt=fmt, namespace=ns)
+    text = json.dumps(doc, indent=2) + "\n" if fmt == "json" else yaml.safe_dump(doc, sort_keys=False)
+    if args.file and args.file != "-":
+        Path(args.file).write_text(text)
+        print(f"wrote {args.file} ({len(doc['paths'])} paths)")
     else:
         print(text, end="")
     return 0
@@ -291,6 +360,12 @@ def _kind(word: str) -> str:
     return kind
 
 
+def _age_of(meta: resources_pb2.ObjectMeta) -> str:
+    """AGE, as kubectl's: since the object was created (an object stored before creation times
+    were kept: since its last update)."""
+    return _age(meta.creation_time_unix_nano or meta.update_time_unix_nano)
+
+
 def _age(unix_nano: int) -> str:
     if not unix_nano:
         return "-"
@@ -319,7 +394,7 @@ def _rows(kind: str, resources: Sequence[resources_pb2.Resource]) -> tuple[list[
                 str(len(r.api.spec.routes)),
                 r.api.spec.endpoint_type or "cluster",
                 ",".join(f"{k}={v}" for k, v in sorted(r.api.spec.selector.match_labels.items())) or "*",
-                _age(r.api.metadata.update_time_unix_nano),
+                _age_of(r.api.metadata),
             ]
             for r in resources
         ]
@@ -338,7 +413,7 @@ def _rows(kind: str, resources: Sequence[resources_pb2.Resource]) -> tuple[list[
                     str(s.spec.deployment or "-"),
                     canary,
                     ",".join(f"{k}={v}" for k, v in sorted(s.spec.variables.items())) or "-",
-                    _age(s.metadata.update_time_unix_nano),
+                    _age_of(s.metadata),
                 ]
             )
         return ["NAMESPACE", "API", "STAGE", "DEPLOYMENT", "CANARY", "VARIABLES", "AGE"], rows
@@ -381,11 +456,14 @@ def _rows(kind: str, resources: Sequence[resources_pb2.Resource]) -> tuple[list[
     ]
 
 
-def _emit(docs: list[dict[str, Any]], output: str) -> None:
+def _emit(docs: list[dict[str, Any]], output: str, one: bool) -> None:
+    """`-o json|yaml`: the object itself for `get KIND NAME`, else a List, whatever the count (as
+    kubectl prints them, so that a script reads `.items` with 0, 1 or many)."""
+    out = docs[0] if one else {"apiVersion": "v1", "kind": "List", "items": docs}
     if output == "json":
-        print(json.dumps(docs[0] if len(docs) == 1 else {"items": docs}, indent=2))
+        print(json.dumps(out, indent=2))
     else:
-        print(yaml.safe_dump_all(docs, sort_keys=False), end="")
+        print(yaml.safe_dump(out, sort_keys=False), end="")
 
 
 def cmd_get(args: argparse.Namespace) -> int:
@@ -400,7 +478,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     if args.name and not resources:
         raise CliError(f"{kind.lower()} {args.name!r} not found")
     if args.output in ("yaml", "json"):
-        _emit([to_document(r) for r in resources], args.output)
+        _emit([to_document(r) for r in resources], args.output, one=bool(args.name))
         return 0
     if not resources:
         print(f"no {kind.lower()}s found", file=sys.stderr)
@@ -412,12 +490,15 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 def _get_sidecars(args: argparse.Namespace) -> int:
     resp = _call(args, "ListSidecars", control_pb2.ListSidecarsRequest())
+    sidecars = [s for s in resp.sidecars if not args.name or s.node.id == args.name]
+    if args.name and not sidecars:
+        raise CliError(f"sidecar {args.name!r} not found")
     if args.output in ("yaml", "json"):
-        docs = [json_format.MessageToDict(s) for s in resp.sidecars]
-        _emit(docs, args.output)
+        docs = [json_format.MessageToDict(s) for s in sidecars]
+        _emit(docs, args.output, one=bool(args.name))
         return 0
     rows = []
-    for s in resp.sidecars:
+    for s in sidecars:
         in_sync = "yes" if s.acked_version and s.acked_version == s.sent_version else "no"
         rows.append(
             [
@@ -465,11 +546,18 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the admin subcommand `args.command` (parsed by cli.build_parser); errors as one line."""
+    """Run the admin subcommand `args.command` (parsed by cli.build_parser); each error one line."""
     try:
-        return COMMANDS[args.command](args)
-    except (CliError, ControlError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader gone (`| head`) shows here, not at exit
+        return code
+    except BrokenPipeError:
+        # the reader took what it wanted and left: quiet, as a process killed by SIGPIPE (kubectl)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except ControlError as exc:
+        for e in exc.errors:
+            print(f"error: {_line(e)}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(

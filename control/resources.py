@@ -1,22 +1,25 @@
 """Reading and writing user documents: YAML/JSON (camelCase, Kubernetes-style) <-> Resource protos.
 
 The same documents go to `meshgate apply -f` and, later, `kubectl apply`.
-Errors name the file, the document and the field path, on one line.
+Errors name the file, the document and the field path, one a line; a document
+set reports every error at once (every unknown or mistyped field of every document).
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
 import yaml
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
-from meshgate.control.errors import InvalidConfig
+from google.protobuf.message import Message
+from meshgate.control.errors import FieldError, InvalidConfig
 from meshgate.control.state import KINDS, unwrap
-from meshgate.sidecar.redact import REDACTED
+from meshgate.sidecar.redact import REDACTED, restore
 from meshgate.v1 import resources_pb2
 
 API_VERSION = "meshgate.io/v1"
@@ -44,10 +47,19 @@ def _type_name(value: object) -> str:
     )
 
 
-def _check(desc: Descriptor, value: object, path: str) -> None:
-    """Walk a document against a message descriptor; raise on the first bad field."""
+class DocumentInvalid(ValueError):
+    """Every problem of one document, each a FieldError naming the field."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+def _check(desc: Descriptor, value: object, path: str, found: list[FieldError]) -> None:
+    """Walk a document against a message descriptor; every bad field goes to `found`."""
     if not isinstance(value, dict):
-        raise ValueError(f"{path or '.'}: expected an object, got {_type_name(value)}")
+        found.append(FieldError(path or ".", f"expected an object, got {_type_name(value)}"))
+        return
     by_name: dict[str, FieldDescriptor] = {}
     for f in desc.fields:
         by_name[f.json_name] = f
@@ -58,46 +70,56 @@ def _check(desc: Descriptor, value: object, path: str) -> None:
         if field is None:
             close = difflib.get_close_matches(str(key), [f.json_name for f in desc.fields], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"{where}: unknown field{hint}")
+            found.append(FieldError(where, f"unknown field{hint}"))
+            continue
         if item is None:
             continue
-        _check_field(field, item, where)
+        _check_field(field, item, where, found)
 
 
-def _check_field(field: FieldDescriptor, item: object, where: str) -> None:
+def _check_field(field: FieldDescriptor, item: object, where: str, found: list[FieldError]) -> None:
     mt = field.message_type
     if mt is not None and mt.GetOptions().map_entry:
         if not isinstance(item, dict):
-            raise ValueError(f"{where}: expected a map, got {_type_name(item)}")
+            found.append(FieldError(where, f"expected a map, got {_type_name(item)}"))
+            return
         vfield = mt.fields_by_name["value"]
         for k, v in item.items():
-            _check_field(vfield, v, f"{where}.{k}")
+            _check_field(vfield, v, f"{where}.{k}", found)
         return
     if field.is_repeated:
         if not isinstance(item, list):
-            raise ValueError(f"{where}: expected a list, got {_type_name(item)}")
+            found.append(FieldError(where, f"expected a list, got {_type_name(item)}"))
+            return
         for i, element in enumerate(item):
-            _check_single(field, element, f"{where}[{i}]")
+            _check_single(field, element, f"{where}[{i}]", found)
         return
-    _check_single(field, item, where)
+    _check_single(field, item, where, found)
 
 
-def _check_single(field: FieldDescriptor, item: object, where: str) -> None:
+def _check_single(field: FieldDescriptor, item: object, where: str, found: list[FieldError]) -> None:
     if field.message_type is not None:
-        _check(field.message_type, item, where)
+        _check(field.message_type, item, where, found)
         return
+    problem = _scalar_problem(field, item)
+    if problem:
+        found.append(FieldError(where, problem))
+
+
+def _scalar_problem(field: FieldDescriptor, item: object) -> str:
     if field.type in _INT_TYPES:
         if isinstance(item, bool) or not isinstance(item, int | str):
-            raise ValueError(f"{where}: expected an integer, got {_type_name(item)}")
+            return f"expected an integer, got {_type_name(item)}"
         if isinstance(item, str) and not item.lstrip("-").isdigit():
-            raise ValueError(f"{where}: expected an integer, got {item!r}")
+            return f"expected an integer, got {item!r}"
         if field.type in (FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_UINT64) and int(item) < 0:
-            raise ValueError(f"{where}: must not be negative")
-        return
+            return "must not be negative"
+        return ""
     expected = _SCALAR_TYPES.get(field.type)
     if expected and (not isinstance(item, expected) or (bool not in expected and isinstance(item, bool))):
         want = {str: "a string", bool: "true or false", int: "a number"}[expected[0]]
-        raise ValueError(f"{where}: expected {want}, got {_type_name(item)}")
+        return f"expected {want}, got {_type_name(item)}"
+    return ""
 
 
 def _hash_api_key(spec: dict[str, Any]) -> None:
@@ -149,13 +171,17 @@ def parse_document(doc: object, default_namespace: str = "default") -> resources
         spec.setdefault("enabled", True)  # like API Gateway: a new key is enabled
         doc["spec"] = spec
     msg = cls()
-    _check(cast(Descriptor, msg.DESCRIPTOR), doc, "")
+    found: list[FieldError] = []
+    _check(cast(Descriptor, msg.DESCRIPTOR), doc, "", found)
+    meta = doc.get("metadata")
+    if meta is None or (isinstance(meta, dict) and not meta.get("name")):
+        found.append(FieldError("metadata.name", "required"))
+    if found:
+        raise DocumentInvalid(found)
     try:
         json_format.ParseDict(doc, msg)
     except json_format.ParseError as exc:
         raise ValueError(str(exc).splitlines()[0]) from None
-    if not msg.metadata.name:
-        raise ValueError("metadata.name: required")
     if not msg.metadata.namespace:
         msg.metadata.namespace = default_namespace
     res = resources_pb2.Resource()
@@ -163,35 +189,57 @@ def parse_document(doc: object, default_namespace: str = "default") -> resources
     return res
 
 
-def _describe(doc: object) -> str:
+def _describe(doc: object, namespace: str) -> str:
     if isinstance(doc, dict):
         meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
         assert isinstance(meta, dict)
         name = meta.get("name", "?")
-        ns = meta.get("namespace", "default")
-        return f" ({doc.get('kind', '?')} {ns}/{name})"
+        ns = meta.get("namespace", namespace)
+        return f"{doc.get('kind', '?')} {ns}/{name}"
     return ""
 
 
-def _load_text(text: str, origin: str, namespace: str) -> list[resources_pb2.Resource]:
+@dataclass
+class Document:
+    """One document of a set: where it came from, and its Resource or every problem it has."""
+
+    origin: str  # the file ("" for text, e.g. stdin)
+    number: int  # 1-based position in its file; 0 = the file as a whole (it is not YAML)
+    subject: str  # "Api default/pets" ("? default/?" when the document does not say)
+    resource: resources_pb2.Resource | None = None
+    errors: list[FieldError] = field(default_factory=list)
+
+    @property
+    def where(self) -> str:
+        """`pets.yaml document 2 (Api default/pets)`: where each error about this document is."""
+        place = " ".join(p for p in (self.origin, f"document {self.number}" if self.number else "") if p)
+        return f"{place} ({self.subject})" if self.subject else place
+
+
+def _read_text(text: str, origin: str, namespace: str) -> list[Document]:
     try:
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}" if mark is not None else "YAML"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise InvalidConfig(f"{origin}{where}: invalid YAML: {problem}") from None
+        return [Document(origin, 0, "", errors=[FieldError("", f"{where}: invalid YAML: {problem}")])]
     out = []
     for i, doc in enumerate(docs, start=1):
+        one = Document(origin, i, _describe(doc, namespace))
         try:
-            out.append(parse_document(doc, namespace))
+            one.resource = parse_document(doc, namespace)
+        except DocumentInvalid as exc:
+            one.errors = exc.errors
         except ValueError as exc:
-            raise InvalidConfig(f"{origin}document {i}{_describe(doc)}: {exc}") from None
+            one.errors = [FieldError("", str(exc))]
+        out.append(one)
     return out
 
 
-def load_documents(source: str | Path, namespace: str = "default") -> list[resources_pb2.Resource]:
-    """Resources from YAML/JSON text, a file, or a directory of *.yaml/*.yml/*.json files.
+def read_documents(source: str | Path, namespace: str = "default") -> list[Document]:
+    """Every document of YAML/JSON text, a file, or a directory of *.yaml/*.yml/*.json files, each
+    with its Resource or its problems (`load_documents` raises them all).
 
     `namespace` applies to documents whose metadata names none.
     """
@@ -206,12 +254,33 @@ def load_documents(source: str | Path, namespace: str = "default") -> list[resou
             raise InvalidConfig(f"{source}: no such file or directory")
         if source.is_dir():
             files = sorted(p for p in source.iterdir() if p.suffix in (".yaml", ".yml", ".json"))
-            out: list[resources_pb2.Resource] = []
+            out: list[Document] = []
             for f in files:
-                out += _load_text(f.read_text(), f"{f} ", namespace)
+                out += _read_text(f.read_text(), str(f), namespace)
             return out
-        return _load_text(source.read_text(), f"{source} ", namespace)
-    return _load_text(source, "", namespace)
+        return _read_text(source.read_text(), str(source), namespace)
+    return _read_text(source, "", namespace)
+
+
+def load_documents(source: str | Path, namespace: str = "default") -> list[resources_pb2.Resource]:
+    """The Resources of `read_documents`, or InvalidConfig with every problem of every document."""
+    docs = read_documents(source, namespace)
+    errors = [replace(e, resource=d.where) for d in docs for e in d.errors]
+    if errors:
+        raise InvalidConfig(*errors)
+    return [d.resource for d in docs if d.resource is not None]
+
+
+def holds_redacted(msg: Message) -> bool:
+    """Whether a secret field of `msg` holds "[redacted]" (a document read back with Get): such a
+    document is validated once control has put the stored values back."""
+    probe = type(msg)()
+    probe.CopyFrom(msg)
+    try:
+        restore(probe, None)
+    except ValueError:
+        return True
+    return False
 
 
 def to_document(res: resources_pb2.Resource) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
-from meshgate.control.errors import ControlError
+from meshgate.control.errors import MAX_ERRORS, ControlError, errors_trailer
 from meshgate.control.identity import Issuer, sidecar_principal
 from meshgate.control.store import Store, redacted
 from meshgate.control.stream import ConfigStreamer
@@ -19,11 +19,15 @@ Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type informa
 
 
 async def _guard(context: Context, what: str, call: Callable[[], Awaitable[T]]) -> T:
-    """Run one admin call; refusals become their gRPC status, surprises INTERNAL (no traceback sent)."""
+    """Run one admin call; refusals become their gRPC status (every error a line of its message, and
+    field by field in the `meshgate-errors-bin` trailer), surprises INTERNAL (no traceback sent)."""
     try:
         return await call()
     except ControlError as exc:
-        await context.abort(exc.code, str(exc))
+        shown = exc.errors[:MAX_ERRORS]
+        more = len(exc.errors) - len(shown)
+        lines = [str(e) for e in shown] + ([f"... and {more} more errors"] if more else [])
+        await context.abort(exc.code, "\n".join(lines), trailing_metadata=errors_trailer(exc.errors))
     except grpc.aio.AioRpcError as exc:  # etcd unreachable
         log.warning("%s: etcd error: %s", what, exc.details())
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"{what}: etcd unavailable: {exc.details()}")
@@ -121,7 +125,12 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):  # type: ignore[
             context,
             "deploy",
             lambda: self.store.deploy(
-                request.namespace, request.api, request.stage, request.description, request.skip_canary
+                request.namespace,
+                request.api,
+                request.stage,
+                request.description,
+                request.skip_canary,
+                request.create_stage,
             ),
         )
 

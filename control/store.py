@@ -17,8 +17,8 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from google.protobuf.message import DecodeError
 from meshgate.control import state as keys
-from meshgate.control.errors import Conflict, FailedPrecondition, InvalidConfig, NotFound
+from meshgate.control.errors import Conflict, FailedPrecondition, FieldError, InvalidConfig, NotFound
 from meshgate.control.keystore import ControlKeys
 from meshgate.control.keystore import generate as generate_keys
+from meshgate.control.resources import holds_redacted
 from meshgate.control.snapshots import rekeyed
 from meshgate.control.state import KIND_WORDS, ResourceMsg, State, unwrap, wrap
-from meshgate.control.validation import check_private_targets, validate
+from meshgate.control.validation import check_private_targets, unresolved_variables, validate
 from meshgate.sidecar.redact import redact, restore
 from meshgate.v1 import control_pb2, resources_pb2
 
@@ -359,23 +360,27 @@ class Store:
     async def apply(
         self, resources: Sequence[resources_pb2.Resource], *, dry_run: bool = False
     ) -> control_pb2.ApplyResponse:
-        for res in resources:
-            if res.WhichOneof("kind") == "deployment":
-                raise InvalidConfig("Deployment resources are made by deploy, not applied")
-            msg = unwrap(res)
-            if not msg.metadata.namespace:
-                msg.metadata.namespace = "default"
-            if not _holds_marker(msg):
-                validate(res)  # a read-back with "[redacted]" values: validated once they are restored
-        seen: set[str] = set()
-        for res in resources:
-            key = keys.key_for(self.prefix, res)
-            if key in seen:
-                m = unwrap(res)
-                raise InvalidConfig(
-                    f"{m.DESCRIPTOR.name} {m.metadata.namespace}/{m.metadata.name}: appears twice in the batch"
-                )
-            seen.add(key)
+        """Validate and store a batch in one transaction: every refusal of every resource is
+        reported at once (each FieldError with the resource's index), and then nothing is written."""
+        refused = _Refusals()
+        seen: dict[str, int] = {}
+        for i, res in enumerate(resources):
+            with refused.noting(i):
+                if res.WhichOneof("kind") == "deployment":
+                    raise InvalidConfig("Deployment resources are made by deploy, not applied")
+                msg = unwrap(res)
+                if not msg.metadata.namespace:
+                    msg.metadata.namespace = "default"
+                key = keys.key_for(self.prefix, res)
+                if key in seen:
+                    what = f"{msg.DESCRIPTOR.name} {msg.metadata.namespace}/{msg.metadata.name}"
+                    raise InvalidConfig(
+                        FieldError("", f"appears twice in the batch (also #{seen[key] + 1})", what)
+                    )
+                seen[key] = i
+                if not holds_redacted(msg):
+                    validate(res)  # a read-back with "[redacted]" values: validated once they are restored
+        refused.raise_any()
         for _ in range(RETRIES):
             result = await self._apply_once(resources, dry_run)
             if result is not None:
@@ -396,60 +401,13 @@ class Store:
             if r.WhichOneof("kind") == "api"
         }
         checked_apis: set[tuple[str, str]] = set()
-        for res in resources:
-            msg = unwrap(res)
-            kind = msg.DESCRIPTOR.name
-            ns = msg.metadata.namespace
-            refs: list[str] = []
-            if isinstance(msg, resources_pb2.Stage):
-                refs = [msg.spec.api]
-            elif isinstance(msg, resources_pb2.UsagePlan):
-                refs = [r.split("/")[0] for r in msg.spec.apis]
-            for api in refs:
-                if (ns, api) in batch_apis or (ns, api) in checked_apis:
-                    continue
-                api_read = await self._read(keys.api_key(self.prefix, ns, api))
-                if api_read.value is None:
-                    raise NotFound(f"{kind} {ns}/{msg.metadata.name}: Api {ns}/{api} does not exist")
-                guards.append(self._guard(api_read))
-                checked_apis.add((ns, api))
-            key = keys.key_for(self.prefix, res)
-            current = await self._read(key)
-            guards.append(self._guard(current))
-            old = _decoded(type(msg), current.value)  # poison counts as absent: an apply repairs it
-            new = self._write_only(msg, old)
-            await self._check_private(new, resources)
-            new.api_version = "meshgate.io/v1"
-            new.kind = kind
-            action = "created"
-            if old is not None:
-                if isinstance(new, resources_pb2.Stage) and isinstance(old, resources_pb2.Stage):
-                    if not new.spec.deployment:
-                        new.spec.deployment = old.spec.deployment
-                    if not new.spec.HasField("canary") and old.spec.HasField("canary"):
-                        new.spec.canary.CopyFrom(old.spec.canary)
-                same = (
-                    old.spec == new.spec
-                    and dict(old.metadata.labels) == dict(new.metadata.labels)
-                    and dict(old.metadata.annotations) == dict(new.metadata.annotations)
-                )
-                if same:
-                    results.append(
-                        control_pb2.ApplyResult(
-                            kind=kind, namespace=ns, name=new.metadata.name, action="unchanged"
-                        )
-                    )
-                    continue
-                action = "configured"
-                new.metadata.generation = old.metadata.generation + 1
-            else:
-                new.metadata.generation = 1
-            new.metadata.revision = 0
-            new.metadata.update_time_unix_nano = now
-            puts.append((key, new.SerializeToString(deterministic=True)))
-            results.append(
-                control_pb2.ApplyResult(kind=kind, namespace=ns, name=new.metadata.name, action=action)
-            )
+        refused = _Refusals()
+        for i, res in enumerate(resources):
+            with refused.noting(i):
+                result, put = await self._apply_one(res, resources, batch_apis, checked_apis, guards, now)
+                results.append(result)
+                puts += put
+        refused.raise_any()
         if dry_run or not puts:
             return control_pb2.ApplyResponse(results=results, revision=await self._revision())
         revision = await self._commit(guards, puts)
@@ -457,26 +415,121 @@ class Store:
             return None
         return control_pb2.ApplyResponse(results=results, revision=revision)
 
+    async def _apply_one(
+        self,
+        res: resources_pb2.Resource,
+        batch: Sequence[resources_pb2.Resource],
+        batch_apis: set[tuple[str, str]],
+        checked_apis: set[tuple[str, str]],
+        guards: list[Any],
+        now: int,
+    ) -> tuple[control_pb2.ApplyResult, list[tuple[str, bytes]]]:
+        """One resource of `_apply_once`: its result and put (none if unchanged); adds its guards."""
+        msg = unwrap(res)
+        kind = msg.DESCRIPTOR.name
+        ns = msg.metadata.namespace
+        what = f"{kind} {ns}/{msg.metadata.name}"
+        refs: list[tuple[str, str]] = []
+        if isinstance(msg, resources_pb2.Stage):
+            refs = [("spec.api", msg.spec.api)]
+        elif isinstance(msg, resources_pb2.UsagePlan):
+            refs = [(f"spec.apis[{j}]", r.split("/")[0]) for j, r in enumerate(msg.spec.apis)]
+        missing: list[FieldError] = []
+        for where, api in refs:
+            if (ns, api) in batch_apis or (ns, api) in checked_apis:
+                continue
+            api_read = await self._read(keys.api_key(self.prefix, ns, api))
+            if api_read.value is None:
+                missing.append(FieldError(where, f"Api {ns}/{api} does not exist", what))
+                continue
+            guards.append(self._guard(api_read))
+            checked_apis.add((ns, api))
+        if missing:
+            raise NotFound(*missing)
+        key = keys.key_for(self.prefix, res)
+        current = await self._read(key)
+        guards.append(self._guard(current))
+        old = _decoded(type(msg), current.value)  # poison counts as absent: an apply repairs it
+        new = self._write_only(msg, old)
+        await self._check_private(new, batch)
+        new.api_version = "meshgate.io/v1"
+        new.kind = kind
+        action = "created"
+        # read only, whatever the document says: the stored times (a new object's are set by `_touched`)
+        new.metadata.creation_time_unix_nano = old.metadata.creation_time_unix_nano if old else 0
+        new.metadata.update_time_unix_nano = old.metadata.update_time_unix_nano if old else 0
+        if old is not None:
+            if isinstance(new, resources_pb2.Stage) and isinstance(old, resources_pb2.Stage):
+                if not new.spec.deployment:
+                    new.spec.deployment = old.spec.deployment
+                if not new.spec.HasField("canary") and old.spec.HasField("canary"):
+                    new.spec.canary.CopyFrom(old.spec.canary)
+        if old is not None:
+            same = (
+                old.spec == new.spec
+                and dict(old.metadata.labels) == dict(new.metadata.labels)
+                and dict(old.metadata.annotations) == dict(new.metadata.annotations)
+            )
+            if same:
+                return (
+                    control_pb2.ApplyResult(
+                        kind=kind, namespace=ns, name=new.metadata.name, action="unchanged"
+                    ),
+                    [],
+                )
+            action = "configured"
+            new.metadata.generation = old.metadata.generation + 1
+        else:
+            new.metadata.generation = 1
+        if isinstance(new, resources_pb2.Stage):
+            await self._check_variables(new, InvalidConfig)
+        new.metadata.revision = 0
+        _touched(new.metadata, now)
+        result = control_pb2.ApplyResult(kind=kind, namespace=ns, name=new.metadata.name, action=action)
+        return result, [(key, new.SerializeToString(deterministic=True))]
+
     def _write_only(self, msg: ResourceMsg, old: ResourceMsg | None) -> Any:
         """The resource to store: "[redacted]" in a secret field keeps the stored value (a read-back
         applied again), and an ApiKey's sha256 becomes its keyed hash (`api_key_mac`)."""
         new = type(msg)()
         new.CopyFrom(msg)  # type: ignore[arg-type]
         what = f"{msg.DESCRIPTOR.name} {msg.metadata.namespace}/{msg.metadata.name}"
-        if _holds_marker(msg):
+        if holds_redacted(msg):
             try:
                 restore(new, old)
             except ValueError as exc:
-                raise InvalidConfig(f"{what}: {exc}") from None
+                raise InvalidConfig(FieldError("", str(exc), what)) from None
             validate(wrap(new))
         if isinstance(new, resources_pb2.ApiKey):
             stored = old.spec.value_hmac if isinstance(old, resources_pb2.ApiKey) else ""
             if new.spec.value_hmac and new.spec.value_hmac != stored:
-                raise InvalidConfig(f"{what}: spec.valueHmac is computed by control; apply spec.value")
+                raise InvalidConfig(
+                    FieldError("spec.valueHmac", "computed by control; apply spec.value", what)
+                )
             spec = rekeyed(new.spec, self.keys.api_key_hash_key)
             if spec is not None:
                 new.spec.CopyFrom(spec)
         return new
+
+    async def _check_variables(
+        self,
+        st: resources_pb2.Stage,
+        refusal: type[InvalidConfig | FailedPrecondition],
+        known: dict[int, resources_pb2.ApiSpec] | None = None,
+    ) -> None:
+        """Refuse a stage write that leaves an integration URI of what the stage serves unresolved
+        (`validation.unresolved_variables`); `known` are deployment specs at hand (a new one)."""
+        ns, api = st.metadata.namespace or "default", st.spec.api
+        specs = dict(known or {})
+        for dep in {st.spec.deployment, st.spec.canary.deployment} - {0} - specs.keys():
+            read = await self._read(keys.deployment_key(self.prefix, ns, api, dep))
+            served = _decoded(resources_pb2.Deployment, read.value)
+            if isinstance(served, resources_pb2.Deployment):
+                specs[dep] = served.spec.api_spec
+        missing = unresolved_variables(st, specs)
+        if missing:
+            what = f"Stage {ns}/{st.metadata.name}"
+            raise refusal(*(replace(e, resource=what) for e in missing))
 
     async def _check_private(self, msg: Any, batch: Sequence[resources_pb2.Resource]) -> None:
         """Private Apis may only integrate with addresses inside the cluster networks or the pod itself."""
@@ -508,7 +561,8 @@ class Store:
             try:
                 check_private_targets(api, [msg.spec.variables], self.cluster_cidrs)
             except InvalidConfig as exc:
-                raise InvalidConfig(f"Stage {ns}/{msg.metadata.name}: {exc}") from None
+                what = f"Stage {ns}/{msg.metadata.name}"
+                raise InvalidConfig(*(replace(e, resource=what) for e in exc.errors)) from None
 
     # ------------------------------------------------------------------ get / delete
 
@@ -586,8 +640,17 @@ class Store:
     # ------------------------------------------------------------------ deployments
 
     async def deploy(
-        self, namespace: str, api: str, stage: str, description: str = "", skip_canary: bool = False
+        self,
+        namespace: str,
+        api: str,
+        stage: str,
+        description: str = "",
+        skip_canary: bool = False,
+        create_stage: bool = False,
     ) -> control_pb2.DeployResponse:
+        """Snapshot the Api into the next deployment and point the stage (or its canary) at it. A
+        stage that does not exist is made only with `create_stage`; a deploy that would leave an
+        integration URI with an undefined stage variable is refused (FailedPrecondition)."""
         ns = namespace or "default"
         for _ in range(RETRIES):
             api_read = await self._read(keys.api_key(self.prefix, ns, api))
@@ -603,13 +666,22 @@ class Store:
                 kind="Deployment",
                 id=dep_id,
                 metadata=resources_pb2.ObjectMeta(
-                    name=f"{api}-{dep_id}", namespace=ns, update_time_unix_nano=now, generation=1
+                    name=f"{api}-{dep_id}",
+                    namespace=ns,
+                    update_time_unix_nano=now,
+                    creation_time_unix_nano=now,
+                    generation=1,
                 ),
                 spec=resources_pb2.DeploymentSpec(
                     api=api, description=description, api_spec=api_msg.spec, created_unix_nano=now
                 ),
             )
             if stage_read.value is None:
+                if not create_stage:
+                    raise NotFound(
+                        f"stage {stage} of Api {ns}/{api} does not exist: apply a Stage document "
+                        "(with the variables the Api's integrations use), or deploy with --create-stage"
+                    )
                 st = resources_pb2.Stage(
                     api_version="meshgate.io/v1",
                     kind="Stage",
@@ -625,7 +697,8 @@ class Store:
                 st.spec.canary.deployment = dep_id
             else:
                 st.spec.deployment = dep_id
-            st.metadata.update_time_unix_nano = now
+            _touched(st.metadata, now)
+            await self._check_variables(st, FailedPrecondition, {dep_id: api_msg.spec})
             revision = await self._commit(
                 [self._guard(api_read), self._guard(stage_read), self._guard(seq_read)],
                 [
@@ -655,9 +728,10 @@ class Store:
             found = await self._range(keys.deployments_prefix(self.prefix, ns, api))
             dep_ids = [_parsed(self.prefix, k).deployment for k, _, _ in found]
             mutate(st, sorted(dep_ids))
-            st.metadata.update_time_unix_nano = time.time_ns()
+            _touched(st.metadata, time.time_ns())
             st.metadata.generation += 1
             validate(wrap(st))
+            await self._check_variables(st, FailedPrecondition)
             revision = await self._commit(
                 [self._guard(read)], [(key, st.SerializeToString(deterministic=True))]
             )
@@ -738,15 +812,32 @@ class Store:
         return control_pb2.CanaryResponse(stage=redacted(st), revision=revision)
 
 
-def _holds_marker(msg: ResourceMsg) -> bool:
-    """Whether a secret field of `msg` holds "[redacted]" (a document read back with Get)."""
-    try:
-        probe = type(msg)()
-        probe.CopyFrom(msg)  # type: ignore[arg-type]
-        restore(probe, None)
-    except ValueError:
-        return True
-    return False
+def _touched(meta: resources_pb2.ObjectMeta, now: int) -> None:
+    """A write at `now`: the update time moves, the creation time stays (AGE counts from it). A new
+    object is created now; one stored before creation times were kept, at its last update."""
+    meta.creation_time_unix_nano = meta.creation_time_unix_nano or meta.update_time_unix_nano or now
+    meta.update_time_unix_nano = now
+
+
+class _Refusals:
+    """The refusals of a batch, each noted with its resource's index, raised together: NotFound when
+    every one is a missing Api (the controller waits for it), else InvalidConfig."""
+
+    def __init__(self) -> None:
+        self.errors: list[FieldError] = []
+        self.all_not_found = True
+
+    @contextlib.contextmanager
+    def noting(self, index: int) -> Iterator[None]:
+        try:
+            yield
+        except (InvalidConfig, NotFound) as exc:
+            self.errors += [replace(e, index=index) for e in exc.errors]
+            self.all_not_found &= isinstance(exc, NotFound)
+
+    def raise_any(self) -> None:
+        if self.errors:
+            raise (NotFound if self.all_not_found else InvalidConfig)(*self.errors)
 
 
 def redacted(msg: Any) -> Any:

@@ -41,7 +41,7 @@ ACKS = Family("meshgate_control_acks", "Snapshots acknowledged", "counter")
 NACKS = Family("meshgate_control_nacks", "Snapshots refused by a sidecar", "counter")
 APPLY_LATENCY = Family(
     "meshgate_control_config_apply_latency",
-    "Time from the etcd change to the sidecar's ACK",
+    "Time from the etcd change (or the sidecar's connection, if later) to the sidecar's ACK",
     "histogram",
     "s",
 )
@@ -93,7 +93,7 @@ class ConfigStreamer:
         self.pushes = 0
         self.nacks = 0
         self.acks = 0
-        self.apply_latency = Histogram()  # etcd change -> ACK, seconds
+        self.apply_latency = Histogram()  # etcd change (or connection, if later) -> ACK, seconds
         self._conns: set[_Conn] = set()
         self._changes = Coalescer(debounce_s, max_delay_s)
         self._delete_time_ns = 0
@@ -277,7 +277,11 @@ class ConfigStreamer:
                     st.acked_version = ack.version
                     st.last_ack_unix_nano = now
                     if sent.source_time_unix_nano:
-                        st.last_apply_latency_ms = (now - sent.source_time_unix_nano) / 1e6
+                        # from when this sidecar could first have had the change: one that connects
+                        # 20 s after a write is not 20 s late; its first snapshot counts from its
+                        # connection (Istio's convergence time leaves a proxy's first answer out)
+                        since = max(sent.source_time_unix_nano, st.connected_unix_nano)
+                        st.last_apply_latency_ms = (now - since) / 1e6
                         self.apply_latency.observe(st.last_apply_latency_ms / 1000)
                     self.acks += 1
                 conn.status_dirty.set()

@@ -1,18 +1,24 @@
 """Validation of every resource before it is stored: errors name the field (`spec.routes[1].path`).
 
 Checks here are per resource; references between resources (a Stage's Api)
-are checked by the store against etcd and the rest of the batch.
+are checked by the store against etcd and the rest of the batch. `validate`
+reports every error of a resource at once, as kubectl's field validation does:
+each `with _checking():` block is one independent check that its first `_fail`
+ends, and the next block runs on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import replace
 
 import jsonschema
-from meshgate.control.errors import InvalidConfig
+from meshgate.control.errors import FieldError, InvalidConfig
 from meshgate.control.state import unwrap
 from meshgate.sidecar.errors import GATEWAY_TYPES
 from meshgate.sidecar.respond import InvalidHeader, check_headers
@@ -51,7 +57,29 @@ JWT_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "PS256"
 
 
 def _fail(where: str, problem: str) -> None:
-    raise InvalidConfig(f"{where}: {problem}")
+    raise InvalidConfig(FieldError(where, problem))
+
+
+_FOUND: ContextVar[list[FieldError] | None] = ContextVar("meshgate_validation_found", default=None)
+
+
+@contextlib.contextmanager
+def _checking() -> Iterator[None]:
+    """One independent check: within `validate`, its first `_fail` is recorded and ends only this
+    block; called on its own (a helper used elsewhere), the error propagates as it is."""
+    found = _FOUND.get()
+    if found is None:
+        yield
+        return
+    try:
+        yield
+    except InvalidConfig as exc:
+        found.extend(exc.errors)
+
+
+def _lenient_params(path: str) -> list[str]:
+    """The parameter names of a path template that may be invalid (checks after its own refusal)."""
+    return [m.group(1) for seg in path.split("/") if (m := PARAM_RE.match(seg))]
 
 
 def path_params(path: str, where: str) -> list[str]:
@@ -81,19 +109,23 @@ def path_params(path: str, where: str) -> list[str]:
 
 
 def _meta(meta: resources_pb2.ObjectMeta, where: str) -> None:
-    if not meta.name:
-        _fail(f"{where}.name", "required")
-    if not NAME_RE.match(meta.name):
-        _fail(
-            f"{where}.name", f"{meta.name!r} must be lowercase letters, digits and '-', at most 63 characters"
-        )
-    if meta.namespace and not NAME_RE.match(meta.namespace):
-        _fail(f"{where}.namespace", f"{meta.namespace!r} is not a valid namespace name")
+    with _checking():
+        if not meta.name:
+            _fail(f"{where}.name", "required")
+        if not NAME_RE.match(meta.name):
+            _fail(
+                f"{where}.name",
+                f"{meta.name!r} must be lowercase letters, digits and '-', at most 63 characters",
+            )
+    with _checking():
+        if meta.namespace and not NAME_RE.match(meta.namespace):
+            _fail(f"{where}.namespace", f"{meta.namespace!r} is not a valid namespace name")
     for k, v in meta.labels.items():
-        if not LABEL_KEY_RE.match(k):
-            _fail(f"{where}.labels", f"invalid label key {k!r}")
-        if not LABEL_VALUE_RE.match(v):
-            _fail(f"{where}.labels.{k}", f"invalid label value {v!r}")
+        with _checking():
+            if not LABEL_KEY_RE.match(k):
+                _fail(f"{where}.labels", f"invalid label key {k!r}")
+            if not LABEL_VALUE_RE.match(v):
+                _fail(f"{where}.labels.{k}", f"invalid label value {v!r}")
 
 
 def _header_constants(headers: Mapping[str, str], where: str) -> None:
@@ -358,66 +390,79 @@ def _with_template_language(
 
 
 def _authorizers(spec: resources_pb2.ApiSpec) -> set[str]:
-    authorizers = set()
+    authorizers: set[str] = set()
     for i, a in enumerate(spec.authorizers):
-        if not a.name:
-            _fail(f"spec.authorizers[{i}].name", "required")
-        if a.name in authorizers:
-            _fail(f"spec.authorizers[{i}].name", f"duplicate authorizer {a.name!r}")
-        if a.type not in ("jwt", "request", "token"):
-            _fail(f"spec.authorizers[{i}].type", f'must be "jwt", "request" or "token", got {a.type!r}')
-        if a.result_ttl_seconds > 3600:
-            _fail(f"spec.authorizers[{i}].resultTtlSeconds", "must be at most 3600")
-        where = f"spec.authorizers[{i}]"
-        for j, src in enumerate(a.identity_sources):
-            if not IDENTITY_SOURCE_RE.match(src):
-                _fail(
-                    f"{where}.identitySources[{j}]",
-                    f"{src!r}: use method.request.header.NAME, method.request.querystring.NAME, "
-                    "stageVariables.NAME or context.sourceIp",
-                )
-        if a.type == "jwt":
-            if not a.jwks_uri.startswith(("http://", "https://")):
-                _fail(f"{where}.jwksUri", "required for jwt authorizers (http:// or https:// URL)")
-            for alg in a.algorithms:
-                if alg not in JWT_ALGORITHMS:
-                    _fail(
-                        f"{where}.algorithms",
-                        f"{alg!r} is not accepted (use {', '.join(sorted(JWT_ALGORITHMS))})",
-                    )
-            if a.identity_sources and not a.identity_sources[0].startswith("method.request.header."):
-                _fail(f"{where}.identitySources[0]", "a jwt token comes from a header")
-        else:
-            if not a.uri.startswith("http://"):
-                _fail(f"{where}.uri", "required for request/token authorizers (http:// URL of the service)")
-            if a.type == "token" and len(a.identity_sources) > 1:
-                _fail(f"{where}.identitySources", "a token authorizer takes one header")
-        authorizers.add(a.name)
+        with _checking():
+            _authorizer(a, i, authorizers)
+        authorizers.add(a.name)  # a refused authorizer is still a name its routes may use
     return authorizers
+
+
+def _authorizer(a: resources_pb2.Authorizer, i: int, authorizers: set[str]) -> None:
+    """spec.authorizers[i]; `authorizers` holds the names of those before it."""
+    if not a.name:
+        _fail(f"spec.authorizers[{i}].name", "required")
+    if a.name in authorizers:
+        _fail(f"spec.authorizers[{i}].name", f"duplicate authorizer {a.name!r}")
+    if a.type not in ("jwt", "request", "token"):
+        _fail(f"spec.authorizers[{i}].type", f'must be "jwt", "request" or "token", got {a.type!r}')
+    if a.result_ttl_seconds > 3600:
+        _fail(f"spec.authorizers[{i}].resultTtlSeconds", "must be at most 3600")
+    where = f"spec.authorizers[{i}]"
+    for j, src in enumerate(a.identity_sources):
+        if not IDENTITY_SOURCE_RE.match(src):
+            _fail(
+                f"{where}.identitySources[{j}]",
+                f"{src!r}: use method.request.header.NAME, method.request.querystring.NAME, "
+                "stageVariables.NAME or context.sourceIp",
+            )
+    if a.type == "jwt":
+        if not a.jwks_uri.startswith(("http://", "https://")):
+            _fail(f"{where}.jwksUri", "required for jwt authorizers (http:// or https:// URL)")
+        for alg in a.algorithms:
+            if alg not in JWT_ALGORITHMS:
+                _fail(
+                    f"{where}.algorithms",
+                    f"{alg!r} is not accepted (use {', '.join(sorted(JWT_ALGORITHMS))})",
+                )
+        if a.identity_sources and not a.identity_sources[0].startswith("method.request.header."):
+            _fail(f"{where}.identitySources[0]", "a jwt token comes from a header")
+    else:
+        if not a.uri.startswith("http://"):
+            _fail(f"{where}.uri", "required for request/token authorizers (http:// URL of the service)")
+        if a.type == "token" and len(a.identity_sources) > 1:
+            _fail(f"{where}.identitySources", "a token authorizer takes one header")
 
 
 def _models(spec: resources_pb2.ApiSpec) -> set[str]:
     models = set()
     for i, m in enumerate(spec.models):
-        if not m.name:
-            _fail(f"spec.models[{i}].name", "required")
-        try:
-            schema = json.loads(m.schema_json or "{}")
-        except ValueError as exc:
-            _fail(f"spec.models[{i}].schemaJson", f"not valid JSON: {exc}")
-        if not isinstance(schema, dict):  # `5` or `"x"` is JSON but no schema (jsonschema raises TypeError)
-            _fail(
-                f"spec.models[{i}].schemaJson",
-                f"must be a JSON object (a JSON Schema), got {m.schema_json!r}",
-            )
-        try:
-            jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(
-                schema
-            )
-        except jsonschema.exceptions.SchemaError as exc:
-            _fail(f"spec.models[{i}].schemaJson", f"not a valid JSON Schema: {exc.message}")
+        with _checking():
+            if not m.name:
+                _fail(f"spec.models[{i}].name", "required")
+        with _checking():
+            _schema(m, i)
         models.add(m.name)
     return models
+
+
+def _schema(m: resources_pb2.Model, i: int) -> None:
+    """spec.models[i].schemaJson: a JSON Schema (an object) that its own metaschema accepts."""
+    try:
+        schema = json.loads(m.schema_json or "{}")
+    except ValueError as exc:
+        _fail(f"spec.models[{i}].schemaJson", f"not valid JSON: {exc}")
+    if not isinstance(schema, dict):  # `5` or `"x"` is JSON but no schema (jsonschema raises TypeError)
+        _fail(
+            f"spec.models[{i}].schemaJson",
+            f"must be a JSON object (a JSON Schema), got {m.schema_json!r}",
+        )
+    try:
+        jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(
+            schema
+        )
+    except jsonschema.exceptions.SchemaError as exc:
+        _fail(f"spec.models[{i}].schemaJson", f"not a valid JSON Schema: {exc.message}")
 
 
 def _route(
@@ -428,42 +473,52 @@ def _route(
     models: set[str],
 ) -> None:
     r, where = spec.routes[i], f"spec.routes[{i}]"
-    if r.method.upper() not in METHODS:
-        _fail(f"{where}.method", f"must be one of {', '.join(sorted(METHODS))}, got {r.method!r}")
-    params = path_params(r.path, f"{where}.path")
-    normalized = "/" + "/".join(PARAM_RE.sub("{}", s) for s in r.path.strip("/").split("/"))
-    key = (r.method.upper(), normalized)
-    if key in seen:
-        _fail(f"{where}.path", f"{r.method} {r.path} duplicates spec.routes[{seen[key]}]")
-    seen[key] = i
-    if not r.HasField("integration"):
-        _fail(f"{where}.integration", "required")
-    integ = _with_template_language(r.integration, spec, f"{where}.integration")
-    _integration(integ, params, f"{where}.integration", r.path.rstrip("/").endswith("+}"))
-    if r.integration.type == "websocket_api" and r.method.upper() not in ("GET", "ANY"):
-        _fail(f"{where}.method", f"a WebSocket API is opened with a GET upgrade: use GET, got {r.method!r}")
-    if r.authorizer and r.authorizer not in authorizers:
-        _fail(f"{where}.authorizer", f"no authorizer named {r.authorizer!r} in spec.authorizers")
-    if r.request_model and r.request_model not in models:
-        _fail(f"{where}.requestModel", f"no model named {r.request_model!r} in spec.models")
-    if r.throttling.rate_limit < 0:
-        _fail(f"{where}.throttling.rateLimit", "must not be negative")
-    if r.authorization_scopes:
-        kinds = {a.name: a.type for a in spec.authorizers}
-        if kinds.get(r.authorizer) != "jwt":
-            _fail(f"{where}.authorizationScopes", "scopes need a jwt authorizer on the route")
-    for j, p in enumerate(r.required_parameters):
-        if not re.match(r"^method\.request\.(querystring|header)\.[A-Za-z0-9\-_.]+$", p):
+    with _checking():
+        if r.method.upper() not in METHODS:
+            _fail(f"{where}.method", f"must be one of {', '.join(sorted(METHODS))}, got {r.method!r}")
+    params = _lenient_params(r.path)
+    with _checking():
+        params = path_params(r.path, f"{where}.path")
+        normalized = "/" + "/".join(PARAM_RE.sub("{}", s) for s in r.path.strip("/").split("/"))
+        key = (r.method.upper(), normalized)
+        if key in seen:
+            _fail(f"{where}.path", f"{r.method} {r.path} duplicates spec.routes[{seen[key]}]")
+        seen[key] = i
+    with _checking():
+        if not r.HasField("integration"):
+            _fail(f"{where}.integration", "required")
+        integ = _with_template_language(r.integration, spec, f"{where}.integration")
+        _integration(integ, params, f"{where}.integration", r.path.rstrip("/").endswith("+}"))
+    with _checking():
+        if r.integration.type == "websocket_api" and r.method.upper() not in ("GET", "ANY"):
             _fail(
-                f"{where}.requiredParameters[{j}]",
-                f"{p!r}: use method.request.querystring.NAME or method.request.header.NAME",
+                f"{where}.method", f"a WebSocket API is opened with a GET upgrade: use GET, got {r.method!r}"
             )
-    for j, p in enumerate(r.cache_key_parameters):
-        if not re.match(r"^method\.request\.(querystring|header)\.[A-Za-z0-9\-_.]+$", p):
-            _fail(
-                f"{where}.cacheKeyParameters[{j}]",
-                f"{p!r}: use method.request.querystring.NAME or method.request.header.NAME",
-            )
+    with _checking():
+        if r.authorizer and r.authorizer not in authorizers:
+            _fail(f"{where}.authorizer", f"no authorizer named {r.authorizer!r} in spec.authorizers")
+    with _checking():
+        if r.request_model and r.request_model not in models:
+            _fail(f"{where}.requestModel", f"no model named {r.request_model!r} in spec.models")
+    with _checking():
+        if r.throttling.rate_limit < 0:
+            _fail(f"{where}.throttling.rateLimit", "must not be negative")
+    with _checking():
+        if r.authorization_scopes:
+            kinds = {a.name: a.type for a in spec.authorizers}
+            if kinds.get(r.authorizer) != "jwt":
+                _fail(f"{where}.authorizationScopes", "scopes need a jwt authorizer on the route")
+    for field, names in (
+        ("requiredParameters", r.required_parameters),
+        ("cacheKeyParameters", r.cache_key_parameters),
+    ):
+        for j, p in enumerate(names):
+            with _checking():
+                if not re.match(r"^method\.request\.(querystring|header)\.[A-Za-z0-9\-_.]+$", p):
+                    _fail(
+                        f"{where}.{field}[{j}]",
+                        f"{p!r}: use method.request.querystring.NAME or method.request.header.NAME",
+                    )
 
 
 # A gateway response's status: API Gateway takes any 3-digit [1-5]xx; 1xx is refused here because
@@ -481,46 +536,53 @@ def _gateway_responses(spec: resources_pb2.ApiSpec) -> None:
     """Only the types the sidecar raises (sidecar/errors.py), a final status, headers it can write."""
     seen: dict[str, int] = {}
     for i, g in enumerate(spec.gateway_responses):
-        where = f"spec.gatewayResponses[{i}]"
-        if g.type not in GATEWAY_TYPES:
-            _fail(
-                f"{where}.type",
-                f"{g.type!r} is not a gateway response type ({', '.join(sorted(GATEWAY_TYPES))})",
-            )
-        if g.type in seen:
-            _fail(f"{where}.type", f"{g.type} is already overridden by spec.gatewayResponses[{seen[g.type]}]")
-        seen[g.type] = i
-        if g.status and not GATEWAY_STATUS_MIN <= g.status <= GATEWAY_STATUS_MAX:
-            _fail(
-                f"{where}.status",
-                f"must be 0 (keep the default) or between {GATEWAY_STATUS_MIN} and {GATEWAY_STATUS_MAX}, got {g.status}",
-            )
-        _header_constants(g.headers, f"{where}.headers")
+        with _checking():
+            where = f"spec.gatewayResponses[{i}]"
+            if g.type not in GATEWAY_TYPES:
+                _fail(
+                    f"{where}.type",
+                    f"{g.type!r} is not a gateway response type ({', '.join(sorted(GATEWAY_TYPES))})",
+                )
+            if g.type in seen:
+                _fail(
+                    f"{where}.type",
+                    f"{g.type} is already overridden by spec.gatewayResponses[{seen[g.type]}]",
+                )
+            seen[g.type] = i
+            if g.status and not GATEWAY_STATUS_MIN <= g.status <= GATEWAY_STATUS_MAX:
+                _fail(
+                    f"{where}.status",
+                    f"must be 0 (keep the default) or between {GATEWAY_STATUS_MIN} and {GATEWAY_STATUS_MAX}, got {g.status}",
+                )
+            _header_constants(g.headers, f"{where}.headers")
 
 
 def _cors(c: resources_pb2.Cors) -> None:
     """Origins a browser's Origin header can equal, methods and header names the filter can write."""
     for j, origin in enumerate(c.allow_origins):
-        if origin != "*" and not ORIGIN_RE.match(origin) and not WILDCARD_ORIGIN_RE.match(origin):
-            _fail(
-                f"spec.cors.allowOrigins[{j}]",
-                f'{origin!r}: use "*", an origin (scheme://host[:port], lowercase, no path) '
-                "or https://*.domain",
-            )
-        if origin == "*" and c.allow_credentials:
-            _fail(
-                f"spec.cors.allowOrigins[{j}]",
-                'browsers refuse credentials with origin "*": list the origins with allowCredentials',
-            )
+        with _checking():
+            if origin != "*" and not ORIGIN_RE.match(origin) and not WILDCARD_ORIGIN_RE.match(origin):
+                _fail(
+                    f"spec.cors.allowOrigins[{j}]",
+                    f'{origin!r}: use "*", an origin (scheme://host[:port], lowercase, no path) '
+                    "or https://*.domain",
+                )
+            if origin == "*" and c.allow_credentials:
+                _fail(
+                    f"spec.cors.allowOrigins[{j}]",
+                    'browsers refuse credentials with origin "*": list the origins with allowCredentials',
+                )
     for j, m in enumerate(c.allow_methods):
-        if m not in CORS_METHODS:
-            _fail(f"spec.cors.allowMethods[{j}]", f"{m!r}: use {', '.join(sorted(CORS_METHODS))}")
+        with _checking():
+            if m not in CORS_METHODS:
+                _fail(f"spec.cors.allowMethods[{j}]", f"{m!r}: use {', '.join(sorted(CORS_METHODS))}")
     for field, names in (("allowHeaders", c.allow_headers), ("exposeHeaders", c.expose_headers)):
         for j, name in enumerate(names):
-            try:
-                check_headers(((name.encode("latin-1", "replace"), b""),))
-            except InvalidHeader as exc:
-                _fail(f"spec.cors.{field}[{j}]", str(exc))
+            with _checking():
+                try:
+                    check_headers(((name.encode("latin-1", "replace"), b""),))
+                except InvalidHeader as exc:
+                    _fail(f"spec.cors.{field}[{j}]", str(exc))
     if c.max_age_seconds > CORS_MAX_AGE:
         _fail("spec.cors.maxAgeSeconds", f"must be at most {CORS_MAX_AGE}, got {c.max_age_seconds}")
 
@@ -529,31 +591,38 @@ def validate_api(api: resources_pb2.Api) -> None:
     _meta(api.metadata, "metadata")
     spec = api.spec
     _gateway_responses(spec)
-    if spec.HasField("cors"):
-        _cors(spec.cors)
-    if spec.endpoint_type not in ("", "cluster", "private"):
-        _fail("spec.endpointType", f'must be "cluster" or "private", got {spec.endpoint_type!r}')
-    if spec.escaped_slashes_action not in ("", "KEEP_UNCHANGED", "REJECT_REQUEST"):
-        _fail(
-            "spec.escapedSlashesAction",
-            f'must be "KEEP_UNCHANGED" or "REJECT_REQUEST", got {spec.escaped_slashes_action!r}',
-        )
-    if spec.base_path:
-        path_params("/" + spec.base_path.strip("/"), "spec.basePath")
-        if "{" in spec.base_path:
-            _fail("spec.basePath", "must not contain parameters")
+    with _checking():
+        if spec.HasField("cors"):
+            _cors(spec.cors)
+    with _checking():
+        if spec.endpoint_type not in ("", "cluster", "private"):
+            _fail("spec.endpointType", f'must be "cluster" or "private", got {spec.endpoint_type!r}')
+    with _checking():
+        if spec.escaped_slashes_action not in ("", "KEEP_UNCHANGED", "REJECT_REQUEST"):
+            _fail(
+                "spec.escapedSlashesAction",
+                f'must be "KEEP_UNCHANGED" or "REJECT_REQUEST", got {spec.escaped_slashes_action!r}',
+            )
+    with _checking():
+        if spec.base_path:
+            path_params("/" + spec.base_path.strip("/"), "spec.basePath")
+            if "{" in spec.base_path:
+                _fail("spec.basePath", "must not contain parameters")
     for ns in spec.selector.namespaces:
-        if ns != "*" and not NAME_RE.match(ns):
-            _fail("spec.selector.namespaces", f"invalid namespace {ns!r}")
+        with _checking():
+            if ns != "*" and not NAME_RE.match(ns):
+                _fail("spec.selector.namespaces", f"invalid namespace {ns!r}")
     for k, v in spec.selector.match_labels.items():
-        if not LABEL_KEY_RE.match(k) or not LABEL_VALUE_RE.match(v):
-            _fail(f"spec.selector.matchLabels.{k}", f"invalid label {k}={v}")
+        with _checking():
+            if not LABEL_KEY_RE.match(k) or not LABEL_VALUE_RE.match(v):
+                _fail(f"spec.selector.matchLabels.{k}", f"invalid label {k}={v}")
     authorizers = _authorizers(spec)
     for cidr in [*spec.resource_policy.allow_cidrs, *spec.resource_policy.deny_cidrs]:
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            _fail("spec.resourcePolicy", f"{cidr!r} is not a CIDR")
+        with _checking():
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                _fail("spec.resourcePolicy", f"{cidr!r} is not a CIDR")
     models = _models(spec)
     seen: dict[tuple[str, str], int] = {}
     for i in range(len(spec.routes)):
@@ -563,62 +632,79 @@ def validate_api(api: resources_pb2.Api) -> None:
 def validate_stage(stage: resources_pb2.Stage) -> None:
     _meta(stage.metadata, "metadata")
     spec = stage.spec
-    if not spec.api:
-        _fail("spec.api", "required: the name of the Api this stage serves")
+    with _checking():
+        if not spec.api:
+            _fail("spec.api", "required: the name of the Api this stage serves")
     for name, value in spec.variables.items():
-        if not VAR_NAME_RE.match(name):
-            _fail(f"spec.variables.{name}", "variable names are letters, digits and '_'")
-        if not VAR_VALUE_RE.match(value):
-            _fail(f"spec.variables.{name}", f"value {value!r} has characters outside [A-Za-z0-9-._~:/?#&=,]")
+        with _checking():
+            if not VAR_NAME_RE.match(name):
+                _fail(f"spec.variables.{name}", "variable names are letters, digits and '_'")
+            if not VAR_VALUE_RE.match(value):
+                _fail(
+                    f"spec.variables.{name}", f"value {value!r} has characters outside [A-Za-z0-9-._~:/?#&=,]"
+                )
     _secret_variables(spec)
     hosts: dict[str, int] = {}
     for i, host in enumerate(spec.hosts):
-        if not HOST_RE.match(host):
-            _fail(f"spec.hosts[{i}]", f"invalid host name {host!r}")
-        if host.lower() in hosts:  # the sidecar maps hosts case-insensitively and NACKs a second claim
-            _fail(f"spec.hosts[{i}]", f"{host} is already spec.hosts[{hosts[host.lower()]}]")
-        hosts[host.lower()] = i
+        with _checking():
+            if not HOST_RE.match(host):
+                _fail(f"spec.hosts[{i}]", f"invalid host name {host!r}")
+            if host.lower() in hosts:  # the sidecar maps hosts case-insensitively and NACKs a second claim
+                _fail(f"spec.hosts[{i}]", f"{host} is already spec.hosts[{hosts[host.lower()]}]")
+            hosts[host.lower()] = i
     c = spec.canary
-    if not 0 <= c.percent <= 100:
-        _fail("spec.canary.percent", f"must be between 0 and 100, got {c.percent:g}")
+    with _checking():
+        if not 0 <= c.percent <= 100:
+            _fail("spec.canary.percent", f"must be between 0 and 100, got {c.percent:g}")
     for name, value in c.variables.items():
-        if not VAR_NAME_RE.match(name) or not VAR_VALUE_RE.match(value):
-            _fail(f"spec.canary.variables.{name}", f"invalid stage variable {name}={value!r}")
-    if c.sticky_header and not re.match(r"^[A-Za-z0-9-]+$", c.sticky_header):
-        _fail("spec.canary.stickyHeader", f"invalid header name {c.sticky_header!r}")
-    if spec.throttling.rate_limit < 0:
-        _fail("spec.throttling.rateLimit", "must not be negative")
-    if spec.cache.ttl_seconds > 3600:
-        _fail("spec.cache.ttlSeconds", "must be between 0 and 3600")
-    if spec.cache.invalidation not in ("", "ignore", "require_authorization", "fail"):
-        _fail("spec.cache.invalidation", 'must be "ignore", "require_authorization" or "fail"')
+        with _checking():
+            if not VAR_NAME_RE.match(name) or not VAR_VALUE_RE.match(value):
+                _fail(f"spec.canary.variables.{name}", f"invalid stage variable {name}={value!r}")
+    with _checking():
+        if c.sticky_header and not re.match(r"^[A-Za-z0-9-]+$", c.sticky_header):
+            _fail("spec.canary.stickyHeader", f"invalid header name {c.sticky_header!r}")
+    with _checking():
+        if spec.throttling.rate_limit < 0:
+            _fail("spec.throttling.rateLimit", "must not be negative")
+    with _checking():
+        if spec.cache.ttl_seconds > 3600:
+            _fail("spec.cache.ttlSeconds", "must be between 0 and 3600")
+    with _checking():
+        if spec.cache.invalidation not in ("", "ignore", "require_authorization", "fail"):
+            _fail("spec.cache.invalidation", 'must be "ignore", "require_authorization" or "fail"')
     for m in spec.cache.methods:
-        if m.upper() not in METHODS - {"ANY"}:
-            _fail("spec.cache.methods", f"{m!r} is not an HTTP method")
-    if not 0 <= spec.tracing_sample_ratio <= 1:
-        _fail("spec.tracingSampleRatio", "must be between 0 and 1")
+        with _checking():
+            if m.upper() not in METHODS - {"ANY"}:
+                _fail("spec.cache.methods", f"{m!r} is not an HTTP method")
+    with _checking():
+        if not 0 <= spec.tracing_sample_ratio <= 1:
+            _fail("spec.tracingSampleRatio", "must be between 0 and 1")
 
 
 def _secret_variables(spec: resources_pb2.StageSpec) -> None:
     seen: set[str] = set()
     for i, name in enumerate(spec.secret_variables):
-        if name not in spec.variables:
-            _fail(f"spec.secretVariables[{i}]", f"{name!r} is not one of spec.variables")
-        if name in seen:
-            _fail(f"spec.secretVariables[{i}]", f"{name!r} is listed twice")
+        with _checking():
+            if name not in spec.variables:
+                _fail(f"spec.secretVariables[{i}]", f"{name!r} is not one of spec.variables")
+            if name in seen:
+                _fail(f"spec.secretVariables[{i}]", f"{name!r} is listed twice")
         seen.add(name)
 
 
 def validate_usage_plan(plan: resources_pb2.UsagePlan) -> None:
     _meta(plan.metadata, "metadata")
     for i, ref in enumerate(plan.spec.apis):
-        parts = ref.split("/")
-        if len(parts) > 2 or not all(NAME_RE.match(p) for p in parts):
-            _fail(f"spec.apis[{i}]", f'must be "api" or "api/stage", got {ref!r}')
-    if plan.spec.throttle.rate_limit < 0:
-        _fail("spec.throttle.rateLimit", "must not be negative")
-    if plan.spec.quota.limit and plan.spec.quota.period not in ("DAY", "WEEK", "MONTH"):
-        _fail("spec.quota.period", f"must be DAY, WEEK or MONTH, got {plan.spec.quota.period!r}")
+        with _checking():
+            parts = ref.split("/")
+            if len(parts) > 2 or not all(NAME_RE.match(p) for p in parts):
+                _fail(f"spec.apis[{i}]", f'must be "api" or "api/stage", got {ref!r}')
+    with _checking():
+        if plan.spec.throttle.rate_limit < 0:
+            _fail("spec.throttle.rateLimit", "must not be negative")
+    with _checking():
+        if plan.spec.quota.limit and plan.spec.quota.period not in ("DAY", "WEEK", "MONTH"):
+            _fail("spec.quota.period", f"must be DAY, WEEK or MONTH, got {plan.spec.quota.period!r}")
 
 
 def validate_api_key(key: resources_pb2.ApiKey) -> None:
@@ -632,23 +718,27 @@ def validate_api_key(key: resources_pb2.ApiKey) -> None:
 
 
 def validate(res: resources_pb2.Resource) -> None:
-    """Raise InvalidConfig naming the resource and the field, or return."""
+    """Raise InvalidConfig with every error of the resource (each naming it and the field), or return."""
     msg = unwrap(res)
-    kind = msg.DESCRIPTOR.name
-    ns = msg.metadata.namespace or "default"
+    found: list[FieldError] = []
+    token = _FOUND.set(found)
     try:
-        if isinstance(msg, resources_pb2.Api):
-            validate_api(msg)
-        elif isinstance(msg, resources_pb2.Stage):
-            validate_stage(msg)
-        elif isinstance(msg, resources_pb2.UsagePlan):
-            validate_usage_plan(msg)
-        elif isinstance(msg, resources_pb2.ApiKey):
-            validate_api_key(msg)
-        else:
-            raise InvalidConfig("Deployment resources are made by deploy, not applied")
-    except InvalidConfig as exc:
-        raise InvalidConfig(f"{kind} {ns}/{msg.metadata.name}: {exc}") from None
+        with _checking():
+            if isinstance(msg, resources_pb2.Api):
+                validate_api(msg)
+            elif isinstance(msg, resources_pb2.Stage):
+                validate_stage(msg)
+            elif isinstance(msg, resources_pb2.UsagePlan):
+                validate_usage_plan(msg)
+            elif isinstance(msg, resources_pb2.ApiKey):
+                validate_api_key(msg)
+            else:
+                raise InvalidConfig("Deployment resources are made by deploy, not applied")
+    finally:
+        _FOUND.reset(token)
+    if found:
+        what = f"{msg.DESCRIPTOR.name} {msg.metadata.namespace or 'default'}/{msg.metadata.name}"
+        raise InvalidConfig(*(replace(e, resource=what) for e in found))
 
 
 CLUSTER_DOMAINS = (".svc", ".svc.cluster.local", ".cluster.local")
@@ -701,11 +791,54 @@ def check_private_targets(
 
 def _http_targets(spec: resources_pb2.ApiSpec) -> Iterator[tuple[str, str]]:
     """(field path, uri) of every HTTP call an Api's routes make, WebSocket API routes included."""
+    for _, where, kind, uri in _integration_uris(spec):
+        if kind in ("http", "function"):
+            yield where, uri
+
+
+def _integration_uris(spec: resources_pb2.ApiSpec) -> Iterator[tuple[resources_pb2.Route, str, str, str]]:
+    """(route, field path, integration type, uri) of every integration URI of an Api's routes,
+    WebSocket API routes included."""
     for i, route in enumerate(spec.routes):
         integ = route.integration
-        if integ.type in ("http", "function"):
-            yield f"spec.routes[{i}].integration.uri", integ.uri
-        elif integ.type == "websocket_api":
+        if integ.type == "websocket_api":
             for key in sorted(integ.websocket_routes):
-                where = f"spec.routes[{i}].integration.websocketRoutes.{key}.uri"
-                yield where, integ.websocket_routes[key].uri
+                sub = integ.websocket_routes[key]
+                yield route, f"spec.routes[{i}].integration.websocketRoutes.{key}.uri", sub.type, sub.uri
+        elif integ.type != "mock":
+            yield route, f"spec.routes[{i}].integration.uri", integ.type, integ.uri
+
+
+def unresolved_variables(
+    stage: resources_pb2.Stage, deployments: Mapping[int, resources_pb2.ApiSpec]
+) -> list[FieldError]:
+    """One error per stage variable that an integration URI of what `stage` serves uses and the
+    stage does not define: the base deployment with `spec.variables`; the canary deployment (when
+    `canary.percent` > 0) with `spec.variables` overridden and extended by `spec.canary.variables`,
+    as the sidecar resolves them. Deployments missing from `deployments` serve nothing, so a stage
+    not deployed yet needs no variable. A sidecar would answer 500 on such a route (and refuse a
+    WebSocket API's whole snapshot)."""
+    spec = stage.spec
+    base = dict(spec.variables)
+    sides = [(spec.deployment, base, f"deployment {spec.deployment}")]
+    if spec.canary.percent > 0:
+        canary = {**base, **spec.canary.variables}
+        sides.append((spec.canary.deployment, canary, f"canary deployment {spec.canary.deployment}"))
+    out: list[FieldError] = []
+    for dep, variables, served in sides:
+        if dep not in deployments:
+            continue
+        uses: dict[str, list[str]] = {}
+        for route, where, _, uri in _integration_uris(deployments[dep]):
+            for name in STAGE_VAR_REF_RE.findall(uri):
+                if name not in variables:
+                    uses.setdefault(name, []).append(f"{route.method} {route.path} ({where})")
+        for name, routes in sorted(uses.items()):
+            more = f" and {len(routes) - 2} more routes" if len(routes) > 2 else ""
+            out.append(
+                FieldError(
+                    f"spec.variables.{name}",
+                    f"undefined, and {served} uses ${{stageVariables.{name}}} in {', '.join(routes[:2])}{more}",
+                )
+            )
+    return out

@@ -222,7 +222,9 @@ class ConfigClient:
         except Exception as exc:
             ack.error = " ".join(str(exc).split()) or type(exc).__name__
             self.nacks += 1
-            log.warning("NACK config %s: %s (keeping %s)", snap.version, ack.error, self.applied_version)
+            v, src = self.applied_version, self.applied_from
+            kept = f"keeping config {v} ({src})" if self.applied else "no config to keep: not ready yet"
+            log.warning("NACK config %s: %s (%s)", snap.version, ack.error, kept)
         return ack
 
 

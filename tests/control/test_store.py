@@ -78,7 +78,9 @@ async def test_deploy_rollback_and_canary(store: Store) -> None:
     assert p.stage.spec.variables["backend"] == "c:2"
     with pytest.raises(FailedPrecondition):
         await store.remove_canary("default", "pets", "prod")
-    d4 = await store.deploy("default", "pets", "dev")  # creates the stage like create-deployment does
+    with pytest.raises(NotFound, match="stage dev of Api default/pets does not exist.*--create-stage"):
+        await store.deploy("default", "pets", "dev")  # a typo never creates a stage
+    d4 = await store.deploy("default", "pets", "dev", create_stage=True)  # like create-deployment
     assert d4.deployment == 4 and (await store.get("stages", "default", "dev"))[0].stage.spec.deployment == 4
 
 

@@ -63,7 +63,7 @@ def test_admin_subcommands_end_to_end(etcd: LocalEtcd, tmp_path: Path) -> None:
         table = ok(cli(m, "get", "stages"))
         assert table.splitlines()[0].split()[:4] == ["NAMESPACE", "API", "STAGE", "DEPLOYMENT"]
         assert table.splitlines()[1].split()[:4] == ["team", "shop", "prod", "2"]
-        docs = list(yaml.safe_load_all(ok(cli(m, "-n", "team", "get", "deployments", "-o", "yaml"))))
+        docs = yaml.safe_load(ok(cli(m, "-n", "team", "get", "deployments", "-o", "yaml")))["items"]
         assert [d["id"] for d in docs] == ["1", "2"] and docs[1]["spec"]["description"] == "second"
         stage = json.loads(ok(cli(m, "-n", "team", "get", "stage", "prod", "-o", "json")))
         assert stage["kind"] == "Stage" and stage["spec"]["deployment"] == "2"
@@ -117,6 +117,9 @@ def test_openapi_import_and_export_through_control(etcd: LocalEtcd, tmp_path: Pa
         assert ok(cli(m, "get", "apis")) == ""  # nothing applied
         out = cli(m, "import", str(spec), "--api", "store")
         assert out.returncode == 0 and "api/store created (29 routes, 3 warnings)" in out.stdout, out.stderr
+        # the imported integrations call http://${stageVariables.backend}/...: the stage defines it
+        stage = "apiVersion: meshgate.io/v1\nkind: Stage\nmetadata: {name: prod}\nspec: {api: store, variables: {backend: 'svc:80'}}\n"
+        ok(cli(m, "apply", "-f", "-", stdin=stage))
         ok(cli(m, "deploy", "store", "--stage", "prod"))
         exported = tmp_path / "exported.yaml"
         wrote = ok(cli(m, "export", "store", "--stage", "prod", "-o", str(exported)))

@@ -59,7 +59,7 @@ def test_vtl_api_through_control_and_a_sidecar_process(etcd: LocalEtcd, tmp_path
         cfg.write_text(CONFIG.format(backend=backend))
         out = cli(m, "apply", "-f", str(cfg))
         assert out.returncode == 0, out.stderr
-        assert cli(m, "deploy", "pets", "--stage", "prod").returncode == 0
+        assert cli(m, "deploy", "pets", "--stage", "prod", "--create-stage").returncode == 0
         sc = m.start_sidecar()
         conn = http.client.HTTPConnection("127.0.0.1", sc.port, timeout=5)
         body = json.dumps({"petName": "rex", "tags": ["good", "dog"]})

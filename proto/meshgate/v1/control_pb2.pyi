@@ -136,6 +136,24 @@ class ApplyResponse(_message.Message):
     revision: int
     def __init__(self, results: _Optional[_Iterable[_Union[ApplyResult, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
 
+class FieldError(_message.Message):
+    __slots__ = ("index", "resource", "field", "message")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    resource: str
+    field: str
+    message: str
+    def __init__(self, index: _Optional[int] = ..., resource: _Optional[str] = ..., field: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class FieldErrors(_message.Message):
+    __slots__ = ("errors",)
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    errors: _containers.RepeatedCompositeFieldContainer[FieldError]
+    def __init__(self, errors: _Optional[_Iterable[_Union[FieldError, _Mapping]]] = ...) -> None: ...
+
 class ObjectRef(_message.Message):
     __slots__ = ("kind", "namespace", "name", "api")
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -179,18 +197,20 @@ class GetResponse(_message.Message):
     def __init__(self, resources: _Optional[_Iterable[_Union[_resources_pb2.Resource, _Mapping]]] = ...) -> None: ...
 
 class DeployRequest(_message.Message):
-    __slots__ = ("namespace", "api", "stage", "description", "skip_canary")
+    __slots__ = ("namespace", "api", "stage", "description", "skip_canary", "create_stage")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     API_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     SKIP_CANARY_FIELD_NUMBER: _ClassVar[int]
+    CREATE_STAGE_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     api: str
     stage: str
     description: str
     skip_canary: bool
-    def __init__(self, namespace: _Optional[str] = ..., api: _Optional[str] = ..., stage: _Optional[str] = ..., description: _Optional[str] = ..., skip_canary: _Optional[bool] = ...) -> None: ...
+    create_stage: bool
+    def __init__(self, namespace: _Optional[str] = ..., api: _Optional[str] = ..., stage: _Optional[str] = ..., description: _Optional[str] = ..., skip_canary: _Optional[bool] = ..., create_stage: _Optional[bool] = ...) -> None: ...
 
 class DeployResponse(_message.Message):
     __slots__ = ("deployment", "to_canary", "revision")
