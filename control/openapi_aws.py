@@ -512,6 +512,10 @@ def api_fields(doc: dict[str, Any], warn: Warn) -> dict[str, Any]:
     cors = doc.get("x-amazon-apigateway-cors")
     if isinstance(cors, dict):
         spec["cors"] = params.cors(cors, warn)
+    if "x-amazon-apigateway-policy" in doc:
+        policy = params.resource_policy(doc["x-amazon-apigateway-policy"], warn)
+        if policy:
+            spec["resourcePolicy"] = policy
     source = str(doc.get("x-amazon-apigateway-api-key-source", "HEADER")).upper()
     if source != "HEADER":
         warn(_ptr("x-amazon-apigateway-api-key-source"), "API keys come from the x-api-key header only")
@@ -531,6 +535,7 @@ KNOWN_DOC_KEYS = frozenset(
         X_AWS_VALIDATOR,
         X_AWS_INTEGRATION,
         "x-amazon-apigateway-importexport-version",
+        "x-amazon-apigateway-policy",
     }
 )
 

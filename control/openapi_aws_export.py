@@ -236,9 +236,31 @@ def _api_extensions(full: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]
     if cors and set(cors) <= set(CORS_NAMES):
         doc["x-amazon-apigateway-cors"] = {CORS_NAMES[k]: v for k, v in cors.items()}
         rest.pop("cors")
+    policy = full.get("resourcePolicy")
+    if policy:
+        doc["x-amazon-apigateway-policy"] = _policy(policy)
+        rest.pop("resourcePolicy")
     if full.get("templateLanguage") != "vtl":  # an AWS import means VTL
         rest["templateLanguage"] = full.get("templateLanguage") or "jinja"
     return rest
+
+
+def _policy(policy: dict[str, Any]) -> dict[str, Any]:
+    """Api.resourcePolicy as API Gateway's resource policy (aws:SourceIp conditions)."""
+    base = {"Principal": "*", "Action": "execute-api:Invoke", "Resource": "execute-api:/*"}
+    allow: dict[str, Any] = {"Effect": "Allow", **base}
+    if policy.get("allowCidrs"):
+        allow["Condition"] = {"IpAddress": {"aws:SourceIp": list(policy["allowCidrs"])}}
+    statements = [allow]
+    if policy.get("denyCidrs"):
+        statements.append(
+            {
+                "Effect": "Deny",
+                **base,
+                "Condition": {"IpAddress": {"aws:SourceIp": list(policy["denyCidrs"])}},
+            }
+        )
+    return {"Version": "2012-10-17", "Statement": statements}
 
 
 def export_aws(

@@ -6,6 +6,7 @@ cannot do left out with a warning naming its JSON pointer, so that an export imp
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from typing import Any
@@ -128,4 +129,65 @@ def templates(raw: Any, where: str, warn: Warn) -> dict[str, str]:
             warn(_ptr(where, str(ctype)), f"{exc}: left out")
             continue
         out[str(ctype)] = str(source)
+    return out
+
+
+def _cidrs(value: Any) -> list[str] | None:
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        try:
+            out.append(str(ipaddress.ip_network(str(item).strip(), strict=False)))
+        except ValueError:
+            return None
+    return out
+
+
+def _whole_api(resource: Any) -> bool:
+    """Whether a policy statement's Resource is every method of the API (`execute-api:/*`, `.../*`)."""
+    items = resource if isinstance(resource, list) else [resource]
+    return all(
+        str(r) in ("*", "execute-api:/*") or re.fullmatch(r"arn:aws:execute-api:[^/]*/\*(/\*)*", str(r))
+        for r in items
+    )
+
+
+def resource_policy(policy: Any, warn: Warn) -> dict[str, list[str]]:
+    """x-amazon-apigateway-policy -> Api.resourcePolicy: statements that allow or deny invoking the
+    whole API by source IP (aws:SourceIp under IpAddress / NotIpAddress); the others are warned."""
+    where = "#/x-amazon-apigateway-policy/Statement"
+    allow: list[str] = []
+    deny: list[str] = []
+    statements = policy.get("Statement") if isinstance(policy, dict) else None
+    for i, st in enumerate(
+        statements if isinstance(statements, list) else [statements] if statements else []
+    ):
+        if not isinstance(st, dict):
+            continue
+        effect, cond = st.get("Effect"), st.get("Condition") or {}
+        ops = {op: (c or {}).get("aws:SourceIp") for op, c in cond.items() if isinstance(c, dict)}
+        if not cond and effect == "Allow" and _whole_api(st.get("Resource", "*")):
+            continue  # everyone may call: meshgate's default
+        if (
+            set(cond) - {"IpAddress", "NotIpAddress"}
+            or not all(ops.values())
+            or not _whole_api(st.get("Resource", "*"))
+        ):
+            warn(
+                f"{where}/{i}",
+                "only whole-API aws:SourceIp conditions become the resource policy: not enforced",
+            )
+            continue
+        for op, value in ops.items():
+            cidrs = _cidrs(value)
+            if cidrs is None:
+                warn(f"{where}/{i}", f"{value!r} is not a list of CIDRs: not enforced")
+                continue
+            allows = (effect == "Allow") == (op == "IpAddress")  # Deny NotIpAddress X = only X may call
+            (allow if allows else deny).extend(c for c in cidrs if c not in (allow if allows else deny))
+    out = {}
+    if allow:
+        out["allowCidrs"] = allow
+    if deny:
+        out["denyCidrs"] = deny
     return out

@@ -525,3 +525,35 @@ def test_shared_http_api_integrations_and_iam_routes() -> None:
         "#/components/securitySchemes/sigv4: AWS SigV4 (IAM) is not checked: routes using it are open",
         "#/paths/~1pets/get/x-amazon-apigateway-auth: AWS_IAM (SigV4) is not checked: the route is open",
     ]
+
+
+def test_a_source_ip_resource_policy_becomes_the_apis_and_exports_back() -> None:
+    from meshgate.control.openapi_aws_export import export_aws
+
+    doc = copy.deepcopy(PETSTORE)
+    invoke = {"Principal": "*", "Action": "execute-api:Invoke"}
+    doc["x-amazon-apigateway-policy"] = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", **invoke, "Resource": "execute-api:/*"},
+            {"Effect": "Deny", **invoke, "Resource": "arn:aws:execute-api:us-east-1:123456789012:abc/*",
+             "Condition": {"NotIpAddress": {"aws:SourceIp": ["10.0.0.0/8", "192.0.2.7"]}}},
+            {"Effect": "Deny", **invoke, "Resource": "execute-api:/*",
+             "Condition": {"IpAddress": {"aws:SourceIp": "10.9.0.0/16"}}},
+            {"Effect": "Deny", **invoke, "Resource": "execute-api:/*",
+             "Condition": {"StringNotEquals": {"aws:SourceVpce": "vpce-1"}}},
+        ],
+    }  # fmt: skip
+    api, warnings = imported(doc)
+    assert json_format.MessageToDict(api.spec.resource_policy) == {
+        "allowCidrs": ["10.0.0.0/8", "192.0.2.7/32"],
+        "denyCidrs": ["10.9.0.0/16"],
+    }
+    assert warnings == [
+        "#/x-amazon-apigateway-policy/Statement/3: only whole-API aws:SourceIp conditions become the "
+        "resource policy: not enforced"
+    ]
+    exported = export_aws("pets", api.spec, namespace="shop")
+    assert "resourcePolicy" not in exported.get("x-meshgate-api", {})
+    again, _ = imported(exported)
+    assert again.spec.resource_policy == api.spec.resource_policy
