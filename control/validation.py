@@ -216,6 +216,8 @@ def _integration_responses(integ: resources_pb2.Integration, where: str) -> None
         _fail(
             f"{where}.responses", f"integration responses are for http, function and mock, not {integ.type!r}"
         )
+    if integ.type == "function" and (not integ.HasField("proxy") or integ.proxy):
+        _fail(f"{where}.responses", "a proxy function answers with its result: set proxy: false to map it")
     for field in ("response_parameters", "response_templates"):
         if getattr(integ, field):
             name = resources_pb2.Integration.DESCRIPTOR.fields_by_name[field].json_name

@@ -64,6 +64,10 @@ API_CASES = [
         "spec.routes[0].integration.responses",
     ),
     (
+        api(route('{type: function, uri: "http://fn.ns.svc/", responses: [{status: 200}]}')),
+        "spec.routes[0].integration.responses",
+    ),
+    (
         api(route(HTTP[:-1] + ", responseTemplates: {text/plain: x}, responses: [{status: 200}]}")),
         "spec.routes[0].integration.responseTemplates",
     ),
