@@ -481,6 +481,8 @@ class Exchange(_RequestBody):
             self.state = RESPONDED
         if self.timer is not None or self.deadline:
             self._cancel_timer()
+        if self.conn.paused_by_upstream:  # the call that held the client back is over: read the rest
+            self.conn.resume_reading_from("upstream")
         if self.ctx.body_complete or self.discard_body:
             self.conn.exchange_done(self)
 

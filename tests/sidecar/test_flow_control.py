@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 from meshgate.sidecar.http1 import Limits
 
 from .conftest import Backends, Gateway, bundle, call, http_route, snapshot
 
 BODY = 8 * 1024 * 1024
+BIG = 48 * 1024 * 1024
 # a body must go on within 0.3 s and average 4 MB/s after 0.2 s: what a client that sends as fast as
 # it can always does, unless the sidecar stops reading it
 TIGHT = Limits(body_idle_timeout_s=0.3, body_rate_grace_s=0.2, min_body_rate_bps=4 * 1024 * 1024)
@@ -33,3 +35,35 @@ def test_an_upstream_that_stalls_is_not_a_slow_client(gateway: Gateway, backends
     gateway.start(snapshot(bundle([route])), limits=TIGHT)
     status, _, data = call(gateway.port, "/prod/up", method="POST", body=b"x" * BODY)
     assert (status, json.loads(data)) == (200, {"bytes": BODY}), data
+
+
+def test_an_upstream_that_fails_while_it_holds_the_client_back_lets_go(
+    gateway: Gateway, backends: Backends
+) -> None:
+    """The upstream's full buffer paused reading the client; then it goes away without an answer: the
+    client gets its 502 and the sidecar reads (and drops) the rest of the body instead of holding the
+    connection paused for good."""
+
+    async def walks_away(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")
+        async with asyncio.timeout(10):  # reads nothing more until the sidecar has stopped reading the client
+            while gateway.pool.write_pauses == 0:
+                await asyncio.sleep(0.01)
+        w.transport.abort()
+
+    port = backends.start(walks_away)
+    route = http_route("POST", "/up", f"http://127.0.0.1:{port}/up")
+    gateway.start(snapshot(bundle([route])), limits=Limits(max_body_bytes=BIG))
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as client:
+        client.sendall(b"POST /prod/up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % BIG)
+        client.sendall(b"x" * BIG)  # more than socket buffers hold: it blocks while the sidecar does not read
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += client.recv(65536)
+        assert got.startswith(b"HTTP/1.1 502"), got
+        client.sendall(b"GET /prod/up HTTP/1.1\r\nHost: x\r\n\r\n")  # the connection still serves
+        more = got.partition(b"\r\n\r\n")[2]
+        while b"HTTP/1.1 405" not in more:
+            data = client.recv(65536)
+            assert data, more
+            more += data
