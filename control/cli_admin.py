@@ -31,7 +31,6 @@ from meshgate.control.errors import (
 )
 from meshgate.control.resources import Document, holds_redacted, read_documents, to_document
 from meshgate.control.state import KIND_WORDS, unwrap
-from meshgate.control.validation import validate
 from meshgate.sidecar.credentials import cli_credentials
 from meshgate.v1 import control_pb2, control_pb2_grpc, resources_pb2
 
@@ -117,6 +116,8 @@ def _refused(found: list[tuple[Document, FieldError]]) -> CliError:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    from meshgate.control.validation import validate  # (jsonschema, templates: only apply needs them)
+
     docs: list[Document] = []
     namespace = args.namespace or "default"
     for source in args.filename:

@@ -464,7 +464,6 @@ class Store:
                     new.spec.deployment = old.spec.deployment
                 if not new.spec.HasField("canary") and old.spec.HasField("canary"):
                     new.spec.canary.CopyFrom(old.spec.canary)
-        if old is not None:
             same = (
                 old.spec == new.spec
                 and dict(old.metadata.labels) == dict(new.metadata.labels)
