@@ -485,7 +485,7 @@ class Controller:
         try:
             response = await self.store.apply([res])
         except InvalidConfig as exc:
-            raise Refused("Invalid", _strip_subject(str(exc), kind, ns, msg.metadata.name)) from None
+            raise Refused("Invalid", _without_subject(exc)) from None
         except NotFound as exc:
             raise Refused("ApiNotFound" if kind == "Stage" else "NotFound", str(exc)) from None
         except FailedPrecondition as exc:
@@ -870,10 +870,9 @@ def _event_for(cond: JSON) -> tuple[str, str, str] | None:
     return ("Normal" if status == "True" else "Warning", reason, cond["message"])
 
 
-def _strip_subject(message: str, kind: str, ns: str, name: str) -> str:
-    """`Api shop/pets: spec.routes[0].path: …` -> `spec.routes[0].path: …` (the object is the subject)."""
-    prefix = f"{kind} {ns}/{name}: "
-    return message[len(prefix) :] if message.startswith(prefix) else message
+def _without_subject(exc: InvalidConfig) -> str:
+    """Every error as `spec.routes[0].path: …`, "; " between them (the object is the condition's)."""
+    return "; ".join(": ".join(p for p in (e.field, e.message) if p) for e in exc.errors)
 
 
 class _NotLeader(ControlError):
