@@ -13,11 +13,13 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Callable
 
 from meshgate.sidecar import h2wire as w
 from meshgate.sidecar.context import RequestContext
 from meshgate.sidecar.errors import GatewayError
 from meshgate.sidecar.grpc_relay import Call, RequestHead, UpstreamHead
+from meshgate.sidecar.h2bridge import BridgeStream
 from meshgate.sidecar.h2conn import H2Conn, Headers
 from meshgate.sidecar.metrics import Metrics
 from meshgate.sidecar.routing import Route, TableHolder
@@ -91,6 +93,7 @@ class DownstreamConn(_Side):
         self.relay = relay
         self.conn = H2Conn(self, client=False, wake=self.wake)
         self.calls: dict[int, Call] = {}
+        self.rest: dict[int, BridgeStream] = {}  # streams that are not gRPC calls (REST over h2c)
         self.peer_ip = "127.0.0.1"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -111,6 +114,8 @@ class DownstreamConn(_Side):
         self.relay.conns.discard(self)
         for call in list(self.calls.values()):
             call.client_reset()
+        for stream in list(self.rest.values()):
+            stream.client_reset()
         self.relay.closed.set()
 
     def describe(self) -> str:
@@ -119,9 +124,12 @@ class DownstreamConn(_Side):
     # -- H2Conn events --
 
     def on_headers(self, sid: int, headers: Headers, end_stream: bool) -> None:
-        call = self.calls.get(sid)
+        call = self.calls.get(sid) or self.rest.get(sid)
         if call is not None:  # trailers from the client end its side
             call.client_data(b"", True)
+            return
+        if self.relay.http is not None and not _is_grpc(headers):
+            self._rest(sid, headers, end_stream, self.relay.http)
             return
         call = self.calls[sid] = Call(self.relay, self, sid)
         try:
@@ -131,15 +139,24 @@ class DownstreamConn(_Side):
             if not call.finished:
                 call.fail(GatewayError(500, "internal error"))
 
+    def _rest(
+        self, sid: int, headers: Headers, end_stream: bool, http: Callable[[], asyncio.Protocol]
+    ) -> None:
+        stream = self.rest[sid] = BridgeStream(self, sid, http)
+        reason = stream.start(headers, end_stream)
+        if reason is not None:
+            log.info("malformed HTTP/2 request from %s: %s", self.peer_ip, reason)
+            stream.refuse(reason)
+
     def on_data(self, sid: int, data: bytes, end_stream: bool) -> None:
-        call = self.calls.get(sid)
+        call = self.calls.get(sid) or self.rest.get(sid)
         if call is None:
             self.conn.consume(sid, len(data))
         else:
             call.client_data(data, end_stream)
 
     def on_reset(self, sid: int, code: int) -> None:
-        call = self.calls.get(sid)
+        call = self.calls.get(sid) or self.rest.get(sid)
         if call is not None:
             call.client_reset()
 
@@ -147,6 +164,8 @@ class DownstreamConn(_Side):
         call = self.calls.get(sid)
         if call is not None and call.up is not None:
             call.up.credit(call.up_sid, sent, self)
+        elif (stream := self.rest.get(sid)) is not None:
+            stream.drained()
 
     def on_goaway(self, last_sid: int, code: int) -> None:
         pass  # the client stops opening streams; those in flight finish
@@ -279,6 +298,7 @@ class GrpcRelay:
         self.metrics = metrics
         self.channels = self.pool = UpstreamPool(loop)  # `channels`: the admin port's name for it
         self.conns: set[DownstreamConn] = set()
+        self.http: Callable[[], asyncio.Protocol] | None = None  # REST over h2c: the HTTP/1.1 listener's
         self.draining = False
         self.closed = asyncio.Event()
         self.counter = 0
@@ -337,6 +357,10 @@ class GrpcRelay:
             if span.child is not None and call.code:
                 span.child.set_attribute("rpc.grpc.status_code", call.code)
             span.end(status, call.details, {"rpc.grpc.status_code": call.code})
+
+
+def _is_grpc(headers: Headers) -> bool:
+    return any(k == b"content-type" and v.startswith(b"application/grpc") for k, v in headers)
 
 
 class GrpcServer:

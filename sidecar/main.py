@@ -362,6 +362,8 @@ class _Sidecar:
 
             loop = asyncio.get_running_loop()
             self.admin.grpc = GrpcRelay(self.holder, loop, self.http.telemetry, self.metrics)
+            if self.entrance is not None:  # REST over h2c is served by the HTTP/1.1 listener
+                self.admin.grpc.http = self.entrance.http
         return self.admin.grpc
 
     async def _start_grpc(self) -> bool:
