@@ -334,6 +334,10 @@ def _http(x: dict[str, Any], where: str, warn: Warn, proxy: bool) -> dict[str, A
     _common(x, out, where, warn)
     if not proxy:
         _custom(x, out, where, warn)
+    elif x.get("responseParameters"):  # an HTTP API's response mapping, by status code
+        responses = params.http_api_responses(x["responseParameters"], f"{where}/responseParameters", warn)
+        if responses:
+            out["responses"] = responses
     return out
 
 
@@ -384,6 +388,8 @@ def integration(
         }
         if x.get("payloadFormatVersion"):
             out["payloadFormatVersion"] = str(x["payloadFormatVersion"])
+        if x.get("responseParameters"):
+            warn(f"{where}/responseParameters", "a Lambda proxy's answer is its result: not mapped")
         _common(x, out, where, warn)
         return out, cache_keys
     if kind == "aws" and ":lambda:path/" in str(x.get("uri", "")):  # Lambda custom integration

@@ -141,8 +141,32 @@ def integration_aws(
         out["timeoutInMillis"] = int(integ["timeoutMs"])
     if cache_keys:
         out["cacheKeyParameters"] = list(cache_keys)
-    if integ.get("responses"):
+    if integ.get("responses") and out["type"] == "http_proxy":  # HTTP APIs' form, by status code
+        out["responseParameters"] = _http_api_mapping(integ["responses"])
+    elif integ.get("responses"):
         out["responses"] = _responses_aws(integ["responses"])
+    return out
+
+
+def _http_api_mapping(responses: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for r in responses:
+        if not r.get("selectionPattern"):
+            continue  # the default: as it came (what the import adds back)
+        mapping: dict[str, str] = {}
+        if r.get("status"):
+            mapping["overwrite:statuscode"] = str(r["status"])
+        for key, value in (r.get("responseParameters") or {}).items():
+            name = key[len("method.response.header.") :]
+            text = str(value)
+            if text.startswith("integration.response."):
+                text = "$" + text[len("integration.") :]
+            elif text.startswith("context."):
+                text = "$" + text
+            elif len(text) >= 2 and text[0] == text[-1] == "'":
+                text = text[1:-1]
+            mapping[f"overwrite:header.{name}"] = text
+        out[r["selectionPattern"]] = mapping
     return out
 
 

@@ -191,3 +191,49 @@ def resource_policy(policy: Any, warn: Warn) -> dict[str, list[str]]:
     if deny:
         out["denyCidrs"] = deny
     return out
+
+
+_RESPONSE_VALUE = re.compile(
+    r"^\$\{?(response\.header\.[A-Za-z0-9\-_.]+|response\.body(\.[^}]+)?|context\.\w+)\}?$"
+)
+
+
+def _response_value(value: str) -> str:
+    m = _RESPONSE_VALUE.match(value)
+    if not m:
+        return value if "$" in value else f"'{value}'"
+    inner = m.group(1)
+    return "integration." + inner if inner.startswith("response.") else inner
+
+
+def http_api_responses(raw: Any, where: str, warn: Warn) -> list[dict[str, Any]]:
+    """An HTTP API's response parameter mapping ({status: {overwrite:header.x: $response.header.y,
+    overwrite:statuscode: N}}) as integration responses of a proxy, the others passing as they are."""
+    from meshgate.sidecar.transform_responses import response_parameter
+
+    out: list[dict[str, Any]] = []
+    for status, mapping in (raw or {}).items() if isinstance(raw, dict) else ():
+        rw = _ptr(where, str(status))
+        if not str(status).isdigit() or not isinstance(mapping, dict):
+            warn(rw, "not a status code with its mappings: left out")
+            continue
+        r: dict[str, Any] = {"selectionPattern": str(status)}
+        params: dict[str, str] = {}
+        for key, value in mapping.items():
+            m = re.match(r"^(overwrite|append):header\.([A-Za-z0-9\-_.]+)$", str(key))
+            if str(key) == "overwrite:statuscode" and str(value).isdigit() and 100 <= int(value) <= 599:
+                r["status"] = int(value)
+            elif m:
+                target, text = f"method.response.header.{m.group(2)}", _response_value(str(value))
+                try:
+                    response_parameter(target, text, {})
+                except ValueError as exc:
+                    warn(_ptr(rw, str(key)), f"{exc}: left out")
+                    continue
+                params[target] = text
+            else:
+                warn(_ptr(rw, str(key)), "not a mapping meshgate makes on a response: left out")
+        if params:
+            r["responseParameters"] = params
+        out.append(r)
+    return [*out, {}] if out else []  # the default: every other answer as it came

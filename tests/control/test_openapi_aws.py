@@ -402,6 +402,20 @@ def test_http_api_export_imports_with_mappings_cors_and_authorizers_control_acce
             "integration.request.header.x-request-id": "context.requestId",
         },
         "removeRequestParameters": ["integration.request.header.x-debug"],
+        "responses": [  # the HTTP API's response mapping, by status code; other answers as they came
+            {
+                "selectionPattern": "404",
+                "status": 410,
+                "responseParameters": {"method.response.header.x-gone": "'yes'"},
+            },
+            {
+                "selectionPattern": "200",
+                "responseParameters": {
+                    "method.response.header.x-served-by": "integration.response.header.x-backend"
+                },
+            },
+            {},
+        ],
     }
     assert r[("GET", "/services/{service}")] == {  # a path parameter renamed for the uri
         "type": "http",
@@ -438,6 +452,7 @@ def test_http_api_export_imports_with_mappings_cors_and_authorizers_control_acce
     assert {
         base + "requestParameters/append:querystring.source",
         base + "requestParameters/overwrite:path",
+        base + "responseParameters/200/remove:header.server",
         "#/paths/~1services~1{service}/get/x-amazon-apigateway-integration/requestParameters/"
         "integration.request.header.x-item",
         "#/x-amazon-apigateway-cors/allowOrigins",

@@ -172,7 +172,7 @@ def _http_api_app(seen: list[dict[str, object]]) -> web.Application:
                     "Version": "2012-10-17",
                     "Statement": [
                         {"Action": "execute-api:Invoke", "Effect": "Allow" if allow else "Deny",
-                         "Resource": event["methodArn"]}
+                         "Resource": "/".join(event["methodArn"].split("/")[:2]) + "/*"}  # the stage
                     ],
                 },
             }
@@ -180,7 +180,9 @@ def _http_api_app(seen: list[dict[str, object]]) -> web.Application:
 
     async def backend(request: web.Request) -> web.Response:
         seen.append({"path": request.path_qs, "headers": {k.lower(): v for k, v in request.headers.items()}})
-        return web.json_response({"ok": True})
+        if request.path.endswith("/gone"):
+            return web.json_response({"gone": True}, status=404)
+        return web.json_response({"ok": True}, headers={"X-Backend": "legacy"})
 
     app = web.Application()
     app.router.add_post("/fn/orgauth", authorize)
@@ -208,13 +210,19 @@ def test_an_http_api_export_imports_and_maps_parameters_as_api_gateway(
 
         # overwrite:header / append:querystring / remove:header, behind a Lambda REQUEST authorizer
         headers = {"x-org": "acme", "x-debug": "1", "x-request-id": "client-said"}
-        code, _, body = http_request(sc.port, "GET", "/prod/legacy/a/b?q=1", headers)
-        assert code == 200, body
+        code, answer, body = http_request(sc.port, "GET", "/prod/legacy/a/b?q=1", headers)
+        assert code == 200 and answer["x-served-by"] == "legacy", (answer, body)  # the response mapping
         got = seen[-1]
         assert seen[-2] == {"authorizer": "REQUEST"} and got["path"] == "/a/b?q=1&source=http-api", got
         sent = got["headers"]
         assert isinstance(sent, dict) and sent["x-tenant"] == "acme" and "x-debug" not in sent
         assert sent["x-request-id"] != "client-said"  # context.requestId, not the client's
+        code, answer, body = http_request(sc.port, "GET", "/prod/legacy/gone", {"x-org": "acme"})
+        assert (code, answer["x-gone"], json.loads(body)) == (
+            410,
+            "yes",
+            {"gone": True},
+        )  # overwrite:statuscode
         code, _, _ = http_request(sc.port, "GET", "/prod/legacy/a", {"x-org": "other"})
         assert code == 403
 
