@@ -241,7 +241,17 @@ def start_targets(
     envoy = str(Path(sys.executable).parent / "envoy")
     procs.append(
         b.start(
-            [*pin, envoy, "-c", str(work / "envoy.yaml"), "--concurrency", "1", "-l", "error"],
+            [
+                *pin,
+                envoy,
+                "-c",
+                str(work / "envoy.yaml"),
+                "--concurrency",
+                "1",
+                "-l",
+                "error",
+                "--disable-hot-restart",
+            ],
             work / "envoy.log",
         )
     )

@@ -245,9 +245,15 @@ def to_ms(value: str) -> float:
 
 
 def wrk(
-    url: str, duration: int, connections: int, script: Path | None = None, header: str | None = None
+    url: str,
+    duration: int,
+    connections: int,
+    script: Path | None = None,
+    header: str | None = None,
+    pin: str | None = None,
 ) -> dict[str, float]:
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+    cmd = ["taskset", "-c", pin] if pin else []
+    cmd += ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
     if header:
         cmd += ["-H", header]
     if script is not None:

@@ -1,0 +1,257 @@
+"""HTTP/1.1 side by side with Envoy: no proxy, Envoy, nginx and meshgate, each proxy on its own core.
+
+Every proxy under test runs alone on core 0 (`taskset -c 0`; Envoy `--concurrency 1`, nginx one
+worker, meshgate one process); wrk and the nginx backend (12-byte answers) share core 1. Cases:
+a plain GET, and the feature tax — the same GET behind a JWT check (RS256 against a local JWKS)
+and a rate limit, in both Envoy (`jwt_authn` + `local_ratelimit`) and meshgate (a JWT authorizer
+and a route limit). Rounds alternate between the targets; medians of req/s and of the proxy's CPU
+time per 1,000 requests (/proc/PID/stat), ratios against Envoy. Then idle memory: RSS split into
+total and private (RssAnon) for Envoy and for a sidecar with 100 routes.
+
+Usage: python bench/http_side.py [--duration 5] [--rounds 3] [--connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run as b
+from google.protobuf import json_format
+from grpc_side import LOAD_CORE, PROXY_CORE, cpu_ticks
+
+ENVOY = """
+static_resources:
+  listeners:
+  - address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          codec_type: AUTO
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/prod/"}}
+                route: {{cluster: backend, prefix_rewrite: "/", timeout: 29s}}
+          http_filters:
+{filters}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: backend
+    type: STATIC
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {backend}}}}}}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+"""
+
+ENVOY_JWT_LIMIT = """
+          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                bench:
+                  issuer: https://idp.bench
+                  audiences: [bench]
+                  local_jwks: {{inline_string: '{jwks}'}}
+              rules:
+              - match: {{prefix: "/"}}
+                requires: {{provider_name: bench}}
+          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: limit
+              token_bucket: {{max_tokens: 1000000, tokens_per_fill: 1000000, fill_interval: 1s}}
+              filter_enabled: {{default_value: {{numerator: 100, denominator: HUNDRED}}, runtime_key: limit_enabled}}
+              filter_enforced: {{default_value: {{numerator: 100, denominator: HUNDRED}}, runtime_key: limit_enforced}}
+"""
+
+
+def start_targets(work: Path, procs: list[subprocess.Popen[bytes]]) -> tuple[dict[str, tuple[str, int]], str]:
+    """{name: (base URL, proxy pid or 0)} and the bench token."""
+    backend = b.free_port()
+    jwks, token = b.make_idp()
+    (work / "body").mkdir()
+    (work / "backend.conf").write_text(b.NGINX_BACKEND.format(dir=work, port=backend, jwks=jwks))
+    load, pin = ["taskset", "-c", LOAD_CORE], ["taskset", "-c", PROXY_CORE]
+    procs.append(
+        b.start([*load, "nginx", "-c", str(work / "backend.conf"), "-p", str(work)], work / "be.log")
+    )
+    targets = {"direct": (f"http://127.0.0.1:{backend}/prod", 0)}
+    envoy = str(Path(sys.executable).parent / "envoy")
+    for name, filters in (("envoy", ""), ("envoy+jwt+limit", ENVOY_JWT_LIMIT.format(jwks=jwks))):
+        port = b.free_port()
+        conf = work / f"{name}.yaml"
+        conf.write_text(ENVOY.format(port=port, backend=backend, admin=b.free_port(), filters=filters))
+        procs.append(
+            b.start(
+                [*pin, envoy, "-c", str(conf), "--concurrency", "1", "-l", "error", "--disable-hot-restart"],
+                work / f"{name}.log",
+            )
+        )
+        targets[name] = (f"http://127.0.0.1:{port}/prod", procs[-1].pid)
+    port = b.free_port()
+    (work / "proxy.conf").write_text(b.NGINX_PROXY.format(dir=work, port=port, backend=backend))
+    procs.append(b.start([*pin, "nginx", "-c", str(work / "proxy.conf"), "-p", str(work)], work / "px.log"))
+    targets["nginx"] = (f"http://127.0.0.1:{port}/prod", _nginx_worker(procs[-1].pid))
+    for name, jwt in (("meshgate", False), ("meshgate+jwt+limit", True)):
+        snap = work / f"{name}.json"
+        snap.write_text(json_format.MessageToJson(b.bench_snapshot(backend, jwt=jwt)))
+        port, admin = b.free_port(), b.free_port()
+        procs.append(b.start([*pin, *b.sidecar_cmd(snap, port, admin)], work / f"{name}.log"))
+        b.wait_http(f"http://127.0.0.1:{admin}/ready")
+        targets[name] = (f"http://127.0.0.1:{port}/prod", procs[-1].pid)
+    b.wait_http(f"http://127.0.0.1:{backend}/hello")
+    return targets, token
+
+
+def wait_up(url: str, limit_s: float = 20.0) -> None:
+    """Until the port answers at all (a 401 counts: the JWT routes refuse a request without a token)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + limit_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _nginx_worker(master: int) -> int:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        kids = Path(f"/proc/{master}/task/{master}/children")
+        if kids.exists() and kids.read_text().split():
+            return int(kids.read_text().split()[0])
+        time.sleep(0.05)
+    return master
+
+
+def measure(
+    ns: argparse.Namespace, targets: dict[str, tuple[str, int]], token: str
+) -> dict[str, list[tuple[float, float]]]:
+    auth = f"Authorization: Bearer {token}"
+    header = {n: (auth if "jwt" in n else None) for n in targets}
+    for name, (base, _) in targets.items():
+        wait_up(base + "/hello")
+        if "jwt" in name:
+            b.check_jwt_route(base + "/hello", token)
+        else:
+            b.wait_http(base + "/hello")
+        b.wrk(base + "/hello", 2, ns.connections, None, header[name])  # warm-up
+    hz = os.sysconf("SC_CLK_TCK")
+    runs: dict[str, list[tuple[float, float]]] = {n: [] for n in targets}
+    for _ in range(ns.rounds):
+        for name, (base, pid) in targets.items():
+            before = cpu_ticks(pid) if pid else 0
+            r = b.wrk(base + "/hello", ns.duration, ns.connections, None, header[name], pin=LOAD_CORE)
+            requests = r["rps"] * ns.duration
+            cpu = (cpu_ticks(pid) - before) * 1000 / hz / (requests / 1000) if pid else float("nan")
+            runs[name].append((r["rps"], cpu))
+    return runs
+
+
+def memory(work: Path) -> dict[str, dict[str, float]]:
+    """Idle RSS and RssAnon (MiB): Envoy with the plain config, a sidecar with 100 routes."""
+    out = {}
+    snap = work / "rss-100.json"
+    snap.write_text(json_format.MessageToJson(b.bench_snapshot(9, extra_routes=98)))
+    admin = b.free_port()
+    envoy = str(Path(sys.executable).parent / "envoy")
+    conf = work / "envoy-idle.yaml"
+    conf.write_text(ENVOY.format(port=b.free_port(), backend=9, admin=admin, filters=""))
+    for name, cmd, ready in (
+        (
+            "envoy",
+            [envoy, "-c", str(conf), "--concurrency", "1", "-l", "error", "--disable-hot-restart"],
+            f"http://127.0.0.1:{admin}/ready",
+        ),
+        (
+            "meshgate (100 routes)",
+            b.sidecar_cmd(snap, b.free_port(), admin + 1),
+            f"http://127.0.0.1:{admin + 1}/ready",
+        ),
+    ):
+        proc = b.start(cmd, work / "idle.log")
+        try:
+            b.wait_http(ready)
+            time.sleep(1.0)
+            status = dict(
+                line.split(":", 1) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+            )
+            out[name] = {k: int(status[k].split()[0]) / 1024 for k in ("VmRSS", "RssAnon", "RssFile")}
+        finally:
+            b.stop(proc)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--json", help="also write the results here")
+    ns = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="meshgate-http-") as t:
+        work = Path(t)
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            targets, token = start_targets(work, procs)
+            runs = measure(ns, targets, token)
+        finally:
+            for proc in procs:
+                b.stop(proc)
+        mem = memory(work)
+    rate = {n: statistics.median(r for r, _ in v) for n, v in runs.items()}
+    cpu = {n: statistics.median(c for _, c in v) for n, v in runs.items()}
+    print(
+        f"\nHTTP/1.1 GET 12 B, wrk -t1 -c{ns.connections}; proxies on core {PROXY_CORE}, wrk + backend on core {LOAD_CORE};"
+    )
+    print(f"median of {ns.rounds} x {ns.duration}s")
+    print(
+        f"{'target':20s} {'req/s':>9s} {'vs Envoy':>9s} {'CPU ms/1k':>10s} {'vs Envoy':>9s}   req/s per round"
+    )
+    for name in runs:
+        anchor = "envoy+jwt+limit" if "jwt" in name else "envoy"
+        each = " ".join(f"{r:.0f}" for r, _ in runs[name])
+        c = (
+            f"{cpu[name]:10.1f} {cpu[anchor] / cpu[name]:8.2f}x"
+            if name != "direct"
+            else f"{'-':>10s} {'':9s}"
+        )
+        print(f"{name:20s} {rate[name]:9.0f} {rate[name] / rate[anchor]:8.2f}x {c}   {each}")
+    print("(vs Envoy: req/s ratio; for CPU, Envoy's CPU per request / ours: above 1 is cheaper than Envoy)")
+    print("\nidle memory (MiB)        RSS  private (RssAnon)  file-backed (shared across pods on a node)")
+    for name, m in mem.items():
+        print(f"{name:22s} {m['VmRSS']:6.1f} {m['RssAnon']:10.1f} {m['RssFile']:12.1f}")
+    if ns.json:
+        Path(ns.json).write_text(json.dumps({"runs": runs, "memory": mem}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
