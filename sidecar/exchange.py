@@ -119,6 +119,11 @@ class BodySink(Protocol):
     def body_end(self) -> None: ...
 
 
+# What a request body may pile up in the sidecar while its upstream connection is being made (then
+# reading the client pauses until the connection takes the body): the transports' high-water mark.
+HELD_BODY_BYTES = 256 * 1024
+
+
 class _RequestBody:
     """The exchange's request-body side: what the listener feeds in, who waits for the whole body,
     and the 100 Continue a client that expects one is owed before it sends it."""
@@ -141,6 +146,12 @@ class _RequestBody:
             sink.body(chunk)
         elif self.ctx.body_chunks is not None:
             self.ctx.body_chunks.append(chunk)
+            if (
+                self.state == INTEGRATING
+                and self.on_body is None
+                and self.ctx.body_received > HELD_BODY_BYTES
+            ):
+                self.conn.pause_reading_from("upstream")  # its connection is not up yet: it resumes us
 
     def end_body(self) -> None:
         ctx = self.ctx

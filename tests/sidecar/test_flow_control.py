@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
+import time
+from typing import Any
 
 from meshgate.sidecar.http1 import Limits
 
@@ -67,3 +70,58 @@ def test_an_upstream_that_fails_while_it_holds_the_client_back_lets_go(
             data = client.recv(65536)
             assert data, more
             more += data
+
+
+def test_a_body_sent_while_the_upstream_connects_is_held_back(gateway: Gateway, backends: Backends) -> None:
+    """Until the upstream connection is up there is nowhere to send the body: the sidecar stops
+    reading it after a few hundred KB instead of buffering up to the body limit, and sends it all on
+    once connected."""
+
+    async def counts(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        head = await r.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        n = 0
+        while n < length:
+            n += len(await r.read(65536))
+        body = json.dumps({"bytes": n}).encode()
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
+        await w.drain()
+
+    port = backends.start(counts)
+    gate = threading.Event()
+    connect = gateway.pool.connect
+
+    async def slow_connect(host: str, port: int, timeout_s: float) -> Any:  # a connect that takes a while
+        await asyncio.to_thread(gate.wait, 10)
+        return await connect(host, port, timeout_s)
+
+    gateway.pool.connect = slow_connect  # type: ignore[method-assign]
+    route = http_route("POST", "/up", f"http://127.0.0.1:{port}/up")
+    gateway.start(snapshot(bundle([route])), limits=Limits(max_body_bytes=BIG))
+    result: list[Any] = []
+
+    def upload() -> None:
+        result.append(call(gateway.port, "/prod/up", method="POST", body=b"x" * BIG))
+
+    sender = threading.Thread(target=upload)
+    sender.start()
+
+    def held() -> int | None:
+        async def look() -> int | None:
+            for c in gateway.http.conns:
+                if "upstream" in c.paused and c.queue:
+                    return c.queue[0].ctx.body_received
+            return None
+
+        return gateway.lt.run(look())
+
+    deadline = time.monotonic() + 10
+    while (taken := held()) is None:
+        assert sender.is_alive(), "the whole body was taken in while the upstream was not connected"
+        assert time.monotonic() < deadline, "the sidecar never stopped reading the body"
+        time.sleep(0.01)
+    assert taken < 2 * 1024 * 1024, taken
+    gate.set()
+    sender.join(30)
+    status, _, data = result[0]
+    assert (status, json.loads(data)) == (200, {"bytes": BIG})
