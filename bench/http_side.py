@@ -5,8 +5,9 @@ worker, meshgate one process); wrk and the nginx backend (12-byte answers) share
 a plain GET, and the feature tax — the same GET behind a JWT check (RS256 against a local JWKS)
 and a rate limit, in both Envoy (`jwt_authn` + `local_ratelimit`) and meshgate (a JWT authorizer
 and a route limit). Rounds alternate between the targets; medians of req/s and of the proxy's CPU
-time per 1,000 requests (/proc/PID/stat), ratios against Envoy. Then idle memory: RSS split into
-total and private (RssAnon) for Envoy and for a sidecar with 100 routes.
+time per 1,000 requests (/proc/PID/stat), ratios against Envoy. Then latency at fixed rates
+(1,000 and 5,000 req/s: p50/p99/p99.9 and what each proxy adds to direct), and idle memory: RSS
+split into total and private (RssAnon) for Envoy and for a sidecar with 100 routes.
 
 Usage: python bench/http_side.py [--duration 5] [--rounds 3] [--connections 32]
 """
@@ -175,6 +176,26 @@ def measure(
     return runs
 
 
+def latency(
+    targets: dict[str, tuple[str, int]], rates: tuple[int, ...], seconds: int
+) -> dict[int, dict[str, tuple[float, float, float]]]:
+    """At fixed request rates (bench/openloop.py, open loop, on the load core): p50, p99 and p99.9
+    in ms, counted from when each request was due."""
+    out: dict[int, dict[str, tuple[float, float, float]]] = {}
+    gen = str(Path(__file__).resolve().parent / "openloop.py")
+    for rate in rates:
+        out[rate] = {}
+        for name, (base, _) in targets.items():
+            if "jwt" in name:
+                continue
+            cmd = ["taskset", "-c", LOAD_CORE, sys.executable, gen, base + "/hello", str(rate), str(seconds)]
+            res = json.loads(
+                subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+            )
+            out[rate][name] = (res["p50"], res["p99"], res["p999"])
+    return out
+
+
 def memory(work: Path) -> dict[str, dict[str, float]]:
     """Idle RSS and RssAnon (MiB): Envoy with the plain config, a sidecar with 100 routes."""
     out = {}
@@ -215,13 +236,17 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--rate", type=int, action="append", help="fixed request rates for latency (1000, 5000)")
+    p.add_argument("--latency-seconds", type=int, default=10)
     ns = p.parse_args()
+    ns.rate = ns.rate or [1000, 5000]
     with tempfile.TemporaryDirectory(prefix="meshgate-http-") as t:
         work = Path(t)
         procs: list[subprocess.Popen[bytes]] = []
         try:
             targets, token = start_targets(work, procs)
             runs = measure(ns, targets, token)
+            lat = latency(targets, tuple(ns.rate), ns.latency_seconds)
         finally:
             for proc in procs:
                 b.stop(proc)
@@ -245,11 +270,23 @@ def main() -> int:
         )
         print(f"{name:20s} {rate[name]:9.0f} {rate[name] / rate[anchor]:8.2f}x {c}   {each}")
     print("(vs Envoy: req/s ratio; for CPU, Envoy's CPU per request / ours: above 1 is cheaper than Envoy)")
+    for rate, by in lat.items():
+        print(
+            f"\nlatency at {rate} req/s (h2load --h1, 50 connections), ms: p50 / p99 / p99.9; added = minus direct"
+        )
+        d = by["direct"]
+        for name, (p50, p99, p999) in by.items():
+            added = (
+                ""
+                if name == "direct"
+                else f"   added {p50 - d[0]:.2f} / {p99 - d[1]:.2f} / {p999 - d[2]:.2f}"
+            )
+            print(f"  {name:12s} {p50:6.2f} / {p99:6.2f} / {p999:6.2f}{added}")
     print("\nidle memory (MiB)        RSS  private (RssAnon)  file-backed (shared across pods on a node)")
     for name, m in mem.items():
         print(f"{name:22s} {m['VmRSS']:6.1f} {m['RssAnon']:10.1f} {m['RssFile']:12.1f}")
     if ns.json:
-        Path(ns.json).write_text(json.dumps({"runs": runs, "memory": mem}, indent=1))
+        Path(ns.json).write_text(json.dumps({"runs": runs, "latency": lat, "memory": mem}, indent=1))
     return 0
 
 
