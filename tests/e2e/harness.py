@@ -223,6 +223,9 @@ class Sidecar:
                 status, body = http_get_json(self.admin_port, "/ready", timeout=1)
                 last = (status, body)
                 if status == 200 and (version is None or body.get("version") == version):
+                    # /ready can say 200 (a persisted snapshot applied) a moment before the HTTP
+                    # listener is bound: the tests' requests wait for both
+                    wait_port(self.port, max(0.1, deadline - time.monotonic()), self.proc.popen)
                     return body
             except (OSError, ValueError) as exc:
                 last = exc
