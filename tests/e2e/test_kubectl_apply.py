@@ -1,6 +1,7 @@
 """Every README feature with a CRD field through the Kubernetes path once: the YAML a user keeps in
 git, real `kubectl apply -f` (validated on the server against the CRDs' own schema: no
-`--validate=false`) and `kubectl wait --for=condition=Applied` against the in-test API server
+`--validate=false`; where kubectl is not installed, the requests it makes) and
+`kubectl wait --for=condition=Applied` against the in-test API server
 (tests/kubeapi.py), the controller in a control service writing etcd, a sidecar process (namespace
 `shop`, `app=pets`) streaming from it, and a real client asserting the feature's behaviour. One case
 per feature, each on its own Api and Stage (REST->gRPC transcoding with test_transcoding.py's own Api
@@ -17,6 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ import pytest
 import yaml
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
-from kubeapi import KubeApi
+from kubeapi import KINDS, KubeApi
 from meshgate.control.controller import ControllerOptions
 from meshgate.control.etcd_local import LocalEtcd, free_port
 from meshgate.control.keystore import load_dir
@@ -39,9 +41,8 @@ from meshgate.sidecar.credentials import default_state_dir
 from .harness import NO_DRAIN, AioServer, Mesh, Sidecar, http_get_json, http_request, wait_until
 from .test_transcoding import CONFIG, DS, pets_service  # noqa: F401 (a fixture)
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("kubectl") is None, reason="kubectl (Debian's kubernetes-client) is not installed"
-)
+# without kubectl (or with MESHGATE_TEST_NO_KUBECTL=1): the requests `kubectl apply` makes, sent by the test
+KUBECTL = None if os.environ.get("MESHGATE_TEST_NO_KUBECTL") else shutil.which("kubectl")
 T = TypeVar("T")
 ISSUER = "https://idp.example.com"
 DEAD = free_port()  # nothing listens here
@@ -560,17 +561,51 @@ CASES: dict[str, tuple[Callable[[Env], str], Callable[[Env], None]]] = {
 
 def kubectl_apply(env: Env, feature: str, text: str) -> None:
     """`kubectl apply -f` of a user's file, then `kubectl wait` until every meshgate.io object in it is
-    Applied (on the sidecar)."""
+    Applied (on the sidecar). Without kubectl, the same: what it sends for a new object (a POST with
+    fieldValidation=Strict and its last-applied annotation) and a wait on the same condition."""
     path = env.tmp / f"{feature}.yaml"
     path.write_text(text)
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    ours = [d for d in docs if d["apiVersion"] == "meshgate.io/v1"]
+    if KUBECTL is None:
+        for doc in docs:
+            _post_as_kubectl(env, doc)
+        wait_until(lambda: all(_applied(env, d) for d in ours), timeout=20, what=f"{feature} Applied")
+        return
     applied = env.kubectl("apply", "-f", str(path))
     assert "created" in applied.stdout, applied.stdout
-    ours = [
-        f"{d['kind'].lower()}/{d['metadata']['name']}"
-        for d in yaml.safe_load_all(path.read_text())
-        if d and d["apiVersion"] == "meshgate.io/v1"
-    ]
-    env.kubectl("wait", "--for=condition=Applied", *ours, "--timeout=20s")
+    names = [f"{d['kind'].lower()}/{d['metadata']['name']}" for d in ours]
+    env.kubectl("wait", "--for=condition=Applied", *names, "--timeout=20s")
+
+
+def _post_as_kubectl(env: Env, doc: dict[str, Any]) -> None:
+    kind = next(k for k in KINDS if k.kind == doc["kind"] and k.api_version == doc["apiVersion"])
+    body = json.loads(json.dumps(doc))
+    meta = body.setdefault("metadata", {})
+    meta["namespace"] = "shop"
+    last = json.dumps({**doc, "metadata": {**doc["metadata"], "namespace": "shop"}})
+    meta.setdefault("annotations", {})["kubectl.kubernetes.io/last-applied-configuration"] = last + "\n"
+    prefix = f"/apis/{kind.api_version}" if kind.group else "/api/v1"
+    query = "fieldManager=kubectl-client-side-apply&fieldValidation=Strict"
+    req = urllib.request.Request(
+        f"{env.kube.url}{prefix}/namespaces/shop/{kind.plural}?{query}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "User-Agent": "kubectl/v1.32.4 (linux/amd64)"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 201, resp.read()
+
+
+def _applied(env: Env, doc: dict[str, Any]) -> bool:
+    obj = env.kube.get(doc["kind"], "shop", doc["metadata"]["name"])
+    if obj is None:
+        return False
+    generation = obj["metadata"].get("generation")
+    return any(
+        c["type"] == "Applied" and c["status"] == "True" and c.get("observedGeneration") == generation
+        for c in (obj.get("status") or {}).get("conditions") or []
+    )
 
 
 @pytest.mark.parametrize("feature", list(CASES))
