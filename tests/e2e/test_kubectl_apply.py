@@ -39,6 +39,8 @@ from meshgate.control.server import ControlServer, start_control
 from meshgate.sidecar.credentials import default_state_dir
 
 from .harness import NO_DRAIN, AioServer, Mesh, Sidecar, http_get_json, http_request, wait_until
+from .test_grpc import CONFIG as GRPC_CONFIG
+from .test_grpc import upstream  # noqa: F401 (a fixture)
 from .test_transcoding import CONFIG, DS, pets_service  # noqa: F401 (a fixture)
 
 # without kubectl (or with MESHGATE_TEST_NO_KUBECTL=1): the requests `kubectl apply` makes, sent by the test
@@ -129,6 +131,7 @@ class Env:
     side: Side
     home: str
     tmp: Path
+    grpc_port: int
 
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         run_env = {
@@ -183,8 +186,10 @@ def env(etcd: LocalEtcd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E
     try:
         with AioServer(side.app()) as srv:
             side.port = srv.port
-            sidecar = mesh.start_sidecar("sc-kubectl", "app=pets", namespace="shop", extra=NO_DRAIN)
-            yield Env(kube, sidecar, side, home, tmp)
+            grpc_port = free_port()
+            extra = (*NO_DRAIN, "--grpc-listen", f"127.0.0.1:{grpc_port}")
+            sidecar = mesh.start_sidecar("sc-kubectl", "app=pets", namespace="shop", extra=extra)
+            yield Env(kube, sidecar, side, home, tmp, grpc_port)
     finally:
         mesh.stop_all()
         loop.run(control.stop())
@@ -623,3 +628,19 @@ def test_kubectl_apply_serves_rest_to_grpc_transcoding(env: Env, request: pytest
     code, _, body = http_request(env.sidecar.port, "GET", "/prod/v1/pets/7?view=full", {"Authorization": "t"})
     assert (code, json.loads(body)) == (200, {"id": "7", "name": "full:t", "age": 3}), body
     assert env.get("/prod/v1/pets/404")[0] == 404
+
+
+def test_kubectl_apply_serves_the_grpc_proxy(env: Env, request: pytest.FixtureRequest) -> None:
+    """test_grpc.py's own Api (its Stage renamed: this sidecar has a `prod` already) and service, on the
+    sidecar's gRPC listener."""
+    import grpc
+
+    port = request.getfixturevalue("upstream").port
+    config = GRPC_CONFIG.format(port=port).replace("metadata: {name: prod}", "metadata: {name: rpc}")
+    kubectl_apply(env, "grpc", config)
+    stage = (("x-meshgate-stage", "rpc"),)  # the transcoding case's stage serves gRPC too
+    with grpc.insecure_channel(f"127.0.0.1:{env.grpc_port}") as channel:
+        assert channel.unary_unary("/test.Echo/Unary")(b"hi", timeout=5, metadata=stage) == b"echo:hi"
+        with pytest.raises(grpc.RpcError) as err:  # apiKeyRequired and no x-api-key
+            channel.unary_unary("/test.Locked/Unary")(b"hi", timeout=5, metadata=stage)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
