@@ -510,6 +510,13 @@ def _route(
             kinds = {a.name: a.type for a in spec.authorizers}
             if kinds.get(r.authorizer) != "jwt":
                 _fail(f"{where}.authorizationScopes", "scopes need a jwt authorizer on the route")
+    for j, port in enumerate(r.ports):
+        with _checking():
+            if not 0 < port < 65536:
+                _fail(f"{where}.ports[{j}]", f"a port is 1-65535, got {port}")
+    with _checking():
+        if len(set(r.ports)) != len(r.ports):
+            _fail(f"{where}.ports", "lists a port twice")
     for field, names in (
         ("requiredParameters", r.required_parameters),
         ("cacheKeyParameters", r.cache_key_parameters),

@@ -146,6 +146,7 @@ class RequestContext:
         "method",
         "params",
         "path",
+        "port",
         "principal",
         "query",
         "raw_headers",
@@ -172,6 +173,7 @@ class RequestContext:
         self.path = ""  # the path part, as received
         self.query = ""
         self.host = ""
+        self.port = 0  # the app port a redirected connection was going to (0: made to the sidecar)
         self.content_length = -1
         self.content_type = b""
         self.chunked = False

@@ -123,6 +123,7 @@ class Call:
         self.head, self.asked = head, asked
         ctx = self.ctx = RequestContext(self.down.peer_ip, self.relay.next_id())
         ctx.raw_headers = list(head.raw)
+        ctx.port = self.down.inbound_port
         ctx.method = "POST"
         ctx.host = head.host
         ctx.body_complete = True  # messages stream through; no filter waits for a body

@@ -95,6 +95,7 @@ class DownstreamConn(_Side):
         self.calls: dict[int, Call] = {}
         self.rest: dict[int, BridgeStream] = {}  # streams that are not gRPC calls (REST over h2c)
         self.peer_ip = "127.0.0.1"
+        self.inbound_port = 0  # the app port it was redirected from (sidecar/inbound.py); 0: direct
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport

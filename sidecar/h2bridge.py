@@ -69,6 +69,7 @@ class BridgeStream:
         self.head_request = False
         self.transport = StreamTransport(self)
         self.http = make_http()
+        self.http.inbound_port = down.inbound_port  # type: ignore[attr-defined]
         self.parser = httptools.HttpResponseParser(self)
         self.headers: list[tuple[bytes, bytes]] = []
         self.answered = False

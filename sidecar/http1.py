@@ -141,6 +141,7 @@ class ClientConn(_Wire):
         self.queue: deque[Exchange] = deque()
         self.current: Exchange | None = None  # the request being parsed
         self.peer_ip = "unknown"
+        self.inbound_port = 0  # the app port it was redirected from (sidecar/inbound.py); 0: direct
         self.header_bytes = 0
         self.body_since = 0.0  # when the body now being read started
         self.body_last = 0.0  # when its last bytes came
@@ -337,7 +338,7 @@ class ClientConn(_Wire):
             return
         ex = self.current
         if ex is None or ex not in self.queue:
-            ex = Exchange(self, RequestContext(self.peer_ip))
+            ex = Exchange(self, self._context())
             self.queue.append(ex)
         self.current = None
         ex.error = GatewayError(status, reason, close=True)
@@ -356,8 +357,13 @@ class ClientConn(_Wire):
     def _close_now(self) -> None:
         self.close()
 
+    def _context(self) -> RequestContext:
+        ctx = RequestContext(self.peer_ip)
+        ctx.port = self.inbound_port
+        return ctx
+
     def on_message_begin(self) -> None:
-        self.current = Exchange(self, RequestContext(self.peer_ip))
+        self.current = Exchange(self, self._context())
         self.header_bytes = 0
         self.in_headers = True
         if not self.queue:

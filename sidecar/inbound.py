@@ -93,11 +93,11 @@ class Sniffer(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
         loop = asyncio.get_running_loop()
         orig = original_dst(transport)
+        self.orig = orig
         if orig is not None and orig[1] in self.entrance.opaque_ports:
-            self.orig = orig
             self._opaque()
         elif orig is not None and orig[1] not in self.entrance.http_ports:
-            self.orig = orig  # a server-first protocol never speaks first: through when the window ends
+            # a server-first protocol never speaks first: through when the window ends
             self.timer = loop.call_later(self.entrance.detect_s, self._opaque)
         else:  # our own port, or an HTTP port: HTTP/1.1 or HTTP/2, nothing else
             self.timer = loop.call_later(self.entrance.idle_s, transport.close)
@@ -107,12 +107,15 @@ class Sniffer(asyncio.Protocol):
         kind = classify(self.buf)
         if kind is None:
             return
-        if kind == OTHER and self.orig is not None:
+        if kind == OTHER and self.orig is not None and self.orig[1] not in self.entrance.http_ports:
             self._opaque()
             return
         self._cancel()
         self.entrance.counts[HTTP1 if kind == OTHER else kind] += 1
-        self._hand((self.entrance.h2 if kind == H2 else self.entrance.http)())
+        proto = (self.entrance.h2 if kind == H2 else self.entrance.http)()
+        if self.orig is not None:  # routes may be bound to the app port the client dialled
+            proto.inbound_port = self.orig[1]  # type: ignore[attr-defined]
+        self._hand(proto)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel()

@@ -55,6 +55,7 @@ class Route:
     access_log: str = ""  # the stage's access log format ("" = off, "json" = JSON lines)
     error: str = ""
     error_detail: bool = False  # the stage gives error reasons to every caller, not only the cluster's
+    ports: frozenset[int] = frozenset()  # served only on these app ports (empty: every port)
     needs_body: bool = field(init=False, default=False)
     headers: bytes = field(init=False, default=b"")  # the gateway's own response headers for this route
 
@@ -226,6 +227,7 @@ def _build_side(
             access_log,
             error,
             error_detail,
+            frozenset(r.ports),
         )
         _insert(side.root, route, api)
     return side
@@ -279,6 +281,8 @@ class RouteTable:
         route = methods.get("POST") or methods.get("ANY")
         if route is None:
             return Miss(404, f"no route for gRPC method {method_path} in stage {st.name!r}")
+        if route.ports and ctx.port not in route.ports:
+            return Miss(404, f"gRPC method {method_path} is served on port(s) {sorted(route.ports)} only")
         ctx.params = params
         ctx.stage_path = method_path
         return route
@@ -334,6 +338,9 @@ class RouteTable:
                 reason = f"method {method} not allowed for {rest} in stage {stage.name!r}"
                 allow = ", ".join(sorted(m for m in methods))
                 return Miss(405, reason, allow, responses=side.responses, chain=side.not_allowed)
+        if route.ports and ctx.port not in route.ports:
+            reason = f"{route.key} in stage {stage.name!r} is served on port(s) {sorted(route.ports)} only"
+            return Miss(404, reason, responses=side.responses, chain=side.not_found)
         if route.error:
             return Miss(500, route.error, responses=side.responses)
         ctx.params = params

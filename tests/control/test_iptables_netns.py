@@ -161,11 +161,20 @@ server.wait_for_termination()
 """
 
 CALLS = r"""
-import json, socket, sys, urllib.request
+import json, socket, sys, urllib.error, urllib.request
 import grpc
 host = sys.argv[1]
 out = {}
 out["http"] = urllib.request.urlopen(f"http://{host}:8080/prod/pets/7", timeout=10).read().decode()
+try:
+    out["admin_port"] = urllib.request.urlopen(f"http://{host}:8081/prod/admin/1", timeout=10).read().decode()
+except urllib.error.HTTPError as exc:
+    out["admin_port"] = f"{exc.code} {exc.read().decode()}"
+try:
+    urllib.request.urlopen(f"http://{host}:8080/prod/admin/1", timeout=10)
+    out["admin_elsewhere"] = 200
+except urllib.error.HTTPError as exc:
+    out["admin_elsewhere"] = exc.code
 with grpc.insecure_channel(f"{host}:9090") as ch:
     out["grpc"] = ch.unary_unary("/test.Echo/Unary")(b"hi", timeout=10).decode()
 s = socket.create_connection((host, 7000), timeout=10); s.sendall(b"\x16\x03\x01 raw bytes")
@@ -196,6 +205,7 @@ def test_every_port_of_an_injected_pod_works_through_the_sidecar(
             "path": "/test.Echo/{m}",
             "integration": {"type": "grpc", "uri": "grpc://127.0.0.1:9090"},
         },
+        {**http_route("GET", "/admin/{id}", "http://127.0.0.1:8080/admin/{id}"), "ports": [8081]},
     ]
     snap = tmp_path / "snap.json"
     snap.write_text(json_format.MessageToJson(snapshot(bundle(routes))))
@@ -203,7 +213,7 @@ def test_every_port_of_an_injected_pod_works_through_the_sidecar(
         ["ip", "netns", "exec", pod, sys.executable, "-c", APP], stdout=subprocess.PIPE, text=True
     )
     flags = ["--snapshot-file", str(snap), "--listen", "0.0.0.0:15001", "--admin", "127.0.0.1:15000"]
-    flags += ["--http-ports", "8080,9090", "--detect-timeout-ms", "200", "--drain-seconds", "0"]
+    flags += ["--http-ports", "8080,8081,9090", "--detect-timeout-ms", "200", "--drain-seconds", "0"]
     sidecar = subprocess.Popen(
         ["ip", "netns", "exec", pod, sys.executable, "-m", "meshgate.control.cli", "sidecar", *flags],
         stdout=subprocess.PIPE,
@@ -213,7 +223,7 @@ def test_every_port_of_an_injected_pod_works_through_the_sidecar(
         assert app.stdout is not None and app.stdout.readline().strip() == "ready"
         assert sidecar.stdout is not None and "listening" in sidecar.stdout.readline()
         init = ["ip", "netns", "exec", pod, sys.executable, "-m", "meshgate.control.cli", "iptables"]
-        for port in (8080, 9090, 7000, 7001):
+        for port in (8080, 8081, 9090, 7000, 7001):
             init += ["--app-port", str(port)]
         assert subprocess.run(init, capture_output=True, timeout=30).returncode == 0
         out = subprocess.run(
@@ -225,6 +235,8 @@ def test_every_port_of_an_injected_pod_works_through_the_sidecar(
         assert out.returncode == 0, out.stderr
         got = json.loads(out.stdout)
         assert got["http"] == "pet /pets/7 via meshgate"  # the route's integration, with the sidecar's id
+        assert got["admin_port"] == "pet /admin/1 via meshgate"  # bound to 8081: served there
+        assert got["admin_elsewhere"] == 404  # and only there
         assert got["grpc"].startswith("grpc:hi:") and got["grpc"] != "grpc:hi:-"  # the relay added its id
         assert got["tcp"] == "echo:\x16\x03\x01 raw bytes"
         assert got["server_first"] == "220 smtp ready\r\necho:EHLO x\r\n"

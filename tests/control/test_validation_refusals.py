@@ -183,6 +183,9 @@ API_CASES = [
     (api(route(extra=", authorizer: nobody")), "spec.routes[0].authorizer"),
     (api(route(extra=", requestModel: Nothing")), "spec.routes[0].requestModel"),
     (api(route(extra=", throttling: {rateLimit: -1}")), "spec.routes[0].throttling.rateLimit"),
+    (api(route(extra=", ports: [0]")), "spec.routes[0].ports[0]"),
+    (api(route(extra=", ports: [70000]")), "spec.routes[0].ports[0]"),
+    (api(route(extra=", ports: [8080, 8080]")), "spec.routes[0].ports"),
     (api(route(extra=", authorizationScopes: [pets.read]")), "spec.routes[0].authorizationScopes"),
     (
         api(

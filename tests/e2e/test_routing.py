@@ -45,6 +45,7 @@ spec:
   basePath: shop
   routes:
     - {{method: GET, path: "/items/{{id}}", integration: {{type: http, uri: "http://127.0.0.1:{v2}/pets/{{id}}"}}}}
+    - {{method: GET, path: "/admin/{{id}}", ports: [8081], integration: {{type: http, uri: "http://127.0.0.1:{v2}/pets/{{id}}"}}}}
 ---
 apiVersion: meshgate.io/v1
 kind: Stage
@@ -140,3 +141,16 @@ def test_base_path_comes_before_the_stage(routed: Routed) -> None:
     status, _, body = get(routed.sc, "/shop/live/items/2")
     assert status == 200 and body["data"]["id"] == 2 and body["service"] == "v2"
     assert get(routed.sc, "/live/items/2")[0] == 404
+
+
+def test_a_route_bound_to_an_app_port_is_not_served_elsewhere(routed: Routed) -> None:
+    """`ports: [8081]`: served only to connections redirected from the app's port 8081 (the
+    network-namespace test shows that side); a request made to the sidecar's own port gets 404."""
+    status, _, body = get(routed.sc, "/shop/live/admin/2")
+    assert status == 404
+    conn = http.client.HTTPConnection("127.0.0.1", routed.sc.admin_port, timeout=5)
+    conn.request("GET", f"/stats?filter=errors.recent.{body['requestId']}")
+    stats = conn.getresponse().read().decode()
+    conn.close()
+    assert "served on port(s) [8081] only" in stats, stats  # the route arrived; the port kept it out
+    assert get(routed.sc, "/shop/live/items/2")[0] == 200

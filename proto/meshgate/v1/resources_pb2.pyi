@@ -196,7 +196,7 @@ class RouteThrottle(_message.Message):
     def __init__(self, rate_limit: _Optional[float] = ..., burst_limit: _Optional[int] = ...) -> None: ...
 
 class Route(_message.Message):
-    __slots__ = ("method", "path", "integration", "authorizer", "api_key_required", "throttling", "request_model", "cache_key_parameters", "operation_name", "authorization_scopes", "required_parameters", "cache_shared")
+    __slots__ = ("method", "path", "integration", "authorizer", "api_key_required", "throttling", "request_model", "cache_key_parameters", "operation_name", "authorization_scopes", "required_parameters", "cache_shared", "ports")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     INTEGRATION_FIELD_NUMBER: _ClassVar[int]
@@ -209,6 +209,7 @@ class Route(_message.Message):
     AUTHORIZATION_SCOPES_FIELD_NUMBER: _ClassVar[int]
     REQUIRED_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     CACHE_SHARED_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
     method: str
     path: str
     integration: Integration
@@ -221,7 +222,8 @@ class Route(_message.Message):
     authorization_scopes: _containers.RepeatedScalarFieldContainer[str]
     required_parameters: _containers.RepeatedScalarFieldContainer[str]
     cache_shared: bool
-    def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., integration: _Optional[_Union[Integration, _Mapping]] = ..., authorizer: _Optional[str] = ..., api_key_required: _Optional[bool] = ..., throttling: _Optional[_Union[RouteThrottle, _Mapping]] = ..., request_model: _Optional[str] = ..., cache_key_parameters: _Optional[_Iterable[str]] = ..., operation_name: _Optional[str] = ..., authorization_scopes: _Optional[_Iterable[str]] = ..., required_parameters: _Optional[_Iterable[str]] = ..., cache_shared: _Optional[bool] = ...) -> None: ...
+    ports: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., integration: _Optional[_Union[Integration, _Mapping]] = ..., authorizer: _Optional[str] = ..., api_key_required: _Optional[bool] = ..., throttling: _Optional[_Union[RouteThrottle, _Mapping]] = ..., request_model: _Optional[str] = ..., cache_key_parameters: _Optional[_Iterable[str]] = ..., operation_name: _Optional[str] = ..., authorization_scopes: _Optional[_Iterable[str]] = ..., required_parameters: _Optional[_Iterable[str]] = ..., cache_shared: _Optional[bool] = ..., ports: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Authorizer(_message.Message):
     __slots__ = ("name", "type", "issuer", "audiences", "jwks_uri", "uri", "identity_sources", "result_ttl_seconds", "claims_to_headers", "clock_skew_seconds", "timeout_ms", "algorithms")
