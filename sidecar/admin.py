@@ -164,6 +164,8 @@ def routes(state: AdminState, detail: bool = True) -> Handlers:
             if not detail:
                 return _json(503, {"ready": False, "reason": "draining"})
             return _json(503, {"ready": False, "reason": "draining", "draining": True, "node": state.node_id})
+        if state.http is not None and state.http.server is None:  # a saved snapshot applies first
+            return _json(503, {"ready": False, "reason": "the listener is not open yet"})
         if c.applied is None:
             if not detail:
                 return _json(503, {"ready": False, "reason": "no configuration applied yet"})

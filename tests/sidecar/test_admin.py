@@ -276,3 +276,18 @@ def test_otlp_metrics_export_stops_at_a_traces_only_collector(lt: LoopThread) ->
     finally:
         server.stop(0)
     assert exporter.unsupported and exporter.failures == 1 and exporter.exports == 0  # said once, then off
+
+
+def test_not_ready_until_the_listener_is_open() -> None:
+    """A persisted snapshot is applied before the HTTP listener is bound: until it is, /ready says
+    503 (a kubelet would otherwise send traffic to a port that refuses it)."""
+    from meshgate.sidecar.admin import routes
+    from meshgate.sidecar.http1 import HttpServer
+
+    client = ConfigClient("127.0.0.1:1", control_pb2.Node(id="sc-1"), lambda s: None)
+    client.applied = secret_snapshot()
+    http = HttpServer()
+    ready = routes(AdminState(client, TableHolder(), "sc-1", http=http))["/ready"]
+    assert ready({})[0] == 503 and b"listener" in ready({})[2]
+    http.server = object()  # type: ignore[assignment]  # serve_http bound it
+    assert ready({})[0] == 200
