@@ -272,7 +272,7 @@ def main() -> int:
     print("(vs Envoy: req/s ratio; for CPU, Envoy's CPU per request / ours: above 1 is cheaper than Envoy)")
     for rate, by in lat.items():
         print(
-            f"\nlatency at {rate} req/s (h2load --h1, 50 connections), ms: p50 / p99 / p99.9; added = minus direct"
+            f"\nlatency at {rate} req/s (open loop, bench/openloop.py), ms: p50 / p99 / p99.9; added = minus direct"
         )
         d = by["direct"]
         for name, (p50, p99, p999) in by.items():
