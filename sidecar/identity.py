@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 from meshgate.v1 import control_pb2, control_pb2_grpc
@@ -40,13 +41,8 @@ class SidecarIdentity:
         self.token_file = token_file
         self.token = token  # instead of a file (tests, embedding)
         self.ca_file: Path | None = None
-        from cryptography.hazmat.primitives import serialization  # loads with an identity (control mode)
-        from cryptography.hazmat.primitives.asymmetric import ec
-
-        self._key = ec.generate_private_key(ec.SECP256R1())
-        self._key_pem = self._key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        self._key: Any = None  # made with the first certificate request (`_private_key`)
+        self._key_pem = b""
         self.cert_pem = b""
         self.identity = ""  # the SPIFFE id control put in the certificate
         self.renew_at = 0.0  # time.time() when the certificate should be renewed
@@ -78,13 +74,27 @@ class SidecarIdentity:
             return grpc.ssl_channel_credentials(self._ca(), self._key_pem, self.cert_pem)
         return grpc.ssl_channel_credentials(self._ca())
 
+    def _private_key(self) -> Any:
+        """The key, made on first use: a sidecar fed from a snapshot file never needs one (nor loads
+        cryptography)."""
+        if self._key is None:
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.asymmetric import ec
+
+            self._key = ec.generate_private_key(ec.SECP256R1())
+            self._key_pem = self._key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        return self._key
+
     def _csr(self, node: control_pb2.Node) -> bytes:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.x509.oid import NameOID
 
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node.id[:64] or "sidecar")])
-        csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(self._key, hashes.SHA256())
+        key = self._private_key()
+        csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
         return csr.public_bytes(serialization.Encoding.PEM)
 
     def _token(self) -> str:

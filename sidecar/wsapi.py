@@ -29,9 +29,6 @@ from meshgate.sidecar.metrics import Metrics
 from meshgate.sidecar.telemetry import RequestSpan, Telemetry
 from meshgate.v1 import control_pb2
 from opentelemetry.trace import Link, SpanContext
-from websockets.frames import Frame, Opcode
-from websockets.protocol import State
-from websockets.server import ServerProtocol
 
 log = logging.getLogger("meshgate.sidecar.wsapi")
 
@@ -148,6 +145,7 @@ class ConnectionIds:
 
 
 NO_IDS = ConnectionIds(b"", "", {})
+_OPEN = 1  # websockets.protocol.State.OPEN (an IntEnum): compared without loading the library
 
 
 @dataclass
@@ -169,6 +167,9 @@ class WsApiConnection:
     link: SpanContext | None = None  # the upgrade request's span, when it was sampled
 
     def __post_init__(self) -> None:
+        from websockets.protocol import State  # python-websockets loads with the first connection
+        from websockets.server import ServerProtocol
+
         self.proto = ServerProtocol(state=State.OPEN, max_size=self.api.max_message_bytes)
         self.closed = False
         self.tasks: set[asyncio.Task[None]] = set()
@@ -183,6 +184,8 @@ class WsApiConnection:
         }
 
     def data(self, data: bytes) -> None:
+        from websockets.frames import Frame, Opcode
+
         self.last_active = time.time()
         self.proto.receive_data(data)
         for ev in self.proto.events_received():
@@ -210,7 +213,7 @@ class WsApiConnection:
                 self.transport.write(chunk)
 
     def send(self, payload: bytes) -> bool:
-        if self.proto.state is not State.OPEN:
+        if self.proto.state != _OPEN:
             return False
         try:
             self.proto.send_text(payload) if _is_text(payload) else self.proto.send_binary(payload)
@@ -220,7 +223,7 @@ class WsApiConnection:
         return True
 
     def close(self, code: int = 1000, reason: str = "") -> None:
-        if self.proto.state is State.OPEN:
+        if self.proto.state == _OPEN:
             self.proto.send_close(code, reason)
             self.flush()
 

@@ -111,3 +111,8 @@ def protocol_mismatch(integ: Integration) -> GatewayError:
             headers=((b"upgrade", b"websocket"),),
         )
     return GatewayError(400, "WebSocket upgrade on a route that is not a WebSocket route", close=True)
+
+
+def client_key(ex: Exchange) -> bytes:
+    """The upgrade request's Sec-WebSocket-Key (both WebSocket integrations answer with it)."""
+    return next((v for n, v in ex.ctx.raw_headers if n.lower() == b"sec-websocket-key"), b"")

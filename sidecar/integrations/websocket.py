@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from meshgate.sidecar.errors import GatewayError, internal
-from meshgate.sidecar.integrations import CompileError, RouteSpec
+from meshgate.sidecar.integrations import CompileError, RouteSpec, client_key
 from meshgate.sidecar.respond import switching_protocols
 from meshgate.sidecar.telemetry import TRACE_HEADERS
 from meshgate.sidecar.websocket import WebSocketIntegration, WsRelay
@@ -19,10 +19,6 @@ if TYPE_CHECKING:
     from meshgate.sidecar.exchange import Exchange
 
 log = logging.getLogger("meshgate.sidecar.websocket")
-
-
-def client_key(ex: Exchange) -> bytes:
-    return next((v for n, v in ex.ctx.raw_headers if n.lower() == b"sec-websocket-key"), b"")
 
 
 @dataclass(frozen=True, slots=True)

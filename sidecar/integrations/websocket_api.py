@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING
 
 from meshgate.sidecar.errors import GatewayError
 from meshgate.sidecar.filters.policy import in_networks
-from meshgate.sidecar.integrations import CompileError, RouteSpec
-from meshgate.sidecar.integrations.websocket import client_key
+from meshgate.sidecar.integrations import CompileError, RouteSpec, client_key
 from meshgate.sidecar.mapping import substitute_stage_vars
 from meshgate.sidecar.respond import switching_protocols
 from meshgate.sidecar.wsapi import WebSocketApi, WsApiConnection, WsRoute, compile_selection
