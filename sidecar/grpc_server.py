@@ -96,6 +96,7 @@ class DownstreamConn(_Side):
         self.rest: dict[int, BridgeStream] = {}  # streams that are not gRPC calls (REST over h2c)
         self.peer_ip = "127.0.0.1"
         self.inbound_port = 0  # the app port it was redirected from (sidecar/inbound.py); 0: direct
+        self.premature = 0  # streams the client reset before their answer began
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
@@ -156,10 +157,26 @@ class DownstreamConn(_Side):
         else:
             call.client_data(data, end_stream)
 
+    PREMATURE_RESETS = 100  # streams a client may reset before their answer began ...
+    PREMATURE_SHARE = 0.5  # ... while they are more than this share of the streams it opened
+
     def on_reset(self, sid: int, code: int) -> None:
         call = self.calls.get(sid) or self.rest.get(sid)
-        if call is not None:
-            call.client_reset()
+        if call is None:
+            return
+        if not call.responded:  # the "rapid reset" attack (CVE-2023-44487): work upstream, none used
+            self.premature += 1
+            opened = self.conn.last_peer_sid // 2 + 1
+            if self.premature > self.PREMATURE_RESETS and self.premature > opened * self.PREMATURE_SHARE:
+                log.warning(
+                    "closing the HTTP/2 connection from %s: %d streams reset before their answer",
+                    self.peer_ip,
+                    self.premature,
+                )
+                self.conn.goaway(w.ENHANCE_YOUR_CALM)
+                self._flush()
+                self.abort()
+        call.client_reset()
 
     def on_drained(self, sid: int, sent: int) -> None:
         call = self.calls.get(sid)

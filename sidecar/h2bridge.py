@@ -77,6 +77,10 @@ class BridgeStream:
         self.paused = False  # the HTTP/1.1 side stopped reading: the client's window waits
         self.owed = 0
 
+    @property
+    def responded(self) -> bool:
+        return self.answered
+
     def start(self, headers: Headers, end_stream: bool) -> str | None:
         head = request_head(headers)
         if isinstance(head, str):

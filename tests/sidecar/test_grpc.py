@@ -356,3 +356,45 @@ def test_hundreds_of_calls_at_once_and_an_upstream_restart(relay_gateway: tuple[
                 break
             except grpc.RpcError as exc:
                 assert exc.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline
+
+
+def test_a_rapid_reset_flood_ends_the_connection(relay_gateway: tuple[Any, int, Any]) -> None:
+    """CVE-2023-44487: streams opened and reset at once make upstream work nobody reads. Past 100
+    such resets (and over half the connection's streams) the relay says GOAWAY ENHANCE_YOUR_CALM
+    and closes; a client that cancels a few calls is left alone."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    _, port, _ = relay_gateway
+    request = [
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", b"/big.Svc/Flood"),
+        (b":authority", b"x"),
+        (b"content-type", b"application/grpc"),
+    ]
+
+    def flood(streams: int) -> list[Any]:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        conn.initiate_connection()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            for i in range(streams):
+                sid = 1 + 2 * i
+                conn.send_headers(sid, request)
+                conn.reset_stream(sid)
+            s.sendall(conn.data_to_send())
+            events: list[Any] = []
+            s.settimeout(2)
+            try:
+                while chunk := s.recv(65536):
+                    events += conn.receive_data(chunk)
+                    if any(isinstance(e, h2.events.ConnectionTerminated) for e in events):
+                        break
+            except TimeoutError:
+                pass
+            return events
+
+    ended = [e for e in flood(400) if isinstance(e, h2.events.ConnectionTerminated)]
+    assert ended and ended[0].error_code == 0xB  # ENHANCE_YOUR_CALM
+    assert not [e for e in flood(20) if isinstance(e, h2.events.ConnectionTerminated)]
