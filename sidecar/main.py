@@ -32,7 +32,7 @@ from meshgate.sidecar.wsapi import Registry
 from meshgate.v1 import control_pb2
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from meshgate.sidecar.grpc_server import GrpcRelay, GrpcServer
     from meshgate.sidecar.inbound import Entrance
@@ -97,33 +97,64 @@ def _inbound_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    env = os.environ
-    p = argparse.ArgumentParser(prog="meshgate sidecar", description="Run a meshgate sidecar.")
-    p.add_argument(
+def _telemetry_args(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    g = p.add_argument_group("telemetry", "OpenTelemetry export (Jaeger or any OTLP collector)")
+    g.add_argument(
+        "--otlp-endpoint",
+        default=env.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        help="OTLP/gRPC collector for traces and metrics, e.g. jaeger:4317 "
+        "(env OTEL_EXPORTER_OTLP_ENDPOINT; default: off)",
+    )
+    g.add_argument(
+        "--otlp-metrics-endpoint",
+        default=env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"),
+        help="OTLP/gRPC collector for metrics only (env OTEL_EXPORTER_OTLP_METRICS_ENDPOINT; "
+        "default: --otlp-endpoint)",
+    )
+    g.add_argument(
+        "--otlp-metrics-interval",
+        type=float,
+        default=10.0,
+        help="seconds between OTLP metrics exports; 0 turns them off (default %(default)s)",
+    )
+
+
+def _control_args(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    g = p.add_argument_group("control", "where the config comes from, and how this sidecar proves itself")
+    g.add_argument(
         "--control", default=env.get("MESHGATE_CONTROL", "127.0.0.1:7070"), help="control HOST:PORT"
     )
-    p.add_argument(
+    g.add_argument(
         "--control-token-address",
         default=env.get("MESHGATE_CONTROL_TOKEN_ADDRESS", ""),
         help="control's token port, for the first certificate (default: --control's host, port + 1)",
     )
     local = default_state_dir()  # where a `meshgate control` on this machine keeps its CA and token
-    p.add_argument(
+    g.add_argument(
         "--control-ca",
         type=Path,
         default=Path(env.get("MESHGATE_CONTROL_CA", local / "ca.crt")),
         help="control's CA certificate: the stream is TLS only (default %(default)s)",
     )
-    p.add_argument(
+    g.add_argument(
         "--token-file",
         type=Path,
         default=Path(env.get("MESHGATE_TOKEN_FILE", local / "bootstrap-token")),
         help="what proves this sidecar to control for its first certificate: a projected "
         "ServiceAccount token (audience meshgate) or control's bootstrap token (default %(default)s)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env = os.environ
+    p = argparse.ArgumentParser(prog="meshgate sidecar", description="Run a meshgate sidecar.")
+    _control_args(p, env)
     p.add_argument(
-        "--listen", type=_address, default="0.0.0.0:15001", help="HTTP listener (default %(default)s)"
+        "--listen",
+        type=_address,
+        default="0.0.0.0:15001",
+        help="the inbound listener: HTTP/1.1, HTTP/2 (gRPC, h2c) and the app ports the init container "
+        "redirects here (default %(default)s)",
     )
     p.add_argument(
         "--admin",
@@ -157,24 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--grpc-listen", type=_address, help="gRPC listener HOST:PORT (routes with grpc integrations)"
     )
-    p.add_argument(
-        "--otlp-endpoint",
-        default=env.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
-        help="OTLP/gRPC collector for traces and metrics, e.g. jaeger:4317 "
-        "(env OTEL_EXPORTER_OTLP_ENDPOINT; default: off)",
-    )
-    p.add_argument(
-        "--otlp-metrics-endpoint",
-        default=env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"),
-        help="OTLP/gRPC collector for metrics only (env OTEL_EXPORTER_OTLP_METRICS_ENDPOINT; "
-        "default: --otlp-endpoint)",
-    )
-    p.add_argument(
-        "--otlp-metrics-interval",
-        type=float,
-        default=10.0,
-        help="seconds between OTLP metrics exports; 0 turns them off (default %(default)s)",
-    )
+    _telemetry_args(p, env)
     p.add_argument("--state-dir", type=Path, help="where the last good snapshot is kept")
     p.add_argument("--snapshot-file", type=Path, help="serve this Snapshot (JSON) with no control connection")
     p.add_argument(
