@@ -17,7 +17,7 @@ import h2.events
 import pytest
 
 from .conftest import Backends, LoopThread, bundle, http_route, read_request, snapshot
-from .test_main import serve_file
+from .test_main import get, serve_file
 
 
 def h2_request(
@@ -147,3 +147,47 @@ def test_grpc_on_the_same_port(sidecar: tuple[int, list[Any]]) -> None:
     port, _ = sidecar
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
         assert ch.unary_unary("/t.Echo/Call")(b"hi", timeout=10) == b"echo:hi"
+
+
+def test_grpc_on_the_listen_port_drains(tmp_path: Path) -> None:
+    """gRPC that came in on --listen (no --grpc-listen) is drained like the rest: on SIGTERM the call
+    in flight finishes and the process exits 0."""
+    import signal
+    import threading
+    import time
+    from concurrent import futures
+
+    started = threading.Event()
+
+    def slow(req: bytes, ctx: Any) -> bytes:
+        started.set()
+        time.sleep(2.5)  # a slow backend: longer than the drain's 1 s grace for idle connections
+        return b"done:" + req
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    handler = grpc.unary_unary_rpc_method_handler(slow)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.Slow", {"Call": handler}),))
+    gport = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    route = {
+        "method": "POST",
+        "path": "/t.Slow/{m}",
+        "integration": {"type": "grpc", "uri": f"grpc://127.0.0.1:{gport}"},
+    }
+    proc, listen, admin = serve_file(tmp_path, snapshot(bundle([route])), "--drain-seconds", "5")
+    try:
+        assert proc.stdout is not None and "listening" in proc.stdout.readline()
+        with grpc.insecure_channel(f"127.0.0.1:{listen}") as ch:
+            call = ch.unary_unary("/t.Slow/Call").future(b"x", timeout=20)
+            assert started.wait(10)  # the call is at the upstream
+            proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while get(admin, "/ready")[0] != 503:  # the drain has begun while the call is in flight
+                assert time.monotonic() < deadline, "no drain"
+            assert call.result(timeout=10) == b"done:x"
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        server.stop(0)
