@@ -128,11 +128,11 @@ class Call:
         ctx.host = head.host
         ctx.body_complete = True  # messages stream through; no filter waits for a body
         if not head.valid:
-            self.refuse(GatewayError(400, "a gRPC call is a POST with a path"))
+            self.fail(GatewayError(400, "a gRPC call is a POST with a path"))
             return
         found = resolve(self.relay, ctx, head)
         if isinstance(found, GatewayError):
-            self.refuse(found)
+            self.fail(found)
             return
         self.route = found
         self.relay.begin_span(ctx, found, head.method)
@@ -147,9 +147,9 @@ class Call:
             decision = None  # a body wait: not on this path (messages are never held)
         route.chain.end_span(self.ctx, decision, self.relay.metrics, (route.api, route.stage, route.resource))
         if isinstance(decision, Answer):
-            self.refuse(GatewayError(500, "a response made by the gateway cannot answer a gRPC call"))
+            self.fail(GatewayError(500, "a response made by the gateway cannot answer a gRPC call"))
         elif decision is not None:
-            self.refuse(decision)
+            self.fail(decision)
         elif not self.finished:
             self._forward(route)
 
@@ -301,10 +301,6 @@ class Call:
         else:  # the client's own deadline: it gave up already (or is about to)
             self.code, self.details = DEADLINE_EXCEEDED, "Deadline Exceeded"
             self._trailers(DEADLINE_EXCEEDED, b"Deadline Exceeded")
-
-    def refuse(self, err: GatewayError) -> None:
-        """A refusal of the request phase."""
-        self.fail(err)
 
     def fail(self, err: GatewayError) -> None:
         """The gateway ends the call with the table's gRPC code; the reason only for insiders."""

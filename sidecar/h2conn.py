@@ -97,10 +97,7 @@ class H2Conn:
 
     @property
     def can_open(self) -> bool:
-        return not self.goaway_received and not self.goaway_sent and self._opened() < self.peer_max_streams
-
-    def _opened(self) -> int:
-        return len(self.streams)
+        return not self.goaway_received and not self.goaway_sent and len(self.streams) < self.peer_max_streams
 
     def open_stream(self) -> int:
         """A new stream id for a request (client end)."""
@@ -247,10 +244,9 @@ class H2Conn:
             self._preface = False
             at = len(w.PREFACE)
         end = len(buf)
-        limit = self.MAX_FRAME
         while end - at >= 9:
             length, kind, flags, sid = w.parse_head(buf, at)
-            if length > limit:
+            if length > w.DEFAULT_FRAME:  # we do not raise SETTINGS_MAX_FRAME_SIZE
                 raise w.H2Error(w.FRAME_SIZE_ERROR, "frame larger than SETTINGS_MAX_FRAME_SIZE")
             if end - at - 9 < length:
                 break
@@ -258,8 +254,6 @@ class H2Conn:
             at += 9 + length
             self._frame(kind, flags, sid, payload)
         self._buf = buf[at:] if at < end else b""
-
-    MAX_FRAME = w.DEFAULT_FRAME  # what we accept (we do not raise SETTINGS_MAX_FRAME_SIZE)
 
     def _frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
         if self._block is not None and kind != w.CONTINUATION:
