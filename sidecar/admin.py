@@ -50,6 +50,7 @@ class AdminState:
     pool: UpstreamPool | None = None
     runtime: Runtime | None = None
     grpc: GrpcRelay | None = None
+    inbound: dict[str, int] | None = None  # the entrance's counts (sidecar/inbound.py)
     otlp_metrics: OtlpMetricsExporter | None = None
 
 
@@ -103,6 +104,8 @@ def stats(state: AdminState) -> list[Stat]:
         out += [(f"upstream.{host}:{port}.idle", n) for (host, port), n in idle.items()]
     if state.grpc is not None:
         out.append(("grpc.upstream_channels", len(state.grpc.channels)))
+    if state.inbound is not None:  # connections by the protocol their first bytes showed
+        out += [(f"inbound.{kind}", n) for kind, n in sorted(state.inbound.items())]
     if state.runtime is not None:
         for (api, stage), (_, cache) in list(state.runtime.caches.items()):
             prefix = f"cache.{api}.{stage}"

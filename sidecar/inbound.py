@@ -27,7 +27,7 @@ PREFACE = (
 )
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST has the same number
 _METHODS = (b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE ")
-H2, HTTP1, OTHER = "h2", "http/1.1", "opaque"
+H2, HTTP1, OTHER = "h2", "http1", "opaque"
 
 
 def classify(head: bytes) -> str | None:

@@ -367,6 +367,7 @@ class _Sidecar:
             return DownstreamConn(self._relay())
 
         self.entrance = Entrance(http, h2, args.http_ports, args.opaque_ports, args.detect_timeout_ms / 1000)
+        self.admin.inbound = self.entrance.counts
         return self.entrance.factory
 
     def _relay(self) -> GrpcRelay:

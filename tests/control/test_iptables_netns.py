@@ -160,6 +160,11 @@ print("ready", flush=True)
 server.wait_for_termination()
 """
 
+STATS = r"""
+import urllib.request
+print(urllib.request.urlopen("http://127.0.0.1:15000/stats", timeout=10).read().decode())
+"""
+
 CALLS = r"""
 import json, socket, sys, urllib.error, urllib.request
 import grpc
@@ -241,6 +246,13 @@ def test_every_port_of_an_injected_pod_works_through_the_sidecar(
         assert got["tcp"] == "echo:\x16\x03\x01 raw bytes"
         assert got["server_first"] == "220 smtp ready\r\necho:EHLO x\r\n"
         assert got["garbage_on_http_port"] == "HTTP/1.1 400 Bad Request"
+        stats = subprocess.run(
+            ["ip", "netns", "exec", pod, sys.executable, "-c", STATS],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+        assert "inbound.opaque: 2" in stats and "inbound.h2: 1" in stats, stats  # the two TCP ports; gRPC
     finally:
         for p in (sidecar, app):
             p.kill()
