@@ -34,6 +34,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_pair(host: str = "127.0.0.1") -> int:
+    """A free port whose next one is free too (control's token port is its port + 1 by default)."""
+    while True:
+        port = free_port(host)
+        try:
+            with socket.create_server((host, port + 1)):
+                return port
+        except OSError:
+            continue
+
+
 def find_etcd() -> str:
     for candidate in (os.environ.get("MESHGATE_ETCD_BIN"), shutil.which("etcd"), "/usr/bin/etcd"):
         if candidate and os.path.exists(candidate):

@@ -12,7 +12,6 @@ import re
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from meshgate.control.demo import lines as demo_lines
-from meshgate.control.etcd_local import free_port
+from meshgate.control.etcd_local import free_port, free_port_pair
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,17 +45,6 @@ EXPECT = {
     "sidecar admin: ready": '"version"',
     "counters and gauges": "config.version",
 }
-
-
-def _free_pair() -> int:
-    """A free port whose next port is free too (the demo takes both)."""
-    while True:
-        port = free_port()
-        try:
-            with socket.create_server(("127.0.0.1", port + 1)):
-                return port
-        except OSError:
-            continue
 
 
 def fresh_clone(tmp_path: Path) -> Path:
@@ -165,10 +153,10 @@ def test_fresh_clone_demo_every_printed_line_runs_as_printed(tmp_path: Path) -> 
     )
     assert second.returncode == 0 and second.stdout.strip() == ".venv" and second.stderr == "", second.stderr
 
-    app = _free_pair()
+    app = free_port_pair()
     ports = {"--port": free_port(), "--grpc-port": free_port(), "--admin-port": free_port()}
-    args = ["scripts/demo", "--control-port", str(_free_pair()), "--app-port", str(app)]
-    args += ["--app-grpc-port", str(_free_pair()), "--json-ready"]
+    args = ["scripts/demo", "--control-port", str(free_port_pair()), "--app-port", str(app)]
+    args += ["--app-grpc-port", str(free_port_pair()), "--json-ready"]
     for flag, port in ports.items():
         args += [flag, str(port)]
     proc = subprocess.Popen(

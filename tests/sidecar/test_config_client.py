@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 from meshgate.control.ca import Authority, NodeIdentity, generate_ca
-from meshgate.control.etcd_local import free_port
+from meshgate.control.etcd_local import free_port_pair
 from meshgate.control.identity import peer_certificate
 from meshgate.sidecar.config_client import ConfigClient, backoff_delay
 from meshgate.sidecar.identity import SidecarIdentity
@@ -91,7 +91,7 @@ async def wait_for(pred: Any, timeout: float = 10) -> None:
 
 async def test_ack_nack_and_persisted_snapshot(tmp_path: Path) -> None:
     fake = FakeControl([snap("good"), snap("bad")])
-    port = free_port()
+    port = free_port_pair()  # serve() takes port + 1 too
     server = await serve(fake, port)
     applied: list[str] = []
 
@@ -130,7 +130,7 @@ async def test_corrupt_persisted_snapshot_is_ignored(tmp_path: Path) -> None:
 
 
 async def test_reconnects_after_control_restart(tmp_path: Path) -> None:
-    port = free_port()
+    port = free_port_pair()  # serve() takes port + 1 too
     fake = FakeControl([snap("one")])
     server = await serve(fake, port)
     client = ConfigClient(
@@ -160,7 +160,7 @@ async def test_the_certificate_rotates_without_dropping_the_stream() -> None:
     """A first certificate with the token (on the token port), renewals with the certificate at
     two thirds of its life; each renewal opens a second stream before the first is closed, so
     control always has this sidecar connected."""
-    port = free_port()
+    port = free_port_pair()  # serve() takes port + 1 too
     fake = FakeControl([snap("one")], validity=1.5)
     server = await serve(fake, port)
     ident = identity(port)
