@@ -26,50 +26,13 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import envoy
 import run as b
 from ab import ROOT, view_of
 from google.protobuf import json_format
 from protocols import UPSTREAMS
 
 PROXY_CORE, LOAD_CORE = "0", "1"
-
-ENVOY = """
-static_resources:
-  listeners:
-  - address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: bench
-          codec_type: AUTO
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: upstream, timeout: 29s}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: upstream
-    type: STATIC
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: upstream
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-"""
 
 NGINX = """
 master_process off;
@@ -237,24 +200,9 @@ def start_targets(
     pin = ["taskset", "-c", PROXY_CORE]
     targets = {"direct": (upstream, 0)}
     port = b.free_port()
-    (work / "envoy.yaml").write_text(ENVOY.format(port=port, upstream=upstream, admin=b.free_port()))
-    envoy = str(Path(sys.executable).parent / "envoy")
-    procs.append(
-        b.start(
-            [
-                *pin,
-                envoy,
-                "-c",
-                str(work / "envoy.yaml"),
-                "--concurrency",
-                "1",
-                "-l",
-                "error",
-                "--disable-hot-restart",
-            ],
-            work / "envoy.log",
-        )
-    )
+    conf = work / "envoy.json"
+    conf.write_text(envoy.config(port, b.free_port(), upstream, http2_upstream=True))
+    procs.append(b.start([*pin, *envoy.command(conf)], work / "envoy.log"))
     targets["envoy"] = (port, procs[-1].pid)
     port = b.free_port()
     (work / "nginx.conf").write_text(NGINX.format(dir=work, port=port, upstream=upstream))

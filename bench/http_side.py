@@ -25,65 +25,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import envoy
 import run as b
 from google.protobuf import json_format
 from grpc_side import LOAD_CORE, PROXY_CORE, cpu_ticks
-
-ENVOY = """
-static_resources:
-  listeners:
-  - address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: bench
-          codec_type: AUTO
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/prod/"}}
-                route: {{cluster: backend, prefix_rewrite: "/", timeout: 29s}}
-          http_filters:
-{filters}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: backend
-    type: STATIC
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {backend}}}}}}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-"""
-
-ENVOY_JWT_LIMIT = """
-          - name: envoy.filters.http.jwt_authn
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
-              providers:
-                bench:
-                  issuer: https://idp.bench
-                  audiences: [bench]
-                  local_jwks: {{inline_string: '{jwks}'}}
-              rules:
-              - match: {{prefix: "/"}}
-                requires: {{provider_name: bench}}
-          - name: envoy.filters.http.local_ratelimit
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
-              stat_prefix: limit
-              token_bucket: {{max_tokens: 1000000, tokens_per_fill: 1000000, fill_interval: 1s}}
-              filter_enabled: {{default_value: {{numerator: 100, denominator: HUNDRED}}, runtime_key: limit_enabled}}
-              filter_enforced: {{default_value: {{numerator: 100, denominator: HUNDRED}}, runtime_key: limit_enforced}}
-"""
 
 
 def start_targets(work: Path, procs: list[subprocess.Popen[bytes]]) -> tuple[dict[str, tuple[str, int]], str]:
@@ -97,17 +42,13 @@ def start_targets(work: Path, procs: list[subprocess.Popen[bytes]]) -> tuple[dic
         b.start([*load, "nginx", "-c", str(work / "backend.conf"), "-p", str(work)], work / "be.log")
     )
     targets = {"direct": (f"http://127.0.0.1:{backend}/prod", 0)}
-    envoy = str(Path(sys.executable).parent / "envoy")
-    for name, filters in (("envoy", ""), ("envoy+jwt+limit", ENVOY_JWT_LIMIT.format(jwks=jwks))):
+    for name, filters in (("envoy", ()), ("envoy+jwt+limit", envoy.jwt_and_limit(jwks))):
         port = b.free_port()
-        conf = work / f"{name}.yaml"
-        conf.write_text(ENVOY.format(port=port, backend=backend, admin=b.free_port(), filters=filters))
-        procs.append(
-            b.start(
-                [*pin, envoy, "-c", str(conf), "--concurrency", "1", "-l", "error", "--disable-hot-restart"],
-                work / f"{name}.log",
-            )
+        conf = work / f"{name}.json"
+        conf.write_text(
+            envoy.config(port, b.free_port(), backend, prefix="/prod/", rewrite="/", filters=filters)
         )
+        procs.append(b.start([*pin, *envoy.command(conf)], work / f"{name}.log"))
         targets[name] = (f"http://127.0.0.1:{port}/prod", procs[-1].pid)
     port = b.free_port()
     (work / "proxy.conf").write_text(b.NGINX_PROXY.format(dir=work, port=port, backend=backend))
@@ -201,20 +142,19 @@ def memory(work: Path) -> dict[str, dict[str, float]]:
     out = {}
     snap = work / "rss-100.json"
     snap.write_text(json_format.MessageToJson(b.bench_snapshot(9, extra_routes=98)))
-    admin = b.free_port()
-    envoy = str(Path(sys.executable).parent / "envoy")
-    conf = work / "envoy-idle.yaml"
-    conf.write_text(ENVOY.format(port=b.free_port(), backend=9, admin=admin, filters=""))
+    admin, sidecar_admin = b.free_port(), b.free_port()
+    conf = work / "envoy-idle.json"
+    conf.write_text(envoy.config(b.free_port(), admin, 9, prefix="/prod/", rewrite="/"))
     for name, cmd, ready in (
         (
             "envoy",
-            [envoy, "-c", str(conf), "--concurrency", "1", "-l", "error", "--disable-hot-restart"],
+            envoy.command(conf),
             f"http://127.0.0.1:{admin}/ready",
         ),
         (
             "meshgate (100 routes)",
-            b.sidecar_cmd(snap, b.free_port(), admin + 1),
-            f"http://127.0.0.1:{admin + 1}/ready",
+            b.sidecar_cmd(snap, b.free_port(), sidecar_admin),
+            f"http://127.0.0.1:{sidecar_admin}/ready",
         ),
     ):
         proc = b.start(cmd, work / "idle.log")

@@ -20,44 +20,11 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import envoy
 import run as b
 from google.protobuf import json_format
 from grpc_side import LOAD_CORE, PROXY_CORE, cpu_ticks
 from protocols import UPSTREAMS, ws_rate
-
-ENVOY = """
-static_resources:
-  listeners:
-  - address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ws
-          upgrade_configs: [{{upgrade_type: websocket}}]
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/prod/ws"}}
-                route: {{cluster: echo, prefix_rewrite: "/", timeout: 0s}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: echo
-    type: STATIC
-    load_assignment:
-      cluster_name: echo
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-"""
 
 
 def snapshot(upstream: int) -> dict[str, object]:
@@ -113,20 +80,11 @@ def main() -> int:
             )
             pin = ["taskset", "-c", PROXY_CORE]
             port, admin = b.free_port(), b.free_port()
-            (work / "envoy.yaml").write_text(ENVOY.format(port=port, upstream=up, admin=admin))
-            envoy = str(Path(sys.executable).parent / "envoy")
-            cmd = [
-                *pin,
-                envoy,
-                "-c",
-                str(work / "envoy.yaml"),
-                "--concurrency",
-                "1",
-                "-l",
-                "error",
-                "--disable-hot-restart",
-            ]
-            procs.append(b.start(cmd, work / "envoy.log"))
+            conf = work / "envoy.json"
+            conf.write_text(
+                envoy.config(port, admin, up, prefix="/prod/ws", rewrite="/", timeout="0s", websocket=True)
+            )
+            procs.append(b.start([*pin, *envoy.command(conf)], work / "envoy.log"))
             targets = {
                 "direct": (f"ws://127.0.0.1:{up}/", 0),
                 "envoy": (f"ws://127.0.0.1:{port}/prod/ws", procs[-1].pid),

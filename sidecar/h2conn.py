@@ -394,7 +394,6 @@ class H2Conn:
                 self.peer_frame = value
             elif key == w.MAX_CONCURRENT_STREAMS:
                 self.peer_max_streams = value
-            elif key == w.HEADER_TABLE_SIZE:
-                pass  # our encoder never uses the dynamic table
+            # HEADER_TABLE_SIZE needs nothing: our encoder never uses the dynamic table
         self._emit(w.frame(w.SETTINGS, w.ACK, 0))
         self._flush_blocked()
