@@ -21,6 +21,7 @@ from meshgate.sidecar.errors import HTTP_FOR_GRPC, GatewayError
 from meshgate.sidecar.filters import Answer, Pending
 from meshgate.sidecar.integrations.grpc import GrpcIntegration
 from meshgate.sidecar.pipeline import Suspend
+from meshgate.sidecar.respond import h2_field_error
 from meshgate.sidecar.routing import Miss, Route
 from meshgate.sidecar.telemetry import TRACE_HEADERS
 
@@ -127,6 +128,9 @@ class Call:
         ctx.method = "POST"
         ctx.host = head.host
         ctx.body_complete = True  # messages stream through; no filter waits for a body
+        if head.error is not None:
+            self.fail(GatewayError(400, f"malformed HTTP/2 request: {head.error}"))
+            return
         if not head.valid:
             self.fail(GatewayError(400, "a gRPC call is a POST with a path"))
             return
@@ -235,6 +239,11 @@ class Call:
         if self.finished:
             return
         answer = self.relay.answers.get(headers) or self.relay.answer(headers)
+        if answer.error is not None:  # nothing the upstream sent that a client must not get
+            if self.up is not None:
+                self.up.conn.reset(self.up_sid, w.PROTOCOL_ERROR)
+            self.fail(GatewayError(502, f"invalid integration response: {answer.error}"))
+            return
         self.responded = True
         if not end:
             self.down.conn.send_block(self.sid, answer.block, False)
@@ -368,9 +377,10 @@ class RequestHead:
     for every call of a method): pseudo-headers, metadata, and the upstream block without the
     per-call values."""
 
-    __slots__ = ("block", "host", "method", "path", "raw", "stage", "valid")
+    __slots__ = ("block", "error", "host", "method", "path", "raw", "stage", "valid")
 
     def __init__(self, headers: Headers) -> None:
+        self.error = h2_field_error(headers)  # checked once per distinct block, never per call
         pseudo = {k: v for k, v in headers if k[:1] == b":"}
         self.path = pseudo.get(b":path", b"")
         self.valid = pseudo.get(b":method") == b"POST" and self.path.startswith(b"/")
@@ -392,9 +402,10 @@ class UpstreamHead:
     """What one distinct response header block (or trailers) from an upstream says, worked out once:
     the block for the client, and the status a trailer carries."""
 
-    __slots__ = ("block", "code", "details", "headers")
+    __slots__ = ("block", "code", "details", "error", "headers")
 
     def __init__(self, headers: Headers) -> None:
+        self.error = h2_field_error(headers)
         self.headers = [(k, v) for k, v in headers if k not in HOP_BY_HOP]
         self.block = w.ENCODER.encode(self.headers)
         self.code, self.details = OK, ""

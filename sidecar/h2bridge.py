@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httptools
+from meshgate.sidecar.respond import h2_field_error
 
 if TYPE_CHECKING:
     import asyncio
@@ -25,8 +26,7 @@ if TYPE_CHECKING:
     from meshgate.sidecar.grpc_server import DownstreamConn
     from meshgate.sidecar.h2conn import Headers
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")  # lowercase, as HTTP/2 requires
-_BAD_VALUE = re.compile(rb"[\r\n\x00]")
+_METHOD = re.compile(rb"[A-Z]+")
 _CONNECTION_SPECIFIC = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
 )
@@ -35,25 +35,24 @@ _DROPPED_ANSWER = _CONNECTION_SPECIFIC | {b"content-length"}  # HTTP/2 frames th
 
 def request_head(headers: Headers) -> bytes | str:
     """The HTTP/1.1 request head for an h2 request, or why it is malformed."""
+    error = h2_field_error(headers)
+    if error is not None:
+        return error
     pseudo: dict[bytes, bytes] = {}
     lines: list[bytes] = []
     for name, value in headers:
-        if _BAD_VALUE.search(value):
-            return f"field {name.decode('latin-1')!r} has a CR, LF or NUL"
         if name[:1] == b":":
             if lines or name in pseudo or name not in (b":method", b":path", b":scheme", b":authority"):
                 return f"pseudo-header {name.decode('latin-1')!r} misplaced, repeated or unknown"
             pseudo[name] = value
             continue
-        if not _TOKEN.fullmatch(name):
-            return f"field name {name.decode('latin-1')!r} is not a lowercase token"
         if name in _CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
             return f"connection-specific field {name.decode('latin-1')!r} in an HTTP/2 request"
         if name in (b"content-length", b"host"):
             continue  # the bridge frames the body itself; :authority is the host
         lines.append(name + b": " + value)
     method, path = pseudo.get(b":method", b""), pseudo.get(b":path", b"")
-    if not _TOKEN.fullmatch(method.lower()) or not path.startswith(b"/") or b" " in path:
+    if not _METHOD.fullmatch(method) or not path.startswith(b"/") or b" " in path:
         return "an HTTP/2 request needs :method and an origin-form :path (CONNECT is not served)"
     host = pseudo.get(b":authority") or next((v for k, v in headers if k == b"host"), b"")
     head = [method + b" " + path + b" HTTP/1.1", b"host: " + host, *lines, b"transfer-encoding: chunked"]

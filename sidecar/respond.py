@@ -65,6 +65,17 @@ def check_headers(headers: Iterable[tuple[bytes, bytes]]) -> None:
             raise InvalidHeader(f"header {name[:60].decode('latin-1')} holds CR, LF or NUL")
 
 
+def h2_field_error(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """What makes an HTTP/2 field list malformed (RFC 9113 §8.2.1), or None: the checks above, and
+    names in lower case; pseudo-header values (`:path`, `:authority`) hold no CR, LF or NUL either."""
+    for name, value in headers:
+        if _BREAKS.search(value) is not None:
+            return f"field {name[:60].decode('latin-1')!r} holds CR, LF or NUL"
+        if name[:1] != b":" and (_TOKEN.fullmatch(name) is None or name.lower() != name):
+            return f"field name {name[:60]!r} is not a lower-case token"
+    return None
+
+
 def refuse_request_headers(headers: Iterable[tuple[bytes, bytes]]) -> GatewayError | None:
     """The 400 for headers the gateway would add to an integration request but must not write."""
     try:

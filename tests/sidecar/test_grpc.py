@@ -25,6 +25,7 @@ class Upstream:
     def __init__(self, lt: LoopThread) -> None:
         self.cancelled = threading.Event()
         self.metadata: list[dict[str, str]] = []
+        self.relay_port = 0
 
         async def unary(req: bytes, ctx: Any) -> bytes:
             self.metadata.append(dict(ctx.invocation_metadata()))
@@ -91,6 +92,7 @@ def grpc_gateway(lt: LoopThread) -> Iterator[tuple[Upstream, grpc.Channel, Table
     runtime = Runtime()
     holder.table = compile_snapshot(snapshot(bundle([route])), runtime)
     server, proxy, port = lt.run(serve_grpc(holder, "127.0.0.1", 0))
+    up.relay_port = port  # for raw HTTP/2 clients
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     yield up, channel, holder
     channel.close()
@@ -398,3 +400,107 @@ def test_a_rapid_reset_flood_ends_the_connection(relay_gateway: tuple[Any, int, 
     ended = [e for e in flood(400) if isinstance(e, h2.events.ConnectionTerminated)]
     assert ended and ended[0].error_code == 0xB  # ENHANCE_YOUR_CALM
     assert not [e for e in flood(20) if isinstance(e, h2.events.ConnectionTerminated)]
+
+
+def _h2_call(port: int, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """One raw HTTP/2 request (h2's own header checks off, as an attacker's client would be): the
+    headers and trailers the answer carried."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    config = h2.config.H2Configuration(
+        client_side=True,
+        header_encoding=None,
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+    )
+    conn = h2.connection.H2Connection(config)
+    conn.initiate_connection()
+    conn.send_headers(1, headers)
+    conn.send_data(1, b"\0\0\0\0\x02hi", end_stream=True)
+    got: list[tuple[bytes, bytes]] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(conn.data_to_send())
+        while True:
+            chunk = s.recv(65536)
+            assert chunk, "closed before the answer ended"
+            for e in conn.receive_data(chunk):
+                if isinstance(e, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                    got += e.headers
+                if isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    return got
+            s.sendall(conn.data_to_send())
+
+
+GRPC_REQUEST = [
+    (b":method", b"POST"),
+    (b":scheme", b"http"),
+    (b":path", b"/test.Echo/Unary"),
+    (b":authority", b"x"),
+    (b"content-type", b"application/grpc"),
+    (b"te", b"trailers"),
+]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [(b"x-evil", b"a\r\nx-injected: 1"), (b"X-Upper", b"v"), (b"x-nul", b"a\x00b")],
+)
+def test_a_malformed_grpc_request_is_refused_and_reaches_nothing(
+    grpc_gateway: tuple[Upstream, grpc.Channel, TableHolder], bad: tuple[bytes, bytes]
+) -> None:
+    up, _, _ = grpc_gateway
+    before = len(up.metadata)
+    got = dict(_h2_call(up.relay_port, [*GRPC_REQUEST, bad]))
+    assert got[b"grpc-status"] == b"3"  # INVALID_ARGUMENT
+    assert len(up.metadata) == before  # nothing reached the upstream
+
+
+def test_an_upstream_answer_with_a_broken_header_is_not_relayed(lt: LoopThread) -> None:
+    """An upstream whose response header holds CR LF: the client gets UNAVAILABLE (the table's 502),
+    never the header."""
+    import threading
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    uport = listener.getsockname()[1]
+
+    def serve_one() -> None:
+        sock, _ = listener.accept()
+        config = h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_outbound_headers=False
+        )
+        conn = h2.connection.H2Connection(config)
+        conn.initiate_connection()
+        sock.sendall(conn.data_to_send())
+        with sock:
+            while data := sock.recv(65536):
+                for e in conn.receive_data(data):
+                    if isinstance(e, h2.events.StreamEnded):
+                        conn.send_headers(
+                            e.stream_id, [(b":status", b"200"), (b"x-split", b"a\r\nset-cookie: x")]
+                        )
+                        conn.send_headers(e.stream_id, [(b"grpc-status", b"0")], end_stream=True)
+                sock.sendall(conn.data_to_send())
+
+    threading.Thread(target=serve_one, daemon=True).start()
+    holder = TableHolder()
+    route = {
+        "method": "POST",
+        "path": "/test.Echo/{m}",
+        "integration": {"type": "grpc", "uri": f"grpc://127.0.0.1:{uport}"},
+    }
+    holder.table = compile_snapshot(snapshot(bundle([route])), Runtime())
+    server, relay, port = lt.run(serve_grpc(holder, "127.0.0.1", 0))
+    try:
+        got = _h2_call(port, GRPC_REQUEST)
+        assert dict(got)[b"grpc-status"] == b"14"  # UNAVAILABLE
+        assert all(b"\r" not in v and b"\n" not in v for _, v in got) and b"x-split" not in dict(got)
+    finally:
+        lt.run(server.stop(0))
+        lt.run(relay.channels.close())
+        listener.close()
