@@ -11,6 +11,7 @@ The connections and the listener are `grpc_server.py`'s.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,7 @@ HOP_BY_HOP = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host")
 )
 TRACE = frozenset(h.encode() for h in TRACE_HEADERS)
+_GRPC_PATH = re.compile(rb"/[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*/[A-Za-z0-9_\-]+")
 _UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 
 
@@ -132,7 +134,7 @@ class Call:
             self.fail(GatewayError(400, f"malformed HTTP/2 request: {head.error}"))
             return
         if not head.valid:
-            self.fail(GatewayError(400, "a gRPC call is a POST with a path"))
+            self.fail(GatewayError(400, "a gRPC call is a POST to /package.Service/Method"))
             return
         found = resolve(self.relay, ctx, head)
         if isinstance(found, GatewayError):
@@ -383,7 +385,9 @@ class RequestHead:
         self.error = h2_field_error(headers)  # checked once per distinct block, never per call
         pseudo = {k: v for k, v in headers if k[:1] == b":"}
         self.path = pseudo.get(b":path", b"")
-        self.valid = pseudo.get(b":method") == b"POST" and self.path.startswith(b"/")
+        # a gRPC path is /Service/Method exactly: no dot segments, escapes or extra segments, so the
+        # route matched and the path the upstream gets are the same
+        self.valid = pseudo.get(b":method") == b"POST" and _GRPC_PATH.fullmatch(self.path) is not None
         self.method = self.path.decode("latin-1")
         authority = pseudo.get(b":authority", b"")
         self.host = authority.decode("latin-1")
