@@ -1,7 +1,8 @@
 """HTTP/2 on the wire, without I/O: frame constants, the frame header, header-block coding.
 
-Decoding keeps the peer's dynamic table and caches what repeats (`HeaderDecoder`); Huffman strings
-are the `hpack` library's to decode. Encoding is done here because a relay can do it
+Decoding keeps the peer's dynamic table and caches what repeats (`HeaderDecoder`), Huffman strings
+included (`huffman_decode`, from RFC 7541's code in `hpack_tables`: the `hpack` library's decoding
+table alone is half a MiB of every sidecar's memory). Encoding is done here because a relay can do it
 for almost nothing: the encoder never adds to the dynamic table (RFC 7541 §6.2.2, "literal without
 indexing"), so one (name, value) pair always encodes to the same bytes and the bytes are cached.
 Peers decode that like any other block; the price is a few bytes a header that an indexing encoder
@@ -14,9 +15,7 @@ import struct
 from collections import deque
 from collections.abc import Iterable
 
-from hpack.exceptions import HPACKError
-from hpack.huffman_table import decode_huffman
-from hpack.table import HeaderTable
+from meshgate.sidecar.hpack_tables import HUFFMAN_LENGTHS, STATIC_TABLE
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -134,7 +133,7 @@ def _string(raw: bytes) -> bytes:
 
 _FULL: dict[tuple[bytes, bytes], int] = {}
 _NAME: dict[bytes, int] = {}
-for _i, (_n, _v) in enumerate(HeaderTable.STATIC_TABLE, start=1):
+for _i, (_n, _v) in enumerate(STATIC_TABLE, start=1):
     _FULL.setdefault((_n, _v), _i)
     _NAME.setdefault(_n, _i)
 
@@ -212,8 +211,8 @@ class HeaderDecoder:
     so a decoded block is remembered with the changes it made to the dynamic table: a block that
     reads no dynamic entry decodes the same way whatever the table holds (its changes are made
     again on a hit), and one that does decodes the same way on the same table (the key then holds
-    the table's change count, which names one state of it). A Huffman-coded string (what changes per block: dates, ids) is decoded by the `hpack` library
-    once and remembered. Measured in docs/benchmarks.md: the library's decoder alone was most of
+    the table's change count, which names one state of it). A Huffman-coded string (what changes per block: dates, ids) is decoded once and
+    remembered. Measured in docs/benchmarks.md: the library's decoder alone was most of
     the relay's time.
     """
 
@@ -241,7 +240,7 @@ class HeaderDecoder:
         before = self.changes
         try:
             headers, dynamic, effects = self._decode(block)
-        except (IndexError, HPACKError):
+        except IndexError:
             raise H2Error(COMPRESSION_ERROR, "bad header block") from None
         if sum(len(k) + len(v) + 32 for k, v in headers) > self.max_list:
             raise H2Error(ENHANCE_YOUR_CALM, "header list too large")
@@ -303,7 +302,7 @@ class HeaderDecoder:
             return raw, i + length
         text = self._huffman.get(raw)
         if text is None:
-            text = decode_huffman(raw)
+            text = huffman_decode(raw)
             if len(self._huffman) >= self.LIMIT:
                 self._huffman.clear()
             self._huffman[raw] = text
@@ -333,5 +332,67 @@ class HeaderDecoder:
             self.size -= len(name) + len(value) + 32
 
 
-_STATIC: tuple[tuple[bytes, bytes], ...] = tuple(HeaderTable.STATIC_TABLE)
+_STATIC = STATIC_TABLE
+
+
+def _huffman_codes() -> tuple[tuple[int, dict[int, int]], ...]:
+    """(length, {code: symbol}) by increasing length: the canonical code of RFC 7541 Appendix B, which
+    gives codes in order of (length, symbol)."""
+    by_length: dict[int, dict[int, int]] = {}
+    code, prev = -1, 0
+    for sym in sorted(range(257), key=lambda s: (HUFFMAN_LENGTHS[s], s)):
+        length = HUFFMAN_LENGTHS[sym]
+        code = (code + 1) << (length - prev)
+        prev = length
+        by_length.setdefault(length, {})[code] = sym
+    return tuple(sorted(by_length.items()))
+
+
+_HUFFMAN = _huffman_codes()
+_EOS = 256
+# The codes of up to 8 bits (the printable characters headers are mostly made of), by the 8 bits a
+# window starts with: one lookup a character.
+_SHORT: dict[int, tuple[int, int]] = {
+    (code << (8 - length)) | pad: (sym, length)
+    for length, codes in _HUFFMAN
+    if length <= 8
+    for code, sym in codes.items()
+    for pad in range(1 << (8 - length))
+}
+
+
+def huffman_decode(data: bytes) -> bytes:
+    """RFC 7541 §5.2: the string a Huffman-coded one stands for; H2Error for EOS inside it, or padding
+    longer than 7 bits or not all ones."""
+    out = bytearray()
+    window = bits = i = 0
+    n = len(data)
+    while True:
+        while bits < 30 and i < n:  # the longest code is 30 bits
+            window, bits, i = (window << 8) | data[i], bits + 8, i + 1
+        if bits >= 8:
+            short = _SHORT.get(window >> (bits - 8))
+            if short is not None:
+                out.append(short[0])
+                bits -= short[1]
+                window &= (1 << bits) - 1
+                continue
+        sym: int | None = None
+        for length, codes in _HUFFMAN:  # the code is prefix-free: the shortest match is the one
+            if length > bits:
+                break
+            sym = codes.get(window >> (bits - length))
+            if sym is not None:
+                break
+        if sym is None:  # no code in what is left: it must be padding (the start of EOS, all ones)
+            if i < n or bits > 7 or window != (1 << bits) - 1:
+                raise H2Error(COMPRESSION_ERROR, "bad Huffman padding")
+            return bytes(out)
+        if sym == _EOS:
+            raise H2Error(COMPRESSION_ERROR, "EOS in a Huffman string")
+        out.append(sym)
+        bits -= length
+        window &= (1 << bits) - 1
+
+
 _STATIC_LEN = len(_STATIC)

@@ -13,6 +13,9 @@ import h2.events
 import h2.settings
 import hpack
 import pytest
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+from hpack.huffman_table import decode_huffman
 from meshgate.sidecar import h2wire as w
 from meshgate.sidecar.h2conn import H2Conn, Headers
 
@@ -56,6 +59,7 @@ def server_pair(
     return ours, rec, peer
 
 
+hpack_huffman = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
 REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/pkg.Svc/Call"), (b":authority", b"x")]
 
 
@@ -77,6 +81,34 @@ def test_hpack_decoding_matches_the_library_on_any_block_sequence() -> None:
             assert list(dec.decode(block)) == headers, (seed, n)
             again = enc.encode(headers, huffman=False)  # the same list again: indexed this time
             assert list(dec.decode(again)) == headers, (seed, n)
+
+
+def test_huffman_decoding_matches_the_library_on_any_bytes() -> None:
+    """Every symbol (all 256 byte values), long and short strings: the same as hpack's decoder."""
+    rnd = random.Random(7)
+    samples = [bytes(range(256)), b"", b"a", b"Mon, 21 Oct 2013 20:13:21 GMT", b"\xff" * 40]
+    samples += [rnd.randbytes(rnd.randrange(1, 300)) for _ in range(300)]
+    samples += [bytes(rnd.choice(b"abc-/:0189 XYZ~") for _ in range(rnd.randrange(50))) for _ in range(300)]
+    for raw in samples:
+        coded = hpack_huffman.encode(raw)
+        assert w.huffman_decode(coded) == raw == decode_huffman(coded)
+
+
+@pytest.mark.parametrize(
+    "coded",
+    [
+        bytes([0b11111111, 0b11111111, 0b11111111, 0b11111100]),  # EOS (30 ones) inside the string
+        bytes([0b00000111, 0b11111111]),  # "0" then 11 bits of padding (at most 7)
+        bytes([0b00000011]),  # "0" then padding that is not all ones
+    ],
+)
+def test_bad_huffman_strings_are_compression_errors(coded: bytes) -> None:
+    with pytest.raises(w.H2Error) as err:
+        w.huffman_decode(coded)
+    assert err.value.code == w.COMPRESSION_ERROR
+    block = b"\x00" + bytes([0x01]) + b"x" + bytes([0x80 | len(coded)]) + coded  # a literal, value Huffman
+    with pytest.raises(w.H2Error):  # in a header block: a connection error, never a traceback
+        w.HeaderDecoder(1 << 20).decode(block)
 
 
 def test_encoder_output_decodes_with_the_library() -> None:
