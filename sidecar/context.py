@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from meshgate.sidecar.telemetry import RequestSpan
 
 Headers = tuple[tuple[bytes, bytes], ...]
+TRACE_HEADERS = frozenset({"traceparent", "tracestate", "baggage"})  # the sidecar's own, when it traces
 _NO_VALUES: Mapping[str, str] = MappingProxyType({})
 
 

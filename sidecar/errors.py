@@ -10,11 +10,33 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import IntEnum
 from http import HTTPStatus
 
-import grpc
-
 Headers = tuple[tuple[bytes, bytes], ...]
+
+
+class GrpcCode(IntEnum):
+    """gRPC status codes (the wire values of `grpc-status`), here so that the sidecar answers and relays
+    gRPC without loading grpcio."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,62 +44,56 @@ class ErrorKind:
     """One row of the table."""
 
     status: int
-    grpc: grpc.StatusCode
+    grpc: GrpcCode
     error_type: str  # x-meshgate-error-type
     gateway_type: str  # the API Gateway gateway-response type it maps to by default
     message: str  # the client-facing message (API Gateway's)
 
 
 _ROWS = (
-    ErrorKind(400, grpc.StatusCode.INVALID_ARGUMENT, "BadRequest", "BAD_REQUEST_PARAMETERS", "Bad request"),
-    ErrorKind(401, grpc.StatusCode.UNAUTHENTICATED, "Unauthorized", "UNAUTHORIZED", "Unauthorized"),
-    ErrorKind(403, grpc.StatusCode.PERMISSION_DENIED, "Forbidden", "ACCESS_DENIED", "Forbidden"),
-    ErrorKind(404, grpc.StatusCode.NOT_FOUND, "NotFound", "RESOURCE_NOT_FOUND", "Not found"),
-    ErrorKind(
-        405, grpc.StatusCode.UNIMPLEMENTED, "MethodNotAllowed", "RESOURCE_NOT_FOUND", "Method not allowed"
-    ),
-    ErrorKind(408, grpc.StatusCode.DEADLINE_EXCEEDED, "RequestTimeout", "DEFAULT_4XX", "Request timeout"),
-    ErrorKind(
-        413, grpc.StatusCode.RESOURCE_EXHAUSTED, "PayloadTooLarge", "REQUEST_TOO_LARGE", "Request too long"
-    ),
-    ErrorKind(414, grpc.StatusCode.RESOURCE_EXHAUSTED, "UriTooLong", "DEFAULT_4XX", "Request-URI too long"),
+    ErrorKind(400, GrpcCode.INVALID_ARGUMENT, "BadRequest", "BAD_REQUEST_PARAMETERS", "Bad request"),
+    ErrorKind(401, GrpcCode.UNAUTHENTICATED, "Unauthorized", "UNAUTHORIZED", "Unauthorized"),
+    ErrorKind(403, GrpcCode.PERMISSION_DENIED, "Forbidden", "ACCESS_DENIED", "Forbidden"),
+    ErrorKind(404, GrpcCode.NOT_FOUND, "NotFound", "RESOURCE_NOT_FOUND", "Not found"),
+    ErrorKind(405, GrpcCode.UNIMPLEMENTED, "MethodNotAllowed", "RESOURCE_NOT_FOUND", "Method not allowed"),
+    ErrorKind(408, GrpcCode.DEADLINE_EXCEEDED, "RequestTimeout", "DEFAULT_4XX", "Request timeout"),
+    ErrorKind(413, GrpcCode.RESOURCE_EXHAUSTED, "PayloadTooLarge", "REQUEST_TOO_LARGE", "Request too long"),
+    ErrorKind(414, GrpcCode.RESOURCE_EXHAUSTED, "UriTooLong", "DEFAULT_4XX", "Request-URI too long"),
     ErrorKind(
         415,
-        grpc.StatusCode.INVALID_ARGUMENT,
+        GrpcCode.INVALID_ARGUMENT,
         "UnsupportedMediaType",
         "UNSUPPORTED_MEDIA_TYPE",
         "Unsupported media type",
     ),
-    ErrorKind(426, grpc.StatusCode.FAILED_PRECONDITION, "UpgradeRequired", "DEFAULT_4XX", "Upgrade required"),
-    ErrorKind(429, grpc.StatusCode.RESOURCE_EXHAUSTED, "TooManyRequests", "THROTTLED", "Too many requests"),
+    ErrorKind(426, GrpcCode.FAILED_PRECONDITION, "UpgradeRequired", "DEFAULT_4XX", "Upgrade required"),
+    ErrorKind(429, GrpcCode.RESOURCE_EXHAUSTED, "TooManyRequests", "THROTTLED", "Too many requests"),
     ErrorKind(
         431,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        GrpcCode.RESOURCE_EXHAUSTED,
         "RequestHeaderFieldsTooLarge",
         "DEFAULT_4XX",
         "Request header fields too large",
     ),
     ErrorKind(
         500,
-        grpc.StatusCode.INTERNAL,
+        GrpcCode.INTERNAL,
         "InternalServerError",
         "API_CONFIGURATION_ERROR",
         "Internal server error",
     ),
-    ErrorKind(502, grpc.StatusCode.UNAVAILABLE, "BadGateway", "INTEGRATION_FAILURE", "Bad gateway"),
-    ErrorKind(
-        503, grpc.StatusCode.UNAVAILABLE, "ServiceUnavailable", "INTEGRATION_FAILURE", "Service unavailable"
-    ),
+    ErrorKind(502, GrpcCode.UNAVAILABLE, "BadGateway", "INTEGRATION_FAILURE", "Bad gateway"),
+    ErrorKind(503, GrpcCode.UNAVAILABLE, "ServiceUnavailable", "INTEGRATION_FAILURE", "Service unavailable"),
     ErrorKind(
         504,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
+        GrpcCode.DEADLINE_EXCEEDED,
         "GatewayTimeout",
         "INTEGRATION_TIMEOUT",
         "Endpoint request timed out",
     ),
 )
 TABLE: Mapping[int, ErrorKind] = {row.status: row for row in _ROWS}
-GRPC_CODE: Mapping[int, int] = {row.status: row.grpc.value[0] for row in _ROWS}
+GRPC_CODE: Mapping[int, int] = {row.status: int(row.grpc) for row in _ROWS}
 
 # Every gateway-response type a user may override (Api.gatewayResponses[].type).
 GATEWAY_TYPES = frozenset(
@@ -100,27 +116,27 @@ GATEWAY_MESSAGES: Mapping[str, str] = {
 }
 
 # An upstream gRPC status -> the HTTP status of a transcoded response (and of a gRPC call's metrics).
-HTTP_FOR_GRPC: Mapping[grpc.StatusCode, int] = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNKNOWN: 500,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DATA_LOSS: 500,
+HTTP_FOR_GRPC: Mapping[int, int] = {
+    GrpcCode.OK: 200,
+    GrpcCode.CANCELLED: 499,
+    GrpcCode.UNKNOWN: 500,
+    GrpcCode.INVALID_ARGUMENT: 400,
+    GrpcCode.DEADLINE_EXCEEDED: 504,
+    GrpcCode.NOT_FOUND: 404,
+    GrpcCode.ALREADY_EXISTS: 409,
+    GrpcCode.PERMISSION_DENIED: 403,
+    GrpcCode.UNAUTHENTICATED: 401,
+    GrpcCode.RESOURCE_EXHAUSTED: 429,
+    GrpcCode.FAILED_PRECONDITION: 400,
+    GrpcCode.ABORTED: 409,
+    GrpcCode.OUT_OF_RANGE: 400,
+    GrpcCode.UNIMPLEMENTED: 501,
+    GrpcCode.INTERNAL: 500,
+    GrpcCode.UNAVAILABLE: 503,
+    GrpcCode.DATA_LOSS: 500,
 }
 
-_UNKNOWN = ErrorKind(0, grpc.StatusCode.UNKNOWN, "Error", "DEFAULT_4XX", "Error")
+_UNKNOWN = ErrorKind(0, GrpcCode.UNKNOWN, "Error", "DEFAULT_4XX", "Error")
 
 
 def kind_of(status: int) -> ErrorKind:
@@ -129,7 +145,7 @@ def kind_of(status: int) -> ErrorKind:
     if row is not None:
         return row
     if status >= 500:
-        return ErrorKind(status, grpc.StatusCode.UNKNOWN, "Error", "DEFAULT_5XX", "Error")
+        return ErrorKind(status, GrpcCode.UNKNOWN, "Error", "DEFAULT_5XX", "Error")
     return _UNKNOWN
 
 
@@ -169,7 +185,7 @@ class GatewayError:
         return self.gateway_type or kind_of(self.status).gateway_type
 
     @property
-    def grpc_code(self) -> grpc.StatusCode:
+    def grpc_code(self) -> GrpcCode:
         return kind_of(self.status).grpc
 
 

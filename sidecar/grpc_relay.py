@@ -15,22 +15,19 @@ import re
 import time
 from typing import TYPE_CHECKING
 
-import grpc
 from meshgate.sidecar import h2wire as w
-from meshgate.sidecar.context import RequestContext
+from meshgate.sidecar.context import TRACE_HEADERS, RequestContext
 from meshgate.sidecar.errors import HTTP_FOR_GRPC, GatewayError
 from meshgate.sidecar.filters import Answer, Pending
 from meshgate.sidecar.integrations.grpc import GrpcIntegration
 from meshgate.sidecar.pipeline import Suspend
 from meshgate.sidecar.respond import h2_field_error
 from meshgate.sidecar.routing import Miss, Route
-from meshgate.sidecar.telemetry import TRACE_HEADERS
 
 if TYPE_CHECKING:
     from meshgate.sidecar.grpc_server import DownstreamConn, GrpcRelay, UpstreamConn
     from meshgate.sidecar.h2conn import Headers
 
-CODES = {c.value[0]: c for c in grpc.StatusCode}
 OK, CANCELLED, DEADLINE_EXCEEDED, UNAVAILABLE = 0, 1, 4, 14
 HOP_BY_HOP = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host")
@@ -315,7 +312,7 @@ class Call:
 
     def fail(self, err: GatewayError) -> None:
         """The gateway ends the call with the table's gRPC code; the reason only for insiders."""
-        self.code, self.details = err.grpc_code.value[0], err.reason
+        self.code, self.details = int(err.grpc_code), err.reason
         self._trailers(self.code, grpc_message(self._told(err)))
 
     def _told(self, err: GatewayError) -> str:
@@ -348,12 +345,8 @@ class Call:
         self.down.call_finished()
 
     @property
-    def status_code(self) -> grpc.StatusCode:
-        return CODES.get(self.code, grpc.StatusCode.UNKNOWN)
-
-    @property
     def http_status(self) -> int:
-        return HTTP_FOR_GRPC.get(self.status_code, 500)
+        return HTTP_FOR_GRPC.get(self.code, 500)
 
 
 def resolve(relay: GrpcRelay, ctx: RequestContext, head: RequestHead) -> Route | GatewayError:

@@ -14,6 +14,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from meshgate.sidecar import h2wire as w
 from meshgate.sidecar.context import RequestContext
@@ -23,7 +24,9 @@ from meshgate.sidecar.h2bridge import BridgeStream
 from meshgate.sidecar.h2conn import H2Conn, Headers
 from meshgate.sidecar.metrics import Metrics
 from meshgate.sidecar.routing import Route, TableHolder
-from meshgate.sidecar.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from meshgate.sidecar.telemetry import Telemetry
 
 log = logging.getLogger("meshgate.sidecar.grpc")
 

@@ -15,7 +15,7 @@ import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 from meshgate.sidecar.accesslog import AccessLog
@@ -24,9 +24,11 @@ from meshgate.sidecar.errors import GatewayError
 from meshgate.sidecar.exchange import DONE, QUEUED, STREAMING, Exchange, Tunnel
 from meshgate.sidecar.metrics import Metrics
 from meshgate.sidecar.routing import TableHolder
-from meshgate.sidecar.telemetry import Telemetry
 from meshgate.sidecar.upstream import UpstreamPool
 from meshgate.sidecar.wsapi import Registry
+
+if TYPE_CHECKING:
+    from meshgate.sidecar.telemetry import Telemetry
 
 log = logging.getLogger("meshgate.sidecar.http")
 

@@ -3,6 +3,9 @@ WebSocket API message, with child spans for the request phase (and, under it, th
 the cache lookup) and the integration; W3C traceparent/baggage honoured and propagated; parent-based
 sampling with the stage's ratio; OTLP/gRPC export through a batch processor (Jaeger takes it natively).
 
+Nothing loads OpenTelemetry until a sidecar traces: the listeners hold a `Telemetry` only when an
+OTLP endpoint is set (`main.py` imports this module then).
+
 The sampling decision comes first (`sample`): an unsampled request costs one header lookup and a
 random draw, and nothing is allocated for it.
 """
@@ -10,13 +13,13 @@ random draw, and nothing is allocated for it.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 if TYPE_CHECKING:  # the SDK and the exporter load with the first Telemetry (a sidecar that traces)
@@ -28,7 +31,6 @@ if TYPE_CHECKING:  # the SDK and the exporter load with the first Telemetry (a s
 _TRACECONTEXT = TraceContextTextMapPropagator()
 _BAGGAGE = W3CBaggagePropagator()
 _ROOT = Context()  # "sampled, no parent": shared, so the decision allocates nothing
-TRACE_HEADERS = frozenset({"traceparent", "tracestate", "baggage"})
 
 
 class _Getter:
@@ -177,8 +179,10 @@ class Telemetry:
         route.chain.begin_span(req)
 
     def begin(
-        self, ctx: Context, name: str, attrs: Mapping[str, Any], links: Sequence[Link] = ()
+        self, ctx: Context, name: str, attrs: Mapping[str, Any], link: SpanContext | None = None
     ) -> RequestSpan:
+        """The server span; `link` is a span it follows from (a WebSocket message's upgrade)."""
+        links = (Link(link),) if link is not None else ()
         span = self.tracer.start_span(
             name, context=ctx, kind=SpanKind.SERVER, attributes=dict(attrs), links=links
         )

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
+
+if TYPE_CHECKING:
+    import grpc
 
 _CHANNELS: dict[tuple[str, int], grpc.aio.Channel] = {}
 
@@ -23,6 +25,8 @@ def channel(host: str, port: int) -> grpc.aio.Channel:
     """One channel per upstream, shared by every transcoded call of this process."""
     ch = _CHANNELS.get((host, port))
     if ch is None:
+        import grpc  # on the first transcoded call: a sidecar without one never loads grpcio
+
         ch = _CHANNELS[(host, port)] = grpc.aio.insecure_channel(f"{host}:{port}")
     return ch
 

@@ -22,13 +22,15 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from meshgate.sidecar.metrics import Metrics
-from meshgate.sidecar.telemetry import RequestSpan, Telemetry
 from meshgate.v1 import control_pb2
-from opentelemetry.trace import Link, SpanContext
+
+if TYPE_CHECKING:
+    from meshgate.sidecar.telemetry import RequestSpan, Telemetry
+    from opentelemetry.trace import SpanContext
 
 log = logging.getLogger("meshgate.sidecar.wsapi")
 
@@ -281,7 +283,7 @@ class WsApiConnection:
                 "network.protocol.name": "websocket",
                 "client.address": self.source_ip,
             },
-            links=(Link(self.link),) if self.link is not None else (),
+            link=self.link,
         )
         status, reply = await self.call(route, key, body, None, span)
         span.end(status or 502, reply.decode("utf-8", "replace") if status == 0 else "")

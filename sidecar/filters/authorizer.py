@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 from meshgate.sidecar.authorizers import AuthResult, JwtAuthorizer, RequestAuthorizer
 from meshgate.sidecar.errors import GatewayError
 from meshgate.sidecar.filters import Pending
-from meshgate.sidecar.telemetry import RequestSpan
 
 if TYPE_CHECKING:
     from meshgate.sidecar.context import RequestContext
@@ -59,7 +58,7 @@ class AuthorizerFilter:
 
     def _decided(self, ctx: RequestContext, auth: AuthResult, t0: float, span: Any, cached: bool) -> Decision:
         ctx.authorizer_s = time.monotonic() - t0
-        if span is not None:
+        if span is not None and ctx.trace is not None:
             # cached: answered without a call (a cached result, known JWKS keys, or a missing identity)
             attrs: dict[str, Any] = {
                 "meshgate.authorizer.cached": cached,
@@ -67,7 +66,7 @@ class AuthorizerFilter:
             }
             if auth.principal:
                 attrs["enduser.id"] = auth.principal
-            RequestSpan.end_sub(span, auth.reason if auth.status else "", attrs)
+            ctx.trace.end_sub(span, auth.reason if auth.status else "", attrs)
         if auth.status:
             return GatewayError(
                 auth.status,

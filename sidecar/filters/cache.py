@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from meshgate.sidecar.cache import CachedResponse, ResponseCache
 from meshgate.sidecar.errors import GatewayError
 from meshgate.sidecar.filters import Answer
-from meshgate.sidecar.telemetry import RequestSpan
 
 if TYPE_CHECKING:
     from meshgate.sidecar.context import RequestContext
@@ -57,7 +56,7 @@ class CacheFilter:
             if ctx.authorized:
                 self.cache.invalidate(ckey)
                 if ctx.trace is not None:
-                    RequestSpan.end_sub(ctx.trace.start_sub("cache", self._attrs(ctx, "invalidated")))
+                    ctx.trace.end_sub(ctx.trace.start_sub("cache", self._attrs(ctx, "invalidated")))
                 return self._miss(ctx, ckey, b"invalidated")
             if self.invalidation == "fail":
                 return GatewayError(403, "cache invalidation needs an authorized request")
@@ -83,7 +82,7 @@ class CacheFilter:
             return _same_variant(ctx, self.cache.get(ckey))
         span = ctx.trace.start_sub("cache", self._attrs(ctx, ""))
         hit = _same_variant(ctx, self.cache.get(ckey))
-        RequestSpan.end_sub(span, attrs={"meshgate.cache.result": "miss" if hit is None else "hit"})
+        ctx.trace.end_sub(span, attrs={"meshgate.cache.result": "miss" if hit is None else "hit"})
         return hit
 
     def _attrs(self, ctx: RequestContext, result: str) -> dict[str, Any]:

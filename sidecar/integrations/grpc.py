@@ -8,12 +8,12 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import grpc
-from meshgate.sidecar.errors import HTTP_FOR_GRPC, GatewayError, internal
+from meshgate.sidecar.errors import HTTP_FOR_GRPC, GatewayError, GrpcCode, internal
 from meshgate.sidecar.integrations import CompileError, RouteSpec
 from meshgate.sidecar.transcode import TranscodeError, Transcoder, channel
 
 if TYPE_CHECKING:
+    import grpc
     from meshgate.sidecar.exchange import Exchange
 
 log = logging.getLogger("meshgate.sidecar.grpc")
@@ -55,12 +55,13 @@ class GrpcIntegration:
         call = channel(self.host, self.port).unary_unary(
             tc.method_path, request_serializer=None, response_deserializer=None
         )
+        import grpc  # loaded by transcode.channel: only a snapshot with a transcoded route needs it
+
         try:
             data = await call(payload, timeout=self.timeout_s, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             ex.fail(self._refusal(exc))
             return
-        except Exception:
             log.exception("transcoded call failed (request %s)", ctx.request_id)
             ex.fail(internal())
             return
@@ -73,11 +74,11 @@ class GrpcIntegration:
         ex.respond_full(200, ((b"content-type", b"application/json"),), body)
 
     def _refusal(self, exc: grpc.aio.AioRpcError) -> GatewayError:
-        code = exc.code()
+        code = GrpcCode(exc.code().value[0])
         reason = f"gRPC {code.name}: {exc.details() or ''}".strip()
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        if code == GrpcCode.DEADLINE_EXCEEDED:
             reason = f"integration timeout after {self.timeout_s:g}s"
-        elif code == grpc.StatusCode.UNAVAILABLE:
+        elif code == GrpcCode.UNAVAILABLE:
             reason = f"upstream gRPC service unavailable ({self.host}:{self.port}): {exc.details() or ''}"
         return GatewayError(HTTP_FOR_GRPC.get(code, 500), reason)
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from meshgate.sidecar.context import TRACE_HEADERS
 from meshgate.sidecar.errors import GatewayError, internal
 from meshgate.sidecar.integrations import CompileError, RouteSpec, client_key
 from meshgate.sidecar.respond import switching_protocols
-from meshgate.sidecar.telemetry import TRACE_HEADERS
 from meshgate.sidecar.websocket import WebSocketIntegration, WsRelay
 
 if TYPE_CHECKING:
