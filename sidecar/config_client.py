@@ -9,13 +9,13 @@ import os
 import random
 import stat
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
-import grpc
+from meshgate.sidecar.grpc_client import Channel, RpcError
 from meshgate.sidecar.identity import SidecarIdentity
 from meshgate.sidecar.metrics import Histogram
-from meshgate.v1 import control_pb2, control_pb2_grpc
+from meshgate.v1 import control_pb2
 
 log = logging.getLogger("meshgate.sidecar.config")
 
@@ -143,8 +143,8 @@ class ConfigClient:
                 got_snapshot = await self._streams()
             except asyncio.CancelledError:
                 raise
-            except grpc.aio.AioRpcError as exc:
-                self.last_error = f"{exc.code().name}: {exc.details()}"
+            except RpcError as exc:
+                self.last_error = str(exc)
             except OSError as exc:  # control's CA or the token file is not there (yet)
                 self.last_error = f"{type(exc).__name__}: {exc}"
             except Exception as exc:
@@ -230,13 +230,8 @@ class ConfigClient:
 
 RENEW_RETRY_S = 30.0
 SUCCESSOR_WAIT_S = 10.0
-CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 10000),
-    ("grpc.keepalive_timeout_ms", 5000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.initial_reconnect_backoff_ms", 200),
-]
+STREAM_CONFIG = "/meshgate.v1.ControlService/StreamConfig"
+KEEPALIVE_S, KEEPALIVE_TIMEOUT_S = 10.0, 5.0  # control permits a PING every 5 s (control/server.py)
 
 
 class _Stream:
@@ -259,27 +254,19 @@ class _Stream:
 
     async def _run(self) -> None:
         client = self.client
-        creds = client.identity.channel_credentials()
-        async with grpc.aio.secure_channel(client.control_address, creds, options=CHANNEL_OPTIONS) as channel:
-            stub = control_pb2_grpc.ControlServiceStub(channel)
-            outbox: asyncio.Queue[control_pb2.StreamRequest | None] = asyncio.Queue()
-            await outbox.put(control_pb2.StreamRequest(node=client.node))
-
-            async def requests() -> AsyncIterator[control_pb2.StreamRequest]:
-                while True:
-                    item = await outbox.get()
-                    if item is None:
-                        return
-                    yield item
-
-            call = stub.StreamConfig(requests())
+        tls = client.identity.tls_context()
+        channel = Channel(
+            client.control_address, tls, keepalive_s=KEEPALIVE_S, keepalive_timeout_s=KEEPALIVE_TIMEOUT_S
+        )
+        async with channel:
+            call = await channel.start(STREAM_CONFIG)
             try:
-                async for snap in call:
+                call.send(control_pb2.StreamRequest(node=client.node).SerializeToString())
+                while (message := await call.recv()) is not None:
+                    snap = control_pb2.Snapshot.FromString(message)
                     self.got = True
                     ack = client.handle(snap)
-                    await outbox.put(control_pb2.StreamRequest(ack=ack))
+                    call.send(control_pb2.StreamRequest(ack=ack).SerializeToString())
                     self.first.set()
             finally:
-                await outbox.put(None)
-                with contextlib.suppress(Exception):
-                    call.cancel()
+                call.cancel()

@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import grpc
+if TYPE_CHECKING:
+    import grpc
 
 # Inside a credential directory (what `meshgate control` writes for the CLI, in <state dir>/admin):
 CA_FILE, CERT_FILE, KEY_FILE = "ca.crt", "tls.crt", "tls.key"
@@ -28,6 +30,8 @@ class ClientCredentials:
     token: str = ""  # a bearer token (Kubernetes), sent as `authorization: Bearer ...`
 
     def channel(self) -> grpc.ChannelCredentials:
+        import grpc  # the CLI's and control's: a sidecar imports this module for its paths only
+
         tls = grpc.ssl_channel_credentials(self.ca, self.key or None, self.cert or None)
         if not self.token:
             return tls

@@ -1,20 +1,25 @@
-"""The sidecar's identity toward control: a private key made here (it never leaves the process), the
-certificate control issues for it (first with a bootstrap or ServiceAccount token, then renewed with
-the current certificate at two thirds of its lifetime) and the TLS credentials of the config stream."""
+"""The sidecar's identity toward control: a private key made for each certificate (by `keygen`, in a
+child process; it is never written to disk), the certificate control issues for it (first with a
+bootstrap or ServiceAccount token, then renewed with the current certificate at two thirds of its
+lifetime) and the TLS context of the config stream."""
 
 from __future__ import annotations
 
 import logging
+import os
+import ssl
 import time
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import grpc
-from meshgate.v1 import control_pb2, control_pb2_grpc
+from meshgate.sidecar import keygen
+from meshgate.sidecar.grpc_client import Channel
+from meshgate.v1 import control_pb2
 
 log = logging.getLogger("meshgate.sidecar.identity")
 
 RENEW_AT = 2 / 3  # of a certificate's lifetime
+ISSUE_CERTIFICATE = "/meshgate.v1.ControlService/IssueCertificate"
 
 
 def token_address_of(control_address: str) -> str:
@@ -24,7 +29,7 @@ def token_address_of(control_address: str) -> str:
 
 
 class SidecarIdentity:
-    """Holds the key and the current certificate; `channel_credentials()` is what the stream uses."""
+    """Holds the key and the current certificate; `tls_context()` is what the stream uses."""
 
     def __init__(
         self,
@@ -41,13 +46,13 @@ class SidecarIdentity:
         self.token_file = token_file
         self.token = token  # instead of a file (tests, embedding)
         self.ca_file: Path | None = None
-        self._key: Any = None  # made with the first certificate request (`_private_key`)
-        self._key_pem = b""
+        self.key_pem = b""  # the key of `cert_pem`
         self.cert_pem = b""
         self.identity = ""  # the SPIFFE id control put in the certificate
         self.renew_at = 0.0  # time.time() when the certificate should be renewed
         self.expires_at = 0.0
         self.renewals = 0
+        self._tls: ssl.SSLContext | None = None  # for the current certificate
 
     @classmethod
     def from_files(
@@ -68,34 +73,15 @@ class SidecarIdentity:
     def has_certificate(self) -> bool:
         return bool(self.cert_pem) and time.time() < self.expires_at
 
-    def channel_credentials(self) -> grpc.ChannelCredentials:
-        """TLS that trusts control's CA and presents this sidecar's certificate (once it has one)."""
-        if self.cert_pem:
-            return grpc.ssl_channel_credentials(self._ca(), self._key_pem, self.cert_pem)
-        return grpc.ssl_channel_credentials(self._ca())
-
-    def _private_key(self) -> Any:
-        """The key, made on first use: a sidecar fed from a snapshot file never needs one (nor loads
-        cryptography)."""
-        if self._key is None:
-            from cryptography.hazmat.primitives import serialization
-            from cryptography.hazmat.primitives.asymmetric import ec
-
-            self._key = ec.generate_private_key(ec.SECP256R1())
-            self._key_pem = self._key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        return self._key
-
-    def _csr(self, node: control_pb2.Node) -> bytes:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.x509.oid import NameOID
-
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node.id[:64] or "sidecar")])
-        key = self._private_key()
-        csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
-        return csr.public_bytes(serialization.Encoding.PEM)
+    def tls_context(self) -> ssl.SSLContext:
+        """TLS that trusts control's CA (only) and presents this sidecar's certificate, once it has one."""
+        if self._tls is None:
+            ctx = ssl.create_default_context(cadata=self._ca().decode("ascii"))
+            ctx.set_alpn_protocols(["h2"])
+            if self.cert_pem:
+                load_key_pair(ctx, self.cert_pem, self.key_pem)
+            self._tls = ctx
+        return self._tls
 
     def _token(self) -> str:
         if self.token or self.token_file is None:
@@ -107,19 +93,20 @@ class SidecarIdentity:
             return ""
 
     async def obtain(self, node: control_pb2.Node, deadline_s: float = 10.0) -> None:
-        """Get a certificate: a renewal with the current one while it is valid, else with the token."""
+        """Get a certificate for a new key: a renewal with the current one while it is valid, else with
+        the token. Raises RpcError (refused, unreachable) or OSError (no CA, no key)."""
         renewal = self.has_certificate
         metadata = () if renewal else (("authorization", f"Bearer {self._token()}"),)
         address = self.control_address if renewal else self.token_address
-        async with grpc.aio.secure_channel(address, self.channel_credentials()) as channel:
-            stub = control_pb2_grpc.ControlServiceStub(channel)
-            request = control_pb2.CertificateRequest(csr_pem=self._csr(node), node=node)
-            resp = await stub.IssueCertificate(request, metadata=metadata, timeout=deadline_s)
-        from cryptography import x509
-
-        cert = x509.load_pem_x509_certificate(resp.certificate_pem)
-        start, end = time.time(), cert.not_valid_after_utc.timestamp()  # not_before is backdated
-        self.cert_pem = resp.certificate_pem
+        key_pem, csr_pem = await keygen.generate(node.id or "sidecar")
+        request = control_pb2.CertificateRequest(csr_pem=csr_pem, node=node)
+        async with Channel(address, self.tls_context(), connect_timeout_s=deadline_s) as channel:
+            answer = await channel.unary(ISSUE_CERTIFICATE, request.SerializeToString(), metadata, deadline_s)
+        resp = control_pb2.CertificateResponse.FromString(answer)
+        start, end = time.time(), float(resp.not_after_unix)  # not_before is backdated
+        if end <= start or not resp.certificate_pem:
+            raise OSError("control's answer holds no certificate valid from now")
+        self.cert_pem, self.key_pem, self._tls = resp.certificate_pem, key_pem, None
         self.identity = resp.identity
         self.expires_at = end
         self.renew_at = start + (end - start) * RENEW_AT
@@ -129,5 +116,16 @@ class SidecarIdentity:
             "%s certificate for %s, valid until %s",
             "renewed" if renewal else "got a",
             resp.identity,
-            cert.not_valid_after_utc.isoformat(timespec="seconds"),
+            datetime.fromtimestamp(end, UTC).isoformat(timespec="seconds"),
         )
+
+
+def load_key_pair(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+    """`load_cert_chain` from memory: the ssl module reads files only, so the pair goes through an
+    anonymous in-memory file (memfd), never the disk."""
+    fd = os.memfd_create("meshgate-identity", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, cert_pem + b"\n" + key_pem)
+        ctx.load_cert_chain(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)

@@ -13,6 +13,8 @@ import grpc
 import pytest
 from meshgate.control.etcd_local import LocalEtcd
 from meshgate.control.server import ControlServer, start_control
+from meshgate.sidecar.errors import GrpcCode
+from meshgate.sidecar.grpc_client import RpcError
 from meshgate.sidecar.metrics import prometheus_text
 from meshgate.v1 import control_pb2, control_pb2_grpc
 from tls import admin_channel, bootstrap_identity, sidecar_channel
@@ -168,6 +170,6 @@ async def test_a_sidecar_gets_its_certificate_with_the_bootstrap_token(control: 
     assert ident.cert_pem != renewed and again is not None and again.node == principal.node
     wrong = bootstrap_identity(control)
     wrong.token = "guessed"
-    with pytest.raises(grpc.aio.AioRpcError) as err:
+    with pytest.raises(RpcError) as refused:
         await wrong.obtain(control_pb2.Node(id="sc-9", namespace="default"))
-    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert refused.value.code == GrpcCode.UNAUTHENTICATED

@@ -19,7 +19,10 @@ from meshgate.control.etcd_local import LocalEtcd
 from meshgate.control.inject import CA_CONFIGMAP
 from meshgate.control.kube import KubeClient, KubeOptions
 from meshgate.control.server import ControlServer, start_control
+from meshgate.sidecar.config_client import STREAM_CONFIG
 from meshgate.sidecar.credentials import ClientCredentials
+from meshgate.sidecar.errors import GrpcCode
+from meshgate.sidecar.grpc_client import Channel, RpcError
 from meshgate.sidecar.identity import SidecarIdentity
 from meshgate.v1 import control_pb2, control_pb2_grpc
 
@@ -93,10 +96,14 @@ async def first_snapshot(ident: SidecarIdentity, node: control_pb2.Node) -> cont
     async def hello() -> AsyncIterator[control_pb2.StreamRequest]:
         yield control_pb2.StreamRequest(node=node)
 
-    async with grpc.aio.secure_channel(ident.control_address, ident.channel_credentials()) as ch:
-        async for snap in control_pb2_grpc.ControlServiceStub(ch).StreamConfig(hello(), timeout=5):
-            return snap
-    raise AssertionError("the stream ended without a snapshot")
+    async with Channel(ident.control_address, ident.tls_context()) as ch:  # what the sidecar uses
+        call = await ch.start(STREAM_CONFIG, deadline_s=5)
+        call.send(control_pb2.StreamRequest(node=node).SerializeToString())
+        first = await call.recv()
+        call.cancel()
+    if first is None:
+        raise AssertionError("the stream ended without a snapshot")
+    return control_pb2.Snapshot.FromString(first)
 
 
 async def test_a_sidecar_is_the_pod_its_service_account_token_names(cluster: Cluster) -> None:
@@ -120,9 +127,9 @@ async def test_a_sidecar_is_the_pod_its_service_account_token_names(cluster: Clu
     snap = await first_snapshot(ident, control_pb2.Node(id="pets-1.shop"))
     assert {(b.api.metadata.namespace, b.api.metadata.name) for b in snap.stages} == {("shop", "shop-pets")}
     assert snap.node_id == "pets-1.shop"
-    with pytest.raises(grpc.aio.AioRpcError) as forged:  # claiming default on the stream: refused
+    with pytest.raises(RpcError) as forged:  # claiming default on the stream: refused
         await first_snapshot(ident, control_pb2.Node(id="pets-1.shop", namespace="default"))
-    assert forged.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert forged.value.code == GrpcCode.PERMISSION_DENIED
 
     # tokens the API server does not vouch for, for this: no certificate
     api_audience = kube.service_account_token(
@@ -133,9 +140,9 @@ async def test_a_sidecar_is_the_pod_its_service_account_token_names(cluster: Clu
     user = kube.add_token({"username": "jane", "groups": ["system:authenticated"]}, ("meshgate",))
     bootstrap = ctl.store.keys.bootstrap_token  # vouches for claims only where no API server can be asked
     for token in ("made-up", api_audience, gone_pod, user, bootstrap):
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
+        with pytest.raises(RpcError) as refused:
             await cluster.sidecar(token).obtain(control_pb2.Node(id="pets-1", namespace="shop"))
-        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, token
+        assert refused.value.code == GrpcCode.UNAUTHENTICATED, token
     verdicts = [r["status"].get("authenticated", False) for r in kube.reviews_of("TokenReview")[1:]]
     # the user is not a pod's ServiceAccount; the bootstrap token is reviewed too, and is nobody's
     assert verdicts == [False, False, False, True, False]

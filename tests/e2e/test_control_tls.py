@@ -1,7 +1,7 @@
 """The control plane's TLS across real processes, the user's way: `meshgate control` makes its CA,
 bootstrap token and the CLI's credential; `meshgate apply`/`get` use that credential by default; a
 sidecar gets its certificate with the token and rotates it under load without a failed request or a
-moment in which control does not list it."""
+moment in which control does not list it, and without loading grpcio or cryptography."""
 
 from __future__ import annotations
 
@@ -103,3 +103,8 @@ def test_a_sidecar_rotates_its_certificate_under_load(etcd: LocalEtcd, tmp_path:
         assert set(listed) == {1}  # make before break: control never lost it
         node = next(s.node for s in resp.sidecars if s.node.id == "sc-1")
         assert node.identity == "spiffe://cluster.local/ns/default/sa/default"
+        # each key and CSR was made by a child process (sidecar/keygen.py) and the config stream is
+        # the sidecar's own gRPC client: neither cryptography nor grpcio is in the sidecar's memory
+        assert sc.proc.popen is not None
+        maps = Path(f"/proc/{sc.proc.popen.pid}/maps").read_text()
+        assert "cryptography" not in maps and "grpc/_cython" not in maps

@@ -41,7 +41,10 @@ class FakeControl(control_pb2_grpc.ControlServiceServicer):  # type: ignore[misc
         self.tokens.append(dict(context.invocation_metadata()).get("authorization", ""))
         node = NodeIdentity(request.node.id, request.node.namespace or "default")
         cert = AUTHORITY.sidecar_cert(request.csr_pem, node, self.validity)
-        return control_pb2.CertificateResponse(certificate_pem=cert, ca_pem=CA_CERT, identity="spiffe://t")
+        not_after = int((datetime.datetime.now(datetime.UTC) + self.validity).timestamp())
+        return control_pb2.CertificateResponse(
+            certificate_pem=cert, ca_pem=CA_CERT, identity="spiffe://t", not_after_unix=not_after
+        )
 
     async def StreamConfig(
         self, request_iterator: AsyncIterator[control_pb2.StreamRequest], context: Any
