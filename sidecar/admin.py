@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, cast
 from urllib.parse import parse_qsl
 
 import httptools
-from google.protobuf import json_format
 from meshgate.sidecar import respond
 from meshgate.sidecar.config_client import ConfigClient
 from meshgate.sidecar.metrics import CONFIG_FAMILIES, Family, Labels, Metrics, Value, prometheus_text
@@ -139,6 +138,8 @@ def config_families(c: ConfigClient) -> list[tuple[Family, list[tuple[Labels, Va
 
 
 def config_dump(state: AdminState) -> dict[str, object] | None:
+    from google.protobuf import json_format  # with the first /config_dump
+
     snap = state.client.applied
     if snap is None:
         return None

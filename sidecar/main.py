@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from google.protobuf import json_format
 from meshgate.sidecar.accesslog import AccessLog
 from meshgate.sidecar.admin import HEALTH_PATHS, METRICS_PATHS, AdminServer, AdminState, start_admin
 from meshgate.sidecar.cache import load_key
@@ -26,7 +25,6 @@ from meshgate.sidecar.identity import SidecarIdentity
 from meshgate.sidecar.metrics import Metrics
 from meshgate.sidecar.routing import TableHolder, compile_snapshot
 from meshgate.sidecar.runtime import Runtime
-from meshgate.sidecar.telemetry import Telemetry
 from meshgate.sidecar.upstream import UpstreamPool
 from meshgate.sidecar.wsapi import Registry
 from meshgate.v1 import control_pb2
@@ -219,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_initial(client: ConfigClient, args: argparse.Namespace) -> bool:
     """Serve the snapshot file, or the persisted snapshot until control answers; False: a bad file."""
     if args.snapshot_file is not None:
+        from google.protobuf import json_format  # a sidecar fed by control never needs it
+
         try:
             snap = json_format.Parse(args.snapshot_file.read_text(), control_pb2.Snapshot())
             client.apply_local(snap, "file")
@@ -289,6 +289,7 @@ class _Sidecar:
 
     def apply(self, snap: control_pb2.Snapshot) -> None:
         self.holder.table = compile_snapshot(snap, self.runtime)  # build first; assignment is the atomic swap
+        release_memory()  # what compiling (and the table it replaced) left behind
 
     async def start(self) -> bool:
         args = self.args
@@ -299,7 +300,10 @@ class _Sidecar:
             return False
         self.http.registry = Registry(_advertise(args, listen_host, listen_port))
         self.client.node.advertise = self.http.registry.advertise  # control lists it as a connection owner
-        self.http.telemetry = Telemetry(args.otlp_endpoint, args.node_id) if args.otlp_endpoint else None
+        if args.otlp_endpoint:  # OpenTelemetry loads only in a sidecar that traces
+            from meshgate.sidecar.telemetry import Telemetry
+
+            self.http.telemetry = Telemetry(args.otlp_endpoint, args.node_id)
         self.http.session = self.runtime.session
         try:
             await serve_http(
@@ -448,11 +452,24 @@ async def run(args: argparse.Namespace) -> int:
         return 1
     # Everything allocated so far lives as long as the process: keep the GC from re-scanning it
     # on every collection of the per-request garbage.
-    gc.collect()
+    release_memory()
     gc.freeze()
     await stop.wait()
     await sidecar.stop()
     return 0
+
+
+def release_memory() -> None:
+    """Collect, then give the C heap's free pages back to the system (glibc's malloc_trim): start-up
+    and a snapshot's compilation free more than an idle sidecar keeps (0.8 MiB of 20 with 100
+    routes, docs/benchmarks.md). Elsewhere than glibc, collecting is all."""
+    gc.collect()
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
