@@ -92,7 +92,7 @@ class Call:
             self._messages.clear()
         if self.timer is not None:
             self.timer.cancel()
-        self.conn.calls.pop(self.sid, None)
+        self.conn.call_ended(self.sid)
         self._wake.set()
 
     def deadline(self) -> None:
@@ -161,8 +161,11 @@ class Call:
 class _Conn(asyncio.Protocol):
     """One HTTP/2 connection to a gRPC server, carrying the calls of one `Channel`."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, live: set[_Conn]) -> None:
         self.loop = loop
+        self.live = live  # the channel's open connections: this one until it closes
+        self.live.add(self)
+        self.retiring = False
         self.h2 = H2Conn(self, client=True, wake=self._wake)
         self.transport: asyncio.Transport | None = None
         self.calls: dict[int, Call] = {}
@@ -173,7 +176,18 @@ class _Conn(asyncio.Protocol):
 
     @property
     def usable(self) -> bool:
-        return not self.closed and self.h2.can_open
+        return not self.closed and not self.retiring and self.h2.can_open
+
+    def retire(self) -> None:
+        """No new calls here; close once the last one ended."""
+        self.retiring = True
+        if not self.calls:
+            self.close("replaced")
+
+    def call_ended(self, sid: int) -> None:
+        self.calls.pop(sid, None)
+        if self.retiring and not self.calls:
+            self.close("replaced")
 
     def _wake(self) -> None:
         if not self._flushing:
@@ -203,6 +217,7 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.live.discard(self)
         for call in list(self.calls.values()):
             call.end(GrpcCode.UNAVAILABLE, self.why if exc is None else f"{self.why}: {exc}")
 
@@ -255,14 +270,16 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 class Channel:
-    """Calls to one server over one connection, opened on first use and again after it closed."""
+    """Calls to one server over one connection at a time: opened on first use (once, however many
+    calls wait for it), and again when it closed or can take no more streams; a connection replaced
+    that way closes when its last call ends."""
 
     def __init__(
         self,
         address: str,
         tls: ssl.SSLContext | None,
         *,
-        keepalive_s: float = 10.0,
+        keepalive_s: float | None = 10.0,  # None: no PINGs (grpcio servers refuse them by default)
         keepalive_timeout_s: float = 5.0,
         connect_timeout_s: float = 10.0,
     ) -> None:
@@ -273,7 +290,10 @@ class Channel:
         self.keepalive_timeout_s = keepalive_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self._conn: _Conn | None = None
-        self._pinger: asyncio.Task[None] | None = None
+        self._conns: set[_Conn] = set()  # the current one and those replaced, until they close
+        self._connecting: asyncio.Future[_Conn] | None = None
+        self._pingers: set[asyncio.Task[None]] = set()
+        self.closed = False
 
     async def __aenter__(self) -> Channel:
         return self
@@ -282,22 +302,39 @@ class Channel:
         self.close()
 
     def close(self) -> None:
-        if self._pinger is not None:
-            self._pinger.cancel()
-            self._pinger = None
-        if self._conn is not None:
-            self._conn.close("channel closed")
-            self._conn = None
+        self.closed = True
+        for task in self._pingers:
+            task.cancel()
+        for conn in list(self._conns):
+            conn.close("channel closed")
+        self._conn = None
 
     async def _connection(self) -> _Conn:
-        if self._conn is not None and self._conn.usable:
-            return self._conn
-        self.close()
+        if self.closed:
+            raise RpcError(GrpcCode.CANCELLED, "the channel is closed")
+        conn = self._conn
+        if conn is not None and conn.usable:
+            return conn
+        if self._connecting is None:
+            pending = self._connecting = asyncio.ensure_future(self._connect())
+            pending.add_done_callback(self._connected)
+        return await asyncio.shield(self._connecting)
+
+    def _connected(self, pending: asyncio.Future[_Conn]) -> None:
+        self._connecting = None
+        if not pending.cancelled() and pending.exception() is None:
+            old, self._conn = self._conn, pending.result()
+            if old is not None:
+                old.retire()
+            if self.closed:  # closed while connecting
+                self.close()
+
+    async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 transport, conn = await loop.create_connection(
-                    lambda: _Conn(loop),
+                    lambda: _Conn(loop, self._conns),
                     self.host,
                     self.port,
                     ssl=self.tls,
@@ -314,14 +351,16 @@ class Channel:
                 raise RpcError(
                     GrpcCode.UNAVAILABLE, f"{self.host}:{self.port} did not agree to HTTP/2 (ALPN)"
                 )
-        self._conn = conn
-        self._pinger = loop.create_task(self._keepalive(conn))
+        if self.keepalive_s is not None:
+            task = loop.create_task(self._keepalive(conn, self.keepalive_s))
+            self._pingers.add(task)
+            task.add_done_callback(self._pingers.discard)
         return conn
 
-    async def _keepalive(self, conn: _Conn) -> None:
-        """A PING every `keepalive_s`; a connection that answers nothing within the timeout is closed."""
+    async def _keepalive(self, conn: _Conn, every_s: float) -> None:
+        """A PING every `every_s`; a connection that answers nothing within the timeout is closed."""
         while not conn.closed:
-            await asyncio.sleep(self.keepalive_s)
+            await asyncio.sleep(every_s)
             sent = conn.loop.time()
             conn.h2.ping()
             await asyncio.sleep(self.keepalive_timeout_s)

@@ -16,18 +16,21 @@ from google.protobuf import descriptor_pb2, descriptor_pool, json_format, messag
 from google.protobuf.message import Message
 
 if TYPE_CHECKING:
-    import grpc
+    from meshgate.sidecar.grpc_client import Channel
 
-_CHANNELS: dict[tuple[str, int], grpc.aio.Channel] = {}
+_CHANNELS: dict[tuple[str, int], Channel] = {}
 
 
-def channel(host: str, port: int) -> grpc.aio.Channel:
-    """One channel per upstream, shared by every transcoded call of this process."""
+def channel(host: str, port: int, connect_timeout_s: float) -> Channel:
+    """One channel (one HTTP/2 connection, h2c) per upstream, shared by every transcoded call."""
     ch = _CHANNELS.get((host, port))
     if ch is None:
-        import grpc  # on the first transcoded call: a sidecar without one never loads grpcio
+        from meshgate.sidecar.grpc_client import Channel
 
-        ch = _CHANNELS[(host, port)] = grpc.aio.insecure_channel(f"{host}:{port}")
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        ch = _CHANNELS[(host, port)] = Channel(
+            address, None, keepalive_s=None, connect_timeout_s=connect_timeout_s
+        )
     return ch
 
 

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from meshgate.sidecar.errors import HTTP_FOR_GRPC, GatewayError, GrpcCode, internal
+from meshgate.sidecar.grpc_client import RpcError
 from meshgate.sidecar.integrations import CompileError, RouteSpec
 from meshgate.sidecar.transcode import TranscodeError, Transcoder, channel
 
 if TYPE_CHECKING:
-    import grpc
     from meshgate.sidecar.exchange import Exchange
 
 log = logging.getLogger("meshgate.sidecar.grpc")
@@ -52,16 +52,13 @@ class GrpcIntegration:
             low = name.lower()
             if low == b"authorization" or low.startswith(b"x-"):
                 metadata.append((low.decode("latin-1"), value.decode("latin-1")))
-        call = channel(self.host, self.port).unary_unary(
-            tc.method_path, request_serializer=None, response_deserializer=None
-        )
-        import grpc  # loaded by transcode.channel: only a snapshot with a transcoded route needs it
-
+        ch = channel(self.host, self.port, self.connect_timeout_s)
         try:
-            data = await call(payload, timeout=self.timeout_s, metadata=metadata)
-        except grpc.aio.AioRpcError as exc:
+            data = await ch.unary(tc.method_path, payload, metadata, deadline_s=self.timeout_s)
+        except RpcError as exc:
             ex.fail(self._refusal(exc))
             return
+        except Exception:
             log.exception("transcoded call failed (request %s)", ctx.request_id)
             ex.fail(internal())
             return
@@ -73,13 +70,13 @@ class GrpcIntegration:
             return
         ex.respond_full(200, ((b"content-type", b"application/json"),), body)
 
-    def _refusal(self, exc: grpc.aio.AioRpcError) -> GatewayError:
-        code = GrpcCode(exc.code().value[0])
-        reason = f"gRPC {code.name}: {exc.details() or ''}".strip()
+    def _refusal(self, exc: RpcError) -> GatewayError:
+        code = exc.code
+        reason = f"gRPC {code.name}: {exc.details}".strip()
         if code == GrpcCode.DEADLINE_EXCEEDED:
             reason = f"integration timeout after {self.timeout_s:g}s"
         elif code == GrpcCode.UNAVAILABLE:
-            reason = f"upstream gRPC service unavailable ({self.host}:{self.port}): {exc.details() or ''}"
+            reason = f"upstream gRPC service unavailable ({self.host}:{self.port}): {exc.details}"
         return GatewayError(HTTP_FOR_GRPC.get(code, 500), reason)
 
 

@@ -96,6 +96,16 @@ async def test_unary_calls_their_statuses_and_metadata() -> None:
         assert err.value.code == GrpcCode.UNIMPLEMENTED
 
 
+async def test_concurrent_calls_share_one_connection() -> None:
+    async with server() as address, Channel(address, None) as ch:
+        answers = await asyncio.gather(*(ch.unary("/t.Svc/Echo", b"%d" % i) for i in range(20)))
+        assert answers == [b"echo:%d" % i for i in range(20)]
+        assert len(ch._conns) == 1  # the first call's connection, awaited by the other 19
+    with pytest.raises(RpcError) as err:
+        await ch.unary("/t.Svc/Echo", b"late")
+    assert err.value.code == GrpcCode.CANCELLED  # a closed channel opens nothing
+
+
 async def test_a_bidirectional_stream() -> None:
     async with server() as address, Channel(address, None) as ch:
         call = await ch.start("/t.Svc/Chat")
