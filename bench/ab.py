@@ -5,13 +5,18 @@ between them, so both see the same machine state, and the best run of each is co
 revision's code is checked out into a temporary worktree and imported through a view of the
 installed layout (as scripts/typecheck builds one), with this venv's libraries.
 
-Usage: python bench/ab.py --base REV [--duration 5] [--rounds 3]
+`--latency RATE` adds open-loop latency of the plain GET at that fixed rate (bench/openloop.py),
+alternating between the two `rounds` times: the median p50 / p99 / p99.9 of each.
+
+Usage: python bench/ab.py --base REV [--duration 5] [--rounds 3] [--latency 1000]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +49,7 @@ def main() -> int:
     p.add_argument("--base", required=True, help="git revision to compare the working tree with")
     p.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--latency", type=int, default=0, help="also open-loop latency at this req/s")
     ns = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="meshgate-ab-") as t:
         tmp = Path(t)
@@ -105,10 +111,28 @@ def compare(ns: argparse.Namespace, work: Path, view: Path) -> int:
                 f"{case:26s} {best['base']:9.0f} {best['tree']:9.0f}  {best['tree'] / best['base']:.3f}x",
                 flush=True,
             )
+        if ns.latency:
+            latency(ns, {side: ports[side, "plain"] for side in ("base", "tree")})
     finally:
         for proc in procs:
             b.stop(proc)
     return 0
+
+
+def latency(ns: argparse.Namespace, ports: dict[str, int]) -> None:
+    gen = str(Path(__file__).resolve().parent / "openloop.py")
+    got: dict[str, list[tuple[float, float, float]]] = {side: [] for side in ports}
+    for _ in range(ns.rounds):
+        for side, port in ports.items():
+            url = f"http://127.0.0.1:{port}/prod/hello"
+            cmd = [sys.executable, gen, url, str(ns.latency), str(max(ns.duration, 5))]
+            res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+            got[side].append((res["p50"], res["p99"], res["p999"]))
+    print(f"GET 12B at {ns.latency} req/s, ms p50 / p99 / p99.9 (median of {ns.rounds})")
+    for side, runs in got.items():
+        med = [statistics.median(r[i] for r in runs) for i in range(3)]
+        each = "  ".join(f"{r[1]:.2f}" for r in runs)
+        print(f"  {side:5s} {med[0]:6.2f} / {med[1]:6.2f} / {med[2]:6.2f}   (p99 per round: {each})")
 
 
 if __name__ == "__main__":

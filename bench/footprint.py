@@ -4,7 +4,7 @@ of a node), in the three ways it runs:
 - 100 plain HTTP routes from a snapshot file;
 - the bench's feature snapshot (templates, a JSON Schema model, an encrypted cache) with 100 routes;
 - 100 plain HTTP routes from a real control service over mTLS (etcd + `meshgate control`): what an
-  injected pod runs (its identity loads cryptography; the config stream is a grpcio channel).
+  injected pod runs (its certificate from a child process, its config stream on its own gRPC client).
 
 Usage: python bench/footprint.py
 """

@@ -7,7 +7,8 @@ and a rate limit, in both Envoy (`jwt_authn` + `local_ratelimit`) and meshgate (
 and a route limit). Rounds alternate between the targets; medians of req/s and of the proxy's CPU
 time per 1,000 requests (/proc/PID/stat), ratios against Envoy. Then latency at fixed rates
 (1,000 and 5,000 req/s: p50/p99/p99.9 and what each proxy adds to direct), and idle memory: RSS
-split into total and private (RssAnon) for Envoy and for a sidecar with 100 routes.
+split into total and private (RssAnon) for Envoy and for sidecars with 100 routes (plain, and with
+the bench's features).
 
 Usage: python bench/http_side.py [--duration 5] [--rounds 3] [--connections 32]
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import envoy
+import footprint
 import run as b
 from google.protobuf import json_format
 from grpc_side import LOAD_CORE, PROXY_CORE, cpu_ticks
@@ -138,35 +140,22 @@ def latency(
 
 
 def memory(work: Path) -> dict[str, dict[str, float]]:
-    """Idle RSS and RssAnon (MiB): Envoy with the plain config, a sidecar with 100 routes."""
-    out = {}
-    snap = work / "rss-100.json"
-    snap.write_text(json_format.MessageToJson(b.bench_snapshot(9, extra_routes=98)))
-    admin, sidecar_admin = b.free_port(), b.free_port()
+    """Idle RSS and RssAnon (MiB): Envoy with the plain config; sidecars with 100 plain routes and with
+    100 routes and the bench's features (`bench/footprint.py` measures them, and from control too)."""
+    admin = b.free_port()
     conf = work / "envoy-idle.json"
     conf.write_text(envoy.config(b.free_port(), admin, 9, prefix="/prod/", rewrite="/"))
-    for name, cmd, ready in (
-        (
-            "envoy",
-            envoy.command(conf),
-            f"http://127.0.0.1:{admin}/ready",
-        ),
-        (
-            "meshgate (100 routes)",
-            b.sidecar_cmd(snap, b.free_port(), sidecar_admin),
-            f"http://127.0.0.1:{sidecar_admin}/ready",
-        ),
-    ):
-        proc = b.start(cmd, work / "idle.log")
-        try:
-            b.wait_http(ready)
-            time.sleep(1.0)
-            status = dict(
-                line.split(":", 1) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
-            )
-            out[name] = {k: int(status[k].split()[0]) / 1024 for k in ("VmRSS", "RssAnon", "RssFile")}
-        finally:
-            b.stop(proc)
+    proc = b.start(envoy.command(conf), work / "idle.log")
+    try:
+        b.wait_http(f"http://127.0.0.1:{admin}/ready")
+        time.sleep(1.0)
+        out = {"envoy": footprint.status(proc.pid)}
+    finally:
+        b.stop(proc)
+    features = work / "rss-100.json"
+    features.write_text(json_format.MessageToJson(b.bench_snapshot(9, extra_routes=98)))
+    out["meshgate (100 routes)"] = footprint.from_file(footprint.plain_snapshot(work), work)
+    out["meshgate (+ features)"] = footprint.from_file(features, work)
     return out
 
 
