@@ -139,7 +139,7 @@ def restore(new: Message, old: Message | None, path: str = "") -> None:
                 )
             setattr(new, fd.name, was)
         elif rule in ("declared", "names", "literal", "meta"):
-            for k, v in value.items():
+            for k, v in list(value.items()):  # a copy: a protobuf map written while iterated skips keys
                 if v == REDACTED:
                     if was is None or k not in was:
                         raise ValueError(

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from meshgate.sidecar.admin import AdminState, config_dump
 from meshgate.sidecar.config_client import ConfigClient
-from meshgate.sidecar.redact import REDACTED
+from meshgate.sidecar.redact import REDACTED, restore
 from meshgate.sidecar.routing import TableHolder
-from meshgate.v1 import control_pb2
+from meshgate.v1 import control_pb2, resources_pb2
 
 from .conftest import bundle, mock_route, snapshot
 
@@ -66,3 +66,20 @@ def test_persisted_snapshot_is_owner_only_in_an_owner_only_directory(tmp_path: P
     os.chmod(loose, 0o755)
     ConfigClient("127.0.0.1:1", control_pb2.Node(id="sc-1"), lambda s: None, state_dir=loose)
     assert stat.S_IMODE(loose.stat().st_mode) == 0o700  # tightened at start
+
+
+def test_restore_puts_back_every_redacted_variable_of_a_map() -> None:
+    """A read-back applied again: each "[redacted]" secret variable gets its stored value, however
+    many there are (writing a protobuf map while iterating it skipped some, depending on hashing)."""
+    names = [f"secret{i}" for i in range(64)]
+    old = resources_pb2.Stage()
+    old.spec.secret_variables.extend(names)
+    for n in names:
+        old.spec.variables[n] = f"value-of-{n}"
+    old.spec.variables["plain"] = "p"
+    new = resources_pb2.Stage()
+    new.CopyFrom(old)
+    for n in names:
+        new.spec.variables[n] = REDACTED
+    restore(new, old)
+    assert dict(new.spec.variables) == dict(old.spec.variables)
