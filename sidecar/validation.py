@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
+from meshgate.sidecar import jsoncodec
 
 MAX_ERRORS = 10
 MAX_DEPTH = 64
@@ -74,9 +74,10 @@ class BodyModel:
                 f"content type {media or 'none'!r} not accepted (model {self.name} expects {self.content_type})",
                 gw_type="UNSUPPORTED_MEDIA_TYPE",
             )
+        fast = jsoncodec.fast()
         try:
-            doc = orjson.loads(body)  # the fast path; anything it refuses gets the precise verdict below
-        except orjson.JSONDecodeError:
+            doc = fast.loads(body)  # the fast path; anything it refuses gets the precise verdict below
+        except fast.JSONDecodeError:
             parsed = _parse_slowly(body)
             if isinstance(parsed, Invalid):
                 return parsed
