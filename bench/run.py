@@ -34,6 +34,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import json_format
 from meshgate.control.etcd_local import LocalEtcd, free_port
@@ -104,6 +105,40 @@ wrk.headers["Content-Type"] = "application/octet-stream"
 """
 
 
+ORDER_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["customer", "items"],
+    "properties": {
+        "customer": {"type": "string", "minLength": 1},
+        "note": {"type": "string"},
+        "items": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["sku", "qty"],
+                "properties": {"sku": {"type": "string"}, "qty": {"type": "integer", "minimum": 1}},
+            },
+        },
+    },
+}
+ORDER_TEMPLATE = (
+    "{\"customer\": {{ input.json('$.customer') }}, "
+    "\"count\": {{ input.path('$.items') | length }}, \"items\": {{ input.json('$.items') }}}"
+)
+
+
+def _proxied(
+    method: str, path: str, model: str = "", templates: dict[str, str] | None = None
+) -> resources_pb2.Route:
+    """A route proxied to the backend at the same path."""
+    integ = resources_pb2.Integration(
+        type="http", uri=f"http://${{stageVariables.backend}}{path}", request_templates=templates or {}
+    )
+    return resources_pb2.Route(method=method, path=path, request_model=model, integration=integ)
+
+
 def bench_snapshot(backend_port: int, extra_routes: int = 0, jwt: bool = False) -> control_pb2.Snapshot:
     """One stage `prod` with GET /hello and POST /echo proxied to the backend.
 
@@ -113,62 +148,13 @@ def bench_snapshot(backend_port: int, extra_routes: int = 0, jwt: bool = False) 
     JWKS served by the backend) and carry their own route limit.
     """
     routes = [
-        resources_pb2.Route(
-            method="GET",
-            path="/hello",
-            integration=resources_pb2.Integration(type="http", uri="http://${stageVariables.backend}/hello"),
-        ),
-        resources_pb2.Route(
-            method="POST",
-            path="/echo",
-            integration=resources_pb2.Integration(type="http", uri="http://${stageVariables.backend}/echo"),
-        ),
+        _proxied("GET", "/hello"),
+        _proxied("POST", "/echo"),
+        _proxied("POST", "/orders", "Order", {"application/json": ORDER_TEMPLATE}),
     ]
-    order_schema = {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "type": "object",
-        "required": ["customer", "items"],
-        "properties": {
-            "customer": {"type": "string", "minLength": 1},
-            "note": {"type": "string"},
-            "items": {
-                "type": "array",
-                "minItems": 1,
-                "items": {
-                    "type": "object",
-                    "required": ["sku", "qty"],
-                    "properties": {"sku": {"type": "string"}, "qty": {"type": "integer", "minimum": 1}},
-                },
-            },
-        },
-    }
-    routes.append(
-        resources_pb2.Route(
-            method="POST",
-            path="/orders",
-            request_model="Order",
-            integration=resources_pb2.Integration(
-                type="http",
-                uri="http://${stageVariables.backend}/orders",
-                request_templates={
-                    "application/json": "{\"customer\": {{ input.json('$.customer') }}, "
-                    "\"count\": {{ input.path('$.items') | length }}, \"items\": {{ input.json('$.items') }}}"
-                },
-            ),
-        )
-    )
-    for i in range(extra_routes):
-        routes.append(
-            resources_pb2.Route(
-                method="GET",
-                path=f"/r{i}/items/{{id}}",
-                integration=resources_pb2.Integration(
-                    type="http", uri=f"http://${{stageVariables.backend}}/r{i}/items/{{id}}"
-                ),
-            )
-        )
+    routes += [_proxied("GET", f"/r{i}/items/{{id}}") for i in range(extra_routes)]
     spec = resources_pb2.ApiSpec(
-        routes=routes, models=[resources_pb2.Model(name="Order", schema_json=json.dumps(order_schema))]
+        routes=routes, models=[resources_pb2.Model(name="Order", schema_json=json.dumps(ORDER_SCHEMA))]
     )
     if jwt:
         spec.authorizers.add(
@@ -182,6 +168,11 @@ def bench_snapshot(backend_port: int, extra_routes: int = 0, jwt: bool = False) 
             r.authorizer = "idp"
             r.throttling.rate_limit = 5e6
             r.throttling.burst_limit = 1000000
+    return _snapshot_of(spec, backend_port)
+
+
+def _snapshot_of(spec: resources_pb2.ApiSpec, backend_port: int) -> control_pb2.Snapshot:
+    """The Api `bench` with `spec`, deployed as 1 on stage `prod` (its stage limit far above this machine)."""
     api = resources_pb2.Api(
         api_version="meshgate.io/v1",
         kind="Api",
@@ -419,24 +410,7 @@ async def propagation(ns: argparse.Namespace, work: Path) -> dict[str, float]:
             channel = grpc.aio.secure_channel(address, cli_credentials(str(state / "admin")).channel())
             await asyncio.wait_for(channel.channel_ready(), 20)
             stub = control_pb2_grpc.ControlServiceStub(channel)
-            docs = load_documents(
-                """
-apiVersion: meshgate.io/v1
-kind: Api
-metadata: {name: pets}
-spec:
-  selector: {matchLabels: {app: pets}}
-  routes:
-    - method: GET
-      path: /pets/{id}
-      integration: {type: http, uri: "http://${stageVariables.backend}/pets/{id}"}
----
-apiVersion: meshgate.io/v1
-kind: Stage
-metadata: {name: prod}
-spec: {api: pets, variables: {backend: "127.0.0.1:9"}}
-"""
-            )
+            docs = load_documents(PETS_YAML)
             await stub.Apply(control_pb2.ApplyRequest(resources=docs))
             await stub.Deploy(control_pb2.DeployRequest(namespace="default", api="pets", stage="prod"))
             applied: dict[int, list[tuple[str, int]]] = {}
@@ -469,17 +443,7 @@ spec: {api: pets, variables: {backend: "127.0.0.1:9"}}
             # steady state: every stream knows all N replicas of the stage (joining changes it)
             await wait_for(lambda: all(replicas.get(i) == ns.streams for i in range(ns.streams)), 60)
             await asyncio.sleep(0.5)
-            all_applied_ms: list[float] = []
-            each_ms: list[float] = []
-            for _ in range(ns.deploys):
-                before = {i: len(v) for i, v in applied.items()}
-                await stub.Deploy(control_pb2.DeployRequest(namespace="default", api="pets", stage="prod"))
-                await wait_for(lambda b=before: all(len(applied[i]) > b[i] for i in b), 30)  # type: ignore[misc]
-                latest = [applied[i][-1] for i in applied]
-                lat = [(t - sources[v]) / 1e6 for v, t in latest]
-                each_ms.extend(lat)
-                all_applied_ms.append(max(lat))
-                await asyncio.sleep(0.05)
+            all_applied_ms, each_ms = await _deploys(stub, ns.deploys, applied, sources)
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -494,6 +458,43 @@ spec: {api: pets, variables: {backend: "127.0.0.1:9"}}
             }
         finally:
             stop(control)
+
+
+PETS_YAML = """
+apiVersion: meshgate.io/v1
+kind: Api
+metadata: {name: pets}
+spec:
+  selector: {matchLabels: {app: pets}}
+  routes:
+    - method: GET
+      path: /pets/{id}
+      integration: {type: http, uri: "http://${stageVariables.backend}/pets/{id}"}
+---
+apiVersion: meshgate.io/v1
+kind: Stage
+metadata: {name: prod}
+spec: {api: pets, variables: {backend: "127.0.0.1:9"}}
+"""
+
+
+async def _deploys(
+    stub: Any, deploys: int, applied: dict[int, list[tuple[str, int]]], sources: dict[str, int]
+) -> tuple[list[float], list[float]]:
+    """Deploy `deploys` times; per deploy, ms from its etcd write until the last stream applied it
+    (and each stream's ms)."""
+    all_applied_ms: list[float] = []
+    each_ms: list[float] = []
+    for _ in range(deploys):
+        before = {i: len(v) for i, v in applied.items()}
+        await stub.Deploy(control_pb2.DeployRequest(namespace="default", api="pets", stage="prod"))
+        await wait_for(lambda b=before: all(len(applied[i]) > b[i] for i in b), 30)  # type: ignore[misc]
+        latest = [applied[i][-1] for i in applied]
+        lat = [(t - sources[v]) / 1e6 for v, t in latest]
+        each_ms.extend(lat)
+        all_applied_ms.append(max(lat))
+        await asyncio.sleep(0.05)
+    return all_applied_ms, each_ms
 
 
 async def wait_for(pred, limit_s: float) -> None:  # type: ignore[no-untyped-def]
@@ -532,6 +533,53 @@ def idle_rss(work: Path) -> dict[str, float]:
     return results
 
 
+def _report_throughput(ns: argparse.Namespace, res: dict[str, dict[str, dict[str, float]]]) -> None:
+    print(f"\nHTTP proxy, wrk -t1 -c{ns.connections} -d{ns.duration}s, keep-alive (best of {ns.rounds})")
+    print(f"{'case':10} {'target':10} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    for case, by in res.items():
+        for name, r in by.items():
+            print(f"{case:10} {name:10} {r['rps']:10.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}")
+        if case == "POST JSON":
+            ratio = by["mg+valid"]["rps"] / by["mg plain"]["rps"]
+            print(f"{case:10} JSON Schema validation + body template / plain proxying = {ratio:.2f}x")
+            continue
+        ratio = by["meshgate"]["rps"] / by["nginx"]["rps"]
+        direct = by["meshgate"]["rps"] / by["direct"]["rps"]
+        auth = by["mg+jwt"]["rps"] / by["meshgate"]["rps"]
+        print(f"{case:10} meshgate/nginx = {ratio:.2f}x   meshgate/direct = {direct:.2f}x")
+        print(f"{case:10} with JWT authorizer + route limit / without = {auth:.2f}x")
+
+
+def _report_propagation(prop: dict[str, float]) -> None:
+    head = f"config propagation, {prop['streams']} streams, {prop['deploys']} deploys"
+    print(f"\n{head} (etcd write -> applied)")
+    print(
+        f"all streams applied: p50 {prop['all_applied_p50_ms']:.1f} ms"
+        f"  p99 {prop['all_applied_p99_ms']:.1f} ms;"
+        f" per stream: p50 {prop['per_stream_p50_ms']:.1f} ms  p99 {prop['per_stream_p99_ms']:.1f} ms"
+    )
+
+
+def _tracing(ns: argparse.Namespace, work: Path) -> object:
+    """The tracing section (bench/tracing.py) against a backend of its own."""
+    import tracing
+
+    backend_port = free_port()
+    (work / "tbody").mkdir(exist_ok=True)
+    conf = work / "backend-tracing.conf"
+    conf.write_text(
+        NGINX_BACKEND.format(dir=work, port=backend_port, jwks="{}").replace("backend.pid", "backend-t.pid")
+    )
+    nginx = start(["nginx", "-c", str(conf), "-p", str(work)], work / "backend-tracing.log")
+    try:
+        wait_http(f"http://127.0.0.1:{backend_port}/hello")
+        tr = tracing.run(work, backend_port, ns.duration, ns.connections, sys.modules[__name__])
+    finally:
+        stop(nginx)
+    tracing.report(tr)
+    return tr
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -559,32 +607,11 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="meshgate-bench-"))
     out: dict[str, object] = {"cpus": os.cpu_count()}
     if "throughput" not in ns.skip:
-        res = throughput(ns, work)
-        out["throughput"] = res
-        print(f"\nHTTP proxy, wrk -t1 -c{ns.connections} -d{ns.duration}s, keep-alive (best of {ns.rounds})")
-        print(f"{'case':10} {'target':10} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
-        for case, by in res.items():
-            for name, r in by.items():
-                print(f"{case:10} {name:10} {r['rps']:10.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}")
-            if case == "POST JSON":
-                ratio = by["mg+valid"]["rps"] / by["mg plain"]["rps"]
-                print(f"{case:10} JSON Schema validation + body template / plain proxying = {ratio:.2f}x")
-                continue
-            ratio = by["meshgate"]["rps"] / by["nginx"]["rps"]
-            direct = by["meshgate"]["rps"] / by["direct"]["rps"]
-            auth = by["mg+jwt"]["rps"] / by["meshgate"]["rps"]
-            print(f"{case:10} meshgate/nginx = {ratio:.2f}x   meshgate/direct = {direct:.2f}x")
-            print(f"{case:10} with JWT authorizer + route limit / without = {auth:.2f}x")
+        out["throughput"] = res = throughput(ns, work)
+        _report_throughput(ns, res)
     if "propagation" not in ns.skip:
-        prop = asyncio.run(propagation(ns, work))
-        out["propagation"] = prop
-        head = f"config propagation, {prop['streams']} streams, {prop['deploys']} deploys"
-        print(f"\n{head} (etcd write -> applied)")
-        print(
-            f"all streams applied: p50 {prop['all_applied_p50_ms']:.1f} ms"
-            f"  p99 {prop['all_applied_p99_ms']:.1f} ms;"
-            f" per stream: p50 {prop['per_stream_p50_ms']:.1f} ms  p99 {prop['per_stream_p99_ms']:.1f} ms"
-        )
+        out["propagation"] = prop = asyncio.run(propagation(ns, work))
+        _report_propagation(prop)
     if "rss" not in ns.skip:
         rss = idle_rss(work)
         out["rss"] = rss
@@ -603,24 +630,7 @@ def main() -> int:
         out["protocols"] = proto
         protocols.report(proto)
     if "tracing" not in ns.skip:
-        import tracing
-
-        backend_port = free_port()
-        (work / "tbody").mkdir(exist_ok=True)
-        conf = work / "backend-tracing.conf"
-        conf.write_text(
-            NGINX_BACKEND.format(dir=work, port=backend_port, jwks="{}").replace(
-                "backend.pid", "backend-t.pid"
-            )
-        )
-        nginx = start(["nginx", "-c", str(conf), "-p", str(work)], work / "backend-tracing.log")
-        try:
-            wait_http(f"http://127.0.0.1:{backend_port}/hello")
-            tr = tracing.run(work, backend_port, ns.duration, ns.connections, sys.modules[__name__])
-        finally:
-            stop(nginx)
-        out["tracing"] = tr
-        tracing.report(tr)
+        out["tracing"] = _tracing(ns, work)
     if ns.json:
         Path(ns.json).write_text(json.dumps(out, indent=2))
     shutil.rmtree(work, ignore_errors=True)

@@ -10,6 +10,7 @@ the committed file is stale.
 
 from __future__ import annotations
 
+import copy
 import sys
 from typing import Any
 
@@ -51,95 +52,94 @@ def _message(desc: Descriptor, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     return {"type": "object", "properties": props}
 
 
+# the key itself comes from a Secret; only its sha256 reaches etcd
+_VALUE_FROM = {
+    "type": "object",
+    "properties": {
+        "secretKeyRef": {
+            "type": "object",
+            "required": ["name", "key"],
+            "properties": {"name": {"type": "string"}, "key": {"type": "string"}},
+        }
+    },
+}
+_CONDITION = {
+    "type": "object",
+    "required": ["type", "status"],
+    "properties": {
+        "type": {"type": "string"},
+        "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+        "reason": {"type": "string"},
+        "message": {"type": "string"},
+        "observedGeneration": {"type": "integer"},
+        "lastTransitionTime": {"type": "string", "format": "date-time"},
+    },
+}
+_STATUS = {
+    "type": "object",
+    "properties": {
+        "observedGeneration": {"type": "integer"},
+        "conditions": {"type": "array", "items": _CONDITION},
+        "ackedSidecars": {"type": "integer"},
+        "boundSidecars": {"type": "integer"},
+        # Stages: the deployment served (set by the controller)
+        "deployment": {"type": "integer"},
+    },
+}
+_COMMON_COLUMNS = [
+    {
+        "name": "Accepted",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Accepted")].status',
+    },
+    {
+        "name": "Applied",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Applied")].status',
+    },
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
 def _crd(
     kind: str, plural: str, spec: Any, columns: list[dict[str, str]], short: list[str]
 ) -> dict[str, Any]:
     spec_schema = _message(spec)
     if kind == "ApiKey":
-        # the key itself comes from a Secret; only its sha256 reaches etcd
-        spec_schema["properties"]["valueFrom"] = {
-            "type": "object",
-            "properties": {
-                "secretKeyRef": {
-                    "type": "object",
-                    "required": ["name", "key"],
-                    "properties": {"name": {"type": "string"}, "key": {"type": "string"}},
-                }
-            },
-        }
-    condition = {
+        spec_schema["properties"]["valueFrom"] = _VALUE_FROM
+    schema = {
         "type": "object",
-        "required": ["type", "status"],
+        "required": ["spec"],
         "properties": {
-            "type": {"type": "string"},
-            "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
-            "reason": {"type": "string"},
-            "message": {"type": "string"},
-            "observedGeneration": {"type": "integer"},
-            "lastTransitionTime": {"type": "string", "format": "date-time"},
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec_schema,
+            "status": _STATUS,
         },
     }
-    return {
+    version = {
+        "name": VERSION,
+        "served": True,
+        "storage": True,
+        "subresources": {"status": {}},
+        "additionalPrinterColumns": [*columns, *_COMMON_COLUMNS],
+        "schema": {"openAPIV3Schema": schema},
+    }
+    names = {
+        "kind": kind,
+        "plural": plural,
+        "singular": kind.lower(),
+        "listKind": f"{kind}List",
+        "shortNames": short,
+    }
+    crd = {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {"name": f"{plural}.{GROUP}"},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": kind,
-                "plural": plural,
-                "singular": kind.lower(),
-                "listKind": f"{kind}List",
-                "shortNames": short,
-            },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        *columns,
-                        {
-                            "name": "Accepted",
-                            "type": "string",
-                            "jsonPath": '.status.conditions[?(@.type=="Accepted")].status',
-                        },
-                        {
-                            "name": "Applied",
-                            "type": "string",
-                            "jsonPath": '.status.conditions[?(@.type=="Applied")].status',
-                        },
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    ],
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": spec_schema,
-                                "status": {
-                                    "type": "object",
-                                    "properties": {
-                                        "observedGeneration": {"type": "integer"},
-                                        "conditions": {"type": "array", "items": condition},
-                                        "ackedSidecars": {"type": "integer"},
-                                        "boundSidecars": {"type": "integer"},
-                                        # Stages: the deployment served (set by the controller)
-                                        "deployment": {"type": "integer"},
-                                    },
-                                },
-                            },
-                        }
-                    },
-                }
-            ],
-        },
+        "spec": {"group": GROUP, "scope": "Namespaced", "names": names, "versions": [version]},
     }
+    return copy.deepcopy(crd)  # the shared parts stay the module's
 
 
 def crds() -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,20 +234,7 @@ def run(args: argparse.Namespace) -> int:
                 *("meshgate.control.cli", "control", "--etcd", etcd_endpoint, "--listen", control),
                 *("--cluster-cidr", "127.0.0.0/8"),
             )
-            apps = []
-            for name, port, gport in (
-                ("v1", args.app_port, app_grpc),
-                ("v2", args.app_port + 1, app_grpc + 1),
-            ):
-                apps.append(
-                    children.start(
-                        f"app-{name}",
-                        *("meshgate.control.demo_app", "--port", str(port), "--grpc-port", str(gport)),
-                        *("--name", name),
-                    )
-                )
-            for port, proc in zip((args.app_port, args.app_port + 1), apps, strict=True):
-                _wait_http(f"http://127.0.0.1:{port}/pets", 20, proc)
+            _start_apps(children, args.app_port, app_grpc)
             _deploy(control, "default", args.app_port, app_grpc)
             print(f"control service {control}")
             v1, v2 = args.app_port, args.app_port + 1
@@ -266,12 +253,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"sidecar         http {listen}  grpc {grpc_listen}  admin {admin}")
             shown = lines(listen, grpc_listen, admin, control, f"127.0.0.1:{v2}", _bin_dir())
             _print_lines(args, shown, listen, admin, control, work, keep)
-            while not stop_requested:
-                for proc in children.procs:
-                    if proc.poll() is not None:
-                        print(f"demo: {_name(proc)} exited with {proc.returncode}; stopping", file=sys.stderr)
-                        return 1
-                time.sleep(0.2)
+            if not _watch(children, lambda: stop_requested):
+                return 1
             print("\nstopping demo ...", flush=True)
             failed = False
     except (RuntimeError, OSError, grpc.RpcError) as exc:
@@ -286,6 +269,32 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(work, ignore_errors=True)
             print(f"removed {work} (--keep keeps it)", flush=True)
     return 0
+
+
+def _start_apps(children: Children, http_port: int, grpc_port: int) -> None:
+    """The sample app's v1 and v2 (HTTP on http_port and the next, gRPC on grpc_port and the next)."""
+    apps = []
+    for name, port, gport in (("v1", http_port, grpc_port), ("v2", http_port + 1, grpc_port + 1)):
+        apps.append(
+            children.start(
+                f"app-{name}",
+                *("meshgate.control.demo_app", "--port", str(port), "--grpc-port", str(gport)),
+                *("--name", name),
+            )
+        )
+    for port, proc in zip((http_port, http_port + 1), apps, strict=True):
+        _wait_http(f"http://127.0.0.1:{port}/pets", 20, proc)
+
+
+def _watch(children: Children, stopped: Callable[[], bool]) -> bool:
+    """Until a signal asks to stop (True) or a child exits (False, said on stderr)."""
+    while not stopped():
+        for proc in children.procs:
+            if proc.poll() is not None:
+                print(f"demo: {_name(proc)} exited with {proc.returncode}; stopping", file=sys.stderr)
+                return False
+        time.sleep(0.2)
+    return True
 
 
 def _print_lines(

@@ -389,6 +389,19 @@ def export_openapi(
     x_api = {k: full[k] for k in API_FIELDS_IN_X if k in full}
     if x_api:
         doc[X_API] = x_api
+    components = _components(spec, full)
+    if components:
+        doc["components"] = components
+    for r in full.get("routes", []):
+        path_item = doc["paths"].setdefault(r["path"], {})
+        method = r["method"].lower()
+        key = method if method in METHODS else X_ANY  # OpenAPI has no ANY (API Gateway uses an extension too)
+        path_item[key] = _operation(r)
+    return doc
+
+
+def _components(spec: resources_pb2.ApiSpec, full: dict[str, Any]) -> dict[str, Any]:
+    """components: the models as schemas ($defs lifted), the authorizers and the API key as schemes."""
     schemas: dict[str, Any] = {}
     for m in spec.models:
         schema = json.loads(m.schema_json or "{}")
@@ -412,55 +425,52 @@ def export_openapi(
         components["schemas"] = schemas
     if schemes:
         components["securitySchemes"] = schemes
-    if components:
-        doc["components"] = components
-    routes = full.get("routes", [])
-    for r in routes:
-        path_item = doc["paths"].setdefault(r["path"], {})
-        method = r["method"].lower()
-        key = method if method in METHODS else X_ANY  # OpenAPI has no ANY (API Gateway uses an extension too)
-        op: dict[str, Any] = {}
-        if r.get("operationName"):
-            op["operationId"] = r["operationName"]
-        params = []
-        for seg in r["path"].strip("/").split("/"):
-            if seg.startswith("{") and seg.endswith("}"):
-                params.append(
-                    {"name": seg.strip("{}+"), "in": "path", "required": True, "schema": {"type": "string"}}
-                )
-        for p in r.get("requiredParameters", []):
-            kind, name = p.split(".")[2], p.split(".", 3)[3]
+    return components
+
+
+def _operation(r: dict[str, Any]) -> dict[str, Any]:
+    """One route (its JSON mapping) as an operation: parameters, body, security, the integration."""
+    op: dict[str, Any] = {}
+    if r.get("operationName"):
+        op["operationId"] = r["operationName"]
+    params = []
+    for seg in r["path"].strip("/").split("/"):
+        if seg.startswith("{") and seg.endswith("}"):
             params.append(
-                {
-                    "name": name,
-                    "in": "query" if kind == "querystring" else "header",
-                    "required": True,
-                    "schema": {"type": "string"},
-                }
+                {"name": seg.strip("{}+"), "in": "path", "required": True, "schema": {"type": "string"}}
             )
-        if params:
-            op["parameters"] = params
-        if r.get("requestModel"):
-            op["requestBody"] = {
+    for p in r.get("requiredParameters", []):
+        kind, name = p.split(".")[2], p.split(".", 3)[3]
+        params.append(
+            {
+                "name": name,
+                "in": "query" if kind == "querystring" else "header",
                 "required": True,
-                "content": {
-                    "application/json": {"schema": {"$ref": f"#/components/schemas/{r['requestModel']}"}}
-                },
+                "schema": {"type": "string"},
             }
-        security = []
-        if r.get("authorizer"):
-            security.append({r["authorizer"]: r.get("authorizationScopes", [])})
-        if r.get("apiKeyRequired"):
-            security.append({"api_key": []})
-        if security:
-            op["security"] = [dict(kv for s in security for kv in s.items())]
-        op["responses"] = _responses(r["integration"])
-        op[X_INTEGRATION] = r["integration"]
-        extra = {k: v for k, v in r.items() if k in ("throttling", "cacheKeyParameters")}
-        if extra:
-            op[X_ROUTE] = extra
-        path_item[key] = op
-    return doc
+        )
+    if params:
+        op["parameters"] = params
+    if r.get("requestModel"):
+        op["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{r['requestModel']}"}}
+            },
+        }
+    security = []
+    if r.get("authorizer"):
+        security.append({r["authorizer"]: r.get("authorizationScopes", [])})
+    if r.get("apiKeyRequired"):
+        security.append({"api_key": []})
+    if security:
+        op["security"] = [dict(kv for s in security for kv in s.items())]
+    op["responses"] = _responses(r["integration"])
+    op[X_INTEGRATION] = r["integration"]
+    extra = {k: v for k, v in r.items() if k in ("throttling", "cacheKeyParameters")}
+    if extra:
+        op[X_ROUTE] = extra
+    return op
 
 
 def export_document(

@@ -245,8 +245,7 @@ def _read_files(cert: str, key: str) -> tuple[bytes, bytes]:
     return Path(cert).read_bytes(), Path(key).read_bytes()
 
 
-def parse_args(argv: list[str]) -> tuple[WebhookOptions, str]:
-    """The options and the log level."""
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="meshgate webhook",
         description=__doc__,
@@ -275,7 +274,11 @@ def parse_args(argv: list[str]) -> tuple[WebhookOptions, str]:
         "--host", action="append", default=[], help="DNS name or IP for a generated cert (repeatable)"
     )
     gen.add_argument("--ca-out", help="write the generated CA bundle here (for the caBundle patch)")
-    sec = p.add_argument_group("TLS self-provisioned in a Secret, caBundle patched")
+    _secret_args(p.add_argument_group("TLS self-provisioned in a Secret, caBundle patched"))
+    return p
+
+
+def _secret_args(sec: argparse._ArgumentGroup) -> None:
     sec.add_argument("--tls-secret", help="the kubernetes.io/tls Secret to use, creating or rotating it")
     sec.add_argument("--tls-secret-namespace", help="its namespace (default: this pod's)")
     sec.add_argument(
@@ -303,6 +306,11 @@ def parse_args(argv: list[str]) -> tuple[WebhookOptions, str]:
     )
     sec.add_argument("--kube-api", help="API server URL, no credentials (tests, kubectl proxy)")
     sec.add_argument("--kubeconfig", help="kubeconfig path (default: in-cluster, else ~/.kube/config)")
+
+
+def parse_args(argv: list[str]) -> tuple[WebhookOptions, str]:
+    """The options and the log level."""
+    p = _parser()
     args = p.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         p.error("--tls-cert and --tls-key go together")
