@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from meshgate.control import validation as v
+from meshgate.control import validation_common as common
 from meshgate.sidecar.transform import template_compiler
 
 Warn = Callable[[str, str], None]
@@ -55,12 +56,12 @@ def request_parameters(raw: Any, where: str, warn: Warn) -> tuple[dict[str, str]
         elif _MULTI.match(text):
             warn(_ptr(where, key), "a multi-value parameter is mapped as its single value")
             text = _MULTI.sub(lambda m: f"method.request.{m.group(1)}.", text)
-        if not v.MAPPING_KEY_RE.match(key):
+        if not common.MAPPING_KEY_RE.match(key):
             warn(
                 _ptr(where, key),
                 "not a mapping meshgate makes (integration.request.header|querystring|path): left out",
             )
-        elif not v.MAPPING_VALUE_RE.match(text):
+        elif not common.MAPPING_VALUE_RE.match(text):
             warn(_ptr(where, key), f"{text!r} is not a value meshgate maps: left out")
         else:
             params[key] = text
@@ -69,7 +70,7 @@ def request_parameters(raw: Any, where: str, warn: Warn) -> tuple[dict[str, str]
 
 def identity_sources(sources: list[str], where: str, warn: Warn) -> list[str]:
     """The identity sources control accepts (headers, query strings, stage variables, the source IP)."""
-    kept = [s for s in sources if v.IDENTITY_SOURCE_RE.match(s)]
+    kept = [s for s in sources if common.IDENTITY_SOURCE_RE.match(s)]
     for s in sources:
         if s not in kept:
             warn(f"{where}/identitySource", f"{s!r} is not an identity source meshgate reads: left out")

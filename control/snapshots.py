@@ -18,7 +18,7 @@ import hashlib
 from collections import OrderedDict
 
 from meshgate.control.state import State
-from meshgate.control.validation import HEX64_RE
+from meshgate.control.validation_common import HEX64_RE
 from meshgate.sidecar.filters.api_key import api_key_mac
 from meshgate.v1 import control_pb2, resources_pb2
 

@@ -1,6 +1,7 @@
-"""Every refusal branch of control/validation.py, one row each: a small document -> the field path
-the error names. Together with tests/control/test_validation.py every `_fail(...)` in validation.py
-runs (issue 17, part 2): a branch without a row is a check nobody has seen refuse anything."""
+"""Every refusal branch of control/validation.py and validation_integrations.py, one row each: a small
+document -> the field path the error names. Together with tests/control/test_validation.py every
+`_fail(...)` in them runs (issue 17, part 2): a branch without a row is a check nobody has seen
+refuse anything."""
 
 from __future__ import annotations
 
