@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshgate.control.ca import Authority, generate_ca
-from meshgate.control.store import EtcdTLS
+from meshgate.control.etcd_client import EtcdTLS
 
 
 class EtcdNotFound(RuntimeError):

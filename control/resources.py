@@ -19,7 +19,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from meshgate.control.errors import FieldError, InvalidConfig
 from meshgate.control.state import KINDS, unwrap
-from meshgate.sidecar.redact import REDACTED, restore
+from meshgate.sidecar.redact import REDACTED, redact, restore
 from meshgate.v1 import resources_pb2
 
 API_VERSION = "meshgate.io/v1"
@@ -291,4 +291,19 @@ def to_document(res: resources_pb2.Resource) -> dict[str, Any]:
     doc.pop("kind", None)
     out: dict[str, Any] = {"apiVersion": API_VERSION, "kind": msg.DESCRIPTOR.name}
     out.update(doc)
+    return out
+
+
+def touched(meta: resources_pb2.ObjectMeta, now: int) -> None:
+    """A write at `now`: the update time moves, the creation time stays (AGE counts from it). A new
+    object is created now; one stored before creation times were kept, at its last update."""
+    meta.creation_time_unix_nano = meta.creation_time_unix_nano or meta.update_time_unix_nano or now
+    meta.update_time_unix_nano = now
+
+
+def redacted(msg: Any) -> Any:
+    """A copy of `msg` with every secret value "[redacted]" (what read paths return)."""
+    out = type(msg)()
+    out.CopyFrom(msg)
+    redact(out)
     return out

@@ -21,6 +21,7 @@ from meshgate.control.authz import AdminAuthorizer
 from meshgate.control.ca import SIDECAR_VALIDITY, Authority
 from meshgate.control.ca_publisher import CaPublisher
 from meshgate.control.controller import Controller, ControllerOptions
+from meshgate.control.etcd_client import EtcdTLS
 from meshgate.control.etcd_local import EtcdNotFound, LocalEtcd
 from meshgate.control.identity import Issuer
 from meshgate.control.keystore import ControlKeys, load_dir, load_secret, write_admin_credential
@@ -28,7 +29,7 @@ from meshgate.control.keystore import generate as generate_keys
 from meshgate.control.kube import KubeClient, KubeOptions, in_cluster_namespace
 from meshgate.control.mirror import EtcdMirror
 from meshgate.control.service import ControlServicer
-from meshgate.control.store import EtcdTLS, Store
+from meshgate.control.store import Store
 from meshgate.control.stream import ConfigStreamer
 from meshgate.sidecar.credentials import ADMIN_DIR, default_state_dir
 from meshgate.sidecar.metrics import Family, Labels, Value, prometheus_text

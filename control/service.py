@@ -9,7 +9,8 @@ from typing import Any, TypeAlias, TypeVar
 import grpc
 from meshgate.control.errors import MAX_ERRORS, ControlError, errors_trailer
 from meshgate.control.identity import Issuer, sidecar_principal
-from meshgate.control.store import Store, redacted
+from meshgate.control.resources import redacted
+from meshgate.control.store import Store
 from meshgate.control.stream import ConfigStreamer
 from meshgate.v1 import control_pb2, control_pb2_grpc
 

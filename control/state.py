@@ -405,3 +405,10 @@ def ref_of(msg: ResourceMsg) -> control_pb2.ObjectRef:
     return control_pb2.ObjectRef(
         kind=kind, namespace=msg.metadata.namespace or "default", name=msg.metadata.name, api=api
     )
+
+
+def parts_of(prefix: str, key: str) -> KeyParts:
+    parts = parse_key(prefix, key)
+    if parts is None:
+        raise ValueError(f"unexpected key {key!r} under {prefix!r}")
+    return parts

@@ -4,9 +4,9 @@ Every write is one etcd transaction guarded by the mod revisions of the keys
 it read, so concurrent writers (several control replicas, CLI users) never
 lose updates and refused config never reaches etcd, not even partly.
 
-The store is the only user of the etcd client (aetcd, through its public API
-but for connect(), which `_TLSClient` redoes over a TLS channel; `etcd_client`
-makes every client, plaintext or TLS with a client certificate): the watch of
+The store is the only user of the etcd client (aetcd through its public API;
+`control/etcd_client.py` makes every client, plaintext or TLS with a client
+certificate): the watch of
 the prefix (`watch`, read by the etcd mirror alone) and the sidecar status keys
 under a lease go through it too. Keys come from `control/state.py`.
 """
@@ -17,31 +17,25 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import aetcd
-import grpc
-from aetcd import rpc as aetcd_rpc
-from aetcd import watcher as aetcd_watcher
 from aetcd.utils import prefix_range_end
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from google.protobuf.message import DecodeError
 from meshgate.control import state as keys
 from meshgate.control.errors import Conflict, FailedPrecondition, FieldError, InvalidConfig, NotFound
+from meshgate.control.etcd_client import EtcdTLS, etcd_client, why
 from meshgate.control.keystore import ControlKeys
 from meshgate.control.keystore import generate as generate_keys
-from meshgate.control.resources import holds_redacted
+from meshgate.control.resources import holds_redacted, touched
 from meshgate.control.snapshots import rekeyed
-from meshgate.control.state import KIND_WORDS, ResourceMsg, State, unwrap, wrap
+from meshgate.control.state import KIND_WORDS, ResourceMsg, State, parts_of, unwrap, wrap
+from meshgate.control.store_stages import RETRIES, StageOperations
 from meshgate.control.validation import check_private_targets, unresolved_variables, validate
-from meshgate.sidecar.redact import redact, restore
+from meshgate.sidecar.redact import restore
 from meshgate.v1 import control_pb2, resources_pb2
-
-RETRIES = 8
 
 
 @dataclass
@@ -69,103 +63,6 @@ class Compacted(Exception):
         self.compacted_revision = compacted_revision
 
 
-def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """HOST:PORT (an http:// or https:// in front is allowed and dropped)."""
-    host, _, port = endpoint.split("://", 1)[-1].rstrip("/").rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"etcd endpoint must be HOST:PORT, got {endpoint!r}")
-    return host.strip("[]"), int(port)
-
-
-@dataclass(frozen=True, slots=True)
-class EtcdTLS:
-    """How control proves itself to etcd and checks etcd: PEM files (CA, client cert, client key)."""
-
-    ca: Path
-    cert: Path
-    key: Path
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        """Read and check the three files; a problem is one line (OSError) naming the file."""
-        pems: list[bytes] = []
-        for what, path in (("CA", self.ca), ("client certificate", self.cert), ("client key", self.key)):
-            try:
-                pems.append(Path(path).read_bytes())
-            except OSError as exc:
-                raise OSError(f"etcd {what} {path}: {exc.strerror or exc}") from None
-        ca, cert, key = pems
-        try:
-            x509.load_pem_x509_certificates(ca)
-            x509.load_pem_x509_certificates(cert)
-            serialization.load_pem_private_key(key, password=None)
-        except (ValueError, TypeError) as exc:
-            raise OSError(f"etcd TLS files ({self.ca}, {self.cert}, {self.key}): not PEM: {exc}") from None
-        return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
-
-
-class _TLSClient(aetcd.Client):  # type: ignore[misc]
-    """aetcd 1.0 (the newest) opens only plaintext channels: its own connect() over a TLS channel."""
-
-    def __init__(self, host: str, port: int, credentials: grpc.ChannelCredentials, timeout: int) -> None:
-        super().__init__(host=host, port=port, timeout=timeout)
-        self._credentials = credentials
-        self._is_connecting: bool = False  # aetcd's own state, typed for mypy
-
-    async def connect(self) -> None:
-        if self._connected.is_set():
-            return
-        if self._is_connecting:
-            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
-            return
-        self._is_connecting = True
-        try:
-            target = f"{self._host}:{self._port}"
-            self.channel = grpc.aio.secure_channel(
-                target, self._credentials, options=list(self._options.items())
-            )
-            self.kvstub = aetcd_rpc.KVStub(self.channel)
-            self.clusterstub = aetcd_rpc.ClusterStub(self.channel)
-            self.leasestub = aetcd_rpc.LeaseStub(self.channel)
-            self.maintenancestub = aetcd_rpc.MaintenanceStub(self.channel)
-            self._watcher = aetcd_watcher.Watcher(
-                aetcd_rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
-            )
-            self._connected.set()
-        finally:
-            self._is_connecting = False
-
-
-def etcd_client(endpoint: str, tls: EtcdTLS | None = None, timeout: int = 10) -> Any:
-    """The one place an etcd client is made: plaintext, or TLS with a client certificate. An
-    https:// endpoint needs `tls`, an http:// one refuses it."""
-    host, port = parse_endpoint(endpoint)
-    scheme = endpoint.split("://", 1)[0] if "://" in endpoint else ""
-    if scheme == "https" and tls is None:
-        raise ValueError(f"etcd endpoint {endpoint} is https: give the CA, client certificate and key")
-    if scheme == "http" and tls is not None:
-        raise ValueError(f"etcd endpoint {endpoint} is http: TLS files given for a plaintext endpoint")
-    if tls is None:
-        return aetcd.Client(host=host, port=port, timeout=timeout)
-    return _TLSClient(host, port, tls.credentials(), timeout)
-
-
-def _why(exc: BaseException, tls: EtcdTLS | None) -> str:
-    """One line on why etcd did not answer: what it likely means, then grpc's detail."""
-    detail = " ".join(str(exc).split()) or type(exc).__name__
-    cause = exc.__cause__
-    if isinstance(cause, grpc.aio.AioRpcError):
-        detail = " ".join((cause.details() or "").split()) or detail
-    detail = detail.removeprefix("failed to connect to all addresses; ")[:300]
-    hint = ""
-    if tls is not None and "CERTIFICATE_VERIFY_FAILED" in detail:
-        hint = f"etcd's serving certificate does not verify against the CA {tls.ca}"
-    elif tls is not None and ("TSI_" in detail or "handshake" in detail.lower() or "Socket closed" in detail):
-        hint = f"etcd refused the TLS handshake (is the client certificate {tls.cert} from etcd's CA?)"
-    elif tls is None and "Socket closed" in detail:
-        hint = "etcd closed the plaintext connection (does it want TLS and a client certificate?)"
-    return f"{hint}: {detail}" if hint else detail
-
-
 def _decoded(cls: type[ResourceMsg], value: bytes | None) -> ResourceMsg | None:
     """A stored value as its message; None when absent or undecodable (poison)."""
     if value is None:
@@ -176,7 +73,7 @@ def _decoded(cls: type[ResourceMsg], value: bytes | None) -> ResourceMsg | None:
         return None
 
 
-class Store:
+class Store(StageOperations):
     """Resources under one etcd key prefix."""
 
     def __init__(
@@ -202,7 +99,7 @@ class Store:
             await self._revision()
         except aetcd.ClientError as exc:
             mode = "TLS" if self.tls else "plaintext"
-            raise ConnectionError(f"etcd at {self.endpoint} ({mode}): {_why(exc, self.tls)}") from None
+            raise ConnectionError(f"etcd at {self.endpoint} ({mode}): {why(exc, self.tls)}") from None
         await self.rekey_api_keys()
 
     async def close(self) -> None:
@@ -483,7 +380,7 @@ class Store:
         if isinstance(new, resources_pb2.Stage):
             await self._check_variables(new, InvalidConfig)
         new.metadata.revision = 0
-        _touched(new.metadata, now)
+        touched(new.metadata, now)
         result = control_pb2.ApplyResult(kind=kind, namespace=ns, name=new.metadata.name, action=action)
         return result, [(key, new.SerializeToString(deterministic=True))]
 
@@ -617,7 +514,7 @@ class Store:
             if kind == "Api":
                 stages = await self._range(stages_prefix)
                 if stages:
-                    names = ", ".join(_parsed(self.prefix, k).name for k, _, _ in stages)
+                    names = ", ".join(parts_of(self.prefix, k).name for k, _, _ in stages)
                     raise FailedPrecondition(f"{what}: still has stages ({names}); delete them first")
                 # no stage may appear under this Api between the check and the delete
                 guards.append(
@@ -637,185 +534,6 @@ class Store:
         raise Conflict(f"delete {what}: concurrent changes; try again")
 
     # ------------------------------------------------------------------ deployments
-
-    async def deploy(
-        self,
-        namespace: str,
-        api: str,
-        stage: str,
-        description: str = "",
-        skip_canary: bool = False,
-        create_stage: bool = False,
-    ) -> control_pb2.DeployResponse:
-        """Snapshot the Api into the next deployment and point the stage (or its canary) at it. A
-        stage that does not exist is made only with `create_stage`; a deploy that would leave an
-        integration URI with an undefined stage variable is refused (FailedPrecondition)."""
-        ns = namespace or "default"
-        for _ in range(RETRIES):
-            api_read = await self._read(keys.api_key(self.prefix, ns, api))
-            if api_read.value is None:
-                raise NotFound(f"Api {ns}/{api} does not exist")
-            api_msg = resources_pb2.Api.FromString(api_read.value)
-            stage_read = await self._read(keys.stage_key(self.prefix, ns, api, stage))
-            seq_read = await self._read(keys.deployment_seq_key(self.prefix, ns, api))
-            dep_id = int(seq_read.value.decode()) + 1 if seq_read.value else 1
-            now = time.time_ns()
-            dep = resources_pb2.Deployment(
-                api_version="meshgate.io/v1",
-                kind="Deployment",
-                id=dep_id,
-                metadata=resources_pb2.ObjectMeta(
-                    name=f"{api}-{dep_id}",
-                    namespace=ns,
-                    update_time_unix_nano=now,
-                    creation_time_unix_nano=now,
-                    generation=1,
-                ),
-                spec=resources_pb2.DeploymentSpec(
-                    api=api, description=description, api_spec=api_msg.spec, created_unix_nano=now
-                ),
-            )
-            if stage_read.value is None:
-                if not create_stage:
-                    raise NotFound(
-                        f"stage {stage} of Api {ns}/{api} does not exist: apply a Stage document "
-                        "(with the variables the Api's integrations use), or deploy with --create-stage"
-                    )
-                st = resources_pb2.Stage(
-                    api_version="meshgate.io/v1",
-                    kind="Stage",
-                    metadata=resources_pb2.ObjectMeta(name=stage, namespace=ns, generation=1),
-                    spec=resources_pb2.StageSpec(api=api),
-                )
-                validate(wrap(st))
-            else:
-                st = resources_pb2.Stage.FromString(stage_read.value)
-                st.metadata.generation += 1
-            to_canary = st.spec.canary.percent > 0 and not skip_canary
-            if to_canary:
-                st.spec.canary.deployment = dep_id
-            else:
-                st.spec.deployment = dep_id
-            _touched(st.metadata, now)
-            await self._check_variables(st, FailedPrecondition, {dep_id: api_msg.spec})
-            revision = await self._commit(
-                [self._guard(api_read), self._guard(stage_read), self._guard(seq_read)],
-                [
-                    (
-                        keys.deployment_key(self.prefix, ns, api, dep_id),
-                        dep.SerializeToString(deterministic=True),
-                    ),
-                    (keys.deployment_seq_key(self.prefix, ns, api), str(dep_id).encode()),
-                    (keys.stage_key(self.prefix, ns, api, stage), st.SerializeToString(deterministic=True)),
-                ],
-            )
-            if revision is not None:
-                return control_pb2.DeployResponse(deployment=dep_id, to_canary=to_canary, revision=revision)
-            await asyncio.sleep(0.01)
-        raise Conflict(f"deploy {ns}/{api} to {stage}: concurrent changes; try again")
-
-    async def _update_stage(
-        self, namespace: str, api: str, stage: str, mutate: Callable[[resources_pb2.Stage, list[int]], None]
-    ) -> tuple[resources_pb2.Stage, int]:
-        ns = namespace or "default"
-        key = keys.stage_key(self.prefix, ns, api, stage)
-        for _ in range(RETRIES):
-            read = await self._read(key)
-            if read.value is None:
-                raise NotFound(f"stage {stage} of Api {ns}/{api} does not exist")
-            st = resources_pb2.Stage.FromString(read.value)
-            found = await self._range(keys.deployments_prefix(self.prefix, ns, api))
-            dep_ids = [_parsed(self.prefix, k).deployment for k, _, _ in found]
-            mutate(st, sorted(dep_ids))
-            _touched(st.metadata, time.time_ns())
-            st.metadata.generation += 1
-            validate(wrap(st))
-            await self._check_variables(st, FailedPrecondition)
-            revision = await self._commit(
-                [self._guard(read)], [(key, st.SerializeToString(deterministic=True))]
-            )
-            if revision is not None:
-                return st, revision
-            await asyncio.sleep(0.01)
-        raise Conflict(f"stage {stage} of Api {ns}/{api}: concurrent changes; try again")
-
-    async def rollback(
-        self, namespace: str, api: str, stage: str, deployment: int = 0
-    ) -> control_pb2.RollbackResponse:
-        def mutate(st: resources_pb2.Stage, dep_ids: list[int]) -> None:
-            if deployment:
-                if deployment not in dep_ids:
-                    raise NotFound(f"deployment {deployment} of Api {api} does not exist")
-                st.spec.deployment = deployment
-                return
-            earlier = [d for d in dep_ids if d < st.spec.deployment]
-            if not earlier:
-                raise NotFound(
-                    f"stage {stage} serves deployment {st.spec.deployment or 'none'}; no earlier deployment exists"
-                )
-            st.spec.deployment = earlier[-1]
-
-        st, revision = await self._update_stage(namespace, api, stage, mutate)
-        return control_pb2.RollbackResponse(deployment=st.spec.deployment, revision=revision)
-
-    async def set_canary(
-        self, namespace: str, api: str, stage: str, canary: resources_pb2.CanarySettings
-    ) -> control_pb2.CanaryResponse:
-        def mutate(st: resources_pb2.Stage, dep_ids: list[int]) -> None:
-            if not st.spec.deployment:
-                raise FailedPrecondition(f"stage {stage} is not deployed yet; deploy before setting a canary")
-            c = resources_pb2.CanarySettings()
-            c.CopyFrom(canary)
-            if not c.deployment:
-                c.deployment = st.spec.deployment
-            elif c.deployment not in dep_ids:
-                raise NotFound(f"deployment {c.deployment} of Api {api} does not exist")
-            if not 0 < c.percent <= 100:
-                raise InvalidConfig(f"canary percent must be in (0, 100], got {c.percent:g}")
-            st.spec.canary.CopyFrom(c)
-
-        st, revision = await self._update_stage(namespace, api, stage, mutate)
-        return control_pb2.CanaryResponse(stage=redacted(st), revision=revision)
-
-    async def promote_canary(self, namespace: str, api: str, stage: str) -> control_pb2.CanaryResponse:
-        def mutate(st: resources_pb2.Stage, dep_ids: list[int]) -> None:
-            c = st.spec.canary
-            if not c.deployment and not c.percent:
-                raise FailedPrecondition(f"stage {stage} has no canary to promote")
-            st.spec.deployment = c.deployment or st.spec.deployment
-            for k, v in c.variables.items():
-                st.spec.variables[k] = v
-            st.spec.ClearField("canary")
-
-        st, revision = await self._update_stage(namespace, api, stage, mutate)
-        return control_pb2.CanaryResponse(stage=redacted(st), revision=revision)
-
-    async def flush_cache(self, namespace: str, api: str, stage: str) -> control_pb2.CanaryResponse:
-        """Bump the stage's cache flush epoch: every sidecar drops the stage's cached responses."""
-
-        def mutate(st: resources_pb2.Stage, dep_ids: list[int]) -> None:
-            if not st.spec.cache.enabled:
-                raise FailedPrecondition(f"stage {stage} has no cache enabled")
-            st.spec.cache.flush_epoch += 1
-
-        st, revision = await self._update_stage(namespace, api, stage, mutate)
-        return control_pb2.CanaryResponse(stage=redacted(st), revision=revision)
-
-    async def remove_canary(self, namespace: str, api: str, stage: str) -> control_pb2.CanaryResponse:
-        def mutate(st: resources_pb2.Stage, dep_ids: list[int]) -> None:
-            if not st.spec.HasField("canary"):
-                raise FailedPrecondition(f"stage {stage} has no canary")
-            st.spec.ClearField("canary")
-
-        st, revision = await self._update_stage(namespace, api, stage, mutate)
-        return control_pb2.CanaryResponse(stage=redacted(st), revision=revision)
-
-
-def _touched(meta: resources_pb2.ObjectMeta, now: int) -> None:
-    """A write at `now`: the update time moves, the creation time stays (AGE counts from it). A new
-    object is created now; one stored before creation times were kept, at its last update."""
-    meta.creation_time_unix_nano = meta.creation_time_unix_nano or meta.update_time_unix_nano or now
-    meta.update_time_unix_nano = now
 
 
 class _Refusals:
@@ -837,21 +555,6 @@ class _Refusals:
     def raise_any(self) -> None:
         if self.errors:
             raise (NotFound if self.all_not_found else InvalidConfig)(*self.errors)
-
-
-def redacted(msg: Any) -> Any:
-    """A copy of `msg` with every secret value "[redacted]" (what read paths return)."""
-    out = type(msg)()
-    out.CopyFrom(msg)
-    redact(out)
-    return out
-
-
-def _parsed(prefix: str, key: str) -> keys.KeyParts:
-    parts = keys.parse_key(prefix, key)
-    if parts is None:
-        raise ValueError(f"unexpected key {key!r} under {prefix!r}")
-    return parts
 
 
 def _canonical_kind(kind: str) -> str:

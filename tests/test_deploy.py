@@ -612,8 +612,8 @@ async def _control_gets_in(port: int, tls: Any) -> None:
 def test_the_scripts_certificates_work_with_etcd_run_with_the_base_flags(tmp_path: Path) -> None:
     """A real etcd on loopback with the base's TLS flags (mount path -> the script's files) and https
     peer URLs: control's certificate from the script gets in, a plaintext client does not."""
+    from meshgate.control.etcd_client import EtcdTLS
     from meshgate.control.etcd_local import EtcdNotFound, find_etcd, free_port
-    from meshgate.control.store import EtcdTLS
 
     try:
         binary = find_etcd()

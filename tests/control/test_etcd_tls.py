@@ -17,9 +17,10 @@ import pytest
 from aetcd import rpc
 from e2e.harness import Proc, meshgate, wait_port
 from meshgate.control.ca import generate_ca
+from meshgate.control.etcd_client import EtcdTLS
 from meshgate.control.etcd_local import LocalEtcd, free_port, write_cert
 from meshgate.control.server import start_control
-from meshgate.control.store import EtcdTLS, Store
+from meshgate.control.store import Store
 from meshgate.v1 import control_pb2, control_pb2_grpc
 from tls import LocalControl, admin_channel
 
