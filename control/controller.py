@@ -47,22 +47,29 @@ import base64
 import binascii
 import contextlib
 import copy
-import hashlib
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from meshgate.control import state as keys
+from meshgate.control.applied import AppliedTracker, condition
 from meshgate.control.coalesce import Coalescer
 from meshgate.control.errors import ControlError, FailedPrecondition, InvalidConfig, NotFound
-from meshgate.control.kube import BY_KIND, JSON, RESOURCES, Gone, KubeClient, KubeError, KubeOptions, Resource
+from meshgate.control.kube import (
+    BY_KIND,
+    JSON,
+    RESOURCES,
+    Gone,
+    KubeClient,
+    KubeError,
+    KubeOptions,
+    Resource,
+    event,
+)
 from meshgate.control.leader import LeaderElector
 from meshgate.control.mirror import EtcdMirror, MirrorEvent, Subscription
 from meshgate.control.resources import parse_document
-from meshgate.control.snapshots import bind_key, build_snapshot
 from meshgate.control.state import ResourceMsg, State, unwrap
 from meshgate.control.store import Store
 from meshgate.control.tasks import cancel_and_wait
@@ -74,7 +81,6 @@ MANAGED_BY = "meshgate.io/managed-by"
 MANAGER = "kubernetes"
 DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/",)  # last-applied-configuration: large and not config
 MAX_BACKOFF_S = 60.0
-MEMO_VERSIONS = 4096
 
 ObjKey = tuple[str, str, str]  # kind, namespace, name
 
@@ -105,14 +111,6 @@ class Outcome:
     etcd_key: str = ""
     revision: int = 0  # etcd mod revision of the stored resource: Applied waits until the watch saw it
     api: str = ""  # for Stages (and what a refused Stage waits for)
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _digest(msg: Any) -> str:
-    return hashlib.sha256(msg.SerializeToString(deterministic=True)).hexdigest()[:16]
 
 
 def _meta(obj: JSON) -> JSON:
@@ -185,9 +183,7 @@ class Controller:
         self.mirror = mirror or EtcdMirror(store)
         self._own_mirror = mirror is None  # a shared mirror is stopped by whoever made it
         self._subscription: Subscription | None = None
-        self._contents: OrderedDict[str, dict[str, str]] = OrderedDict()  # version -> {etcd key: digest}
-        self._expected: dict[str, str] = {}  # node id -> version of its current snapshot
-        self._digests: dict[str, str] = {}  # etcd key -> digest of its current content in snapshots
+        self.applied = AppliedTracker(store.prefix, self.cluster_cidrs)  # what each sidecar's snapshot holds
         self._changes = Coalescer(options.debounce_s, options.max_delay_s)
         self._tasks: list[asyncio.Task[None]] = []
         # counters (tests, metrics)
@@ -216,7 +212,7 @@ class Controller:
             self.kube = await KubeClient.connect(self.options.kube, f"meshgate-controller/{self.identity}")
         await self.mirror.start()
         self._subscription = self.mirror.subscribe(self._on_etcd, "controller")
-        self._rebuild()
+        self.applied.rebuild(self.state)
         self.elector = LeaderElector(
             self.kube,
             self.options.lease_namespace,
@@ -614,127 +610,13 @@ class Controller:
     async def _etcd_flush(self) -> None:
         while True:
             await self._changes.settled()
-            self._rebuild()
+            self.applied.rebuild(self.state)
             for key, out in list(self.outcomes.items()):
                 self._mark_status(key)
                 if out.reason == "ApiNotFound" and (key[1], out.api) in self.state.apis:
                     self.enqueue(key)  # the Api it waits for exists now (made by an object or the CLI)
                 elif out.reason == "Poisoned" and out.etcd_key not in self.state.poisoned:
                     self.enqueue(key)  # the unusable value it could not replace is gone
-
-    def _rebuild(self) -> None:
-        """The snapshot every known sidecar should have now, and which resource content each holds."""
-        built: dict[Any, str] = {}
-        expected: dict[str, str] = {}
-        digests: dict[str, str] = {}
-        p = self.store.prefix
-        for node_id, status in self.sidecars.items():
-            bk = bind_key(status.node)
-            version = built.get(bk)
-            if version is None:
-                snap = build_snapshot(self.state, status.node, self.cluster_cidrs)
-                version = snap.version
-                built[bk] = version
-                contents: dict[str, str] = {}
-                for bundle in snap.stages:
-                    ns, api = bundle.api.metadata.namespace or "default", bundle.api.metadata.name
-                    contents[keys.api_key(p, ns, api)] = _digest(bundle.api)
-                    plain = control_pb2.StageBundle()
-                    plain.CopyFrom(bundle)
-                    plain.replicas = 0  # membership changes do not make a stage un-applied
-                    contents[keys.stage_key(p, ns, api, bundle.stage.metadata.name)] = _digest(plain)
-                for plan in snap.usage_plans:
-                    contents[
-                        keys.usage_plan_key(p, plan.metadata.namespace or "default", plan.metadata.name)
-                    ] = _digest(plan)
-                for k in snap.api_keys:
-                    contents[keys.apikey_key(p, k.metadata.namespace or "default", k.metadata.name)] = (
-                        _digest(k)
-                    )
-                self._contents[version] = contents
-                digests.update(contents)
-            self._contents.move_to_end(version)
-            expected[node_id] = version
-        while len(self._contents) > MEMO_VERSIONS:
-            self._contents.popitem(last=False)
-        self._expected = expected
-        self._digests = digests
-
-    def applied(self, out: Outcome, kind: str) -> tuple[JSON, int, int]:
-        """The Applied condition of an accepted object, and (bound, acked) sidecar counts."""
-        if not out.accepted:
-            return (
-                _condition(
-                    "Applied",
-                    "False",
-                    "NotAccepted",
-                    "this generation was not accepted; sidecars keep the last accepted configuration",
-                    out.generation,
-                ),
-                0,
-                0,
-            )
-        key = out.etcd_key
-        poisoned = self.state.poisoned.get(key)
-        if poisoned is not None:
-            kept = self.state.resource(key) is not None
-            served = "sidecars keep its last good version" if kept else "no sidecar receives it"
-            message = f"etcd holds an unusable value at {key}: {poisoned}; {served}"
-            return _condition("Applied", "False", "Poisoned", message, out.generation), 0, 0
-        digest = self._digests.get(key)
-        bound = [n for n in sorted(self.sidecars) if key in self._contents.get(self._expected.get(n, ""), {})]
-        what = self._what(key, kind)
-        if not bound:
-            if kind == "Api" and not self._stages_of(key):
-                reason, message = (
-                    "NoStages",
-                    "no Stage serves this Api yet; sidecars receive an Api through its stages",
-                )
-            else:
-                reason, message = (
-                    "NoSidecars",
-                    "no connected sidecar is bound to this resource (see the Api's spec.selector)",
-                )
-            return _condition("Applied", "False", reason, message, out.generation), 0, 0
-        acked, nacks = [], []
-        for node_id in bound:
-            st = self.sidecars[node_id]
-            if self._contents.get(st.acked_version, {}).get(key) == digest:
-                acked.append(node_id)
-            elif st.last_nack_error and (
-                st.last_nack_version == self._expected.get(node_id)
-                or self._contents.get(st.last_nack_version, {}).get(key) == digest
-            ):
-                nacks.append(f"{node_id}: {st.last_nack_error}")
-        summary = f"{len(acked)}/{len(bound)} sidecars applied {what}"
-        if len(acked) == len(bound):
-            cond = _condition("Applied", "True", "Applied", summary, out.generation)
-        elif nacks:
-            cond = _condition(
-                "Applied", "False", "Nacked", f"{summary}; NACK from {'; '.join(nacks)}", out.generation
-            )
-        else:
-            cond = _condition("Applied", "False", "Applying", summary, out.generation)
-        return cond, len(bound), len(acked)
-
-    def _stages_of(self, api_key: str) -> list[resources_pb2.Stage]:
-        parts = keys.parse_key(self.store.prefix, api_key)
-        if parts is None:
-            return []
-        ns, api = parts.namespace, parts.name
-        return [s for (sns, sapi, _), s in self.state.stages.items() if sns == ns and sapi == api]
-
-    def _what(self, key: str, kind: str) -> str:
-        msg = self.state.resource(key)
-        if isinstance(msg, resources_pb2.Stage):
-            c = msg.spec.canary
-            canary = (
-                f" (canary deployment {c.deployment} at {c.percent:g}%)"
-                if c.percent > 0 and c.deployment
-                else ""
-            )
-            return f"deployment {msg.spec.deployment}{canary}"
-        return f"generation {msg.metadata.generation}" if msg is not None else "it"
 
     # ------------------------------------------------------------------ status
 
@@ -748,10 +630,12 @@ class Controller:
             return None
         if out.accepted and self.seen_revision < out.revision:
             return None  # the etcd watch has not seen this write yet: Applied would judge old content
-        accepted = _condition(
+        accepted = condition(
             "Accepted", "True" if out.accepted else "False", out.reason, out.message, out.generation
         )
-        applied, bound, acked = self.applied(out, key[0])
+        applied, bound, acked = self.applied.judge(
+            self.state, out.accepted, out.etcd_key, out.generation, key[0]
+        )
         status: JSON = {
             "observedGeneration": out.generation,
             "conditions": [accepted, applied],
@@ -816,50 +700,16 @@ class Controller:
                 await self._record_event(kind, obj, *event)
 
     async def _record_event(self, kind: str, obj: JSON, type_: str, reason: str, message: str) -> None:
-        """One core/v1 Event about `obj`, named as client-go's recorder names them; best effort."""
+        """One core/v1 Event about `obj`; best effort."""
         assert self.kube is not None
-        meta = _meta(obj)
-        ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
-        stamp = _now()
-        body: JSON = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": f"{name}.{time.time_ns():x}", "namespace": ns},
-            "involvedObject": {
-                "apiVersion": obj.get("apiVersion", ""),
-                "kind": kind,
-                "namespace": ns,
-                "name": name,
-                "uid": meta.get("uid", ""),
-                "resourceVersion": meta.get("resourceVersion", ""),
-            },
-            "type": type_,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": "meshgate-controller"},
-            "reportingComponent": "meshgate.io/controller",
-            "reportingInstance": self.identity,
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-        }
+        body = event(kind, obj, type_, reason, message, self.identity)
+        ns, name = body["involvedObject"]["namespace"], body["involvedObject"]["name"]
         try:
             await self.kube.create_event(ns, body)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("event %s on %s %s/%s not recorded: %s", reason, kind, ns, name, exc)
-
-
-def _condition(type_: str, status: str, reason: str, message: str, generation: int) -> JSON:
-    return {
-        "type": type_,
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "observedGeneration": generation,
-        "lastTransitionTime": _now(),
-    }
 
 
 def _event_for(cond: JSON) -> tuple[str, str, str] | None:

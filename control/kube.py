@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -371,3 +373,34 @@ class KubeClient:
             name, body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S
         )
         return await _read_json(resp)
+
+
+def event(kind: str, obj: JSON, type_: str, reason: str, message: str, instance: str) -> JSON:
+    """A core/v1 Event about `obj` (`kind`), named as client-go's recorder names them, reported by
+    the meshgate controller replica `instance`."""
+    meta = obj.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{name}.{time.time_ns():x}", "namespace": ns},
+        "involvedObject": {
+            "apiVersion": obj.get("apiVersion", ""),
+            "kind": kind,
+            "namespace": ns,
+            "name": name,
+            "uid": meta.get("uid", ""),
+            "resourceVersion": meta.get("resourceVersion", ""),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": "meshgate-controller"},
+        "reportingComponent": "meshgate.io/controller",
+        "reportingInstance": instance,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
