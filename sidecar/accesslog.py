@@ -12,13 +12,15 @@ from typing import TextIO
 from meshgate.sidecar.errors import GatewayError
 
 _VAR = re.compile(r"\$context\.([A-Za-z]+(?:\.[A-Za-z]+)*)")  # a dot after a name is text
+# a value cannot start a line of its own (an upstream's gRPC message may hold a decoded newline)
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
 
 
 def access_line(fmt: str, ctx: Mapping[str, object]) -> str:
     """`json` (or empty) gives a JSON object; anything else substitutes `$context.NAME` variables."""
     if fmt.strip().lower() in ("", "json"):
         return json.dumps(ctx, separators=(",", ":"))
-    return _VAR.sub(lambda m: str(ctx.get(m.group(1), "-")), fmt)
+    return _VAR.sub(lambda m: str(ctx.get(m.group(1), "-")).translate(_CONTROLS), fmt)
 
 
 class AccessLog:
