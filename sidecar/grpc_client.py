@@ -68,7 +68,8 @@ class Call:
             self.conn.h2.send_data(self.sid, b"", True)
 
     async def recv(self) -> bytes | None:
-        """The next message; None once the call ended with OK; raises RpcError otherwise."""
+        """The next message; None once the call ended with OK; raises RpcError otherwise (after the
+        messages that came before the status, as grpcio delivers them)."""
         while not self._messages:
             if self.ended:
                 if self.error is not None:
@@ -88,8 +89,7 @@ class Call:
             return
         self.ended = True
         if code != GrpcCode.OK:
-            self.error = RpcError(code, details)
-            self._messages.clear()
+            self.error = RpcError(code, details)  # raised once the messages that came are taken
         if self.timer is not None:
             self.timer.cancel()
         self.conn.call_ended(self.sid)

@@ -34,6 +34,9 @@ async def chat(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[by
     async for message in requests:
         if message == b"bye":
             return
+        if message == b"last words":
+            yield b"LAST"
+            await context.abort(grpc.StatusCode.ABORTED, "gone")
         yield message.upper()
 
 
@@ -115,6 +118,13 @@ async def test_a_bidirectional_stream() -> None:
         call.send(b"bye")
         assert await call.recv() is None  # the server ended it with OK
         assert await call.recv() is None
+        call = await ch.start("/t.Svc/Chat")
+        call.send(b"last words")
+        await asyncio.sleep(0.2)  # the message and the status are both here before the first recv
+        assert await call.recv() == b"LAST"  # what came before the status is still delivered
+        with pytest.raises(RpcError) as err:
+            await call.recv()
+        assert err.value.code == GrpcCode.ABORTED and err.value.details == "gone"
 
 
 async def test_deadlines_are_sent_and_kept() -> None:
