@@ -163,8 +163,7 @@ class _Conn(asyncio.Protocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop, live: set[_Conn]) -> None:
         self.loop = loop
-        self.live = live  # the channel's open connections: this one until it closes
-        self.live.add(self)
+        self.live = live  # the channel's open connections: this one from connected to closed
         self.retiring = False
         self.h2 = H2Conn(self, client=True, wake=self._wake)
         self.transport: asyncio.Transport | None = None
@@ -201,6 +200,7 @@ class _Conn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
+        self.live.add(self)  # (a TLS handshake that fails never gets here, nor to connection_lost)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
