@@ -23,7 +23,6 @@ from typing import Any
 
 import aetcd
 from aetcd.utils import prefix_range_end
-from google.protobuf.message import DecodeError
 from meshgate.control import state as keys
 from meshgate.control.errors import Conflict, FailedPrecondition, FieldError, InvalidConfig, NotFound
 from meshgate.control.etcd_client import EtcdTLS, etcd_client, why
@@ -32,17 +31,10 @@ from meshgate.control.keystore import generate as generate_keys
 from meshgate.control.resources import holds_redacted, touched
 from meshgate.control.snapshots import rekeyed
 from meshgate.control.state import KIND_WORDS, ResourceMsg, State, parts_of, unwrap, wrap
-from meshgate.control.store_stages import RETRIES, StageOperations
-from meshgate.control.validation import check_private_targets, unresolved_variables, validate
+from meshgate.control.store_stages import RETRIES, StageOperations, _decoded, _Read
+from meshgate.control.validation import check_private_targets, validate
 from meshgate.sidecar.redact import restore
 from meshgate.v1 import control_pb2, resources_pb2
-
-
-@dataclass
-class _Read:
-    key: str
-    value: bytes | None
-    mod_revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,16 +53,6 @@ class Compacted(Exception):
     def __init__(self, compacted_revision: int) -> None:
         super().__init__(f"revision compacted below {compacted_revision}")
         self.compacted_revision = compacted_revision
-
-
-def _decoded(cls: type[ResourceMsg], value: bytes | None) -> ResourceMsg | None:
-    """A stored value as its message; None when absent or undecodable (poison)."""
-    if value is None:
-        return None
-    try:
-        return cls.FromString(value)
-    except DecodeError:
-        return None
 
 
 class Store(StageOperations):
@@ -104,43 +86,6 @@ class Store(StageOperations):
 
     async def close(self) -> None:
         await self._client.close()
-
-    # ------------------------------------------------------------------ primitives
-
-    async def _read(self, key: str) -> _Read:
-        got = await self._client.get(key.encode())
-        if got is None:
-            return _Read(key, None, 0)
-        return _Read(key, bytes(got.value), int(got.mod_revision))
-
-    def _guard(self, read: _Read) -> Any:
-        tx = self._client.transactions
-        if read.value is None:
-            return tx.create(read.key.encode()) == 0
-        return tx.mod(read.key.encode()) == read.mod_revision
-
-    async def _commit(
-        self, guards: list[Any], puts: list[tuple[str, bytes]], deletes: Sequence[str] = ()
-    ) -> int | None:
-        """One etcd transaction: all puts/deletes if every guard holds. Returns the new revision or None."""
-        tx = self._client.transactions
-        ops: list[Any] = [tx.put(k.encode(), v) for k, v in puts]
-        ops += [tx.delete(k.encode()) for k in deletes]
-        succeeded, responses = await self._client.transaction(compare=guards, success=ops, failure=[])
-        if not succeeded:
-            return None
-        # aetcd's transaction() returns the operations' responses, not the txn header: each write's
-        # header carries the revision it made (one txn is one revision), a delete of nothing the one before
-        revisions = [int(getattr(r, r.WhichOneof("response")).header.revision) for r in responses]
-        return max(revisions) if revisions else await self._revision()
-
-    async def _revision(self) -> int:
-        rng = await self._client.get_prefix(keys.seq_prefix(self.prefix).encode(), keys_only=True)
-        return int(rng.header.revision)
-
-    async def _range(self, key_prefix: str) -> list[tuple[str, bytes, int]]:
-        rng = await self._client.get_prefix(key_prefix.encode())
-        return [(kv.key.decode(), bytes(kv.value), int(kv.mod_revision)) for kv in rng]
 
     async def load_state(self) -> State:
         rng = await self._client.get_prefix(self.prefix.encode())
@@ -406,26 +351,6 @@ class Store(StageOperations):
             if spec is not None:
                 new.spec.CopyFrom(spec)
         return new
-
-    async def _check_variables(
-        self,
-        st: resources_pb2.Stage,
-        refusal: type[InvalidConfig | FailedPrecondition],
-        known: dict[int, resources_pb2.ApiSpec] | None = None,
-    ) -> None:
-        """Refuse a stage write that leaves an integration URI of what the stage serves unresolved
-        (`validation.unresolved_variables`); `known` are deployment specs at hand (a new one)."""
-        ns, api = st.metadata.namespace or "default", st.spec.api
-        specs = dict(known or {})
-        for dep in {st.spec.deployment, st.spec.canary.deployment} - {0} - specs.keys():
-            read = await self._read(keys.deployment_key(self.prefix, ns, api, dep))
-            served = _decoded(resources_pb2.Deployment, read.value)
-            if isinstance(served, resources_pb2.Deployment):
-                specs[dep] = served.spec.api_spec
-        missing = unresolved_variables(st, specs)
-        if missing:
-            what = f"Stage {ns}/{st.metadata.name}"
-            raise refusal(*(replace(e, resource=what) for e in missing))
 
     async def _check_private(self, msg: Any, batch: Sequence[resources_pb2.Resource]) -> None:
         """Private Apis may only integrate with addresses inside the cluster networks or the pod itself."""

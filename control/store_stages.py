@@ -1,47 +1,90 @@
-"""The store's operations on a stage: deploy (the Api snapshotted into the next deployment, the stage
-or its canary pointed at it), rollback, canary set/promote/remove and the cache flush epoch. Each
-is one etcd transaction guarded by what it read, retried on a concurrent change (`Store`'s)."""
+"""The store's transaction primitives (`StoreIO`: guarded reads and one-transaction commits) and its
+operations on a stage (`StageOperations`): deploy (the Api snapshotted into the next deployment,
+the stage or its canary pointed at it), rollback, canary set/promote/remove and the cache flush
+epoch, each one etcd transaction guarded by what it read and retried on a concurrent change.
+`Store` derives from both."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
+from google.protobuf.message import DecodeError
 from meshgate.control import state as keys
 from meshgate.control.errors import Conflict, FailedPrecondition, InvalidConfig, NotFound
 from meshgate.control.resources import redacted, touched
-from meshgate.control.state import parts_of, wrap
-from meshgate.control.validation import validate
+from meshgate.control.state import ResourceMsg, parts_of, wrap
+from meshgate.control.validation import unresolved_variables, validate
 from meshgate.v1 import control_pb2, resources_pb2
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from meshgate.control.store import _Read
 
 RETRIES = 8
 
 
-class StageOperations:
-    """Mixed into `Store`, whose reads, guards and commits these use (declared here, made there)."""
+@dataclass
+class _Read:
+    key: str
+    value: bytes | None
+    mod_revision: int
+
+
+def _decoded(cls: type[ResourceMsg], value: bytes | None) -> ResourceMsg | None:
+    """A stored value as its message; None when absent or undecodable (poison)."""
+    if value is None:
+        return None
+    try:
+        return cls.FromString(value)
+    except DecodeError:
+        return None
+
+
+class StoreIO:
+    """What every store operation is made of: reads that remember their mod revision, guards on them
+    and one-transaction commits under the prefix (`Store` opens the client)."""
 
     prefix: str
+    _client: Any
 
     async def _read(self, key: str) -> _Read:
-        raise NotImplementedError
+        got = await self._client.get(key.encode())
+        if got is None:
+            return _Read(key, None, 0)
+        return _Read(key, bytes(got.value), int(got.mod_revision))
 
     def _guard(self, read: _Read) -> Any:
-        raise NotImplementedError
+        tx = self._client.transactions
+        if read.value is None:
+            return tx.create(read.key.encode()) == 0
+        return tx.mod(read.key.encode()) == read.mod_revision
 
     async def _commit(
         self, guards: list[Any], puts: list[tuple[str, bytes]], deletes: Sequence[str] = ()
     ) -> int | None:
-        raise NotImplementedError
+        """One etcd transaction: all puts/deletes if every guard holds. Returns the new revision or None."""
+        tx = self._client.transactions
+        ops: list[Any] = [tx.put(k.encode(), v) for k, v in puts]
+        ops += [tx.delete(k.encode()) for k in deletes]
+        succeeded, responses = await self._client.transaction(compare=guards, success=ops, failure=[])
+        if not succeeded:
+            return None
+        # aetcd's transaction() returns the operations' responses, not the txn header: each write's
+        # header carries the revision it made (one txn is one revision), a delete of nothing the one before
+        revisions = [int(getattr(r, r.WhichOneof("response")).header.revision) for r in responses]
+        return max(revisions) if revisions else await self._revision()
+
+    async def _revision(self) -> int:
+        rng = await self._client.get_prefix(keys.seq_prefix(self.prefix).encode(), keys_only=True)
+        return int(rng.header.revision)
 
     async def _range(self, key_prefix: str) -> list[tuple[str, bytes, int]]:
-        raise NotImplementedError
+        rng = await self._client.get_prefix(key_prefix.encode())
+        return [(kv.key.decode(), bytes(kv.value), int(kv.mod_revision)) for kv in rng]
+
+
+class StageOperations(StoreIO):
+    """The stage operations of `Store` (which derives from this)."""
 
     async def _check_variables(
         self,
@@ -49,7 +92,19 @@ class StageOperations:
         refusal: type[InvalidConfig | FailedPrecondition],
         known: dict[int, resources_pb2.ApiSpec] | None = None,
     ) -> None:
-        raise NotImplementedError
+        """Refuse a stage write that leaves an integration URI of what the stage serves unresolved
+        (`validation.unresolved_variables`); `known` are deployment specs at hand (a new one)."""
+        ns, api = st.metadata.namespace or "default", st.spec.api
+        specs = dict(known or {})
+        for dep in {st.spec.deployment, st.spec.canary.deployment} - {0} - specs.keys():
+            read = await self._read(keys.deployment_key(self.prefix, ns, api, dep))
+            served = _decoded(resources_pb2.Deployment, read.value)
+            if isinstance(served, resources_pb2.Deployment):
+                specs[dep] = served.spec.api_spec
+        missing = unresolved_variables(st, specs)
+        if missing:
+            what = f"Stage {ns}/{st.metadata.name}"
+            raise refusal(*(replace(e, resource=what) for e in missing))
 
     async def deploy(
         self,

@@ -251,7 +251,7 @@ class _Conn(asyncio.Protocol):
             )
 
     def on_drained(self, sid: int, sent: int) -> None:
-        pass  # messages are small and few: nothing waits for window here
+        """Nothing to do: `Call.send` queues in the connection, and nothing here waits for window."""
 
     def on_goaway(self, last_sid: int, code: int) -> None:
         for sid, call in list(self.calls.items()):

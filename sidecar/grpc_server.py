@@ -189,7 +189,7 @@ class DownstreamConn(_Side):
             stream.drained()
 
     def on_goaway(self, last_sid: int, code: int) -> None:
-        pass  # the client stops opening streams; those in flight finish
+        """Nothing to do: a client's GOAWAY means it opens no more streams; those in flight finish."""
 
     def call_finished(self) -> None:
         if self.relay.draining and not self.calls:
